@@ -1,0 +1,3 @@
+from k4s.main import main
+
+main()

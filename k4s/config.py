@@ -1,0 +1,377 @@
+"""One typed, validated Config from four layers, later wins:
+
+    embedded defaults < config file (/etc/k4s/config.yaml) < kernel command line k4s.* < flags
+
+Keys are spelled the same everywhere (kebab-case, like k3s's config.yaml):
+`cluster-cidr: 10.42.0.0/16` in the file, `k4s.cluster-cidr=10.42.0.0/16` on
+the kernel command line, `--set cluster-cidr=10.42.0.0/16` as a flag. Lists
+are YAML lists in the file and comma-separated elsewhere.
+
+Every error names the key and the source it came from and is one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import shlex
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from k4s.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "/etc/k4s/config.yaml"
+CMDLINE_PREFIX = "k4s."
+
+_HOSTNAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+
+
+class Invalid(ValueError):
+    """A value does not fit its key; carries the hint shown to the user."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+# --- value parsers: text or YAML value -> typed value, or Invalid ---------------------------
+
+def _str(v: Any) -> str:
+    if isinstance(v, bool) or not isinstance(v, str | int | float):
+        raise Invalid(f"{v!r} is not a string", "write a plain string")
+    return str(v)
+
+
+def _dns_name(v: Any) -> str:
+    s = _str(v).lower()
+    if not _HOSTNAME.match(s) or len(s) > 253:
+        raise Invalid(f"{s!r} is not a valid DNS name", "use lower-case letters, digits, '-' and '.', e.g. node-1")
+    return s
+
+
+def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def p(v: Any) -> Any:
+        return "" if v in ("", None) else parse(v)
+
+    return p
+
+
+def _ifname(v: Any) -> str:
+    s = _str(v)
+    if not _IFNAME.match(s):
+        raise Invalid(f"{s!r} is not a network interface name", "e.g. eth0 or ens3")
+    return s
+
+
+def _ipv4(v: Any) -> str:
+    s = _str(v)
+    try:
+        return str(ipaddress.IPv4Address(s))
+    except ValueError:
+        raise Invalid(f"{s!r} is not an IPv4 address", "write it like 10.0.2.15") from None
+
+
+def _cidr(v: Any) -> str:
+    s = _str(v)
+    try:
+        return str(ipaddress.IPv4Network(s, strict=True))
+    except ValueError as e:
+        raise Invalid(f"{s!r} is not a valid CIDR ({e})", "write a network like 10.42.0.0/16") from None
+
+
+def _interface_address(v: Any) -> str:
+    """`dhcp`, or a static address with prefix: 10.0.2.15/24."""
+    s = _str(v)
+    if s == "dhcp":
+        return s
+    try:
+        return str(ipaddress.IPv4Interface(s))
+    except ValueError:
+        raise Invalid(f"{s!r} is neither 'dhcp' nor an address with prefix", "write dhcp or 10.0.2.15/24") from None
+
+
+def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
+    def p(v: Any) -> int:
+        if isinstance(v, bool):
+            raise Invalid(f"{v!r} is not an integer", f"write a number from {lo} to {hi}")
+        try:
+            n = int(v)
+        except (TypeError, ValueError):
+            raise Invalid(f"{v!r} is not an integer", f"write a number from {lo} to {hi}") from None
+        if not lo <= n <= hi:
+            raise Invalid(f"{n} is out of range", f"write a number from {lo} to {hi}")
+        return n
+
+    return p
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise Invalid(f"{v!r} is not a boolean", "write true or false")
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def p(v: Any) -> str:
+        s = _str(v)
+        if s not in choices:
+            raise Invalid(f"{s!r} is not one of {', '.join(choices)}", f"write one of {', '.join(choices)}")
+        return s
+
+    return p
+
+
+def _list_of(parse: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
+    def p(v: Any) -> tuple[Any, ...]:
+        if isinstance(v, str):
+            items: Iterable[Any] = [i for i in (x.strip() for x in v.split(",")) if i]
+        elif isinstance(v, list | tuple):
+            items = v
+        elif v is None:
+            items = []
+        else:
+            raise Invalid(f"{v!r} is not a list", "write a YAML list, or comma-separated values")
+        return tuple(parse(i) for i in items)
+
+    return p
+
+
+def _san(v: Any) -> str:
+    s = _str(v)
+    try:
+        return str(ipaddress.ip_address(s))
+    except ValueError:
+        return _dns_name(s)
+
+
+def _abs_path(v: Any) -> str:
+    s = _str(v)
+    if not s.startswith("/"):
+        raise Invalid(f"{s!r} is not an absolute path", "write a path starting with /")
+    return os.path.normpath(s)
+
+
+# --- the schema: one place for every key, its type, default and meaning ------------------
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+
+
+SCHEMA: tuple[Key, ...] = (
+    Key("node-name", _optional(_dns_name), "", "node name; empty means the host name"),
+    Key("node-ip", _optional(_ipv4), "", "the node's IPv4 address; empty means the address of `interface`"),
+    Key("interface", _optional(_ifname), "", "interface that carries node traffic; empty means the default route's"),
+    Key("ip", _interface_address, "dhcp", "boot-time address of `interface`: dhcp or CIDR (appliance only)"),
+    Key("gateway", _optional(_ipv4), "", "default gateway for a static `ip`"),
+    Key("dns", _list_of(_ipv4), (), "upstream DNS servers for a static `ip`"),
+    Key("hostname", _optional(_dns_name), "", "host name to set at boot; empty keeps the kernel's or uses node-name"),
+    Key("cluster-cidr", _cidr, "10.42.0.0/16", "pod network"),
+    Key("service-cidr", _cidr, "10.43.0.0/16", "service ClusterIP network"),
+    Key("cluster-dns", _optional(_ipv4), "", "CoreDNS ClusterIP; empty means the 10th address of service-cidr"),
+    Key("cluster-domain", _dns_name, "cluster.local", "cluster DNS domain"),
+    Key("data-dir", _abs_path, "/var/lib/k4s", "state: PKI, datastore, images, manifests"),
+    Key("run-dir", _abs_path, "/run/k4s", "sockets, logs, status"),
+    Key("datastore", _choice("etcd"), "etcd", "cluster datastore"),
+    Key("tls-san", _list_of(_san), (), "extra names or addresses in the apiserver certificate"),
+    Key("apiserver-port", _int_range(1, 65535), 6443, "kube-apiserver secure port"),
+    Key("log-level", _choice("debug", "info", "warn", "error"), "info", "k4s log level"),
+    Key("cert-renew-days", _int_range(1, 3650), 90, "re-issue leaf certificates expiring within this many days"),
+    Key("on-failure", _choice("poweroff", "reboot", "halt"), "poweroff", "what init does after a fatal error"),
+    Key("disable", _list_of(_choice("coredns", "kube-proxy", "manifests")), (), "bundled parts to leave out"),
+)
+KEYS: dict[str, Key] = {k.name: k for k in SCHEMA}
+
+
+def attr(name: str) -> str:
+    return name.replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective configuration. Built only by `load`; every value is validated."""
+
+    node_name: str
+    node_ip: str
+    interface: str
+    ip: str
+    gateway: str
+    dns: tuple[str, ...]
+    hostname: str
+    cluster_cidr: str
+    service_cidr: str
+    cluster_dns: str
+    cluster_domain: str
+    data_dir: str
+    run_dir: str
+    datastore: str
+    tls_san: tuple[str, ...]
+    apiserver_port: int
+    log_level: str
+    cert_renew_days: int
+    on_failure: str
+    disable: tuple[str, ...]
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def kubernetes_service_ip(self) -> str:
+        """The first address of the service network: the `kubernetes` Service."""
+        return str(ipaddress.IPv4Network(self.service_cidr)[1])
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in SCHEMA:
+            v = getattr(self, attr(key.name))
+            out[key.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+
+# --- the layers -------------------------------------------------------------------------
+
+def parse_cmdline(text: str) -> list[tuple[str, str]]:
+    """The k4s.* parameters of a kernel command line as (key, raw value) pairs.
+
+    The kernel splits on spaces and honours double quotes; a bare `k4s.key`
+    means `k4s.key=true`.
+    """
+    try:
+        words = shlex.split(text, posix=True)
+    except ValueError as e:
+        raise ConfigError(f"kernel command line: cannot parse: {e}", hint="check for an unbalanced quote") from None
+    out: list[tuple[str, str]] = []
+    for w in words:
+        if not w.startswith(CMDLINE_PREFIX):
+            continue
+        key, sep, value = w[len(CMDLINE_PREFIX):].partition("=")
+        out.append((key, value if sep else "true"))
+    return out
+
+
+def read_file_layer(path: str, required: bool) -> dict[str, Any]:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"config file {path}: not found", hint="check the path given to --config") from None
+        return {}
+    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path}: cannot read: {e}", hint="it must be a readable UTF-8 YAML file") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = ""
+        mark = getattr(e, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1} column {mark.column + 1}"
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"config file {path}: {problem}{where}", hint="fix the YAML syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level is a {type(data).__name__}, not a mapping",
+                          hint="write `key: value` lines, e.g. node-name: node-1")
+    return data
+
+
+def _apply(values: dict[str, Any], sources: dict[str, str], layer: Iterable[tuple[Any, Any]], source: str) -> None:
+    for raw_key, raw_value in layer:
+        key = str(raw_key)
+        if key not in KEYS:
+            near = [k for k in KEYS if k.replace("-", "") == key.replace("-", "").replace("_", "")]
+            hint = f"did you mean '{near[0]}'?" if near else "run `k4s config show` for the known keys"
+            raise ConfigError(f"{source}: unknown key '{key}'", hint=hint)
+        try:
+            values[key] = KEYS[key].parse(raw_value)
+        except Invalid as e:
+            raise ConfigError(f"{source}: key '{key}': {e}", hint=e.hint) from None
+        sources[key] = source
+
+
+def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """Rules that tie keys together."""
+    cluster = ipaddress.IPv4Network(values["cluster-cidr"])
+    service = ipaddress.IPv4Network(values["service-cidr"])
+
+    def where(*keys: str) -> str:
+        return ", ".join(f"'{k}' from {sources[k]}" for k in keys)
+
+    if cluster.overlaps(service):
+        raise ConfigError(f"cluster-cidr {cluster} overlaps service-cidr {service} ({where('cluster-cidr', 'service-cidr')})",
+                          hint="pods and services need separate networks, e.g. 10.42.0.0/16 and 10.43.0.0/16")
+    if cluster.prefixlen > 24:
+        raise ConfigError(f"cluster-cidr {cluster} is smaller than a /24 ({where('cluster-cidr')})",
+                          hint="the node takes a /24 for its pods; use a /24 or larger")
+    if service.prefixlen > 28 or service.prefixlen < 12:
+        raise ConfigError(f"service-cidr {service} must be between /12 and /28 ({where('service-cidr')})",
+                          hint="use something like 10.43.0.0/16")
+    if values["cluster-dns"]:
+        dns = ipaddress.IPv4Address(values["cluster-dns"])
+        if dns not in service or dns in (service.network_address, service.broadcast_address, service[1]):
+            raise ConfigError(f"cluster-dns {dns} is not a usable address of service-cidr {service} ({where('cluster-dns', 'service-cidr')})",
+                              hint=f"pick an address inside {service} other than {service[1]}")
+    else:
+        values["cluster-dns"] = str(service[10])
+    if values["ip"] == "dhcp" and values["gateway"]:
+        raise ConfigError(f"gateway is set but ip is dhcp ({where('gateway', 'ip')})",
+                          hint="set a static ip like 10.0.2.15/24 or drop the gateway")
+
+
+def load(
+    config_file: str | None = None,
+    cmdline: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the Config.
+
+    config_file: None means DEFAULT_CONFIG_FILE if present; an explicit path must exist.
+    cmdline: the kernel command line text; None means no command-line layer.
+    overrides: explicit flags, by key name.
+    """
+    values: dict[str, Any] = {k.name: k.default for k in SCHEMA}
+    sources: dict[str, str] = {k.name: "default" for k in SCHEMA}
+    path = config_file or os.environ.get("K4S_CONFIG") or DEFAULT_CONFIG_FILE
+    required = config_file is not None or "K4S_CONFIG" in os.environ
+    _apply(values, sources, read_file_layer(path, required).items(), f"config file {path}")
+    if cmdline is not None:
+        _apply(values, sources, parse_cmdline(cmdline), "kernel command line")
+    if overrides:
+        _apply(values, sources, overrides.items(), "flags")
+    _check(values, sources)
+    if not values["node-name"]:
+        import socket
+
+        try:
+            values["node-name"] = _dns_name(values["hostname"] or socket.gethostname())
+        except Invalid:
+            values["node-name"] = "k4s"
+    return Config(**{attr(k): v for k, v in values.items()}, sources=dict(sources))
+
+
+def parse_set(pairs: Iterable[str]) -> dict[str, str]:
+    """`--set key=value` flags into a mapping (later ones win)."""
+    out: dict[str, str] = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep:
+            raise ConfigError(f"flags: --set {p!r} has no '='", hint="write --set key=value")
+        out[key] = value
+    return out
+
+
+def replace(cfg: Config, **changes: Any) -> Config:
+    return dataclasses.replace(cfg, **changes)

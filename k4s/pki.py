@@ -1,0 +1,398 @@
+"""The cluster's certificates and kubeconfigs, laid out like kubeadm's.
+
+    <data-dir>/pki/ca.{crt,key}                      cluster CA
+    <data-dir>/pki/etcd/ca.{crt,key}                 etcd CA
+    <data-dir>/pki/front-proxy-ca.{crt,key}          aggregation-layer CA
+    <data-dir>/pki/<leaf>.{crt,key}                  serving and client certificates
+    <data-dir>/pki/sa.{key,pub}                      service-account signing keys
+    <data-dir>/kubeconfig/<user>.conf                one kubeconfig per client identity
+
+ECDSA P-256 throughout: a key is generated in a millisecond (RSA-2048 takes
+tens, hundreds under QEMU TCG), and every component accepts it.
+
+`ensure` is idempotent: a valid certificate is kept. A leaf is re-issued when
+it is missing, unreadable, not signed by its CA, about to expire, or no longer
+names what it must (its SANs or subject changed, e.g. the node IP moved); CAs
+are kept, so everything already trusted stays trusted.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from k4s.config import Config
+from k4s.errors import K4sError
+from k4s.fsutil import write_atomic
+from k4s.paths import Paths
+
+CA_DAYS = 3650
+LEAF_DAYS = 365
+BACKDATE = dt.timedelta(hours=1)  # a diskless node's clock may lag the clock that issued
+KEY_MODE = 0o600
+CERT_MODE = 0o644
+
+SERVER = "server"
+CLIENT = "client"
+
+
+@dataclass(frozen=True)
+class CA:
+    name: str          # file stem under pki/, e.g. "etcd/ca"
+    common_name: str
+
+
+@dataclass(frozen=True)
+class Leaf:
+    name: str
+    ca: CA
+    common_name: str
+    organizations: tuple[str, ...] = ()
+    usages: tuple[str, ...] = (CLIENT,)
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+    kubeconfig: str | None = None  # write <data-dir>/kubeconfig/<this>.conf for the identity
+
+    def sans(self) -> set[str]:
+        return {f"DNS:{d}" for d in self.dns_names} | {f"IP:{i}" for i in self.ip_addresses}
+
+
+CLUSTER_CA = CA("ca", "kubernetes-ca")
+ETCD_CA = CA("etcd/ca", "etcd-ca")
+FRONT_PROXY_CA = CA("front-proxy-ca", "front-proxy-ca")
+CAS = (CLUSTER_CA, ETCD_CA, FRONT_PROXY_CA)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What the certificates must name: derived from the Config and the node's address."""
+
+    node_name: str
+    node_ip: str
+    kubernetes_service_ip: str
+    cluster_domain: str
+    extra_sans: tuple[str, ...] = ()
+
+
+def leaves(ident: Identity) -> list[Leaf]:
+    def split(names: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        dns, ips = [], []
+        for n in names:
+            try:
+                ips.append(str(ipaddress.ip_address(n)))
+            except ValueError:
+                dns.append(n)
+        return tuple(dict.fromkeys(dns)), tuple(dict.fromkeys(ips))
+
+    api_dns, api_ips = split([
+        ident.node_name, "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+        f"kubernetes.default.svc.{ident.cluster_domain}",
+        ident.node_ip, "127.0.0.1", ident.kubernetes_service_ip, *ident.extra_sans,
+    ])
+    node_dns, node_ips = split([ident.node_name, "localhost", ident.node_ip, "127.0.0.1", "::1"])
+    both = (SERVER, CLIENT)
+    return [
+        Leaf("apiserver", CLUSTER_CA, "kube-apiserver", usages=(SERVER,), dns_names=api_dns, ip_addresses=api_ips),
+        Leaf("apiserver-kubelet-client", CLUSTER_CA, "kube-apiserver-kubelet-client"),
+        Leaf("apiserver-etcd-client", ETCD_CA, "kube-apiserver-etcd-client"),
+        Leaf("etcd/server", ETCD_CA, ident.node_name, usages=both, dns_names=node_dns, ip_addresses=node_ips),
+        Leaf("etcd/peer", ETCD_CA, ident.node_name, usages=both, dns_names=node_dns, ip_addresses=node_ips),
+        Leaf("front-proxy-client", FRONT_PROXY_CA, "front-proxy-client"),
+        Leaf("kubelet-server", CLUSTER_CA, ident.node_name, usages=(SERVER,), dns_names=node_dns, ip_addresses=node_ips),
+        Leaf("admin", CLUSTER_CA, "kubernetes-admin", ("system:masters",), kubeconfig="admin"),
+        Leaf("controller-manager", CLUSTER_CA, "system:kube-controller-manager", kubeconfig="controller-manager"),
+        Leaf("scheduler", CLUSTER_CA, "system:kube-scheduler", kubeconfig="scheduler"),
+        Leaf("kubelet", CLUSTER_CA, f"system:node:{ident.node_name}", ("system:nodes",), kubeconfig="kubelet"),
+        Leaf("kube-proxy", CLUSTER_CA, "system:kube-proxy", kubeconfig="kube-proxy"),
+    ]
+
+
+@dataclass
+class Result:
+    name: str
+    action: str  # created | kept | renewed
+    reason: str = ""
+
+
+@dataclass
+class Problem:
+    name: str
+    expires: dt.datetime | None
+    problems: list[str] = field(default_factory=list)
+
+
+# --- keys and certificates -------------------------------------------------------------
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                             serialization.NoEncryption())
+
+
+def cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _name(cn: str, orgs: Iterable[str] = ()) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
+    return x509.Name([*attrs, x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def issue_ca(ca: CA) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = new_key()
+    now = _now()
+    name = _name(ca.common_name)
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE).not_valid_after(now + dt.timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(ski, critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def issue_leaf(leaf: Leaf, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate,
+               days: int = LEAF_DAYS) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = new_key()
+    now = _now()
+    eku = []
+    if SERVER in leaf.usages:
+        eku.append(ExtendedKeyUsageOID.SERVER_AUTH)
+    if CLIENT in leaf.usages:
+        eku.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(leaf.common_name, leaf.organizations)).issuer_name(ca_cert.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE).not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=True, content_commitment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+    )
+    if leaf.dns_names or leaf.ip_addresses:
+        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in leaf.dns_names]
+        sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in leaf.ip_addresses]
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return key, builder.sign(ca_key, hashes.SHA256())
+
+
+def cert_sans(cert: x509.Certificate) -> set[str]:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return ({f"DNS:{d}" for d in ext.get_values_for_type(x509.DNSName)}
+            | {f"IP:{i}" for i in ext.get_values_for_type(x509.IPAddress)})
+
+
+def _subject(cert: x509.Certificate) -> tuple[str, tuple[str, ...]]:
+    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    return (str(cn[0].value) if cn else "", tuple(str(o.value) for o in orgs))
+
+
+# --- the store -------------------------------------------------------------------------
+
+class PKI:
+    def __init__(self, pki_dir: Path, kubeconfig_dir: Path, renew_days: int = 90,
+                 server: str = "https://127.0.0.1:6443") -> None:
+        self.dir = pki_dir
+        self.kubeconfig_dir = kubeconfig_dir
+        self.renew = dt.timedelta(days=renew_days)
+        self.server = server
+
+    def crt(self, name: str) -> Path:
+        return self.dir / f"{name}.crt"
+
+    def key(self, name: str) -> Path:
+        return self.dir / f"{name}.key"
+
+    def _read_cert(self, name: str) -> x509.Certificate | None:
+        try:
+            return x509.load_pem_x509_certificate(self.crt(name).read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return None
+        except PermissionError as e:
+            raise K4sError(f"cannot read {self.crt(name)}: {e.strerror}", hint="run as root") from e
+
+    def _read_key(self, name: str) -> ec.EllipticCurvePrivateKey | None:
+        try:
+            key = serialization.load_pem_private_key(self.key(name).read_bytes(), password=None)
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError):
+            return None
+        except PermissionError as e:
+            raise K4sError(f"cannot read {self.key(name)}: {e.strerror}", hint="run as root") from e
+        return key if isinstance(key, ec.EllipticCurvePrivateKey) else None
+
+    def _write(self, name: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+        # Key first: a crash between the two leaves a cert whose key does not
+        # match, which the next run detects and re-issues.
+        write_atomic(self.key(name), key_pem(key), KEY_MODE)
+        write_atomic(self.crt(name), cert_pem(cert), CERT_MODE)
+
+    def load_ca(self, ca: CA) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        cert, key = self._read_cert(ca.name), self._read_key(ca.name)
+        if cert is None or key is None or not _same_key(key, cert):
+            raise K4sError(f"CA {self.crt(ca.name)} is missing, unreadable or does not match its key",
+                           hint=f"restore it from a backup, or remove {self.dir} to start a new cluster identity")
+        return key, cert
+
+    def _ensure_ca(self, ca: CA) -> Result:
+        if not self.crt(ca.name).exists() and not self.key(ca.name).exists():
+            key, cert = issue_ca(ca)
+            self._write(ca.name, key, cert)
+            return Result(ca.name, "created")
+        self.load_ca(ca)
+        return Result(ca.name, "kept")
+
+    def leaf_problems(self, leaf: Leaf, ca_cert: x509.Certificate) -> list[str]:
+        cert, key = self._read_cert(leaf.name), self._read_key(leaf.name)
+        if cert is None:
+            return ["missing or unreadable certificate"]
+        if key is None:
+            return ["missing or unreadable key"]
+        problems = []
+        if not _same_key(key, cert):
+            problems.append("key does not match certificate")
+        if not _signed_by(cert, ca_cert):
+            problems.append(f"not signed by {leaf.ca.name}")
+        left = cert.not_valid_after_utc - _now()
+        if left <= dt.timedelta(0):
+            problems.append("expired")
+        elif left <= self.renew:
+            problems.append(f"expires in {left.days} days")
+        have, want = cert_sans(cert), leaf.sans()
+        if have != want:
+            diff = sorted(f"+{s}" for s in want - have) + sorted(f"-{s}" for s in have - want)
+            problems.append(f"SANs changed ({' '.join(diff)})")
+        if _subject(cert) != (leaf.common_name, leaf.organizations):
+            problems.append("subject changed")
+        return problems
+
+    def ensure(self, ident: Identity) -> list[Result]:
+        results = [self._ensure_ca(ca) for ca in CAS]
+        cas = {ca.name: self.load_ca(ca) for ca in CAS}
+        for leaf in leaves(ident):
+            ca_key, ca_cert = cas[leaf.ca.name]
+            fresh = not self.crt(leaf.name).exists()
+            problems = [] if fresh else self.leaf_problems(leaf, ca_cert)
+            if fresh or problems:
+                key, cert = issue_leaf(leaf, ca_key, ca_cert)
+                self._write(leaf.name, key, cert)
+                results.append(Result(leaf.name, "created" if fresh else "renewed", "; ".join(problems)))
+            else:
+                results.append(Result(leaf.name, "kept"))
+            if leaf.kubeconfig:
+                self.write_kubeconfig(leaf, cas[CLUSTER_CA.name][1])
+        results.append(self._ensure_service_account_keys())
+        return results
+
+    def _ensure_service_account_keys(self) -> Result:
+        key = self._read_key("sa")
+        pub = self.dir / "sa.pub"
+        if key is not None and pub.exists():
+            return Result("sa", "kept")
+        key = key or new_key()
+        write_atomic(self.key("sa"), key_pem(key), KEY_MODE)
+        write_atomic(pub, key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                        serialization.PublicFormat.SubjectPublicKeyInfo), CERT_MODE)
+        return Result("sa", "created")
+
+    def kubeconfig_text(self, user: str, cert_pem_: bytes, key_pem_: bytes, ca_pem: bytes,
+                        server: str | None = None) -> str:
+        import yaml
+
+        b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+        doc = {
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "k4s", "cluster": {"server": server or self.server,
+                                                      "certificate-authority-data": b64(ca_pem)}}],
+            "users": [{"name": user, "user": {"client-certificate-data": b64(cert_pem_),
+                                              "client-key-data": b64(key_pem_)}}],
+            "contexts": [{"name": "k4s", "context": {"cluster": "k4s", "user": user}}],
+            "current-context": "k4s",
+            "preferences": {},
+        }
+        return yaml.safe_dump(doc, sort_keys=False)
+
+    def write_kubeconfig(self, leaf: Leaf, ca_cert: x509.Certificate) -> None:
+        assert leaf.kubeconfig
+        text = self.kubeconfig_text(leaf.kubeconfig, self.crt(leaf.name).read_bytes(),
+                                    self.key(leaf.name).read_bytes(), cert_pem(ca_cert))
+        write_atomic(self.kubeconfig_dir / f"{leaf.kubeconfig}.conf", text, KEY_MODE)
+
+    def check(self, ident: Identity) -> list[Problem]:
+        """Every certificate with its expiry and problems; CAs included."""
+        out = []
+        for ca in CAS:
+            cert = self._read_cert(ca.name)
+            p = Problem(ca.name, cert.not_valid_after_utc if cert else None)
+            if cert is None or self._read_key(ca.name) is None:
+                p.problems.append("missing or unreadable")
+            elif cert.not_valid_after_utc - _now() <= self.renew:
+                p.problems.append("CA expires within the renewal window; plan a CA rotation")
+            out.append(p)
+        cas = {ca.name: self._read_cert(ca.name) for ca in CAS}
+        for leaf in leaves(ident):
+            cert = self._read_cert(leaf.name)
+            ca_cert = cas[leaf.ca.name]
+            p = Problem(leaf.name, cert.not_valid_after_utc if cert else None)
+            p.problems = self.leaf_problems(leaf, ca_cert) if ca_cert else ["its CA is missing"]
+            out.append(p)
+        return out
+
+
+def _same_key(key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> bool:
+    return key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) \
+        == cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _signed_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def identity_for(cfg: Config) -> Identity:
+    from k4s.netinfo import node_address
+
+    _, node_ip = node_address(cfg.node_ip, cfg.interface)
+    return Identity(cfg.node_name, node_ip, cfg.kubernetes_service_ip, cfg.cluster_domain, cfg.tls_san)
+
+
+def for_config(cfg: Config) -> PKI:
+    p = Paths.of(cfg.data_dir, cfg.run_dir)
+    return PKI(p.pki, p.kubeconfigs, cfg.cert_renew_days, f"https://127.0.0.1:{cfg.apiserver_port}")

@@ -1,0 +1,57 @@
+"""Shared test helpers: where things are, and how a missing prerequisite is treated.
+
+Under CI=true a missing prerequisite fails the test; elsewhere it skips with
+the reason, so a developer without the Go build can still run the unit tier.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "out"
+COMPONENTS = OUT / "components"
+FROZEN = OUT / "k4s" / "k4s"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(ok: bool, what: str, how: str) -> None:
+    """Fail under CI, skip elsewhere, when a prerequisite is missing."""
+    if ok:
+        return
+    msg = f"missing prerequisite: {what} (run `{how}`)"
+    if IN_CI:
+        pytest.fail(msg, pytrace=False)
+    pytest.skip(msg)
+
+
+def component(name: str) -> Path:
+    path = COMPONENTS / "bin" / name
+    require(path.exists(), f"component {name} at {path}", "make components")
+    return path
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    require(path is not None, f"host tool {name}", "make setup")
+    assert path
+    return path
+
+
+def need_root() -> None:
+    require(os.geteuid() == 0, "root", "run the tests as root")
+
+
+def k4s_cmd(*args: str, env: dict[str, str] | None = None, check: bool = False,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the k4s CLI from the source tree, as a user would from a shell."""
+    e = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "K4S_CMDLINE": ""}
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "k4s", *args], cwd=ROOT, env=e, text=True,
+                          capture_output=True, check=check, timeout=timeout)

@@ -1,0 +1,109 @@
+"""Config: layering, and one clear line for every kind of bad input."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from k4s import config
+from k4s.errors import ConfigError
+from tests.conftest import k4s_cmd
+
+
+def write(tmp_path, text: str) -> str:
+    p = tmp_path / "config.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_layers_later_wins(tmp_path) -> None:
+    f = write(tmp_path, "node-name: from-file\ncluster-domain: file.local\nlog-level: warn\n")
+    cfg = config.load(f, cmdline="quiet k4s.node-name=from-cmdline k4s.tls-san=a.example,10.1.2.3 console=ttyS0",
+                      overrides={"log-level": "debug"})
+    assert cfg.node_name == "from-cmdline"
+    assert cfg.cluster_domain == "file.local"
+    assert cfg.log_level == "debug"
+    assert cfg.tls_san == ("a.example", "10.1.2.3")
+    assert cfg.cluster_dns == "10.43.0.10"  # derived from service-cidr
+    assert cfg.sources["node-name"] == "kernel command line"
+    assert cfg.sources["log-level"] == "flags"
+    assert cfg.sources["cluster-domain"] == f"config file {f}"
+
+
+def test_cmdline_bare_key_means_true_and_quotes() -> None:
+    assert config.parse_cmdline('k4s.a "k4s.b=x y" k4s.c=1') == [("a", "true"), ("b", "x y"), ("c", "1")]
+
+
+def test_file_lists_and_derived_dns(tmp_path) -> None:
+    f = write(tmp_path, "service-cidr: 10.96.0.0/12\ntls-san: [k4s.example.com, 192.168.1.10]\n")
+    cfg = config.load(f)
+    assert cfg.cluster_dns == "10.96.0.10"
+    assert cfg.kubernetes_service_ip == "10.96.0.1"
+
+
+BAD = [
+    # (file text or None, cmdline, overrides, expected fragment)
+    ("nodename: x\n", None, None, "unknown key 'nodename' (hint: did you mean 'node-name'?)"),
+    ("apiserver-port: lots\n", None, None, "key 'apiserver-port': 'lots' is not an integer"),
+    ("apiserver-port: 70000\n", None, None, "key 'apiserver-port': 70000 is out of range"),
+    ("cluster-cidr: 10.42.0.0/33\n", None, None, "key 'cluster-cidr': '10.42.0.0/33' is not a valid CIDR"),
+    ("cluster-cidr: 10.42.0.1/16\n", None, None, "key 'cluster-cidr': '10.42.0.1/16' is not a valid CIDR"),
+    ("service-cidr: 10.42.0.0/16\n", None, None, "cluster-cidr 10.42.0.0/16 overlaps service-cidr 10.42.0.0/16"),
+    ("cluster-dns: 10.99.0.10\n", None, None, "cluster-dns 10.99.0.10 is not a usable address of service-cidr"),
+    ("node-ip: 300.1.1.1\n", None, None, "key 'node-ip': '300.1.1.1' is not an IPv4 address"),
+    ("node-name: Bad_Name\n", None, None, "key 'node-name': 'bad_name' is not a valid DNS name"),
+    ("datastore: mysql\n", None, None, "key 'datastore': 'mysql' is not one of etcd"),
+    ("tls-san: {a: b}\n", None, None, "key 'tls-san': {'a': 'b'} is not a list"),
+    ("data-dir: relative/path\n", None, None, "key 'data-dir': 'relative/path' is not an absolute path"),
+    ("- just\n- a list\n", None, None, "top level is a list, not a mapping"),
+    ("node-name: [unclosed\n", None, None, "at line 2 column 1"),
+    (None, "k4s.bogus=1", None, "kernel command line: unknown key 'bogus'"),
+    (None, "k4s.ip=10.0.2.300/24", None, "kernel command line: key 'ip': '10.0.2.300/24' is neither 'dhcp' nor"),
+    (None, 'k4s.node-name="unbalanced', None, "kernel command line: cannot parse"),
+    (None, None, {"log-level": "loud"}, "flags: key 'log-level': 'loud' is not one of debug, info, warn, error"),
+    (None, None, {"gateway": "10.0.2.2"}, "gateway is set but ip is dhcp"),
+]
+
+
+@pytest.mark.parametrize("text,cmdline,overrides,expected", BAD)
+def test_bad_input_is_one_clear_line(tmp_path, text, cmdline, overrides, expected) -> None:
+    f = write(tmp_path, text or "")
+    with pytest.raises(ConfigError) as e:
+        config.load(f, cmdline=cmdline, overrides=overrides)
+    line = e.value.render()
+    assert expected in line
+    assert "\n" not in line and "hint:" in line
+    assert e.value.code == 2
+
+
+@pytest.mark.parametrize("text,cmdline,overrides,expected", BAD[:4] + BAD[14:15] + BAD[17:18])
+def test_cli_validate_exit_2_one_line(tmp_path, text, cmdline, overrides, expected) -> None:
+    args = ["config", "validate"]
+    if text is not None:
+        args += ["--config", write(tmp_path, text)]
+    for k, v in (overrides or {}).items():
+        args += ["--set", f"{k}={v}"]
+    r = k4s_cmd(*args, env={"K4S_CMDLINE": cmdline or "", "K4S_CONFIG": os.devnull} if text is None
+                else {"K4S_CMDLINE": cmdline or ""})
+    assert r.returncode == 2
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and lines[0].startswith("k4s config: error:")
+
+
+def test_unreadable_and_missing_file(tmp_path) -> None:
+    r = k4s_cmd("config", "validate", "--config", str(tmp_path / "nope.yaml"))
+    assert r.returncode == 2 and "not found" in r.stderr
+    r = k4s_cmd("config", "validate", "--config", str(tmp_path))
+    assert r.returncode == 2 and "cannot read" in r.stderr
+
+
+def test_show_origin_names_layer(tmp_path) -> None:
+    f = write(tmp_path, "cluster-domain: example.internal\n")
+    r = k4s_cmd("config", "show", "--origin", "--config", f, "--set", "apiserver-port=7443",
+                env={"K4S_CMDLINE": "k4s.node-name=n1"}, check=True)
+    lines = {ln.split(":")[0]: ln for ln in r.stdout.splitlines()}
+    assert "example.internal" in lines["cluster-domain"] and f"config file {f}" in lines["cluster-domain"]
+    assert "7443" in lines["apiserver-port"] and "# flags" in lines["apiserver-port"]
+    assert "n1" in lines["node-name"] and "# kernel command line" in lines["node-name"]

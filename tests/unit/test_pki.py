@@ -1,0 +1,181 @@
+"""PKI: what openssl, a TLS client and kubectl see of the generated files."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import stat
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from k4s import pki
+from k4s.config import load
+from tests.conftest import component, tool
+
+NODE_IP = "10.0.2.15"
+
+
+def make(tmp_path: Path, node_ip: str = NODE_IP, *extra: str) -> tuple[pki.PKI, pki.Identity]:
+    cfg = load("/dev/null", overrides={
+        "data-dir": str(tmp_path), "node-name": "node-1", "node-ip": node_ip, "tls-san": ",".join(extra)})
+    store, ident = pki.for_config(cfg), pki.identity_for(cfg)
+    store.ensure(ident)
+    return store, ident
+
+
+def openssl_verify(ca: Path, crt: Path, purpose: str | None = None) -> subprocess.CompletedProcess[str]:
+    args = [tool("openssl"), "verify", "-CAfile", str(ca)]
+    if purpose:
+        args += ["-purpose", purpose]
+    return subprocess.run([*args, str(crt)], capture_output=True, text=True)
+
+
+def test_every_leaf_verifies_against_its_ca(tmp_path) -> None:
+    store, ident = make(tmp_path)
+    for leaf in pki.leaves(ident):
+        purpose = "sslserver" if leaf.usages == (pki.SERVER,) else "sslclient"
+        r = openssl_verify(store.crt(leaf.ca.name), store.crt(leaf.name), purpose)
+        assert r.returncode == 0 and ": OK" in r.stdout, (leaf.name, r.stdout, r.stderr)
+    # and not against a CA that did not sign it
+    r = openssl_verify(store.crt("etcd/ca"), store.crt("apiserver"))
+    assert r.returncode != 0
+
+
+def test_subjects_identify_each_client(tmp_path) -> None:
+    store, _ = make(tmp_path)
+    def subject(name: str) -> str:
+        return x509.load_pem_x509_certificate(store.crt(name).read_bytes()).subject.rfc4514_string()
+    assert subject("kubelet") == "CN=system:node:node-1,O=system:nodes"
+    assert subject("admin") == "CN=kubernetes-admin,O=system:masters"
+    assert subject("controller-manager") == "CN=system:kube-controller-manager"
+    assert subject("scheduler") == "CN=system:kube-scheduler"
+    assert subject("kube-proxy") == "CN=system:kube-proxy"
+    assert subject("apiserver-kubelet-client") == "CN=kube-apiserver-kubelet-client"
+
+
+def test_private_keys_are_0600(tmp_path) -> None:
+    make(tmp_path)
+    keys = list((tmp_path / "pki").rglob("*.key")) + list((tmp_path / "kubeconfig").glob("*.conf"))
+    assert len(keys) >= 20
+    for k in keys:
+        assert stat.S_IMODE(k.stat().st_mode) == 0o600, k
+
+
+def _serve_once(store: pki.PKI, port_box: list[int], ready: threading.Event) -> None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(store.crt("apiserver"), store.key("apiserver"))
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port_box.append(srv.getsockname()[1])
+        srv.settimeout(10)
+        ready.set()
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                return
+            try:
+                with ctx.wrap_socket(conn, server_side=True) as tls:
+                    if tls.recv(4) == b"quit":
+                        return
+                    tls.sendall(b"ok")
+            except (ssl.SSLError, OSError):
+                continue
+
+
+def _handshake(store: pki.PKI, port: int, name: str) -> bytes:
+    ctx = ssl.create_default_context(cafile=str(store.crt("ca")))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s, \
+            ctx.wrap_socket(s, server_hostname=name) as tls:
+        tls.sendall(b"ping")
+        return tls.recv(2)
+
+
+def test_apiserver_cert_tls_handshake_per_san(tmp_path) -> None:
+    store, _ = make(tmp_path, NODE_IP, "k4s.example.com", "192.168.7.7")
+    port: list[int] = []
+    ready = threading.Event()
+    t = threading.Thread(target=_serve_once, args=(store, port, ready), daemon=True)
+    t.start()
+    assert ready.wait(5)
+    good = ["node-1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local", NODE_IP, "127.0.0.1", "10.43.0.1",
+            "k4s.example.com", "192.168.7.7"]
+    for name in good:
+        assert _handshake(store, port[0], name) == b"ok", name
+    for name in ["evil.example.com", "10.43.0.2", "kubernetes.default.svc.other.local"]:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            _handshake(store, port[0], name)
+    _handshake_quit(store, port[0])
+    t.join(5)
+
+
+def _handshake_quit(store: pki.PKI, port: int) -> None:
+    ctx = ssl.create_default_context(cafile=str(store.crt("ca")))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s, \
+            ctx.wrap_socket(s, server_hostname="localhost") as tls:
+        tls.sendall(b"quit")
+
+
+def test_idempotent_second_run_keeps_everything(tmp_path) -> None:
+    store, ident = make(tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    results = store.ensure(ident)
+    assert {r.action for r in results} == {"kept"}
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_node_ip_change_reissues_serving_certs_keeps_ca(tmp_path) -> None:
+    store, _ = make(tmp_path)
+    ca = store.crt("ca").read_bytes()
+    old_api = store.crt("apiserver").read_bytes()
+    old_admin = store.crt("admin").read_bytes()
+    r = subprocess.run(["python3", "-m", "k4s", "pki", "init", "--cmdline", "", "--config", "/dev/null",
+                        "--set", f"data-dir={tmp_path}", "--set", "node-name=node-1", "--set", "node-ip=10.0.2.16"],
+                       capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    assert r.returncode == 0, r.stderr
+    assert "apiserver                  renewed: SANs changed (+IP:10.0.2.16 -IP:10.0.2.15)" in r.stdout
+    assert store.crt("ca").read_bytes() == ca
+    assert store.crt("apiserver").read_bytes() != old_api
+    assert store.crt("admin").read_bytes() == old_admin
+    cert = x509.load_pem_x509_certificate(store.crt("apiserver").read_bytes())
+    assert "IP:10.0.2.16" in pki.cert_sans(cert) and "IP:10.0.2.15" not in pki.cert_sans(cert)
+    assert openssl_verify(store.crt("ca"), store.crt("apiserver")).returncode == 0
+
+
+def test_expiring_leaf_is_renewed_and_check_reports_it(tmp_path) -> None:
+    store, ident = make(tmp_path)
+    ca_key, ca_cert = store.load_ca(pki.CLUSTER_CA)
+    leaf = next(leaf for leaf in pki.leaves(ident) if leaf.name == "scheduler")
+    key, cert = pki.issue_leaf(leaf, ca_key, ca_cert, days=10)
+    store._write("scheduler", key, cert)
+    problems = {p.name: p.problems for p in store.check(ident)}
+    assert problems["scheduler"] and "expires in" in problems["scheduler"][0]
+    assert problems["admin"] == []
+    renewed = {r.name: r for r in store.ensure(ident)}
+    assert renewed["scheduler"].action == "renewed"
+    assert all(not p.problems for p in store.check(ident))
+
+
+def test_corrupt_ca_is_an_error_not_a_new_identity(tmp_path) -> None:
+    store, ident = make(tmp_path)
+    store.crt("ca").write_text("garbage")
+    with pytest.raises(pki.K4sError) as e:
+        store.ensure(ident)
+    assert "hint" in e.value.render()
+
+
+def test_kubectl_reads_each_kubeconfig(tmp_path) -> None:
+    kubectl = component("kubectl")
+    store, _ = make(tmp_path)
+    for user in ("admin", "controller-manager", "scheduler", "kubelet", "kube-proxy"):
+        path = tmp_path / "kubeconfig" / f"{user}.conf"
+        r = subprocess.run([str(kubectl), "--kubeconfig", str(path), "config", "view", "--raw", "-o",
+                            "jsonpath={.users[0].name} {.clusters[0].cluster.server}"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == f"{user} https://127.0.0.1:6443"
