@@ -9,5 +9,6 @@ from __future__ import annotations
 
 APPLETS: dict[str, tuple[str, str]] = {
     "config": ("applets.config", "show or validate the effective configuration"),
+    "oci": ("applets.oci", "build and list the airgap OCI image tarballs"),
     "pki": ("applets.pki", "create, renew and check the cluster certificates and kubeconfigs"),
 }

@@ -121,9 +121,11 @@ def build_go(comp: dict, out: dict, dest: Path) -> None:
 
     t = threading.Thread(target=read, daemon=True)
     t.start()
-    while proc.poll() is None:
-        t.join(30)
-        if proc.poll() is None:
+    while True:
+        try:
+            proc.wait(timeout=30)
+            break
+        except subprocess.TimeoutExpired:
             log(f"  {out['name']}: {count[0]} packages compiled, {time.monotonic() - started:.0f}s")
     t.join()
     if proc.returncode != 0:

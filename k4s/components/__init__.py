@@ -1,0 +1,82 @@
+"""The upstream components: one module per component knows its flags and config files.
+
+Each module defines:
+    NAME      the component (and applet) name, e.g. "kubelet"
+    BINARY    the upstream executable under the bin dir
+    AFTER     components that must be ready before it starts
+    NODE      True for the node part (skipped by --control-plane-only)
+    command(node) -> list[str]   writes its config files, returns the argv
+    ready(node) -> bool          its readiness probe (fast; errors mean not ready)
+
+A Kubernetes upgrade touches these files and nothing else.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from k4s.config import Config
+from k4s.paths import Paths
+
+# Start order; AFTER in each module says what really must be ready first.
+ORDER = ("etcd", "containerd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy")
+_MODULES = {
+    "etcd": "k4s.components.etcd",
+    "containerd": "k4s.components.containerd",
+    "kube-apiserver": "k4s.components.apiserver",
+    "kube-controller-manager": "k4s.components.controller_manager",
+    "kube-scheduler": "k4s.components.scheduler",
+    "kubelet": "k4s.components.kubelet",
+    "kube-proxy": "k4s.components.proxy",
+}
+
+
+def module(name: str) -> ModuleType:
+    return importlib.import_module(_MODULES[name])
+
+
+@dataclass(frozen=True)
+class Node:
+    """Everything a component needs to build its command line."""
+
+    cfg: Config
+    paths: Paths
+    node_ip: str
+    interface: str
+    bin_dir: Path
+
+    @property
+    def pki(self) -> Path:
+        return self.paths.pki
+
+    def bin(self, name: str) -> Path:
+        return self.bin_dir / name
+
+    @property
+    def pod_subnet(self) -> str:
+        """This node's pod /24: the first of cluster-cidr, which the controller-manager also assigns."""
+        import ipaddress
+
+        return str(next(ipaddress.IPv4Network(self.cfg.cluster_cidr).subnets(new_prefix=24)))
+
+    @property
+    def containerd_socket(self) -> Path:
+        return self.paths.run / "containerd" / "containerd.sock"
+
+    @property
+    def cni_conf_dir(self) -> Path:
+        return self.paths.data / "cni" / "net.d"
+
+
+def child_env(node: Node) -> dict[str, str]:
+    """The environment every upstream binary gets: explicit, never the bundle's LD_LIBRARY_PATH."""
+    return {
+        "PATH": f"{node.bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": os.environ.get("HOME", "/root"),
+        "LANG": "C.UTF-8",
+        "TMPDIR": "/tmp",
+    }

@@ -1,0 +1,104 @@
+"""containerd: the CRI runtime with runc, overlayfs (native where overlay is impossible), CNI bridge."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+from k4s.components import Node
+from k4s.fsutil import write_atomic
+from k4s.oci import PAUSE_VERSION, REGISTRY
+
+NAME = "containerd"
+BINARY = "containerd"
+AFTER: tuple[str, ...] = ()
+NODE = True
+CNI_NETWORK = "k4s"
+
+
+def overlay_supported() -> bool:
+    try:
+        with open("/proc/filesystems", encoding="ascii") as f:
+            return any(line.split()[-1] == "overlay" for line in f if line.strip())
+    except OSError:
+        return False
+
+
+def cni_conflist(node: Node) -> str:
+    """A bridge network for the node's pod /24, with portmap for hostPort."""
+    return json.dumps({
+        "cniVersion": "1.0.0",
+        "name": CNI_NETWORK,
+        "plugins": [
+            {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": True, "hairpinMode": True,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": node.pod_subnet}]],
+                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(node.paths.data / "cni" / "ipam")}},
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }, indent=2) + "\n"
+
+
+def config_toml(node: Node) -> str:
+    run, data = node.paths.run / "containerd", node.paths.data / "containerd"
+    snapshotter = "overlayfs" if overlay_supported() else "native"
+    return f"""version = 3
+root = "{data}"
+state = "{run}"
+# Plugins a single RAM-only node never uses: less memory, faster start.
+disabled_plugins = [
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing",
+  "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.snapshotter.v1.erofs",
+  "io.containerd.nri.v1.nri",
+]
+
+[grpc]
+  address = "{node.containerd_socket}"
+
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "{snapshotter}"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "{REGISTRY}/pause:{PAUSE_VERSION}"
+
+[plugins."io.containerd.cri.v1.runtime"]
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["{node.bin_dir}"]
+    conf_dir = "{node.cni_conf_dir}"
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+      BinaryName = "{node.bin('runc')}"
+      SystemdCgroup = false
+      # The appliance's root is the initramfs (rootfs), where pivot_root(2) is
+      # refused; runc then moves the container root and chroots instead.
+      NoPivotRoot = {str(_root_is_rootfs()).lower()}
+"""
+
+
+def _root_is_rootfs() -> bool:
+    """True when / is the initramfs rootfs (ramfs or tmpfs named rootfs)."""
+    try:
+        with open("/proc/self/mounts", encoding="ascii") as f:
+            for line in f:
+                dev, mnt, fstype = line.split()[:3]
+                if mnt == "/":
+                    return dev == "rootfs" or fstype in ("rootfs", "ramfs")
+    except OSError:
+        pass
+    return False
+
+
+def command(node: Node) -> list[str]:
+    etc = node.paths.data / "containerd-config"
+    write_atomic(etc / "config.toml", config_toml(node))
+    write_atomic(node.cni_conf_dir / "10-k4s.conflist", cni_conflist(node))
+    node.containerd_socket.parent.mkdir(parents=True, exist_ok=True)
+    return [str(node.bin(BINARY)), f"--config={etc / 'config.toml'}", "--log-level=warn"]
+
+
+def ready(node: Node) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1)
+        s.connect(str(node.containerd_socket))
+    return True

@@ -1,0 +1,127 @@
+"""A thin stdlib HTTPS client for the apiserver and the components' health endpoints.
+
+Enough for readiness probes, discovery and server-side apply (a PATCH with
+Content-Type application/apply-patch+yaml and ?fieldManager=k4s): no 72 MB
+client library.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from k4s.errors import K4sError
+
+FIELD_MANAGER = "k4s"
+
+
+class APIError(K4sError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"apiserver answered {status}: {message}")
+        self.status = status
+
+
+def tls_context(ca: Path | None = None, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    if ca is None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        ctx = ssl.create_default_context(cafile=str(ca))
+    if cert and key:
+        ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+def get(url: str, ctx: ssl.SSLContext | None = None, timeout: float = 2.0) -> tuple[int, bytes]:
+    """One GET; (status, body). Connection errors raise OSError."""
+    u = urllib.parse.urlsplit(url)
+    conn: http.client.HTTPConnection
+    if u.scheme == "https":
+        conn = http.client.HTTPSConnection(u.hostname or "", u.port or 443, context=ctx, timeout=timeout)
+    else:
+        conn = http.client.HTTPConnection(u.hostname or "", u.port or 80, timeout=timeout)
+    try:
+        conn.request("GET", u.path + (f"?{u.query}" if u.query else ""))
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+@dataclass
+class Client:
+    host: str
+    port: int
+    ctx: ssl.SSLContext
+    timeout: float = 10.0
+    _resources: dict[str, dict[str, tuple[str, bool]]] = field(default_factory=dict)
+
+    @classmethod
+    def from_pki(cls, pki_dir: Path, port: int, user: str = "admin", host: str = "127.0.0.1") -> Client:
+        return cls(host, port, tls_context(pki_dir / "ca.crt", pki_dir / f"{user}.crt", pki_dir / f"{user}.key"))
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                content_type: str = "application/json") -> tuple[int, bytes]:
+        conn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=self.timeout)
+        try:
+            headers = {"Accept": "application/json"}
+            if body is not None:
+                headers["Content-Type"] = content_type
+            conn.request(method, path, body=body, headers=headers)
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+
+    def json(self, method: str, path: str, obj: Any = None, content_type: str = "application/json") -> Any:
+        body = None if obj is None else json.dumps(obj).encode()
+        status, data = self.request(method, path, body, content_type)
+        if status >= 300:
+            try:
+                msg = json.loads(data).get("message", data.decode(errors="replace"))
+            except ValueError:
+                msg = data.decode(errors="replace")[:300]
+            raise APIError(status, msg)
+        return json.loads(data) if data else None
+
+    def resources(self, api_version: str) -> dict[str, tuple[str, bool]]:
+        """kind -> (plural, namespaced) for a group/version, from discovery (cached)."""
+        if api_version not in self._resources:
+            base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+            doc = self.json("GET", base)
+            self._resources[api_version] = {
+                r["kind"]: (r["name"], r["namespaced"]) for r in doc["resources"] if "/" not in r["name"]}
+        return self._resources[api_version]
+
+    def path_for(self, obj: dict[str, Any]) -> str:
+        try:
+            api_version, kind, name = obj["apiVersion"], obj["kind"], obj["metadata"]["name"]
+        except (KeyError, TypeError):
+            raise K4sError("manifest object lacks apiVersion, kind or metadata.name",
+                           hint="every document must be a complete Kubernetes object") from None
+        try:
+            plural, namespaced = self.resources(api_version)[kind]
+        except KeyError:
+            raise K4sError(f"the apiserver does not serve kind {kind} in {api_version}",
+                           hint="check apiVersion and kind, or install its CRD first") from None
+        except APIError as e:
+            if e.status == 404:
+                raise K4sError(f"the apiserver does not serve {api_version}",
+                               hint="check apiVersion, or install its CRD first") from None
+            raise
+        base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        if namespaced:
+            ns = obj["metadata"].get("namespace") or "default"
+            return f"{base}/namespaces/{ns}/{plural}/{name}"
+        return f"{base}/{plural}/{name}"
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply one object, taking ownership of conflicting fields."""
+        path = self.path_for(obj) + f"?fieldManager={FIELD_MANAGER}&force=true"
+        return self.json("PATCH", path, obj, content_type="application/apply-patch+yaml")

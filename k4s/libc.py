@@ -1,0 +1,78 @@
+"""The one module that talks to libc through ctypes: mount, umount, finit_module,
+reboot, sethostname, prctl. Every call raises OSError with errno on failure."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+_libc: ctypes.CDLL | None = None
+
+# finit_module(2) has no libc wrapper; its syscall number depends on the architecture.
+SYS_FINIT_MODULE = {"x86_64": 313, "aarch64": 273}
+MODULE_INIT_COMPRESSED_FILE = 4
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_SHARED = 1 << 20
+MNT_DETACH = 2
+
+RB_AUTOBOOT = 0x01234567
+RB_HALT_SYSTEM = 0xCDEF0123
+RB_POWER_OFF = 0x4321FEDC
+
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG = 1
+
+
+def libc() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return _libc
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return rc
+
+
+def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "") -> None:
+    _check(libc().mount(source.encode(), target.encode(), fstype.encode(), ctypes.c_ulong(flags),
+                        data.encode() if data else None), f"mount {target}")
+
+
+def umount(target: str, flags: int = 0) -> None:
+    _check(libc().umount2(target.encode(), flags), f"umount {target}")
+
+
+def finit_module(fd: int, params: str = "", flags: int = 0) -> None:
+    nr = SYS_FINIT_MODULE.get(platform.machine())
+    if nr is None:
+        raise OSError(38, f"finit_module: unsupported architecture {platform.machine()}")
+    _check(libc().syscall(ctypes.c_long(nr), ctypes.c_int(fd), ctypes.c_char_p(params.encode()),
+                          ctypes.c_int(flags)), "finit_module")
+
+
+def reboot(cmd: int) -> None:
+    _check(libc().reboot(ctypes.c_int(cmd)), "reboot")
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    _check(libc().sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname")
+
+
+def prctl(option: int, arg2: int = 0) -> None:
+    _check(libc().prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                        ctypes.c_ulong(0)), "prctl")
