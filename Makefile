@@ -7,7 +7,7 @@ export K4S_CACHE := $(CACHE)
 
 PY_SOURCES := $(shell find k4s applets -name '*.py') build/k4s.spec build/k4s_entry.py pyproject.toml
 
-.PHONY: setup components components-lock k4s test test-unit bench clean
+.PHONY: setup components components-lock images k4s test test-unit bench clean
 
 setup:
 	bash build/setup.sh
@@ -22,12 +22,16 @@ $(OUT)/k4s/k4s: $(PY_SOURCES)
 components:
 	$(PYTHON) build/components/build.py
 
+# Airgap images (pause, coredns, busybox) as deterministic OCI tarballs.
+images: components
+	$(PYTHON) -m k4s oci build --bin $(OUT)/components/bin --busybox /bin/busybox --out $(OUT)/images
+
 # Re-record the lock's sha256s after a deliberate version or toolchain change.
 components-lock:
 	$(PYTHON) build/components/build.py --update-lock
 
 # The README's test command: installs, builds, then runs every tier.
-test: setup components k4s
+test: setup components images k4s
 	$(PYTHON) -m pytest -v -ra tests
 
 test-unit:

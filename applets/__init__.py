@@ -9,6 +9,16 @@ from __future__ import annotations
 
 APPLETS: dict[str, tuple[str, str]] = {
     "config": ("applets.config", "show or validate the effective configuration"),
+    "containerd": ("applets.containerd", "run containerd configured from the k4s config"),
+    "etcd": ("applets.etcd", "run etcd configured from the k4s config"),
+    "kube-apiserver": ("applets.kube_apiserver", "run kube-apiserver configured from the k4s config"),
+    "kube-controller-manager": ("applets.kube_controller_manager", "run kube-controller-manager configured from the k4s config"),
+    "kube-proxy": ("applets.kube_proxy", "run kube-proxy configured from the k4s config"),
+    "kube-scheduler": ("applets.kube_scheduler", "run kube-scheduler configured from the k4s config"),
+    "kubectl": ("applets.kubectl", "the bundled kubectl, with the admin kubeconfig by default"),
+    "kubelet": ("applets.kubelet", "run the kubelet configured from the k4s config"),
     "oci": ("applets.oci", "build and list the airgap OCI image tarballs"),
     "pki": ("applets.pki", "create, renew and check the cluster certificates and kubeconfigs"),
+    "server": ("applets.server", "run the single-node cluster under the k4s supervisor"),
+    "status": ("applets.status", "show each component's state, pid, restarts and readiness"),
 }

@@ -184,6 +184,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("cluster-domain", _dns_name, "cluster.local", "cluster DNS domain"),
     Key("data-dir", _abs_path, "/var/lib/k4s", "state: PKI, datastore, images, manifests"),
     Key("run-dir", _abs_path, "/run/k4s", "sockets, logs, status"),
+    Key("bin-dir", _abs_path, "/usr/libexec/k4s", "where the upstream binaries are"),
+    Key("write-kubeconfig", _abs_path, "/etc/k4s/k4s.yaml", "a copy of the admin kubeconfig for users (0600)"),
     Key("datastore", _choice("etcd"), "etcd", "cluster datastore"),
     Key("tls-san", _list_of(_san), (), "extra names or addresses in the apiserver certificate"),
     Key("apiserver-port", _int_range(1, 65535), 6443, "kube-apiserver secure port"),
@@ -216,6 +218,8 @@ class Config:
     cluster_domain: str
     data_dir: str
     run_dir: str
+    bin_dir: str
+    write_kubeconfig: str
     datastore: str
     tls_san: tuple[str, ...]
     apiserver_port: int

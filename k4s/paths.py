@@ -37,6 +37,11 @@ class Paths:
         return self.kubeconfig("admin")
 
     @property
+    def manifests(self) -> Path:
+        """The auto-deploy directory, like k3s's server/manifests."""
+        return self.data / "manifests"
+
+    @property
     def logs(self) -> Path:
         return self.run / "log"
 

@@ -72,10 +72,10 @@ class Node:
         return self.paths.data / "cni" / "net.d"
 
 
-def child_env(node: Node) -> dict[str, str]:
+def child_env(bin_dir: Path | str) -> dict[str, str]:
     """The environment every upstream binary gets: explicit, never the bundle's LD_LIBRARY_PATH."""
     return {
-        "PATH": f"{node.bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "PATH": f"{bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": os.environ.get("HOME", "/root"),
         "LANG": "C.UTF-8",
         "TMPDIR": "/tmp",

@@ -1,0 +1,8 @@
+"""containerd: run containerd with flags and config files made from the k4s config.
+
+    containerd [UPSTREAM-ARGS...]
+"""
+
+from k4s.componentcli import component_cli
+
+cli = component_cli("containerd", __doc__)

@@ -1,0 +1,8 @@
+"""kube-apiserver: run kube-apiserver with flags and config files made from the k4s config.
+
+    kube-apiserver [UPSTREAM-ARGS...]
+"""
+
+from k4s.componentcli import component_cli
+
+cli = component_cli("kube-apiserver", __doc__)

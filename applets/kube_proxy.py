@@ -1,0 +1,8 @@
+"""kube-proxy: run kube-proxy with flags and config files made from the k4s config.
+
+    kube-proxy [UPSTREAM-ARGS...]
+"""
+
+from k4s.componentcli import component_cli
+
+cli = component_cli("kube-proxy", __doc__)

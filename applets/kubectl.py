@@ -1,0 +1,42 @@
+"""kubectl: the bundled kubectl (same version as the cluster), admin kubeconfig by default.
+
+    k4s kubectl [KUBECTL-ARGS...]
+
+KUBECONFIG, when set, wins; otherwise the write-kubeconfig copy (or the
+admin kubeconfig under data-dir) is used.
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from k4s.errors import K4sError
+
+
+def run(args: tuple[str, ...]) -> int:
+    from k4s import cliopts
+    from k4s.paths import Paths
+    from k4s.proc import foreign_env
+
+    cfg = cliopts.load_config(None, None, ())
+    env = foreign_env()
+    if "KUBECONFIG" not in env:
+        for candidate in (cfg.write_kubeconfig, str(Paths.of(cfg.data_dir, cfg.run_dir).admin_kubeconfig)):
+            if os.path.exists(candidate):
+                env["KUBECONFIG"] = candidate
+                break
+    kubectl = os.path.join(cfg.bin_dir, "kubectl")
+    try:
+        os.execve(kubectl, [kubectl, *args], env)
+    except OSError as e:
+        raise K4sError(f"cannot run {kubectl}: {e.strerror}", hint="check bin-dir, or build the components") from e
+    return 127
+
+
+@click.command(help=__doc__.split("\n\n")[0], context_settings={"ignore_unknown_options": True,
+                                                                 "allow_interspersed_args": False})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def cli(args: tuple[str, ...]) -> int:
+    return run(args)

@@ -1,0 +1,8 @@
+"""kubelet: run the kubelet with flags and config files made from the k4s config.
+
+    kubelet [UPSTREAM-ARGS...]
+"""
+
+from k4s.componentcli import component_cli
+
+cli = component_cli("kubelet", __doc__)

@@ -1,0 +1,107 @@
+"""The objects k4s applies at bootstrap: the RBAC the node needs and CoreDNS.
+
+Built as data from the Config, applied with server-side apply (k4s.kubeapi).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from k4s.config import Config
+
+Obj = dict[str, Any]
+LABELS = {"app.kubernetes.io/managed-by": "k4s"}
+
+
+def rbac() -> list[Obj]:
+    """The apiserver reaches kubelets (logs, exec, metrics) as kube-apiserver-kubelet-client."""
+    return [{
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "k4s:apiserver-kubelet-api-admin", "labels": LABELS},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:kubelet-api-admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "kube-apiserver-kubelet-client"}],
+    }]
+
+
+def corefile(cfg: Config) -> str:
+    return f""".:53 {{
+    errors
+    health {{
+        lameduck 5s
+    }}
+    ready
+    kubernetes {cfg.cluster_domain} in-addr.arpa ip6.arpa {{
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 30
+    }}
+    prometheus :9153
+    forward . /etc/resolv.conf {{
+        max_concurrent 1000
+    }}
+    cache 30
+    loop
+    reload
+    loadbalance
+}}
+"""
+
+
+def coredns(cfg: Config, image: str) -> list[Obj]:
+    ns, name = "kube-system", "coredns"
+    labels = {"k8s-app": "kube-dns", **LABELS}
+    meta = {"name": name, "namespace": ns, "labels": labels}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "system:coredns", "labels": labels},
+         "rules": [
+             {"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"], "verbs": ["list", "watch"]},
+             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+         ]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "system:coredns", "labels": labels},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:coredns"},
+         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}]},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"Corefile": corefile(cfg)}},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"k8s-app": "kube-dns"}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "priorityClassName": "system-cluster-critical",
+                    "serviceAccountName": name,
+                    "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"},
+                                    {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}],
+                    "containers": [{
+                        "name": "coredns",
+                        "image": image,
+                        "imagePullPolicy": "Never",  # airgap: the image is imported at boot
+                        "args": ["-conf", "/etc/coredns/Corefile"],
+                        "resources": {"limits": {"memory": "100Mi"}, "requests": {"cpu": "50m", "memory": "40Mi"}},
+                        "volumeMounts": [{"name": "config-volume", "mountPath": "/etc/coredns", "readOnly": True}],
+                        "ports": [{"containerPort": 53, "name": "dns", "protocol": "UDP"},
+                                  {"containerPort": 53, "name": "dns-tcp", "protocol": "TCP"},
+                                  {"containerPort": 9153, "name": "metrics", "protocol": "TCP"}],
+                        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]}},
+                        "livenessProbe": {"httpGet": {"path": "/health", "port": 8080}, "initialDelaySeconds": 60,
+                                          "timeoutSeconds": 5, "failureThreshold": 5},
+                        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}, "periodSeconds": 2},
+                    }],
+                    "dnsPolicy": "Default",
+                    "volumes": [{"name": "config-volume", "configMap": {"name": name,
+                                                                         "items": [{"key": "Corefile", "path": "Corefile"}]}}],
+                },
+            },
+        }},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kube-dns", "namespace": ns, "labels": labels,
+                                                             "annotations": {"prometheus.io/port": "9153",
+                                                                             "prometheus.io/scrape": "true"}},
+         "spec": {"selector": {"k8s-app": "kube-dns"}, "clusterIP": cfg.cluster_dns,
+                  "ports": [{"name": "dns", "port": 53, "protocol": "UDP"},
+                            {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+                            {"name": "metrics", "port": 9153, "protocol": "TCP"}]}},
+    ]

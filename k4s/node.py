@@ -1,0 +1,308 @@
+"""The single-node cluster: turn the Config into supervised services, check the
+host first, import the airgap images, bootstrap the cluster, keep the
+auto-deploy manifests applied.
+
+Used by `k4s server` on a host and by `init` on the appliance.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import signal
+import socket
+import threading
+from pathlib import Path
+
+import yaml
+
+from k4s import addons, components, kubeapi, log, oci, pki
+from k4s.components import Node
+from k4s.config import Config
+from k4s.errors import K4sError
+from k4s.fsutil import write_atomic
+from k4s.paths import IMAGES, Paths
+from k4s.supervisor import Service, Supervisor
+
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+NODE_HELPERS = ("containerd-shim-runc-v2", "runc", "ctr", "bridge", "host-local", "loopback", "portmap")
+# Who listens where: preflight refuses to start when one is taken.
+PORTS = {
+    "etcd": [("127.0.0.1", 2379), ("127.0.0.1", 2380), ("127.0.0.1", 2381)],
+    "kube-apiserver": [("0.0.0.0", None)],
+    "kube-controller-manager": [("127.0.0.1", 10257)],
+    "kube-scheduler": [("127.0.0.1", 10259)],
+    "kubelet": [("127.0.0.1", 10248), ("0.0.0.0", 10250)],
+    "kube-proxy": [("127.0.0.1", 10256), ("127.0.0.1", 10249)],
+}
+READY_TIMEOUT = {"etcd": 60.0, "kube-apiserver": 180.0, "kubelet": 180.0}
+
+
+def make_node(cfg: Config) -> Node:
+    from k4s.netinfo import node_address
+
+    iface, ip = node_address(cfg.node_ip, cfg.interface)
+    return Node(cfg, Paths.of(cfg.data_dir, cfg.run_dir), ip, iface, Path(cfg.bin_dir))
+
+
+def selected(control_plane_only: bool, cfg: Config) -> list[str]:
+    return [n for n in components.ORDER
+            if not (control_plane_only and components.module(n).NODE) and n not in cfg.disable]
+
+
+# --- preflight: every check before anything starts, so a failure leaves nothing running ---
+
+def cgroup2_mounted(mounts: str | None = None) -> bool:
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return False
+    return any(line.split()[1:3] == ["/sys/fs/cgroup", "cgroup2"] for line in mounts.splitlines() if line.strip())
+
+
+def port_owner(port: int) -> str:
+    import psutil
+
+    try:
+        for c in psutil.net_connections("tcp"):
+            if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid:
+                return f" by pid {c.pid} ({psutil.Process(c.pid).name()})"
+    except (psutil.Error, OSError):
+        pass
+    return ""
+
+
+def check_port(host: str, port: int, who: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise K4sError(f"port {port} ({who}) is already in use{port_owner(port)}",
+                               hint="stop the other server (another k4s or Kubernetes?) or change the port") from None
+            raise
+
+
+def preflight(node: Node, names: list[str]) -> None:
+    if os.geteuid() != 0:
+        raise K4sError("k4s server must run as root", hint="run it with sudo")
+    needed = [components.module(n).BINARY for n in names]
+    if "kubelet" in names:
+        needed += list(NODE_HELPERS)
+    for b in needed:
+        p = node.bin(b)
+        if not os.access(p, os.X_OK):
+            raise K4sError(f"component binary {p} is missing or not executable",
+                           hint="build the components (make components) and set bin-dir to out/components/bin")
+    if "kubelet" in names and not cgroup2_mounted():
+        raise K4sError("cgroup v2 is not mounted at /sys/fs/cgroup; kubelet requires it",
+                       hint="boot the host with systemd.unified_cgroup_hierarchy=1, or run --control-plane-only")
+    for n in names:
+        for host, port in PORTS.get(n, []):
+            check_port(host, port or node.cfg.apiserver_port, n)
+
+
+# --- tasks -------------------------------------------------------------------------------
+
+def image_dirs(node: Node) -> list[Path]:
+    return [IMAGES, node.paths.data / "images"]
+
+
+def image_tarballs(node: Node) -> list[Path]:
+    out = []
+    for d in image_dirs(node):
+        if d.is_dir():
+            out += sorted(p for p in d.iterdir() if p.suffix == ".tar")
+    return out
+
+
+def coredns_image(node: Node) -> str:
+    for t in image_tarballs(node):
+        for m in oci.read_index(t):
+            name = m.get("annotations", {}).get("io.containerd.image.name", "")
+            if "/coredns:" in name:
+                return name
+    return f"{oci.REGISTRY}/coredns:missing"
+
+
+def import_images(node: Node, sup: Supervisor) -> None:
+    """Every airgap tarball into containerd's k8s.io namespace, pinned against image GC."""
+    env = components.child_env(node.bin_dir)
+    ctr = [str(node.bin("ctr")), f"--address={node.containerd_socket}", "--namespace=k8s.io"]
+    logf = node.paths.logs / "images.log"
+    for t in image_tarballs(node):
+        names = [m.get("annotations", {}).get("io.containerd.image.name") for m in oci.read_index(t)]
+        rc = sup.run_command([*ctr, "images", "import", "--local", "--discard-unpacked-layers", str(t)], env, logf)
+        if rc != 0:
+            raise K4sError(f"ctr images import {t} failed with exit code {rc}", hint=f"see {logf}")
+        for n in filter(None, names):
+            sup.run_command([*ctr, "images", "label", n, "io.cri-containerd.pinned=pinned"], env, logf)
+        log.event("images", "imported", file=t.name, images=",".join(filter(None, names)))
+
+
+def api_client(node: Node) -> kubeapi.Client:
+    return kubeapi.Client.from_pki(node.pki, node.cfg.apiserver_port)
+
+
+def bootstrap(node: Node) -> None:
+    """RBAC and CoreDNS, server-side applied (idempotent, so every start re-asserts them)."""
+    client = api_client(node)
+    objs = addons.rbac()
+    if "coredns" not in node.cfg.disable:
+        objs += addons.coredns(node.cfg, coredns_image(node))
+    for obj in objs:
+        client.apply(obj)
+    log.event("bootstrap", "applied", objects=len(objs))
+
+
+def write_user_kubeconfig(node: Node) -> None:
+    src = node.paths.admin_kubeconfig
+    dst = Path(node.cfg.write_kubeconfig)
+    write_atomic(dst, src.read_bytes(), 0o600)
+    log.event("kubeconfig", "written", path=dst)
+
+
+class ManifestWatcher:
+    """Applies every YAML in the auto-deploy directories at start and whenever one changes."""
+
+    def __init__(self, node: Node, dirs: list[Path], interval: float = 5.0) -> None:
+        self.node, self.dirs, self.interval = node, dirs, interval
+        self.seen: dict[Path, str] = {}
+        self.stop = threading.Event()
+
+    def files(self) -> list[Path]:
+        out = []
+        for d in self.dirs:
+            if d.is_dir():
+                out += sorted(p for p in d.iterdir() if p.suffix in (".yaml", ".yml", ".json") and p.is_file())
+        return out
+
+    def scan(self) -> int:
+        applied = 0
+        client = api_client(self.node)
+        for f in self.files():
+            try:
+                raw = f.read_bytes()
+            except OSError:
+                continue
+            digest = hashlib.sha256(raw).hexdigest()
+            if self.seen.get(f) == digest:
+                continue
+            try:
+                docs = [d for d in yaml.safe_load_all(raw) if d]
+                for d in docs:
+                    if not isinstance(d, dict):
+                        raise K4sError("a document is not a mapping", hint="each YAML document must be an object")
+                    items = d.get("items", []) if d.get("kind", "").endswith("List") else [d]
+                    for obj in items:
+                        client.apply(obj)
+                self.seen[f] = digest
+                applied += 1
+                log.event("manifests", "applied", file=f.name, objects=len(docs))
+            except (yaml.YAMLError, K4sError, OSError) as e:
+                self.seen[f] = digest  # retried when the file changes again
+                msg = e.message if isinstance(e, K4sError) else str(e).replace("\n", " ")
+                log.event("manifests", "error", level="error", file=f.name, error=msg)
+        return applied
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.scan()
+            except (OSError, K4sError) as e:
+                log.event("manifests", "scan-failed", level="warn", error=str(e))
+            self.stop.wait(self.interval)
+
+
+# --- the services ------------------------------------------------------------------------
+
+def services(node: Node, names: list[str], sup_box: list[Supervisor]) -> list[Service]:
+    env = components.child_env(node.bin_dir)
+    out: list[Service] = []
+    for n in names:
+        m = components.module(n)
+        after = tuple(a for a in m.AFTER if a in names)
+        if n == "kubelet":
+            after += ("images",)
+        out.append(Service(n, after=after, argv=lambda m=m: m.command(node), probe=lambda m=m: m.ready(node),
+                           env=env, ready_timeout=READY_TIMEOUT.get(n, 120.0)))
+        if n == "containerd":
+            out.append(Service("images", after=("containerd",), task=lambda: import_images(node, sup_box[0]),
+                               ready_timeout=300.0, max_early_exits=3))
+    out.append(Service("bootstrap", after=("kube-apiserver",), task=lambda: bootstrap(node), max_early_exits=10))
+    return out
+
+
+def wait_node_ready(node: Node, stop: threading.Event) -> None:
+    """Block until the Node object reports Ready (a task: the supervisor retries it)."""
+    client = api_client(node)
+    while not stop.is_set():
+        try:
+            obj = client.json("GET", f"/api/v1/nodes/{node.cfg.node_name}")
+            conds = {c["type"]: c["status"] for c in obj.get("status", {}).get("conditions", [])}
+            if conds.get("Ready") == "True":
+                log.console(f"k4s: node {node.cfg.node_name} Ready")
+                return
+        except (OSError, K4sError):
+            pass
+        stop.wait(1.0)
+    raise K4sError("stopped before the node was Ready")
+
+
+def run_server(cfg: Config, control_plane_only: bool,
+               stop_signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> int:
+    """Bring the node up and supervise it until one of stop_signals arrives; return that signal.
+
+    Raises K4sError on a fatal failure, after stopping whatever had started.
+    """
+    from k4s import libc
+
+    paths = Paths.of(cfg.data_dir, cfg.run_dir)
+    log.setup(paths.logs, cfg.log_level)
+    node = make_node(cfg)
+    names = selected(control_plane_only, cfg)
+    log.event("k4s", "starting", node=cfg.node_name, ip=node.node_ip, components=",".join(names))
+    preflight(node, names)
+    changed = [r for r in pki.for_config(cfg).ensure(pki.identity_for(cfg)) if r.action != "kept"]
+    for r in changed:
+        log.event("pki", r.action, cert=r.name, reason=r.reason or None)
+    try:
+        libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)  # container shims re-parent to us, so stop can end them
+    except OSError:
+        pass
+    box: list[Supervisor] = []
+    svcs = services(node, names, box)
+    watcher = ManifestWatcher(node, [paths.manifests]) if "manifests" not in cfg.disable else None
+    if "kubelet" in names:
+        svcs.append(Service("node-ready", after=("kubelet",), task=lambda: wait_node_ready(node, sup.stop_requested),
+                            ready_timeout=600.0, max_early_exits=3))
+
+    def on_ready(s: Service) -> None:
+        if s.name == "bootstrap":
+            write_user_kubeconfig(node)
+            if watcher:
+                threading.Thread(target=watcher.run, name="manifests", daemon=True).start()
+
+    sup = Supervisor(svcs, paths.logs, paths.status, on_ready=on_ready)
+    box.append(sup)
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # Only flags here: the loop notices and stops everything in order.
+        received.append(signum)
+        sup.request_stop()
+
+    for sig in stop_signals:
+        signal.signal(sig, on_signal)
+    try:
+        sup.run()
+        if received:
+            log.event("k4s", "signal", signal=signal.Signals(received[0]).name)
+        return received[0] if received else 0
+    finally:
+        if watcher:
+            watcher.stop.set()
+        log.event("k4s", "stopped")

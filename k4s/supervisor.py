@@ -1,0 +1,387 @@
+"""The supervisor: starts services in dependency order, probes readiness,
+restarts crashes with back-off, stops everything in reverse order.
+
+This is the one module that calls waitpid. It reaps every child, including
+orphans re-parented to it (it is PID 1 on the appliance and a child subreaper
+elsewhere), and hands exit codes to whoever waits on them (`run_command`).
+Nothing else in k4s reaps, so no exit status is ever stolen.
+
+Two kinds of service:
+  - a process: argv from a callback that also writes its config files;
+  - a task: a Python function run in a thread (import images, bootstrap);
+    it is ready when it returns, retried with back-off when it raises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from k4s import log
+from k4s.errors import K4sError
+from k4s.fsutil import write_atomic
+
+TICK = 0.1
+PROBE_EVERY = 0.25        # while starting
+RECHECK_EVERY = 5.0       # once ready: readiness is re-probed this often
+BACKOFF_MIN, BACKOFF_MAX = 1.0, 30.0
+STABLE_AFTER = 60.0       # a run this long resets the back-off
+
+
+@dataclass
+class Service:
+    name: str
+    after: tuple[str, ...] = ()
+    argv: Callable[[], list[str]] | None = None      # a process
+    task: Callable[[], None] | None = None           # or a task
+    probe: Callable[[], bool] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    ready_timeout: float = 120.0   # during bring-up: not ready by then is fatal
+    stop_timeout: float = 15.0
+    max_early_exits: int = 5       # exits before first ready: then fatal
+
+    # runtime state
+    state: str = "waiting"   # waiting | starting | ready | backoff | stopping | stopped | failed
+    pid: int | None = None
+    restarts: int = 0
+    early_exits: int = 0
+    started_at: float | None = None
+    first_started: float | None = None
+    ready_at: float | None = None
+    ever_ready: bool = False
+    next_start: float = 0.0
+    backoff: float = BACKOFF_MIN
+    last_probe: float = 0.0
+    probe_future: Future[bool] | None = None
+    task_future: Future[None] | None = None
+    last_exit: str = ""
+
+
+class Fatal(K4sError):
+    pass
+
+
+class Supervisor:
+    def __init__(self, services: list[Service], log_dir: Path, status_path: Path | None = None,
+                 on_ready: Callable[[Service], None] | None = None) -> None:
+        self.services = {s.name: s for s in services}
+        self.order = [s.name for s in services]
+        self.log_dir = log_dir
+        self.status_path = status_path
+        self.on_ready = on_ready
+        self.t0 = time.monotonic()
+        self.stop_requested = threading.Event()
+        self.fatal: Fatal | None = None
+        self.pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="k4s")
+        self._waiters: dict[int, tuple[threading.Event, list[int]]] = {}
+        self._spawn_lock = threading.Lock()
+        self._dirty = True
+        for s in services:
+            unknown = set(s.after) - set(self.services)
+            if unknown:
+                raise ValueError(f"{s.name} waits for unknown services {sorted(unknown)}")
+
+    # --- process plumbing ----------------------------------------------------------------
+
+    def spawn(self, argv: list[str], env: dict[str, str], log_path: Path) -> int:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            actions = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                       (os.POSIX_SPAWN_DUP2, fd, 1), (os.POSIX_SPAWN_DUP2, fd, 2)]
+            try:
+                # setsid: a Ctrl-C on the terminal reaches us, and we stop children in order.
+                return os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
+            except OSError as e:
+                raise K4sError(f"cannot start {argv[0]}: {e.strerror}",
+                               hint="check the component is built and executable (make components)") from e
+        finally:
+            os.close(fd)
+
+    def run_command(self, argv: list[str], env: dict[str, str], log_path: Path, timeout: float = 120) -> int:
+        """Run a helper to completion (from a task thread); its exit code. The reaper reaps it."""
+        done, box = threading.Event(), []
+        with self._spawn_lock:
+            pid = self.spawn(argv, env, log_path)
+            self._waiters[pid] = (done, box)
+        if not done.wait(timeout):
+            os.kill(pid, signal.SIGKILL)
+            done.wait(5)
+            raise K4sError(f"{os.path.basename(argv[0])} did not finish within {timeout:.0f}s",
+                           hint=f"see {log_path}")
+        return box[0]
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            code = os.waitstatus_to_exitcode(status)
+            with self._spawn_lock:
+                waiter = self._waiters.pop(pid, None)
+            if waiter:
+                waiter[1].append(code)
+                waiter[0].set()
+                continue
+            for s in self.services.values():
+                if s.pid == pid:
+                    self._exited(s, code)
+                    break
+            # anything else is an orphan we inherited: reaped, nothing more to do
+
+    def _exited(self, s: Service, code: int) -> None:
+        s.pid = None
+        s.probe_future = None
+        how = f"signal {-code}" if code < 0 else f"code {code}"
+        s.last_exit = how
+        self._dirty = True
+        if s.state == "stopping" or self.stop_requested.is_set():
+            s.state = "stopped"
+            log.event(s.name, "stopped", exit=how)
+            return
+        if not s.ever_ready:
+            s.early_exits += 1
+            if s.early_exits >= s.max_early_exits:
+                self._fail(s, f"{s.name} exited {s.early_exits} times before it became ready (last: {how})")
+                return
+        ran = time.monotonic() - (s.started_at or 0)
+        if ran >= STABLE_AFTER:
+            s.backoff = BACKOFF_MIN
+        s.state = "backoff"
+        s.next_start = time.monotonic() + s.backoff
+        log.event(s.name, "exited", level="warn", exit=how, restart_in=s.backoff)
+        s.backoff = min(s.backoff * 2, BACKOFF_MAX)
+
+    def _fail(self, s: Service, message: str) -> None:
+        s.state = "failed"
+        last = log.tail(self.log_dir / f"{s.name}.log")
+        self.fatal = Fatal(message + (f"; last log: {last}" if last else ""),
+                           hint=f"see {self.log_dir / (s.name + '.log')}")
+        self.stop_requested.set()
+
+    # --- starting and probing ------------------------------------------------------------
+
+    def _deps_ready(self, s: Service) -> bool:
+        return all(self.services[d].state == "ready" or self.services[d].ever_ready for d in s.after)
+
+    def _start(self, s: Service) -> None:
+        now = time.monotonic()
+        if s.first_started is None:
+            s.first_started = now
+        else:
+            s.restarts += 1
+        s.started_at = now
+        s.last_probe = 0.0
+        s.state = "starting"
+        self._dirty = True
+        if s.task is not None:
+            s.task_future = self.pool.submit(s.task)
+            log.event(s.name, "start", after=now - self.t0)
+            return
+        assert s.argv is not None
+        try:
+            argv = s.argv()
+            s.pid = self.spawn(argv, s.env, self.log_dir / f"{s.name}.log")
+        except K4sError as e:
+            self._fail(s, f"{s.name}: {e.message}")
+            if e.hint and self.fatal:
+                self.fatal.hint = e.hint
+            return
+        log.event(s.name, "start", pid=s.pid, after=now - self.t0)
+
+    def _became_ready(self, s: Service) -> None:
+        now = time.monotonic()
+        first = not s.ever_ready
+        s.state, s.ready_at, s.ever_ready = "ready", now, True
+        s.early_exits = 0
+        self._dirty = True
+        log.event(s.name, "ready", after=now - (s.started_at or now), at=now - self.t0)
+        if first and self.on_ready:
+            self.pool.submit(self._safe_hook, s)
+
+    def _safe_hook(self, s: Service) -> None:
+        try:
+            assert self.on_ready
+            self.on_ready(s)
+        except Exception as e:  # a hook must never take the supervisor down
+            log.event(s.name, "hook-failed", level="error", error=str(e))
+
+    def _check_task(self, s: Service) -> None:
+        f = s.task_future
+        if f is None or not f.done():
+            return
+        s.task_future = None
+        err = f.exception()
+        if err is None:
+            self._became_ready(s)
+            return
+        s.early_exits += 1
+        msg = err.message if isinstance(err, K4sError) else f"{type(err).__name__}: {err}"
+        if s.early_exits >= s.max_early_exits:
+            self._fail(s, f"{s.name} failed {s.early_exits} times: {msg}")
+            return
+        s.state, s.next_start = "backoff", time.monotonic() + s.backoff
+        log.event(s.name, "failed", level="warn", error=msg, retry_in=s.backoff)
+        s.backoff = min(s.backoff * 2, BACKOFF_MAX)
+
+    def _probe(self, s: Service) -> bool:
+        try:
+            return bool(s.probe and s.probe())
+        except Exception:
+            return False
+
+    def _check_probe(self, s: Service, now: float) -> None:
+        f = s.probe_future
+        if f is not None:
+            if not f.done():
+                return
+            s.probe_future = None
+            ok = f.result()
+            if s.state == "starting" and ok:
+                self._became_ready(s)
+            elif s.state == "ready" and not ok:
+                s.state = "starting"
+                self._dirty = True
+                log.event(s.name, "unready", level="warn")
+            return
+        every = RECHECK_EVERY if s.state == "ready" else PROBE_EVERY
+        if s.probe is not None and now - s.last_probe >= every:
+            s.last_probe = now
+            s.probe_future = self.pool.submit(self._probe, s)
+        elif s.probe is None and s.state == "starting":
+            self._became_ready(s)
+
+    def step(self) -> None:
+        self.reap()
+        now = time.monotonic()
+        for name in self.order:
+            s = self.services[name]
+            if self.stop_requested.is_set():
+                break
+            if s.state in ("waiting", "backoff") and now >= s.next_start and self._deps_ready(s):
+                self._start(s)
+            elif s.state in ("starting", "ready"):
+                if s.task is not None:
+                    self._check_task(s)
+                else:
+                    self._check_probe(s, now)
+                if (s.state == "starting" and not s.ever_ready and s.started_at is not None
+                        and s.first_started is not None and now - s.first_started > s.ready_timeout):
+                    self._fail(s, f"{s.name} did not become ready within {s.ready_timeout:.0f}s")
+        if self._dirty:
+            self.write_status()
+
+    # --- the loop and the stop -----------------------------------------------------------
+
+    def all_ready(self) -> bool:
+        return all(s.state == "ready" for s in self.services.values())
+
+    def run(self, until: Callable[[], bool] | None = None) -> int:
+        """Run until a stop is requested (signal, fatal error) or `until()` is true; then stop all."""
+        try:
+            while not self.stop_requested.is_set():
+                self.step()
+                if until and until():
+                    break
+                self.stop_requested.wait(TICK)
+        finally:
+            self.stop_all()
+        if self.fatal:
+            raise self.fatal
+        return 0
+
+    def request_stop(self, *_: Any) -> None:
+        self.stop_requested.set()
+
+    def stop_all(self, deadline: float = 60.0) -> None:
+        self.stop_requested.set()
+        end = time.monotonic() + deadline
+        for name in reversed(self.order):
+            s = self.services[name]
+            if s.pid is None:
+                if s.state not in ("failed",):
+                    s.state = "stopped"
+                continue
+            s.state = "stopping"
+            self._dirty = True
+            log.event(s.name, "stopping", pid=s.pid)
+            try:
+                os.kill(s.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            limit = min(end, time.monotonic() + s.stop_timeout)
+            while s.pid is not None and time.monotonic() < limit:
+                self.reap()
+                time.sleep(0.05)
+            if s.pid is not None:
+                log.event(s.name, "kill", level="warn", pid=s.pid)
+                try:
+                    os.kill(s.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                while s.pid is not None and time.monotonic() < limit + 5:
+                    self.reap()
+                    time.sleep(0.05)
+        self.kill_descendants()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.write_status()
+
+    def kill_descendants(self, grace: float = 5.0) -> None:
+        """Processes left behind (container shims, helpers): TERM, then KILL, all reaped."""
+        import psutil
+
+        me = psutil.Process()
+        left = me.children(recursive=True)
+        if not left:
+            return
+        for p in left:
+            try:
+                p.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        end = time.monotonic() + grace
+        while time.monotonic() < end and any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in left):
+            self.reap()
+            time.sleep(0.05)
+        for p in left:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        time.sleep(0.1)
+        self.reap()
+
+    def write_status(self) -> None:
+        self._dirty = False
+        if self.status_path is None:
+            return
+        now = time.monotonic()
+        doc = {
+            "supervisor_pid": os.getpid(),
+            "updated": time.time(),
+            "components": {
+                s.name: {
+                    "state": s.state, "pid": s.pid, "restarts": s.restarts, "ready": s.state == "ready",
+                    "started_after": None if s.first_started is None else round(s.first_started - self.t0, 2),
+                    "ready_after": None if s.ready_at is None or s.started_at is None
+                    else round(s.ready_at - s.started_at, 2),
+                    "up": None if s.started_at is None or s.pid is None else round(now - s.started_at, 1),
+                    "last_exit": s.last_exit,
+                } for s in (self.services[n] for n in self.order)
+            },
+        }
+        try:
+            write_atomic(self.status_path, json.dumps(doc, indent=1) + "\n")
+        except (OSError, K4sError):
+            pass

@@ -1,0 +1,80 @@
+"""`k4s server` lifecycle on the host: clean stop, and one clear line for each bad input."""
+
+from __future__ import annotations
+
+import socket
+
+import psutil
+import pytest
+
+from tests.integration.conftest import start_server
+
+
+def test_sigterm_stops_everything_within_deadline(tmp_path) -> None:
+    s = start_server(tmp_path, "--control-plane-only")
+    try:
+        s.wait_ready()
+        pids = [c["pid"] for c in s.status()["components"].values() if c["pid"]]
+        assert len(pids) == 4
+        took = s.stop(timeout=60)
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+    assert s.proc.returncode == 0
+    assert took < 60
+    alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert alive == []
+    log = s.log.read_text()
+    for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
+        assert f"component={name} event=stopped" in log
+    # reverse order: the apiserver stops before etcd
+    assert log.index("component=kube-apiserver event=stopping") < log.index("component=etcd event=stopping")
+
+
+def _fails_with(tmp_path, *extra: str, env_bin: str | None = None, timeout: float = 180) -> str:
+    s = start_server(tmp_path, *extra)
+    try:
+        s.proc.wait(timeout)
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+    assert s.proc.returncode == 1
+    errors = [ln for ln in s.log.read_text().splitlines() if ln.startswith("k4s server: error:")]
+    assert len(errors) == 1 and "(hint: " in errors[0]
+    return errors[0]
+
+
+def test_missing_component_binary(tmp_path) -> None:
+    empty = tmp_path / "nobin"
+    empty.mkdir()
+    line = _fails_with(tmp_path, "--control-plane-only", "--set", f"bin-dir={empty}")
+    assert f"component binary {empty}/etcd is missing" in line
+
+
+def test_port_in_use(tmp_path) -> None:
+    with socket.socket() as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        blocker.bind(("127.0.0.1", 2379))
+        blocker.listen()
+        line = _fails_with(tmp_path, "--control-plane-only")
+    assert "port 2379 (etcd) is already in use by pid" in line
+
+
+def test_host_without_cgroup_v2(tmp_path) -> None:
+    from k4s.node import cgroup2_mounted
+
+    if cgroup2_mounted():
+        pytest.skip("this host has cgroup v2: the node part would start")  # the e2e tier covers it
+    line = _fails_with(tmp_path)
+    assert "cgroup v2 is not mounted" in line and "--control-plane-only" in line
+
+
+def test_datastore_that_does_not_come_up_stops_the_rest(tmp_path) -> None:
+    # An etcd data dir it cannot use: a corrupt backend database.
+    snap = tmp_path / "data" / "etcd" / "member" / "snap"
+    snap.mkdir(parents=True)
+    (snap / "db").write_bytes(b"this is not a bolt database" * 100)
+    (tmp_path / "data" / "etcd" / "member" / "wal").mkdir()
+    line = _fails_with(tmp_path, "--control-plane-only")
+    assert "etcd exited 5 times before it became ready" in line
+    assert not any("kube-apiserver" in p.name() for p in psutil.process_iter(["name"]))
