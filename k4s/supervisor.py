@@ -385,3 +385,23 @@ class Supervisor:
             write_atomic(self.status_path, json.dumps(doc, indent=1) + "\n")
         except (OSError, K4sError):
             pass
+
+
+def kill_all(grace: float = 3.0) -> None:
+    """As PID 1 at shutdown: every other process gets TERM, a grace period, then KILL; all reaped."""
+    try:
+        os.kill(-1, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    end = time.monotonic() + grace
+    while time.monotonic() < end:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.05)
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

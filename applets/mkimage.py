@@ -1,0 +1,59 @@
+"""mkimage: build the appliance initramfs (and copy its kernel).
+
+    k4s mkimage --out out/initramfs.cpio.zst [--kernel-out out/vmlinuz] [--compression zstd|xz|gzip|none]
+
+Packs rootfs/, the frozen k4s, the components, the airgap images, the ldd
+closure of every ELF and the kernel modules into concatenated newc segments,
+one per part, and prints the size of each. The same inputs give the same
+sha256. Compressed segments are cached by content, so a rebuild after a
+change recompresses only the parts that changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import click
+
+from k4s import image
+
+P = click.Path(path_type=Path)
+
+
+def run(inp: image.Inputs, out: Path, kernel_out: Path | None, method: str, level: int | None,
+        cache: Path | None) -> int:
+    segs = image.build(inp, out, method, level, cache)
+    click.echo(image.report(segs))
+    if kernel_out:
+        release = image.kernel_release(inp.kernel_root)
+        vmlinuz = inp.kernel_root / "boot" / f"vmlinuz-{release}"
+        kernel_out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(vmlinuz, kernel_out)
+        click.echo(f"kernel {release} -> {kernel_out}")
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    click.echo(f"{out}: {out.stat().st_size / 1e6:.1f} MB sha256 {digest}")
+    return 0
+
+
+@click.command(help=__doc__.split("\n\n")[0])
+@click.option("--out", type=P, required=True, help="The initramfs to write.")
+@click.option("--kernel-out", type=P, help="Copy the kernel here.")
+@click.option("--bundle", type=P, default=Path("out/k4s"), show_default=True, help="The frozen k4s (onedir).")
+@click.option("--components", type=P, default=Path("out/components/bin"), show_default=True)
+@click.option("--images", type=P, default=Path("out/images"), show_default=True)
+@click.option("--rootfs", type=P, default=Path("rootfs"), show_default=True)
+@click.option("--overlay", type=P, multiple=True, help="Another tree to copy over the rootfs (repeatable).")
+@click.option("--kernel-root", type=P, default=Path("/var/cache/k4s/kernel"), show_default=True,
+              envvar="K4S_KERNEL_ROOT", help="An unpacked linux-image package (boot/, lib/modules/).")
+@click.option("--busybox", type=P, default=Path("/bin/busybox"), show_default=True)
+@click.option("--compression", type=click.Choice(["zstd", "xz", "gzip", "none"]), default="zstd", show_default=True)
+@click.option("--level", type=int, help="Compression level (zstd 19, xz 9, gzip 9 by default).")
+@click.option("--cache", type=P, default=Path("/var/cache/k4s/segments"), show_default=True,
+              help="Where compressed segments are kept for reuse.")
+def cli(out: Path, kernel_out: Path | None, bundle: Path, components: Path, images: Path, rootfs: Path,
+        overlay: tuple[Path, ...], kernel_root: Path, busybox: Path, compression: str, level: int | None,
+        cache: Path) -> int:
+    inp = image.Inputs(bundle, components, images, rootfs, kernel_root, busybox, list(overlay))
+    return run(inp, out, kernel_out, compression, level, cache)

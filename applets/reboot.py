@@ -1,0 +1,18 @@
+"""reboot: ask init to stop the node in order and reboot.
+
+    reboot [-f]
+
+-f skips the orderly stop: sync and reboot at once (as root).
+"""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command(help=__doc__.split("\n\n")[0])
+@click.option("-f", "--force", is_flag=True, help="Do not stop the node in order; sync and reboot now.")
+def cli(force: bool) -> int:
+    from k4s.power import request
+
+    return request("reboot", force)

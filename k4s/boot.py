@@ -1,0 +1,197 @@
+"""PID 1 of the appliance: mount, configure, load modules, bring up the network,
+run the node, and on a stop request or a fatal error end in a clean poweroff,
+reboot or halt. It never returns and never lets the kernel panic.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from k4s import libc, log
+from k4s.config import Config
+from k4s.errors import K4sError
+
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/libexec/k4s"
+MODULES_LIST = Path("/etc/k4s/modules.list")
+CGROUP_CONTROLLERS = ("cpuset", "cpu", "io", "memory", "hugetlb", "pids")
+SYSCTLS = {
+    "net/ipv4/ip_forward": "1",
+    "net/bridge/bridge-nf-call-iptables": "1",
+    "net/bridge/bridge-nf-call-ip6tables": "1",
+    "vm/overcommit_memory": "1",
+    "vm/panic_on_oom": "0",
+    "kernel/panic": "10",
+    "kernel/panic_on_oops": "1",
+    "fs/inotify/max_user_instances": "8192",
+    "fs/inotify/max_user_watches": "524288",
+    "kernel/modprobe": "/sbin/modprobe",
+}
+
+# (source, target, fstype, flags, data)
+MOUNTS = [
+    ("proc", "/proc", "proc", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC, ""),
+    ("sysfs", "/sys", "sysfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC, ""),
+    ("devtmpfs", "/dev", "devtmpfs", libc.MS_NOSUID, "mode=0755"),
+    ("devpts", "/dev/pts", "devpts", libc.MS_NOSUID | libc.MS_NOEXEC, "gid=5,mode=620,ptmxmode=666"),
+    ("tmpfs", "/dev/shm", "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "mode=1777"),
+    ("tmpfs", "/run", "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "mode=0755"),
+    ("tmpfs", "/tmp", "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "mode=1777"),
+    ("cgroup2", "/sys/fs/cgroup", "cgroup2", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC, "nsdelegate"),
+    ("bpf", "/sys/fs/bpf", "bpf", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC, "mode=0700"),
+]
+
+
+def stage(name: str, **fields: object) -> None:
+    log.event("init", name, **fields)
+
+
+def mount_all() -> None:
+    for source, target, fstype, flags, data in MOUNTS:
+        os.makedirs(target, exist_ok=True)
+        try:
+            libc.mount(source, target, fstype, flags, data)
+        except OSError as e:
+            if e.errno == 16:  # EBUSY: already mounted (e.g. the kernel mounted devtmpfs)
+                continue
+            if target == "/sys/fs/bpf":
+                continue  # optional
+            raise K4sError(f"mount {fstype} on {target}: {e.strerror}", hint="the kernel lacks this filesystem") from e
+    # Let kubelet's cgroupfs driver use every controller below the root.
+    try:
+        have = Path("/sys/fs/cgroup/cgroup.controllers").read_text().split()
+        enable = " ".join(f"+{c}" for c in CGROUP_CONTROLLERS if c in have)
+        Path("/sys/fs/cgroup/cgroup.subtree_control").write_text(enable)
+    except OSError as e:
+        raise K4sError(f"cannot enable cgroup v2 controllers: {e.strerror}",
+                       hint="boot a kernel with cgroup v2 (CONFIG_CGROUPS, memory and cpu controllers)") from e
+
+
+def load_modules() -> int:
+    from k4s import kmod
+
+    try:
+        names = [ln.split("#")[0].strip() for ln in MODULES_LIST.read_text().splitlines()]
+    except OSError:
+        return 0
+    idx = kmod.Index.load()
+    count = 0
+    for name in filter(None, names):
+        try:
+            count += len(kmod.modprobe(idx, name))
+        except K4sError as e:
+            stage("module-failed", level="warn", module=name, error=e.message)
+    return count
+
+
+def sysctls() -> None:
+    for key, value in SYSCTLS.items():
+        try:
+            Path("/proc/sys", key).write_text(value)
+        except OSError as e:
+            stage("sysctl-failed", level="warn", key=key, error=e.strerror)
+
+
+def default_node_name(cfg: Config) -> Config:
+    """A stable per-machine name when none is configured: k4s-<last 3 MAC bytes>."""
+    from k4s import config as configmod
+    from k4s.netconf import physical_interfaces
+
+    if cfg.sources.get("node-name") != "default" or cfg.hostname:
+        return cfg
+    for iface in physical_interfaces():
+        try:
+            mac = Path(f"/sys/class/net/{iface}/address").read_text().strip().replace(":", "")
+        except OSError:
+            continue
+        return configmod.replace(cfg, node_name=f"k4s-{mac[-6:]}")
+    return cfg
+
+
+def boot() -> str:
+    """Bring the machine up and run the node; the power action to take at the end."""
+    from k4s import cliopts, config, netconf, power
+    from k4s.node import run_server
+
+    mount_all()
+    stage("mounts")
+    cmdline = cliopts.read_proc_cmdline()
+    cfg = config.load(cmdline=cmdline)
+    log.setup(Path(cfg.run_dir) / "log", cfg.log_level)
+    stage("config", source=cfg.sources.get("node-name"))
+    n = load_modules()
+    stage("modules", loaded=n)
+    sysctls()
+    cfg = default_node_name(cfg)
+    try:
+        libc.sethostname(cfg.hostname or cfg.node_name)
+    except OSError as e:
+        stage("hostname-failed", level="warn", error=e.strerror)
+    iface, ip = netconf.setup(cfg, Path(cfg.run_dir))
+    if not cfg.node_ip:
+        cfg = config.replace(cfg, node_ip=ip, interface=iface)
+    buttons = power.watch_power_button(lambda: os.kill(os.getpid(), signal.SIGPWR))
+    stage("power-button", devices=len(buttons))
+    sig = run_server(cfg, control_plane_only=False, stop_signals=tuple(power.SIGNAL_ACTION))
+    return power.SIGNAL_ACTION.get(signal.Signals(sig), "poweroff") if sig else cfg.on_failure
+
+
+def on_failure_action() -> str:
+    """The configured failure action, if the config can be read at all."""
+    try:
+        from k4s import cliopts, config
+
+        return config.load(cmdline=cliopts.read_proc_cmdline()).on_failure
+    except Exception:
+        return "poweroff"
+
+
+def main() -> None:
+    """PID 1. Never returns."""
+    os.environ.clear()
+    os.environ.update({"PATH": PATH, "HOME": "/root", "TERM": "linux", "LANG": "C.UTF-8"})
+    action = "poweroff"
+    try:
+        log.console(f"k4s init: starting (kernel {os.uname().release}, {log.uptime():.2f}s since boot)")
+        action = boot()
+    except K4sError as e:
+        log.console(e.render("k4s init"))
+        action = on_failure_action()
+        log.console(f"k4s init: fatal error; will {action} (on-failure, k4s.on-failure=poweroff|reboot|halt)")
+        time.sleep(1)
+    except BaseException as e:  # noqa: BLE001: PID 1 must never die with a traceback
+        import traceback
+
+        traceback.print_exc()
+        log.console(f"k4s init: error: unexpected {type(e).__name__}: {e} (hint: this is a bug; "
+                    "the traceback above says where)")
+        action = on_failure_action()
+    finally:
+        shutdown(action)
+
+
+def shutdown(action: str) -> None:
+    from k4s import power
+    from k4s.supervisor import kill_all
+
+    try:
+        kill_all()
+    except Exception:
+        pass
+    try:
+        power.final(action)
+    except OSError as e:
+        log.console(f"k4s init: reboot({action}) failed: {e.strerror}")
+    while True:  # PID 1 must not exit: the kernel would panic
+        time.sleep(3600)
+
+
+def run_as_init() -> int:
+    if os.getpid() != 1:
+        raise K4sError("init must run as PID 1 (the kernel starts /init)",
+                       hint="to run the node on a host, use `k4s server`")
+    main()
+    sys.exit(0)  # not reached

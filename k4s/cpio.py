@@ -1,0 +1,253 @@
+"""newc cpio: a deterministic writer and a defensive reader.
+
+Writer: entries in the order given (the image builder sorts them), inodes
+renumbered from 1, uid/gid 0, mtime fixed (SOURCE_DATE_EPOCH), nlink 1 (2 for
+directories), 4-byte alignment, "TRAILER!!!" at the end.
+
+Reader: walks concatenated archives (the kernel accepts several segments, each
+compressed on its own), decompressing zstd, xz and gzip by their magic. It
+rejects what could hurt an extractor: absolute or `..` paths, writes through
+symlinks, truncated or oversized headers.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import lzma
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from k4s.errors import K4sError
+
+MAGIC = b"070701"
+HEADER = 110
+TRAILER = "TRAILER!!!"
+MAX_NAME = 4096
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+XZ_MAGIC = b"\xfd7zXZ\x00"
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass
+class Entry:
+    name: str               # relative path, no leading slash
+    mode: int               # full st_mode (type | permissions)
+    data: bytes = b""       # file contents or symlink target (when source is None)
+    source: Path | None = None  # a host file to stream instead of data
+    size: int = 0           # for source
+    rdev: tuple[int, int] = (0, 0)
+    part: str = ""          # which part of the image (for size reports)
+
+    @property
+    def length(self) -> int:
+        return self.size if self.source is not None else len(self.data)
+
+
+def _header(ino: int, e: Entry, mtime: int, namesize: int) -> bytes:
+    nlink = 2 if stat.S_ISDIR(e.mode) else 1
+    fields = (ino, e.mode, 0, 0, nlink, mtime, e.length, 0, 0, e.rdev[0], e.rdev[1], namesize, 0)
+    return MAGIC + b"".join(b"%08X" % f for f in fields)
+
+
+def _pad(n: int) -> bytes:
+    return b"\0" * ((4 - n % 4) % 4)
+
+
+def write(out: BinaryIO, entries: list[Entry], mtime: int | None = None) -> int:
+    """Write entries (in order) and the trailer; bytes written."""
+    mt = int(os.environ.get("SOURCE_DATE_EPOCH", "0")) if mtime is None else mtime
+    total = 0
+    for ino, e in enumerate([*entries, Entry(TRAILER, 0)], 1):
+        name = e.name.encode() + b"\0"
+        hdr = _header(ino if e.name != TRAILER else 0, e, mt, len(name))
+        chunk = hdr + name + _pad(HEADER + len(name))
+        out.write(chunk)
+        total += len(chunk)
+        if e.source is not None:
+            with open(e.source, "rb") as f:
+                copied = 0
+                while block := f.read(1 << 20):
+                    out.write(block)
+                    copied += len(block)
+            if copied != e.size:
+                raise K4sError(f"{e.source} changed size while packing", hint="rebuild the image")
+        else:
+            out.write(e.data)
+        out.write(_pad(e.length))
+        total += e.length + len(_pad(e.length))
+    return total
+
+
+# --- reading -----------------------------------------------------------------------------
+
+@dataclass
+class Member:
+    name: str
+    mode: int
+    size: int
+    mtime: int
+    uid: int
+    gid: int
+    rdev: tuple[int, int]
+    data: bytes
+
+
+class CpioError(K4sError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, hint="the archive is corrupt or not a newc cpio (make image rebuilds it)")
+
+
+def decompress(raw: bytes) -> bytes:
+    """Undo zstd/xz/gzip on each concatenated segment; plain cpio passes through."""
+    out = bytearray()
+    pos = 0
+    while pos < len(raw):
+        while pos < len(raw) and raw[pos] == 0:  # padding between segments
+            pos += 1
+        if pos >= len(raw):
+            break
+        head = raw[pos:pos + 6]
+        if head.startswith(ZSTD_MAGIC):
+            r = subprocess.run(["zstd", "-dcq"], input=raw[pos:], capture_output=True)
+            if r.returncode != 0:
+                raise CpioError(f"zstd: {r.stderr.decode(errors='replace').strip()}")
+            out += r.stdout
+            break  # zstd -d consumes every following frame
+        if head.startswith(XZ_MAGIC):
+            d = lzma.LZMADecompressor()
+            try:
+                out += d.decompress(raw[pos:])
+            except lzma.LZMAError as e:
+                raise CpioError(f"xz: {e}") from None
+            pos = len(raw) - len(d.unused_data)
+            continue
+        if head.startswith(GZIP_MAGIC):
+            d = __import__("zlib").decompressobj(31)
+            try:
+                out += d.decompress(raw[pos:])
+            except Exception as e:
+                raise CpioError(f"gzip: {e}") from None
+            pos = len(raw) - len(d.unused_data)
+            continue
+        if head == MAGIC:
+            end = _plain_end(raw, pos)
+            out += raw[pos:end]
+            pos = end
+            continue
+        raise CpioError(f"unknown data at byte {pos}: {head!r}")
+    return bytes(out)
+
+
+def _plain_end(raw: bytes, pos: int) -> int:
+    """Where an uncompressed archive that starts at pos ends (after its trailer)."""
+    for m, end in _walk(raw, pos):
+        if m.name == TRAILER:
+            return end
+    return len(raw)
+
+
+def _walk(raw: bytes, pos: int) -> Iterator[tuple[Member, int]]:
+    while pos < len(raw):
+        if len(raw) - pos < HEADER:
+            raise CpioError(f"truncated header at byte {pos}")
+        if raw[pos:pos + 6] != MAGIC:
+            raise CpioError(f"bad magic at byte {pos}: {raw[pos:pos + 6]!r}")
+        try:
+            f = [int(raw[pos + 6 + 8 * i: pos + 14 + 8 * i], 16) for i in range(13)]
+        except ValueError:
+            raise CpioError(f"non-hex header field at byte {pos}") from None
+        _, mode, uid, gid, _, mtime, size, _, _, rmaj, rmin, namesize, _ = f
+        if namesize == 0 or namesize > MAX_NAME:
+            raise CpioError(f"bad name size {namesize} at byte {pos}")
+        name_start = pos + HEADER
+        name = raw[name_start:name_start + namesize - 1].decode("utf-8", errors="replace")
+        data_start = name_start + namesize + len(_pad(HEADER + namesize))
+        if data_start + size > len(raw):
+            raise CpioError(f"{name!r}: data runs past the end of the archive")
+        data = raw[data_start:data_start + size]
+        end = data_start + size + len(_pad(size))
+        yield Member(name, mode, size, mtime, uid, gid, (rmaj, rmin), data), end
+        pos = end
+        if name == TRAILER:
+            # the next segment may start after zero padding
+            while pos < len(raw) and raw[pos] == 0:
+                pos += 1
+
+
+def read(raw: bytes) -> Iterator[Member]:
+    """Every member of every concatenated (possibly compressed) archive, trailers skipped."""
+    for m, _ in _walk(decompress(raw), 0):
+        if m.name != TRAILER:
+            yield m
+
+
+def safe_relpath(name: str) -> str:
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if name.startswith("/") or any(p == ".." for p in parts):
+        raise K4sError(f"refusing path {name!r}: it escapes the target directory",
+                       hint="the archive is hostile or broken; do not extract it")
+    return "/".join(parts)
+
+
+def extract(raw: bytes, dest: Path) -> int:
+    """Extract into dest (no device nodes, no writes through symlinks); number of members."""
+    dest = dest.resolve()
+    members = list(read(raw))  # validate everything before writing anything
+    for m in members:
+        safe_relpath(m.name)
+    count = 0
+    for m in members:
+        rel = safe_relpath(m.name)
+        if not rel:
+            continue
+        target = dest / rel
+        parent = target.parent
+        if os.path.realpath(parent) != str(parent) or not str(parent).startswith(str(dest)):
+            raise K4sError(f"refusing {m.name!r}: a symlink in its path leads out of {dest}",
+                           hint="the archive is hostile or broken; do not extract it")
+        parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            target.unlink()
+        kind = stat.S_IFMT(m.mode)
+        if kind == stat.S_IFDIR:
+            target.mkdir(exist_ok=True)
+            os.chmod(target, stat.S_IMODE(m.mode))
+        elif kind == stat.S_IFLNK:
+            os.symlink(m.data.decode(), target)
+        elif kind == stat.S_IFREG:
+            with open(target, "wb") as f:
+                f.write(m.data)
+            os.chmod(target, stat.S_IMODE(m.mode) & 0o777)
+        else:
+            continue  # devices, fifos: not created by an unprivileged extract
+        count += 1
+    return count
+
+
+def bytes_of(entries: list[Entry]) -> bytes:
+    buf = io.BytesIO()
+    write(buf, entries)
+    return buf.getvalue()
+
+
+def compress(data: bytes, method: str, level: int | None = None) -> bytes:
+    if method == "none":
+        return data
+    if method == "gzip":
+        return gzip.compress(data, compresslevel=level or 9, mtime=0)
+    if method == "xz":
+        # The kernel's xz decoder takes CRC32 (or no) checks only.
+        return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
+                             filters=[{"id": lzma.FILTER_X86}, {"id": lzma.FILTER_LZMA2, "preset": level or 9}])
+    if method == "zstd":
+        r = subprocess.run(["zstd", f"-{level or 19}", "-T2", "-q", "-c"], input=data, capture_output=True)
+        if r.returncode != 0:
+            raise K4sError(f"zstd failed: {r.stderr.decode(errors='replace').strip()}", hint="apt-get install zstd")
+        return r.stdout
+    raise K4sError(f"unknown compression {method!r}", hint="use zstd, xz, gzip or none")

@@ -1,0 +1,339 @@
+"""The appliance image: a tree of parts packed as concatenated, separately
+compressed newc cpio segments (the kernel unpacks them in order).
+
+Parts, in segment order: base (symlinks, /dev nodes, rootfs overlay), k4s (the
+frozen bundle), libs (the ldd closure of every ELF), tools (busybox, nft,
+iptables, conntrack), kubernetes (the kube multicall), runtime (containerd,
+shim, runc, CNI), etcd, images (airgap OCI tarballs), modules (kernel modules
+with depmod output). One segment per part makes the size report exact and
+lets an unchanged part reuse its compressed segment from the cache.
+
+Every path is under /usr (merged /usr, like Debian): /bin, /sbin, /lib and
+/lib64 are symlinks in the base part, so no later segment can replace them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from k4s import cpio, kmod
+from k4s.errors import K4sError
+from k4s.fsutil import write_atomic
+
+PARTS = ("base", "k4s", "libs", "tools", "kubernetes", "runtime", "etcd", "images", "modules")
+MERGED = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
+BUNDLE = "usr/lib/k4s"
+LIBEXEC = "usr/libexec/k4s"
+# Applets worth a name of their own in /usr/bin or /usr/sbin; the rest run as `k4s NAME`.
+APPLET_LINKS = {
+    "usr/sbin": ("init", "poweroff", "reboot", "halt", "modprobe", "insmod", "lsmod"),
+    "usr/bin": ("kubectl", "cpio"),
+}
+RUNTIME = ("containerd", "containerd-shim-runc-v2", "ctr", "runc", "bridge", "host-local", "loopback", "portmap")
+KUBE_LINKS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl")
+HOST_TOOLS = {  # host path -> extra names (links) in the image
+    "/usr/sbin/nft": (),
+    "/usr/sbin/xtables-nft-multi": ("iptables", "iptables-save", "iptables-restore", "ip6tables",
+                                    "ip6tables-save", "ip6tables-restore"),
+    "/usr/sbin/conntrack": (),
+}
+
+
+@dataclass
+class Tree:
+    entries: dict[str, cpio.Entry] = field(default_factory=dict)
+
+    def _norm(self, path: str) -> str:
+        p = path.strip("/")
+        head, _, rest = p.partition("/")
+        if head in MERGED and rest:
+            p = f"{MERGED[head]}/{rest}"
+        return p
+
+    def _parents(self, path: str, part: str) -> None:
+        parts = path.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d not in self.entries:
+                self.entries[d] = cpio.Entry(d, stat.S_IFDIR | 0o755, part=part)
+
+    def add(self, e: cpio.Entry) -> None:
+        e.name = self._norm(e.name)
+        self._parents(e.name, e.part)
+        self.entries[e.name] = e
+
+    def dir(self, path: str, part: str, mode: int = 0o755) -> None:
+        self.add(cpio.Entry(path, stat.S_IFDIR | mode, part=part))
+
+    def file(self, path: str, source: Path, part: str, mode: int | None = None) -> None:
+        st = source.stat()
+        self.add(cpio.Entry(path, stat.S_IFREG | (mode if mode is not None else stat.S_IMODE(st.st_mode)),
+                            source=source, size=st.st_size, part=part))
+
+    def data(self, path: str, data: bytes, part: str, mode: int = 0o644) -> None:
+        self.add(cpio.Entry(path, stat.S_IFREG | mode, data=data, part=part))
+
+    def symlink(self, path: str, target: str, part: str) -> None:
+        self.add(cpio.Entry(path, stat.S_IFLNK | 0o777, data=target.encode(), part=part))
+
+    def dev(self, path: str, major: int, minor: int, mode: int, part: str = "base") -> None:
+        self.add(cpio.Entry(path, stat.S_IFCHR | mode, rdev=(major, minor), part=part))
+
+    def tree(self, src: Path, dst: str, part: str) -> None:
+        """Copy a host directory, keeping symlinks as symlinks."""
+        for root, dirs, files in os.walk(src):
+            dirs.sort()
+            rel = os.path.relpath(root, src)
+            base = dst if rel == "." else f"{dst}/{rel}"
+            self.dir(base, part, stat.S_IMODE(os.stat(root).st_mode))
+            for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+                p = Path(root, name)
+                if p.is_symlink():
+                    self.symlink(f"{base}/{name}", os.readlink(p), part)
+                else:
+                    self.file(f"{base}/{name}", p, part)
+
+    def segment(self, part: str) -> list[cpio.Entry]:
+        """The part's entries, sorted, with every parent directory it needs."""
+        names = {n for n, e in self.entries.items() if e.part == part}
+        for n in list(names):
+            bits = n.split("/")[:-1]
+            names.update("/".join(bits[:i]) for i in range(1, len(bits) + 1))
+        return [self.entries[n] for n in sorted(names)]
+
+
+# --- ELF dependencies --------------------------------------------------------------------
+
+def is_elf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
+_LDD = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x")
+
+
+def ldd(path: Path, library_path: str | None = None) -> list[str]:
+    """Absolute paths of the shared libraries (and loader) a dynamic ELF needs."""
+    env = {"PATH": "/usr/bin:/bin"}
+    if library_path:
+        env["LD_LIBRARY_PATH"] = library_path
+    r = subprocess.run(["ldd", str(path)], capture_output=True, text=True, env=env)
+    if r.returncode != 0 or "not a dynamic executable" in r.stdout + r.stderr:
+        return []
+    missing = [ln.split()[0] for ln in r.stdout.splitlines() if "not found" in ln]
+    if missing:
+        raise K4sError(f"{path} needs {', '.join(missing)}, which the build host lacks",
+                       hint="install the package that provides them (build/setup.sh)")
+    return [m.group(1) for ln in r.stdout.splitlines() if (m := _LDD.search(ln))]
+
+
+def add_closure(tree: Tree, elves: Iterable[tuple[Path, str | None]], skip_dir: Path | None = None) -> None:
+    for path, libpath in elves:
+        for lib in ldd(path, libpath):
+            if skip_dir and Path(lib).resolve().is_relative_to(skip_dir.resolve()):
+                continue  # the bundle carries it
+            norm = tree._norm(lib)
+            if norm not in tree.entries:
+                tree.file(lib, Path(lib).resolve(), "libs")
+
+
+# --- kernel modules ----------------------------------------------------------------------
+
+def stage_modules(kernel_root: Path, release: str, wanted: list[str], stage: Path) -> None:
+    """Copy wanted modules with their dependencies into stage and run depmod there."""
+    src = kernel_root / "lib" / "modules" / release
+    if not (src / "modules.dep").exists():
+        # Debian's package ships no depmod output: make it once, in the cache.
+        run(["depmod", "-b", str(kernel_root), release])
+    idx = kmod.Index.load(str(kernel_root), release)
+    names: list[str] = []
+    for w in wanted:
+        try:
+            names += idx.plan(w)
+        except K4sError:
+            if idx.resolve(w) is None:
+                raise K4sError(f"module {w} is not in kernel {release}", hint="fix rootfs/etc/k4s/modules.list") from None
+    dst = stage / "lib" / "modules" / release
+    for n in dict.fromkeys(names):
+        rel = idx.deps[n][0]
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel, dst / rel)
+    for f in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
+        if (src / f).exists():
+            shutil.copy2(src / f, dst / f)
+    run(["depmod", "-b", str(stage), release])
+    for f in ("modules.dep.bin", "modules.alias.bin", "modules.symbols.bin", "modules.builtin.bin",
+              "modules.builtin.alias.bin", "modules.devname", "modules.softdep.bin"):
+        (dst / f).unlink(missing_ok=True)  # binary indexes: only kmod's tools read them
+
+
+def run(argv: list[str]) -> str:
+    r = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        raise K4sError(f"{argv[0]} failed: {r.stderr.strip()[:300]}", hint=f"run `{' '.join(argv)}` to see why")
+    return r.stdout
+
+
+# --- assembling --------------------------------------------------------------------------
+
+@dataclass
+class Inputs:
+    bundle: Path          # out/k4s (the frozen onedir)
+    components: Path      # out/components/bin
+    images: Path          # out/images
+    rootfs: Path          # rootfs/
+    kernel_root: Path     # the unpacked linux-image package
+    busybox: Path = Path("/bin/busybox")
+    extra: list[Path] = field(default_factory=list)  # more overlay trees
+
+
+def kernel_release(kernel_root: Path) -> str:
+    mods = sorted(p.name for p in (kernel_root / "lib" / "modules").iterdir())
+    if not mods:
+        raise K4sError(f"no kernel modules under {kernel_root}", hint="run build/setup.sh to fetch the kernel")
+    return mods[-1]
+
+
+def assemble(inp: Inputs, workdir: Path) -> Tree:
+    inp = Inputs(*(p.resolve() for p in (inp.bundle, inp.components, inp.images, inp.rootfs, inp.kernel_root,
+                                          inp.busybox)), [p.resolve() for p in inp.extra])
+    t = Tree()
+    for name in ("bin", "sbin", "lib", "lib64"):
+        t.symlink(name, MERGED[name], "base")
+    for d in ("proc", "sys", "dev", "run", "tmp", "root", "etc", "var/lib/k4s", "var/log", "usr/bin", "usr/sbin",
+              "usr/lib64", "mnt"):
+        t.dir(d, "base", 0o1777 if d == "tmp" else 0o755)
+    t.symlink("var/run", "../run", "base")
+    t.dev("dev/console", 5, 1, 0o600)
+    t.dev("dev/null", 1, 3, 0o666)
+    t.dev("dev/urandom", 1, 9, 0o666)
+    t.dev("dev/random", 1, 8, 0o666)
+    t.dev("dev/tty", 5, 0, 0o666)
+    t.dev("dev/kmsg", 1, 11, 0o644)
+    t.data("etc/resolv.conf", b"", "base")
+    for overlay in [inp.rootfs, *inp.extra]:
+        t.tree(overlay, "", "base")
+
+    # k4s: the frozen bundle; /init and the applet names are symlinks into it.
+    exe = inp.bundle / "k4s"
+    if not exe.exists():
+        raise K4sError(f"frozen k4s not found at {exe}", hint="run `make k4s`")
+    t.tree(inp.bundle, BUNDLE, "k4s")
+    t.symlink("init", f"/{BUNDLE}/k4s", "base")
+    t.symlink("usr/bin/k4s", f"/{BUNDLE}/k4s", "k4s")
+    for d, names in APPLET_LINKS.items():
+        for n in names:
+            t.symlink(f"{d}/{n}", f"/{BUNDLE}/k4s", "k4s")
+
+    # upstream components
+    def comp(name: str, part: str) -> Path:
+        p = (inp.components / name).resolve()
+        if not p.exists():
+            raise K4sError(f"component {name} not found in {inp.components}", hint="run `make components`")
+        t.file(f"{LIBEXEC}/{name}", p, part, 0o755)
+        return p
+
+    comp("kube", "kubernetes")
+    for n in KUBE_LINKS:
+        t.symlink(f"{LIBEXEC}/{n}", "kube", "kubernetes")
+    comp("etcd", "etcd")
+    runtime = [comp(n, "runtime") for n in RUNTIME]
+
+    # tools the node execs: busybox for mount/umount/sh and friends, nft, iptables-nft, conntrack
+    t.file("usr/bin/busybox", inp.busybox.resolve(), "tools", 0o755)
+    ours = {n for names in APPLET_LINKS.values() for n in names}
+    for applet in run([str(inp.busybox), "--list-full"]).split():
+        if os.path.basename(applet) not in ours and t._norm(applet) not in t.entries:
+            t.symlink(applet, "/usr/bin/busybox", "tools")
+    tools = []
+    for host, links in HOST_TOOLS.items():
+        p = Path(host)
+        if not p.exists():
+            raise K4sError(f"{host} not found on the build host", hint="run build/setup.sh")
+        t.file(host, p.resolve(), "tools", 0o755)
+        tools.append(p.resolve())
+        for ln in links:
+            t.symlink(f"usr/sbin/{ln}", os.path.basename(host), "tools")
+
+    # airgap images
+    tars = sorted(inp.images.glob("*.tar"))
+    if not tars:
+        raise K4sError(f"no airgap images in {inp.images}", hint="run `make images`")
+    for tar in tars:
+        t.file(f"usr/share/k4s/images/{tar.name}", tar, "images", 0o644)
+
+    # shared libraries: launcher without LD_LIBRARY_PATH, bundle .so with it, the rest plain
+    internal = inp.bundle / "_internal"
+    elves: list[tuple[Path, str | None]] = [(exe, None)]
+    elves += [(p, str(internal)) for p in sorted(internal.rglob("*.so*")) if is_elf(p)]
+    elves += [(p, None) for p in [*runtime, *tools] if is_elf(p)]
+    add_closure(t, elves, skip_dir=internal)
+
+    # kernel modules
+    release = kernel_release(inp.kernel_root)
+    wanted = [ln.split("#")[0].strip() for ln in (inp.rootfs / "etc/k4s/modules.list").read_text().splitlines()]
+    stage = workdir / "modules"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage_modules(inp.kernel_root, release, [w for w in wanted if w], stage)
+    t.tree(stage / "lib", "usr/lib", "modules")
+    return t
+
+
+@dataclass
+class Segment:
+    part: str
+    files: int
+    unpacked: int
+    compressed: int
+    cached: bool
+
+
+def build(inp: Inputs, out: Path, method: str = "zstd", level: int | None = None,
+          cache: Path | None = None, progress: bool = True) -> list[Segment]:
+    """Write the initramfs to out (atomically); one segment per part."""
+    with tempfile.TemporaryDirectory(prefix="k4s-image-") as tmp:
+        tree = assemble(inp, Path(tmp))
+        segs: list[Segment] = []
+        blobs: list[bytes] = []
+        for part in PARTS:
+            entries = tree.segment(part)
+            if not entries:
+                continue
+            raw = cpio.bytes_of(entries)
+            key = hashlib.sha256(raw + f"{method}:{level}".encode()).hexdigest()
+            cached_path = cache / f"{key}.{method}" if cache else None
+            if cached_path and cached_path.exists():
+                blob, hit = cached_path.read_bytes(), True
+            else:
+                if progress:
+                    print(f"mkimage: compressing {part} ({len(raw) / 1e6:.1f} MB, {method})", flush=True)
+                blob, hit = cpio.compress(raw, method, level), False
+                if cached_path:
+                    write_atomic(cached_path, blob)
+            blobs.append(blob)
+            files = sum(1 for e in entries if stat.S_ISREG(e.mode))
+            segs.append(Segment(part, files, len(raw), len(blob), hit))
+        write_atomic(out, b"".join(blobs))
+    return segs
+
+
+def report(segs: list[Segment]) -> str:
+    lines = [f"{'PART':<12} {'FILES':>6} {'UNPACKED':>10} {'COMPRESSED':>11}"]
+    for s in segs:
+        lines.append(f"{s.part:<12} {s.files:>6} {s.unpacked / 1e6:>8.1f}MB {s.compressed / 1e6:>9.1f}MB"
+                     + ("  (cached)" if s.cached else ""))
+    lines.append(f"{'total':<12} {sum(s.files for s in segs):>6} {sum(s.unpacked for s in segs) / 1e6:>8.1f}MB "
+                 f"{sum(s.compressed for s in segs) / 1e6:>9.1f}MB")
+    return "\n".join(lines)

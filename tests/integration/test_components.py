@@ -1,0 +1,87 @@
+"""The pinned upstream components: versions as built, images as containerd sees them."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from k4s import oci
+from tests.conftest import OUT, ROOT, need_root, require
+from tests.integration.conftest import BIN
+
+LOCK = json.loads((ROOT / "build" / "components" / "lock.json").read_text())
+CHECKS = [(c["name"], c["version"], chk) for c in LOCK["components"] for chk in c["checks"]]
+
+
+@pytest.mark.parametrize("comp,version,check", CHECKS, ids=[f"{c}:{k['run'][0]}" for c, _, k in CHECKS])
+def test_binary_reports_pinned_version(comp, version, check) -> None:
+    exe = BIN / check["run"][0]  # for the multicall, a symlink name such as kubelet -> kube
+    require(exe.exists(), f"component {exe}", "make components")
+    r = subprocess.run([str(exe), *check["run"][1:]], capture_output=True, text=True, timeout=60,
+                       env={"PATH": "/usr/bin:/bin"})
+    assert check["expect"].replace("{version}", version) in r.stdout + r.stderr
+
+
+def test_lock_pins_every_output_with_sha256() -> None:
+    for c in LOCK["components"]:
+        assert set(c["sha256"]) == {o["name"] for o in c["outputs"]}, c["name"]
+        for digest in c["sha256"].values():
+            assert len(digest) == 64
+
+
+def test_images_are_deterministic(tmp_path) -> None:
+    require((BIN / "coredns").exists(), "built components", "make components")
+    from tests.conftest import k4s_cmd
+
+    a = k4s_cmd("oci", "build", "--bin", str(BIN), "--out", str(tmp_path / "a"), check=True).stdout
+    b = k4s_cmd("oci", "build", "--bin", str(BIN), "--out", str(tmp_path / "b"), check=True).stdout
+    assert a.replace("/a/", "/x/") == b.replace("/b/", "/x/")
+    for t in ("pause", "coredns", "busybox"):
+        assert (tmp_path / "a" / f"{t}.tar").read_bytes() == (tmp_path / "b" / f"{t}.tar").read_bytes()
+
+
+@pytest.fixture
+def containerd(tmp_path):
+    need_root()
+    require((BIN / "containerd").exists(), "built components", "make components")
+    sock = tmp_path / "containerd.sock"
+    conf = tmp_path / "config.toml"
+    conf.write_text(f'version = 3\nroot = "{tmp_path}/root"\nstate = "{tmp_path}/state"\n'
+                    f'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "{sock}"\n')
+    logf = open(tmp_path / "containerd.log", "w")
+    proc = subprocess.Popen([str(BIN / "containerd"), "--config", str(conf)], stdout=logf, stderr=subprocess.STDOUT,
+                            env={"PATH": f"{BIN}:/usr/sbin:/usr/bin:/sbin:/bin"})
+    end = time.monotonic() + 30
+    while True:
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(sock))
+            break
+        except OSError:
+            assert time.monotonic() < end and proc.poll() is None, (tmp_path / "containerd.log").read_text()
+            time.sleep(0.2)
+    yield sock
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+
+
+@pytest.mark.parametrize("stem", ["pause", "coredns", "busybox"])
+def test_containerd_imports_image_with_name_and_digest(containerd: Path, stem: str) -> None:
+    tar = OUT / "images" / f"{stem}.tar"
+    require(tar.exists(), f"image {tar}", "make images")
+    [want] = oci.read_index(tar)
+    ctr = [str(BIN / "ctr"), f"--address={containerd}", "--namespace=k8s.io"]
+    r = subprocess.run([*ctr, "images", "import", "--local", str(tar)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([*ctr, "images", "ls"], capture_output=True, text=True, timeout=30, check=True)
+    rows = [ln.split() for ln in r.stdout.splitlines()[1:]]
+    names = {row[0]: row[2] for row in rows}
+    name = want["annotations"]["io.containerd.image.name"]
+    assert names.get(name) == want["digest"], r.stdout
+    assert name.startswith(oci.REGISTRY + "/" + stem + ":")
