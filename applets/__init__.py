@@ -30,4 +30,5 @@ APPLETS: dict[str, tuple[str, str]] = {
     "reboot": ("applets.reboot", "stop the node in order and reboot"),
     "server": ("applets.server", "run the single-node cluster under the k4s supervisor"),
     "status": ("applets.status", "show each component's state, pid, restarts and readiness"),
+    "vm": ("applets.vm", "boot the appliance in QEMU on the build host (run, up, down)"),
 }

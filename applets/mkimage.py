@@ -23,8 +23,8 @@ P = click.Path(path_type=Path)
 
 
 def run(inp: image.Inputs, out: Path, kernel_out: Path | None, method: str, level: int | None,
-        cache: Path | None) -> int:
-    segs = image.build(inp, out, method, level, cache)
+        cache: Path | None, payload: str = "squashfs") -> int:
+    segs = image.build(inp, out, method, level, cache, payload=payload)
     click.echo(image.report(segs))
     if kernel_out:
         release = image.kernel_release(inp.kernel_root)
@@ -50,10 +50,13 @@ def run(inp: image.Inputs, out: Path, kernel_out: Path | None, method: str, leve
 @click.option("--busybox", type=P, default=Path("/bin/busybox"), show_default=True)
 @click.option("--compression", type=click.Choice(["zstd", "xz", "gzip", "none"]), default="zstd", show_default=True)
 @click.option("--level", type=int, help="Compression level (zstd 19, xz 9, gzip 9 by default).")
+@click.option("--payload", type=click.Choice(["squashfs", "cpio"]), default="squashfs", show_default=True,
+              help="squashfs: big binaries and images stay compressed in RAM, mounted by init; "
+                   "cpio: unpacked into the RAM root.")
 @click.option("--cache", type=P, default=Path("/var/cache/k4s/segments"), show_default=True,
               help="Where compressed segments are kept for reuse.")
 def cli(out: Path, kernel_out: Path | None, bundle: Path, components: Path, images: Path, rootfs: Path,
         overlay: tuple[Path, ...], kernel_root: Path, busybox: Path, compression: str, level: int | None,
-        cache: Path) -> int:
+        payload: str, cache: Path) -> int:
     inp = image.Inputs(bundle, components, images, rootfs, kernel_root, busybox, list(overlay))
-    return run(inp, out, kernel_out, compression, level, cache)
+    return run(inp, out, kernel_out, compression, level, cache, payload)

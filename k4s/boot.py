@@ -70,6 +70,68 @@ def mount_all() -> None:
                        hint="boot a kernel with cgroup v2 (CONFIG_CGROUPS, memory and cpu controllers)") from e
 
 
+PARTS_DIR = Path("/usr/lib/k4s/parts")
+LOOP_CTL_GET_FREE, LOOP_CONFIGURE = 0x4C82, 0x4C0A
+LO_FLAGS_READ_ONLY, LO_FLAGS_AUTOCLEAR = 1, 4
+
+
+def mount_loop(image: Path, target: str, fstype: str) -> str:
+    """Mount an image read-only through an auto-clearing loop device (what `mount -o loop,ro` does).
+
+    The loop fd stays open until the mount holds the device: with autoclear,
+    closing the last reference first would detach it again.
+    """
+    import fcntl
+    import struct
+
+    ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        n = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
+    finally:
+        os.close(ctl)
+    dev = f"/dev/loop{n}"
+    backing = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
+    loop = os.open(dev, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        # struct loop_config {u32 fd; u32 block_size; struct loop_info64 info; u64 reserved[8]}:
+        # fd and flags in one call (Linux 5.8+). In loop_info64, lo_flags sits at offset 52
+        # and lo_file_name (64 bytes) at 56.
+        config = bytearray(8 + 232 + 64)
+        struct.pack_into("II", config, 0, backing, 0)
+        struct.pack_into("I", config, 8 + 52, LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR)
+        name = str(image).encode()[:63]
+        config[8 + 56:8 + 56 + len(name)] = name
+        fcntl.ioctl(loop, LOOP_CONFIGURE, bytes(config))
+        libc.mount(dev, target, fstype, libc.MS_RDONLY | libc.MS_NODEV | libc.MS_NOSUID)
+    finally:
+        os.close(loop)
+        os.close(backing)
+    return dev
+
+
+def mount_parts() -> int:
+    """Mount each squashfs part of the image at its directory."""
+    count = 0
+    for sq in sorted(PARTS_DIR.glob("*.squashfs")) if PARTS_DIR.is_dir() else []:
+        target = sq.with_suffix("")
+        target.mkdir(exist_ok=True)
+        try:
+            mount_loop(sq, str(target), "squashfs")
+        except OSError as e:
+            raise K4sError(f"cannot mount {sq}: {e.strerror}",
+                           hint="the kernel needs the loop and squashfs modules (etc/k4s/modules.list)") from e
+        count += 1
+    return count
+
+
+def grow_root() -> None:
+    """The RAM root holds the node's state too: let it use most of memory, not tmpfs's default half."""
+    try:
+        libc.mount("rootfs", "/", "tmpfs", libc.MS_REMOUNT, "size=90%")
+    except OSError as e:
+        stage("grow-root-failed", level="warn", error=e.strerror)
+
+
 def load_modules() -> int:
     from k4s import kmod
 
@@ -124,6 +186,8 @@ def boot() -> str:
     stage("config", source=cfg.sources.get("node-name"))
     n = load_modules()
     stage("modules", loaded=n)
+    grow_root()
+    stage("payload", mounted=mount_parts())
     sysctls()
     cfg = default_node_name(cfg)
     try:

@@ -114,11 +114,15 @@ def decompress(raw: bytes) -> bytes:
             break
         head = raw[pos:pos + 6]
         if head.startswith(ZSTD_MAGIC):
-            r = subprocess.run(["zstd", "-dcq"], input=raw[pos:], capture_output=True)
+            end = pos
+            while raw[end:end + 4] == ZSTD_MAGIC:  # consecutive frames: one zstd run
+                end = zstd_frame_end(raw, end)
+            r = subprocess.run(["zstd", "-dcq"], input=raw[pos:end], capture_output=True)
             if r.returncode != 0:
                 raise CpioError(f"zstd: {r.stderr.decode(errors='replace').strip()}")
             out += r.stdout
-            break  # zstd -d consumes every following frame
+            pos = end
+            continue
         if head.startswith(XZ_MAGIC):
             d = lzma.LZMADecompressor()
             try:
@@ -142,6 +146,34 @@ def decompress(raw: bytes) -> bytes:
             continue
         raise CpioError(f"unknown data at byte {pos}: {head!r}")
     return bytes(out)
+
+
+def zstd_frame_end(raw: bytes, pos: int) -> int:
+    """Where the zstd frame at pos ends (RFC 8878 section 3.1.1), so a plain segment may follow it."""
+    try:
+        p = pos + 4
+        fhd = raw[p]
+        p += 1
+        single = (fhd >> 5) & 1
+        p += 0 if single else 1                     # window descriptor
+        p += (0, 1, 2, 4)[fhd & 3]                  # dictionary id
+        p += ((1 if single else 0), 2, 4, 8)[fhd >> 6]  # frame content size
+        while True:
+            hdr = raw[p] | raw[p + 1] << 8 | raw[p + 2] << 16
+            p += 3
+            btype, bsize = (hdr >> 1) & 3, hdr >> 3
+            if btype == 3:
+                raise CpioError(f"zstd: reserved block type at byte {p - 3}")
+            p += 1 if btype == 1 else bsize
+            if hdr & 1:
+                break
+        if (fhd >> 2) & 1:
+            p += 4                                  # content checksum
+    except IndexError:
+        raise CpioError(f"zstd: frame at byte {pos} is truncated") from None
+    if p > len(raw):
+        raise CpioError(f"zstd: frame at byte {pos} is truncated")
+    return p
 
 
 def _plain_end(raw: bytes, pos: int) -> int:

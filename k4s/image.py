@@ -30,6 +30,11 @@ from k4s.errors import K4sError
 from k4s.fsutil import write_atomic
 
 PARTS = ("base", "k4s", "libs", "tools", "kubernetes", "runtime", "etcd", "images", "modules")
+# With payload=squashfs these parts become squashfs files that init mounts
+# (loop, read-only): their bytes stay compressed in RAM and pages are read in
+# on demand, instead of unpacking hundreds of MB into the RAM root.
+SQUASHFS_PARTS = ("kubernetes", "runtime", "etcd", "images")
+PARTS_DIR = "usr/lib/k4s/parts"
 MERGED = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
 BUNDLE = "usr/lib/k4s"
 LIBEXEC = "usr/libexec/k4s"
@@ -46,6 +51,7 @@ HOST_TOOLS = {  # host path -> extra names (links) in the image
                                     "ip6tables-save", "ip6tables-restore"),
     "/usr/sbin/conntrack": (),
 }
+XTABLES = Path("/usr/lib/x86_64-linux-gnu/xtables")  # iptables loads its matches and targets from here
 
 
 @dataclass
@@ -216,6 +222,8 @@ def assemble(inp: Inputs, workdir: Path) -> Tree:
               "usr/lib64", "mnt"):
         t.dir(d, "base", 0o1777 if d == "tmp" else 0o755)
     t.symlink("var/run", "../run", "base")
+    t.symlink("usr/share/k4s/images", f"/{LIBEXEC}/images", "base")
+    t.symlink("var/log/k4s", "/run/k4s/log", "base")  # kubelet serves /var/log: kubectl get --raw .../proxy/logs/k4s/
     t.dev("dev/console", 5, 1, 0o600)
     t.dev("dev/null", 1, 3, 0o666)
     t.dev("dev/urandom", 1, 9, 0o666)
@@ -266,13 +274,16 @@ def assemble(inp: Inputs, workdir: Path) -> Tree:
         tools.append(p.resolve())
         for ln in links:
             t.symlink(f"usr/sbin/{ln}", os.path.basename(host), "tools")
+    for plugin in sorted(XTABLES.glob("*.so")):
+        t.file(str(plugin), plugin, "tools", 0o644)
+        tools.append(plugin)
 
     # airgap images
     tars = sorted(inp.images.glob("*.tar"))
     if not tars:
         raise K4sError(f"no airgap images in {inp.images}", hint="run `make images`")
     for tar in tars:
-        t.file(f"usr/share/k4s/images/{tar.name}", tar, "images", 0o644)
+        t.file(f"{LIBEXEC}/images/{tar.name}", tar, "images", 0o644)
 
     # shared libraries: launcher without LD_LIBRARY_PATH, bundle .so with it, the rest plain
     internal = inp.bundle / "_internal"
@@ -291,6 +302,56 @@ def assemble(inp: Inputs, workdir: Path) -> Tree:
     return t
 
 
+def mksquashfs(entries: list[cpio.Entry], prefix: str, out: Path) -> None:
+    """Pack the part's files (paths relative to prefix) into a reproducible zstd squashfs."""
+    with tempfile.TemporaryDirectory(prefix="k4s-sq-") as tmp:
+        stage = Path(tmp, "root")
+        stage.mkdir()
+        for e in entries:
+            rel = e.name[len(prefix):].lstrip("/")
+            if not rel:
+                continue
+            dst = stage / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if stat.S_ISDIR(e.mode):
+                dst.mkdir(exist_ok=True)
+            elif stat.S_ISLNK(e.mode):
+                os.symlink(e.data.decode(), dst)
+            elif e.source is not None:
+                os.link(e.source, dst) if _same_fs(e.source, dst.parent) else shutil.copyfile(e.source, dst)
+                os.chmod(dst, stat.S_IMODE(e.mode))
+        run(["mksquashfs", str(stage), str(out), "-noappend", "-quiet", "-comp", "zstd", "-Xcompression-level", "19",
+             "-b", "256K", "-all-root", "-no-xattrs", "-mkfs-time", "0", "-all-time", "0", "-processors", "2"])
+
+
+def _same_fs(a: Path, b: Path) -> bool:
+    return os.stat(a).st_dev == os.stat(b).st_dev
+
+
+def squash_part(tree: Tree, part: str, cache: Path | None) -> int:
+    """Replace a part's files by one squashfs file and symlinks into its mount point; unpacked bytes."""
+    entries = [e for e in tree.segment(part) if e.part == part and not stat.S_ISDIR(e.mode)]
+    prefix = os.path.commonpath([os.path.dirname(e.name) for e in entries])
+    unpacked = sum(e.length for e in entries)
+    key = hashlib.sha256(cpio.bytes_of(entries)).hexdigest()
+    out = (cache or Path(tempfile.gettempdir())) / f"{part}-{key}.squashfs"
+    if not out.exists():
+        print(f"mkimage: mksquashfs {part} ({unpacked / 1e6:.1f} MB)", flush=True)
+        tmp = out.with_suffix(".tmp")
+        mksquashfs(entries, prefix, tmp)
+        tmp.replace(out)
+    for e in entries:
+        del tree.entries[e.name]
+        rel = e.name[len(prefix):].lstrip("/")
+        top = rel.split("/")[0]
+        link = f"{prefix}/{top}"
+        if link not in tree.entries:
+            tree.symlink(link, f"/{PARTS_DIR}/{part}/{top}", part)
+    tree.file(f"{PARTS_DIR}/{part}.squashfs", out, part, 0o444)
+    tree.dir(f"{PARTS_DIR}/{part}", part)
+    return unpacked
+
+
 @dataclass
 class Segment:
     part: str
@@ -301,10 +362,14 @@ class Segment:
 
 
 def build(inp: Inputs, out: Path, method: str = "zstd", level: int | None = None,
-          cache: Path | None = None, progress: bool = True) -> list[Segment]:
+          cache: Path | None = None, progress: bool = True, payload: str = "squashfs") -> list[Segment]:
     """Write the initramfs to out (atomically); one segment per part."""
     with tempfile.TemporaryDirectory(prefix="k4s-image-") as tmp:
         tree = assemble(inp, Path(tmp))
+        unpacked: dict[str, int] = {}
+        if payload == "squashfs":
+            for part in SQUASHFS_PARTS:
+                unpacked[part] = squash_part(tree, part, cache)
         segs: list[Segment] = []
         blobs: list[bytes] = []
         for part in PARTS:
@@ -312,19 +377,23 @@ def build(inp: Inputs, out: Path, method: str = "zstd", level: int | None = None
             if not entries:
                 continue
             raw = cpio.bytes_of(entries)
-            key = hashlib.sha256(raw + f"{method}:{level}".encode()).hexdigest()
-            cached_path = cache / f"{key}.{method}" if cache else None
+            # a squashfs is compressed already: the kernel just copies it
+            seg_method = "none" if part in unpacked else method
+            key = hashlib.sha256(raw + f"{seg_method}:{level}".encode()).hexdigest()
+            cached_path = cache / f"{key}.{seg_method}" if cache and seg_method != "none" else None
             if cached_path and cached_path.exists():
                 blob, hit = cached_path.read_bytes(), True
             else:
-                if progress:
-                    print(f"mkimage: compressing {part} ({len(raw) / 1e6:.1f} MB, {method})", flush=True)
-                blob, hit = cpio.compress(raw, method, level), False
+                if progress and seg_method != "none":
+                    print(f"mkimage: compressing {part} ({len(raw) / 1e6:.1f} MB, {seg_method})", flush=True)
+                blob, hit = cpio.compress(raw, seg_method, level), False
                 if cached_path:
                     write_atomic(cached_path, blob)
-            blobs.append(blob)
+            # The kernel takes a plain cpio segment only at a 4-byte aligned offset,
+            # and skips zero bytes between segments: pad every segment.
+            blobs.append(blob + b"\0" * (-len(blob) % 4))
             files = sum(1 for e in entries if stat.S_ISREG(e.mode))
-            segs.append(Segment(part, files, len(raw), len(blob), hit))
+            segs.append(Segment(part, files, unpacked.get(part, len(raw)), len(blob), hit))
         write_atomic(out, b"".join(blobs))
     return segs
 

@@ -1,0 +1,121 @@
+"""vm: boot the appliance in QEMU on the build host (TCG when there is no KVM).
+
+    k4s vm run   [--memory MiB] [--cpus N] [--port P] [--append ARGS] [--manifest FILE]...
+    k4s vm up    (the same, in the background; returns once the node is Ready)
+    k4s vm down  (power off through the ACPI power button; waits for a clean exit)
+
+`run` follows the boot on the console, writes out/kubeconfig once the node is
+Ready, prints `kubectl get nodes -o wide`, and powers the VM off cleanly on
+Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import click
+
+from k4s.errors import K4sError
+from k4s.vm import VM
+
+P = click.Path(path_type=Path)
+
+
+def vm_options(f):  # type: ignore[no-untyped-def]
+    for opt in reversed([
+        click.option("--out", type=P, default=Path("out"), show_default=True),
+        click.option("--kernel", type=P, default=Path("out/vmlinuz"), show_default=True),
+        click.option("--initrd", type=P, default=Path("out/initramfs.cpio.zst"), show_default=True),
+        click.option("--memory", type=int, default=1024, show_default=True, help="MiB of RAM."),
+        click.option("--cpus", type=int, default=2, show_default=True),
+        click.option("--port", type=int, default=6443, show_default=True, help="Host port for the apiserver."),
+        click.option("--append", default="", help="Extra kernel command line, e.g. k4s.node-name=edge-1."),
+        click.option("--manifest", type=P, multiple=True, help="A manifest to auto-deploy (repeatable)."),
+        click.option("--timeout", type=float, default=900, show_default=True, help="Seconds to wait for Ready."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def make_vm(out: Path, kernel: Path, initrd: Path, memory: int, cpus: int, port: int, append: str,
+            manifest: tuple[Path, ...]) -> VM:
+    return VM(out.resolve(), kernel.resolve(), initrd.resolve(), memory, cpus, port, append, list(manifest))
+
+
+def kubectl_nodes(vm: VM) -> None:
+    kubectl = Path("out/components/bin/kubectl")
+    if kubectl.exists():
+        subprocess.run([str(kubectl), "--kubeconfig", str(vm.kubeconfig), "get", "nodes", "-o", "wide"], check=False)
+
+
+def bring_up(vm: VM, timeout: float, echo: bool) -> tuple[subprocess.Popen[bytes], str]:
+    t0 = time.monotonic()
+    proc = vm.start()
+    try:
+        name = vm.wait_ready(proc, timeout, echo)
+    except BaseException:
+        vm.power_off(30)
+        raise
+    vm.write_kubeconfig()
+    click.echo(f"k4s: node {name} Ready after {time.monotonic() - t0:.1f}s (QEMU pid {proc.pid})")
+    return proc, name
+
+
+def run_foreground(vm: VM, timeout: float) -> int:
+    proc, _ = bring_up(vm, timeout, echo=True)
+    kubectl_nodes(vm)
+    click.echo(f"\nconnect: kubectl --kubeconfig {vm.kubeconfig} get pods -A\n"
+               f"console: {vm.console}\nCtrl-C powers the VM off cleanly.")
+    stop = {"asked": False}
+
+    def on_int(*_: object) -> None:
+        stop["asked"] = True
+
+    signal.signal(signal.SIGINT, on_int)
+    signal.signal(signal.SIGTERM, on_int)
+    while proc.poll() is None and not stop["asked"]:
+        time.sleep(0.5)
+    if proc.poll() is None:
+        click.echo("k4s: powering off ...")
+        clean = vm.power_off()
+        click.echo("k4s: VM powered off" + ("" if clean else " (forced after timeout)"))
+    return 0
+
+
+@click.group(help=__doc__.split("\n\n")[0])
+def cli() -> None:
+    pass
+
+
+@cli.command(help="Boot in the foreground; Ctrl-C powers off.")
+@vm_options
+def run(out: Path, kernel: Path, initrd: Path, memory: int, cpus: int, port: int, append: str,
+        manifest: tuple[Path, ...], timeout: float) -> int:
+    return run_foreground(make_vm(out, kernel, initrd, memory, cpus, port, append, manifest), timeout)
+
+
+@cli.command(help="Boot in the background and return once the node is Ready.")
+@vm_options
+def up(out: Path, kernel: Path, initrd: Path, memory: int, cpus: int, port: int, append: str,
+       manifest: tuple[Path, ...], timeout: float) -> int:
+    vm = make_vm(out, kernel, initrd, memory, cpus, port, append, manifest)
+    bring_up(vm, timeout, echo=True)
+    kubectl_nodes(vm)
+    return 0
+
+
+@cli.command(help="Power the background VM off cleanly.")
+@click.option("--out", type=P, default=Path("out"), show_default=True)
+@click.option("--timeout", type=float, default=120, show_default=True)
+def down(out: Path, timeout: float) -> int:
+    vm = VM(out.resolve(), Path(), Path())
+    if vm.running() is None:
+        click.echo("k4s: no VM running")
+        return 0
+    if not vm.power_off(timeout):
+        raise K4sError(f"the VM did not power off within {timeout:.0f}s; killed", hint=f"see {vm.console}")
+    click.echo("k4s: VM powered off")
+    return 0

@@ -1,0 +1,192 @@
+"""Boot the appliance in QEMU from the build host: seed, start, wait for Ready, power off.
+
+The host keeps the cluster CA in out/cluster/pki and passes it to the
+appliance in a small extra initramfs segment (the kernel unpacks concatenated
+segments in order), so the appliance issues its own serving certificates from
+it and the host can mint its admin kubeconfig without ever reading secrets
+back from the machine. The same seed works for PXE (iPXE loads several
+initrds) and for a LinuxBoot payload.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from k4s import cpio, pki
+from k4s.errors import K4sError
+from k4s.fsutil import write_atomic
+
+READY = re.compile(r"k4s: node (\S+) Ready")
+FATAL = re.compile(r"k4s init: (error|fatal).*")
+
+
+@dataclass
+class VM:
+    out: Path                     # out/ : console.log, qmp.sock, kubeconfig, cluster/
+    kernel: Path
+    initrd: Path
+    memory: int = 1024
+    cpus: int = 2
+    port: int = 6443              # host port forwarded to the apiserver
+    append: str = ""
+    manifests: list[Path] = field(default_factory=list)
+
+    @property
+    def console(self) -> Path:
+        return self.out / "console.log"
+
+    @property
+    def qmp(self) -> Path:
+        return self.out / "qmp.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.out / "qemu.pid"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.out / "kubeconfig"
+
+    # --- the seed ----------------------------------------------------------------------
+
+    def cluster_pki(self) -> pki.PKI:
+        store = pki.PKI(self.out / "cluster" / "pki", self.out / "cluster" / "kubeconfig")
+        store.ensure(pki.Identity("k4s-host", "127.0.0.1", "10.43.0.1", "cluster.local"))
+        return store
+
+    def seed(self) -> bytes:
+        """A zstd cpio segment: the cluster CA, and any manifests to auto-deploy."""
+        from k4s.image import Tree
+
+        store = self.cluster_pki()
+        t = Tree()
+        t.data("var/lib/k4s/pki/ca.crt", store.crt("ca").read_bytes(), "base", 0o644)
+        t.data("var/lib/k4s/pki/ca.key", store.key("ca").read_bytes(), "base", 0o600)
+        for m in self.manifests:
+            t.data(f"var/lib/k4s/manifests/{m.name}", m.read_bytes(), "base", 0o644)
+        for e in t.entries.values():
+            if stat.S_ISDIR(e.mode) and e.name.endswith("pki"):
+                e.mode = stat.S_IFDIR | 0o700
+        return cpio.compress(cpio.bytes_of(t.segment("base")), "zstd", 3)
+
+    def write_kubeconfig(self) -> None:
+        store = self.cluster_pki()
+        text = (self.out / "cluster" / "kubeconfig" / "admin.conf").read_text()
+        doc = yaml.safe_load(text)
+        doc["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{self.port}"
+        write_atomic(self.kubeconfig, yaml.safe_dump(doc, sort_keys=False), 0o600)
+        del store
+
+    # --- QEMU ----------------------------------------------------------------------------
+
+    def argv(self) -> list[str]:
+        qemu = shutil.which("qemu-system-x86_64")
+        if not qemu:
+            raise K4sError("qemu-system-x86_64 not found", hint="run `make setup` (apt-get install qemu-system-x86)")
+        # TCG by default: a /dev/kvm node can exist where KVM does not work (nested hosts).
+        accel = os.environ.get("K4S_ACCEL", "tcg")
+        boot_initrd = self.out / "boot-initrd.img"
+        with open(boot_initrd, "wb") as f:
+            with open(self.initrd, "rb") as src:
+                shutil.copyfileobj(src, f, 1 << 20)
+            f.write(self.seed())
+        append = f"console=ttyS0 quiet panic=-1 {self.append}".strip()
+        return [
+            qemu, "-machine", f"q35,accel={accel}", "-cpu", "max" if accel == "tcg" else "host",
+            "-smp", str(self.cpus), "-m", str(self.memory),
+            "-kernel", str(self.kernel), "-initrd", str(boot_initrd), "-append", append,
+            "-display", "none", "-serial", f"file:{self.console}", "-monitor", "none",
+            "-qmp", f"unix:{self.qmp},server,nowait",
+            "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:6443",
+            "-device", "virtio-net-pci,netdev=n0",
+            "-no-reboot", "-pidfile", str(self.pidfile),
+        ]
+
+    def start(self) -> subprocess.Popen[bytes]:
+        for p in (self.kernel, self.initrd):
+            if not p.exists():
+                raise K4sError(f"{p} not found", hint="run `make image`")
+        if self.running():
+            raise K4sError(f"a VM is already running (pid {self.pidfile.read_text().strip()})",
+                           hint="stop it with `make down`")
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", self.port))
+            except OSError:
+                raise K4sError(f"host port {self.port} is in use", hint="free it, or pass --port") from None
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.console.write_bytes(b"")
+        argv = self.argv()
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=open(self.out / "qemu.stderr", "wb"), start_new_session=True)
+
+    def running(self) -> int | None:
+        try:
+            pid = int(self.pidfile.read_text().strip())
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError):
+            return None
+
+    def wait_ready(self, proc: subprocess.Popen[bytes] | None, timeout: float, echo: bool = True) -> str:
+        """Follow the console until the node is Ready; its name. Raises on a fatal error or exit."""
+        end = time.monotonic() + timeout
+        pos = 0
+        while time.monotonic() < end:
+            text = self.console.read_text(errors="replace")
+            new, pos = text[pos:], len(text)
+            for line in new.splitlines():
+                if echo and ("component=" in line or line.startswith("k4s")):
+                    print(line, flush=True)
+                if m := FATAL.search(line):
+                    raise K4sError(f"the appliance failed: {m.group(0)}", hint=f"see {self.console}")
+                if m := READY.search(line):
+                    return m.group(1)
+            if proc is not None and proc.poll() is not None:
+                raise K4sError(f"QEMU exited ({proc.returncode}) before the node was Ready",
+                               hint=f"see {self.console} and {self.out / 'qemu.stderr'}")
+            time.sleep(0.5)
+        raise K4sError(f"the node was not Ready within {timeout:.0f}s", hint=f"see {self.console}")
+
+    def qmp_command(self, command: str) -> None:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(str(self.qmp))
+            f = s.makefile("rw")
+            f.readline()  # greeting
+            for cmd in ("qmp_capabilities", command):
+                f.write(json.dumps({"execute": cmd}) + "\n")
+                f.flush()
+                f.readline()
+
+    def power_off(self, timeout: float = 120) -> bool:
+        """ACPI power button, then wait for QEMU to exit; True if the guest powered itself off."""
+        pid = self.running()
+        if pid is None:
+            return True
+        try:
+            self.qmp_command("system_powerdown")
+        except OSError:
+            pass
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.running() is None:
+                return True
+            time.sleep(0.5)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return False
