@@ -252,6 +252,39 @@ def wait_node_ready(node: Node, stop: threading.Event) -> None:
     raise K4sError("stopped before the node was Ready")
 
 
+def log_stats(stop: threading.Event, log_dir: Path | None = None, every: float = 30.0) -> None:
+    """A line of memory and load every `every` seconds: MemTotal - MemAvailable is the idle-RAM figure."""
+    import psutil
+
+    while not stop.wait(every):
+        vm = psutil.virtual_memory()
+        load = os.getloadavg()
+        log.event("k4s", "stats", mem_used_mib=(vm.total - vm.available) >> 20,
+                  mem_total_mib=vm.total >> 20, load1=f"{load[0]:.2f}")
+        if log_dir is not None:
+            write_memory_report(log_dir / "memory.txt")
+
+
+def write_memory_report(path: Path) -> None:
+    """/proc/meminfo and the processes by RSS: what `make bench` reads for the RAM breakdown."""
+    import psutil
+
+    rows = []
+    for p in psutil.process_iter(["pid", "name", "memory_info"]):
+        mi = p.info.get("memory_info")
+        if mi:
+            rows.append((mi.rss, p.info["pid"], p.info["name"]))
+    lines = [f"{rss >> 20:>6} MiB  {pid:>6}  {name}" for rss, pid, name in sorted(rows, reverse=True)[:20]]
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        meminfo = ""
+    try:
+        write_atomic(path, meminfo + "\nRSS by process:\n" + "\n".join(lines) + "\n")
+    except K4sError:
+        pass
+
+
 def run_server(cfg: Config, control_plane_only: bool,
                stop_signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> int:
     """Bring the node up and supervise it until one of stop_signals arrives; return that signal.
@@ -297,6 +330,7 @@ def run_server(cfg: Config, control_plane_only: bool,
 
     for sig in stop_signals:
         signal.signal(sig, on_signal)
+    threading.Thread(target=log_stats, args=(sup.stop_requested, paths.logs), name="stats", daemon=True).start()
     try:
         sup.run()
         if received:

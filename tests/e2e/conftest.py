@@ -1,0 +1,76 @@
+"""The appliance booted in QEMU (TCG): one boot shared by the tests of a module."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from k4s.vm import VM
+from tests.conftest import OUT, require, tool
+
+KUBECTL = OUT / "components" / "bin" / "kubectl"
+PORT = 16443
+MANIFEST = """apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: k4s-e2e-autodeploy
+  namespace: default
+data:
+  dropped-in: "yes"
+"""
+
+
+def make_vm(tmp: Path, append: str = "", manifests: list[Path] | None = None, memory: int = 1024) -> VM:
+    tool("qemu-system-x86_64")
+    for p in (OUT / "vmlinuz", OUT / "initramfs.cpio.zst", KUBECTL):
+        require(p.exists(), str(p), "make image")
+    return VM(tmp, OUT / "vmlinuz", OUT / "initramfs.cpio.zst", memory=memory, port=PORT, append=append,
+              manifests=manifests or [])
+
+
+class Cluster:
+    def __init__(self, vm: VM) -> None:
+        self.vm = vm
+
+    def kubectl(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([str(KUBECTL), "--kubeconfig", str(self.vm.kubeconfig), "--request-timeout=60s", *args],
+                           capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)}: {r.stderr}")
+        return r
+
+    def wait_for(self, what: str, probe, timeout: float = 300, every: float = 2) -> str:  # type: ignore[no-untyped-def]
+        end = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < end:
+            try:
+                ok, last = probe()
+            except (AssertionError, subprocess.TimeoutExpired) as e:
+                ok, last = False, str(e)
+            if ok:
+                return last
+            time.sleep(every)
+        raise AssertionError(f"{what} not reached in {timeout:.0f}s; last: {last[-2000:]}\n"
+                             f"console tail: {self.vm.console.read_text(errors='replace')[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("vm")
+    manifest = tmp / "e2e-autodeploy.yaml"
+    manifest.write_text(MANIFEST)
+    vm = make_vm(tmp, manifests=[manifest])
+    proc = vm.start()
+    try:
+        vm.wait_ready(proc, timeout=900, echo=False)
+        vm.write_kubeconfig()
+        yield Cluster(vm)
+    finally:
+        if vm.running():
+            vm.power_off(120)
+        if proc.poll() is None:
+            proc.kill()
