@@ -7,7 +7,7 @@ export K4S_CACHE := $(CACHE)
 
 PY_SOURCES := $(shell find k4s applets -name '*.py') build/k4s.spec build/k4s_entry.py pyproject.toml
 
-.PHONY: setup components components-lock images k4s test test-unit bench clean
+.PHONY: setup components components-lock images k4s image run up down test test-unit bench clean
 
 setup:
 	bash build/setup.sh
@@ -26,18 +26,33 @@ components:
 images: components
 	$(PYTHON) -m k4s oci build --bin $(OUT)/components/bin --busybox /bin/busybox --out $(OUT)/images
 
+# The appliance: initramfs + kernel. Compressed segments are cached by content.
+image: setup components images k4s
+	$(PYTHON) -m k4s mkimage --out $(OUT)/initramfs.cpio.zst --kernel-out $(OUT)/vmlinuz
+
+# The main job: build everything, boot it in QEMU to a Ready node, Ctrl-C powers off.
+run: image
+	$(PYTHON) -m k4s vm run
+
+# The same in the background (returns once Ready); `make down` powers it off cleanly.
+up: image
+	$(PYTHON) -m k4s vm up
+
+down:
+	$(PYTHON) -m k4s vm down
+
 # Re-record the lock's sha256s after a deliberate version or toolchain change.
 components-lock:
 	$(PYTHON) build/components/build.py --update-lock
 
 # The README's test command: installs, builds, then runs every tier.
-test: setup components images k4s
+test: image
 	$(PYTHON) -m pytest -v -ra tests
 
 test-unit:
 	$(PYTHON) -m pytest -q tests/unit
 
-bench: k4s
+bench: image
 	$(PYTHON) bench/run.py
 
 clean:

@@ -1,4 +1,4 @@
-"""status: each component's state, pid, restarts and readiness.
+"""status: show each component's state, pid, restarts and readiness.
 
     k4s status [--json] [--config PATH] [--set KEY=VALUE]...
 
