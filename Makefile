@@ -7,7 +7,7 @@ export K4S_CACHE := $(CACHE)
 
 PY_SOURCES := $(shell find k4s applets -name '*.py') build/k4s.spec build/k4s_entry.py pyproject.toml
 
-.PHONY: setup components components-lock images k4s image run up down test test-unit bench clean
+.PHONY: setup components components-lock components-download images k4s image run up down test test-unit bench clean
 
 setup:
 	bash build/setup.sh
@@ -42,6 +42,10 @@ down:
 	$(PYTHON) -m k4s vm down
 
 # Re-record the lock's sha256s after a deliberate version or toolchain change.
+# For users with internet: the official release binaries, sha256-checked, instead of a source build.
+components-download:
+	$(PYTHON) build/components/fetch.py --out $(OUT)/components/bin
+
 components-lock:
 	$(PYTHON) build/components/build.py --update-lock
 

@@ -245,6 +245,8 @@ def wait_node_ready(node: Node, stop: threading.Event) -> None:
             conds = {c["type"]: c["status"] for c in obj.get("status", {}).get("conditions", [])}
             if conds.get("Ready") == "True":
                 log.console(f"k4s: node {node.cfg.node_name} Ready")
+                if "coredns" not in node.cfg.disable:
+                    threading.Thread(target=wait_coredns, args=(client, stop), name="coredns", daemon=True).start()
                 return
         except (OSError, K4sError):
             pass
@@ -283,6 +285,19 @@ def write_memory_report(path: Path) -> None:
         write_atomic(path, meminfo + "\nRSS by process:\n" + "\n".join(lines) + "\n")
     except K4sError:
         pass
+
+
+def wait_coredns(client: kubeapi.Client, stop: threading.Event) -> None:
+    """Log when CoreDNS is available: the last step of the boot timeline."""
+    while not stop.is_set():
+        try:
+            d = client.json("GET", "/apis/apps/v1/namespaces/kube-system/deployments/coredns")
+            if d.get("status", {}).get("availableReplicas", 0) >= 1:
+                log.event("coredns", "ready")
+                return
+        except (OSError, K4sError):
+            pass
+        stop.wait(1.0)
 
 
 def run_server(cfg: Config, control_plane_only: bool,

@@ -1,0 +1,325 @@
+#!/usr/bin/env python3
+"""k4s benchmarks: numbers to out/bench/results.json and into README.md.
+
+    python3 bench/run.py [--skip-boot] [--skip-components]
+
+Measures, on this machine, in one run (ratios side by side where a baseline exists):
+  - start-up of the frozen `k4s --version` and an applet dispatch, against a bare
+    PyInstaller onedir hello-world built the same way;
+  - bundle size and its biggest parts;
+  - component sizes, the kube multicall against the separate upstream binaries
+    built the same way, cold and warm build times;
+  - `k4s server --control-plane-only`: time to apiserver ready, per-component
+    start times, RSS of each component and of k4s at idle;
+  - the appliance in QEMU (TCG): boot timeline, memory used at idle, the smallest
+    -m that still reaches Ready, initramfs size by part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "out"
+BENCH = OUT / "bench"
+BIN = OUT / "components" / "bin"
+CACHE = Path(os.environ.get("K4S_CACHE", "/var/cache/k4s"))
+sys.path.insert(0, str(ROOT))
+
+
+def sh(*args: str, **kw) -> str:  # type: ignore[no-untyped-def]
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def timed_runs(argv: list[str], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+# --- start-up ----------------------------------------------------------------------------
+
+def hello_bundle() -> Path:
+    exe = BENCH / "hello" / "hello"
+    if exe.exists():
+        return exe
+    work = Path(tempfile.mkdtemp())
+    src = work / "hello.py"
+    src.write_text("import sys\nprint('hello')\n")
+    sh(sys.executable, "-m", "PyInstaller", "--noconfirm", "--log-level", "WARN", "--onedir", "--strip",
+       "--workpath", str(work / "w"), "--distpath", str(BENCH), "--specpath", str(work), str(src))
+    return exe
+
+
+def bench_startup() -> dict:
+    hello = hello_bundle()
+    k4s = OUT / "k4s" / "k4s"
+    links = Path(tempfile.mkdtemp())
+    (links / "lsmod").symlink_to(k4s)
+    cases = {"hello": [str(hello)], "k4s --version": [str(k4s), "--version"], "lsmod (applet)": [str(links / "lsmod")]}
+    for argv in cases.values():
+        timed_runs(argv, 3)  # warm the page cache
+    samples: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(15):  # interleaved, so machine noise hits every case alike
+        for k, argv in cases.items():
+            samples[k] += timed_runs(argv, 2)
+    med = {k: statistics.median(v) * 1000 for k, v in samples.items()}
+    return {"median_ms": {k: round(v, 1) for k, v in med.items()},
+            "ratio_version": round(med["k4s --version"] / med["hello"], 2),
+            "ratio_applet": round(med["lsmod (applet)"] / med["hello"], 2)}
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def bench_bundle() -> dict:
+    internal = OUT / "k4s" / "_internal"
+    parts = {p.name: (du(p) if p.is_dir() else p.stat().st_size) for p in internal.iterdir()}
+    top = sorted(parts.items(), key=lambda kv: -kv[1])[:6]
+    return {"total_mb": round(du(OUT / "k4s") / 1e6, 1), "biggest": {k: round(v / 1e6, 1) for k, v in top}}
+
+
+# --- components --------------------------------------------------------------------------
+
+SEPARATE = {"kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
+            "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
+            "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler", "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+            "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy", "kubectl": "k8s.io/kubernetes/cmd/kubectl"}
+
+
+def bench_components() -> dict:
+    lock = json.loads((ROOT / "build/components/lock.json").read_text())
+    sizes = {}
+    for c in lock["components"]:
+        for o in c["outputs"]:
+            sizes[o["name"]] = (BIN / o["name"]).resolve().stat().st_size
+    sep_dir = CACHE / "bench-separate" / lock["components"][0]["version"]
+    sep_dir.mkdir(parents=True, exist_ok=True)
+    kube_dir = ROOT / "build/components/kube"
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod -trimpath -buildvcs=false"}
+    for name, pkg in SEPARATE.items():
+        if not (sep_dir / name).exists():
+            print(f"bench: building separate {name} (same flags as the multicall)", flush=True)
+            subprocess.run(["go", "build", "-ldflags", "-s -w -buildid=", "-o", str(sep_dir / name), pkg],
+                           cwd=kube_dir, env=env, check=True)
+    separate = {n: (sep_dir / n).stat().st_size for n in SEPARATE}
+    t = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "build/components/build.py")], check=True, capture_output=True)
+    warm = time.perf_counter() - t
+    cold = {}
+    for c in lock["components"]:
+        for done in (CACHE / "components" / c["name"]).glob("*/.done"):
+            cold[c["name"]] = json.loads(done.read_text()).get("seconds")
+    return {"sizes_mb": {k: round(v / 1e6, 1) for k, v in sizes.items()},
+            "kube_multicall_mb": round(sizes["kube"] / 1e6, 1),
+            "separate_sum_mb": round(sum(separate.values()) / 1e6, 1),
+            "separate_mb": {k: round(v / 1e6, 1) for k, v in separate.items()},
+            "multicall_ratio": round(sizes["kube"] / sum(separate.values()), 2),
+            "warm_build_s": round(warm, 1), "build_s_when_cache_was_made": cold}
+
+
+# --- k4s server on the host --------------------------------------------------------------
+
+def bench_server() -> dict:
+    import psutil
+
+    tmp = Path(tempfile.mkdtemp())
+    argv = [sys.executable, "-m", "k4s", "server", "--control-plane-only", "--cmdline", "", "--config", os.devnull,
+            "--set", f"data-dir={tmp}/data", "--set", f"run-dir={tmp}/run", "--set", f"bin-dir={BIN}",
+            "--set", f"write-kubeconfig={tmp}/kc", "--set", "node-name=bench", "--set", "node-ip=127.0.0.1"]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    status = {}
+    try:
+        while time.monotonic() - t0 < 180:
+            try:
+                status = json.loads((tmp / "run/status.json").read_text())["components"]
+                if status["kube-apiserver"]["ready"]:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.05)
+        api_ready = time.monotonic() - t0
+        while not all(c["ready"] for c in status.values()) and time.monotonic() - t0 < 180:
+            time.sleep(0.2)
+            status = json.loads((tmp / "run/status.json").read_text())["components"]
+        time.sleep(30)  # idle
+        status = json.loads((tmp / "run/status.json").read_text())["components"]
+        rss = {n: round(psutil.Process(c["pid"]).memory_info().rss / 2**20, 1) for n, c in status.items() if c["pid"]}
+        rss["k4s (supervisor)"] = round(psutil.Process(proc.pid).memory_info().rss / 2**20, 1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"apiserver_ready_s": round(api_ready, 2),
+            "component_start_s": {n: c["started_after"] for n, c in status.items()},
+            "component_ready_in_s": {n: c["ready_after"] for n, c in status.items()},
+            "idle_rss_mib": rss}
+
+
+# --- the appliance -----------------------------------------------------------------------
+
+STAGES = [("/init", r"k4s init: starting"), ("mounts", r"component=init event=mounts"),
+          ("modules", r"component=init event=modules"), ("network", r"component=init event=network"),
+          ("pki", r"component=etcd event=start"), ("etcd ready", r"component=etcd event=ready"),
+          ("apiserver ready", r"component=kube-apiserver event=ready"),
+          ("node Ready", r"k4s: node \S+ Ready"), ("CoreDNS Ready", r"component=coredns event=ready")]
+
+
+def boot(memory: int, wait_idle: float = 0) -> dict:
+    from k4s.errors import K4sError
+    from k4s.vm import VM
+
+    tmp = Path(tempfile.mkdtemp())
+    vm = VM(tmp, OUT / "vmlinuz", OUT / "initramfs.cpio.zst", memory=memory, port=16543)
+    t0 = time.monotonic()
+    proc = vm.start()
+    result: dict = {"memory_mib": memory}
+    try:
+        vm.wait_ready(proc, timeout=600, echo=False)
+        result["ready_wall_s"] = round(time.monotonic() - t0, 1)
+        end = time.monotonic() + max(wait_idle, 0)
+        while time.monotonic() < end:
+            time.sleep(5)
+        console = vm.console.read_text(errors="replace")
+        result["timeline_s"] = {}
+        for name, pat in STAGES:
+            for line in console.splitlines():
+                if re.search(pat, line):
+                    m = re.match(r"\[\s*([\d.]+)\]", line)
+                    up = re.search(r"\(kernel [^,]+, ([\d.]+)s since boot\)", line)
+                    result["timeline_s"][name] = float(m.group(1)) if m else (float(up.group(1)) if up else None)
+                    break
+        stats = [int(x) for x in re.findall(r"event=stats mem_used_mib=(\d+)", console)]
+        if stats:
+            result["idle_mem_used_mib"] = stats[-1]
+        result["ready"] = True
+    except K4sError as e:
+        result["ready"] = False
+        result["error"] = e.message
+    finally:
+        vm.power_off(120)
+        if proc.poll() is None:
+            proc.kill()
+    return result
+
+
+def image_parts() -> dict:
+    out = sh(sys.executable, "-m", "k4s", "mkimage", "--out", str(OUT / "initramfs.cpio.zst"), cwd=ROOT)
+    parts = {}
+    for line in out.splitlines():
+        m = re.match(r"(\w+)\s+(\d+)\s+([\d.]+)MB\s+([\d.]+)MB", line)
+        if m:
+            parts[m.group(1)] = {"unpacked_mb": float(m.group(3)), "compressed_mb": float(m.group(4))}
+    return parts
+
+
+def bench_appliance() -> dict:
+    res = {"image_parts": image_parts(), "boot_1024": boot(1024, wait_idle=90)}
+    for mem in (768, 640, 512):
+        r = boot(mem)
+        res[f"boot_{mem}"] = {k: r.get(k) for k in ("ready", "ready_wall_s", "error")}
+        if not r.get("ready"):
+            break
+    res["smallest_ready_mib"] = min([1024] + [m for m in (768, 640, 512) if res.get(f"boot_{m}", {}).get("ready")])
+    return res
+
+
+# --- report ------------------------------------------------------------------------------
+
+def markdown(r: dict) -> str:
+    L = [f"Measured {r['date']} on {r['machine']} (`make bench`; raw numbers in out/bench/results.json).", ""]
+    if "startup" in r:
+        s = r["startup"]
+        L += ["**Start-up** (median, frozen onedir, interleaved runs):", "",
+              "| command | ms | vs hello-world |", "|---|---|---|",
+              f"| bare PyInstaller hello-world | {s['median_ms']['hello']} | 1.00 |",
+              f"| `k4s --version` | {s['median_ms']['k4s --version']} | {s['ratio_version']} |",
+              f"| `lsmod` (applet dispatch via symlink) | {s['median_ms']['lsmod (applet)']} | {s['ratio_applet']} |", ""]
+    if "bundle" in r:
+        b = r["bundle"]
+        L += [f"**Frozen bundle**: {b['total_mb']} MB; biggest parts: "
+              + ", ".join(f"{k} {v} MB" for k, v in b["biggest"].items()), ""]
+    if "components" in r:
+        c = r["components"]
+        L += ["**Components** (MB): " + ", ".join(f"{k} {v}" for k, v in c["sizes_mb"].items()), "",
+              f"kube multicall {c['kube_multicall_mb']} MB vs {c['separate_sum_mb']} MB for the six separate "
+              f"upstream binaries built the same way: **{c['multicall_ratio']:.0%}** of the sum. "
+              f"Warm `make components`: {c['warm_build_s']} s; build seconds recorded when each cache entry was "
+              f"made: {c['build_s_when_cache_was_made']}.", ""]
+    if "server" in r:
+        s = r["server"]
+        L += [f"**`k4s server --control-plane-only`** on the host: apiserver ready after {s['apiserver_ready_s']} s. "
+              "Start (s after launch) / ready-in (s): "
+              + ", ".join(f"{n} {s['component_start_s'][n]}/{s['component_ready_in_s'][n]}" for n in s["component_start_s"]),
+              "", "Idle RSS (MiB): " + ", ".join(f"{k} {v}" for k, v in s["idle_rss_mib"].items()), ""]
+    if "appliance" in r:
+        a = r["appliance"]
+        b = a["boot_1024"]
+        L += ["**Appliance in QEMU** (TCG, 2 vCPU, 1 GiB; seconds since kernel start):", "",
+              "| stage | s |", "|---|---|"] + [f"| {k} | {v} |" for k, v in b.get("timeline_s", {}).items()] + [
+              "", f"Wall clock from QEMU start to node Ready: {b.get('ready_wall_s')} s. Memory used at idle "
+              f"(MemTotal - MemAvailable, 90 s after Ready): {b.get('idle_mem_used_mib')} MiB. Smallest -m that "
+              f"reached Ready: {a['smallest_ready_mib']} MiB "
+              + "(" + ", ".join(f"{m} MiB: {'Ready' if a.get(f'boot_{m}', {}).get('ready') else 'not Ready'}"
+                                for m in (768, 640, 512) if f"boot_{m}" in a) + ").", "",
+              "| part | unpacked MB | in the initramfs MB |", "|---|---|---|"]
+        L += [f"| {k} | {v['unpacked_mb']} | {v['compressed_mb']} |" for k, v in a["image_parts"].items()]
+        L += [""]
+    return "\n".join(L)
+
+
+def update_readme(text: str) -> None:
+    readme = ROOT / "README.md"
+    s = readme.read_text()
+    s = re.sub(r"<!-- bench:begin -->.*<!-- bench:end -->", f"<!-- bench:begin -->\n{text}\n<!-- bench:end -->",
+               s, flags=re.S)
+    readme.write_text(s)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--skip-boot", action="store_true")
+    ap.add_argument("--skip-components", action="store_true")
+    args = ap.parse_args()
+    BENCH.mkdir(parents=True, exist_ok=True)
+    path = BENCH / "results.json"
+    r = json.loads(path.read_text()) if path.exists() else {}
+    r["date"] = time.strftime("%Y-%m-%d")
+    r["machine"] = f"{os.cpu_count()} cores, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, " \
+                   f"{platform.platform()}"
+    print("bench: start-up", flush=True)
+    r["startup"] = bench_startup()
+    r["bundle"] = bench_bundle()
+    if not args.skip_components:
+        print("bench: components", flush=True)
+        r["components"] = bench_components()
+    print("bench: k4s server", flush=True)
+    r["server"] = bench_server()
+    if not args.skip_boot:
+        print("bench: appliance boots (several minutes under TCG)", flush=True)
+        r["appliance"] = bench_appliance()
+    path.write_text(json.dumps(r, indent=2) + "\n")
+    update_readme(markdown(r))
+    print(markdown(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
