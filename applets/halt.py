@@ -5,14 +5,6 @@
 -f skips the orderly stop: sync and halt at once (as root).
 """
 
-from __future__ import annotations
+from k4s.power import power_cli
 
-import click
-
-
-@click.command(help=__doc__.split("\n\n")[0])
-@click.option("-f", "--force", is_flag=True, help="Do not stop the node in order; sync and halt now.")
-def cli(force: bool) -> int:
-    from k4s.power import request
-
-    return request("halt", force)
+cli = power_cli("halt", __doc__)

@@ -26,7 +26,7 @@ def exec_component(name: str, args: tuple[str, ...]) -> int:
         argv = [os.path.join(cfg.bin_dir, m.BINARY), *args]
     else:
         argv = [*m.command(node.make_node(cfg)), *args]
-    env = components.child_env(cfg.bin_dir)
+    env = components.child_env(cfg.bin_dir, cfg.component_gogc)
     try:
         os.execve(argv[0], argv, env)
     except OSError as e:

@@ -189,6 +189,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("datastore", _choice("etcd"), "etcd", "cluster datastore"),
     Key("tls-san", _list_of(_san), (), "extra names or addresses in the apiserver certificate"),
     Key("apiserver-port", _int_range(1, 65535), 6443, "kube-apiserver secure port"),
+    Key("component-gogc", _int_range(10, 1000), 100,
+        "GOGC for the Go components: lower trades CPU for less RAM on small machines"),
     Key("log-level", _choice("debug", "info", "warn", "error"), "info", "k4s log level"),
     Key("cert-renew-days", _int_range(1, 3650), 90, "re-issue leaf certificates expiring within this many days"),
     Key("on-failure", _choice("poweroff", "reboot", "halt"), "poweroff", "what init does after a fatal error"),
@@ -223,6 +225,7 @@ class Config:
     datastore: str
     tls_san: tuple[str, ...]
     apiserver_port: int
+    component_gogc: int
     log_level: str
     cert_renew_days: int
     on_failure: str

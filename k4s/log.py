@@ -48,18 +48,11 @@ def event(component: str, what: str, /, *, level: str = "info", **fields: Any) -
         return
     parts = [f"component={component}", f"event={what}"]
     parts += [f"{k}={_fmt(v)}" for k, v in fields.items() if v is not None]
-    line = f"[{uptime():8.2f}] " + " ".join(parts)
-    with _lock:
-        print(line, file=sys.stderr, flush=True)
-        if _file is not None:
-            try:
-                _file.write(line + "\n")
-            except OSError:
-                pass
+    console(f"[{uptime():8.2f}] " + " ".join(parts))
 
 
 def console(text: str) -> None:
-    """A line for a person on the console, outside the key=value stream."""
+    """One line to the console (stderr) and to k4s.log."""
     with _lock:
         print(text, file=sys.stderr, flush=True)
         if _file is not None:

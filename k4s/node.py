@@ -130,7 +130,7 @@ def coredns_image(node: Node) -> str:
 
 def import_images(node: Node, sup: Supervisor) -> None:
     """Every airgap tarball into containerd's k8s.io namespace, pinned against image GC."""
-    env = components.child_env(node.bin_dir)
+    env = components.child_env(node.bin_dir, node.cfg.component_gogc)
     ctr = [str(node.bin("ctr")), f"--address={node.containerd_socket}", "--namespace=k8s.io"]
     logf = node.paths.logs / "images.log"
     for t in image_tarballs(node):
@@ -220,7 +220,7 @@ class ManifestWatcher:
 # --- the services ------------------------------------------------------------------------
 
 def services(node: Node, names: list[str], sup_box: list[Supervisor]) -> list[Service]:
-    env = components.child_env(node.bin_dir)
+    env = components.child_env(node.bin_dir, node.cfg.component_gogc)
     out: list[Service] = []
     for n in names:
         m = components.module(n)

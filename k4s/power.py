@@ -94,3 +94,15 @@ def pid1_is_k4s() -> bool:
             getattr(sys, "frozen", False))
     except OSError:
         return False
+
+
+def power_cli(action: str, doc: str):  # type: ignore[no-untyped-def]
+    """The click command of the poweroff, reboot and halt applets."""
+    import click
+
+    @click.command(name=action, help=doc.split("\n\n")[0])
+    @click.option("-f", "--force", is_flag=True, help=f"Do not stop the node in order; sync and {action} now.")
+    def cli(force: bool) -> int:
+        return request(action, force)
+
+    return cli

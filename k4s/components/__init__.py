@@ -72,11 +72,25 @@ class Node:
         return self.paths.data / "cni" / "net.d"
 
 
-def child_env(bin_dir: Path | str) -> dict[str, str]:
+def child_env(bin_dir: Path | str, gogc: int = 100) -> dict[str, str]:
     """The environment every upstream binary gets: explicit, never the bundle's LD_LIBRARY_PATH."""
     return {
+        "GOGC": str(gogc),
         "PATH": f"{bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": os.environ.get("HOME", "/root"),
         "LANG": "C.UTF-8",
         "TMPDIR": "/tmp",
     }
+
+
+def delegated_auth_flags(kubeconfig: Path, port: int) -> list[str]:
+    """controller-manager and scheduler: one identity for the API and for checking their callers."""
+    return [
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={port}",
+        "--leader-elect=false",  # one node: no lease traffic
+        "--profiling=false",
+    ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from k4s import kubeapi
-from k4s.components import Node
+from k4s.components import Node, delegated_auth_flags
 
 NAME = "kube-controller-manager"
 BINARY = "kube-controller-manager"
@@ -14,14 +14,9 @@ PORT = 10257
 
 def command(node: Node) -> list[str]:
     pki, cfg = node.pki, node.cfg
-    kubeconfig = node.paths.kubeconfig("controller-manager")
     return [
         str(node.bin(BINARY)),
-        f"--kubeconfig={kubeconfig}",
-        f"--authentication-kubeconfig={kubeconfig}",
-        f"--authorization-kubeconfig={kubeconfig}",
-        "--bind-address=127.0.0.1",
-        f"--secure-port={PORT}",
+        *delegated_auth_flags(node.paths.kubeconfig("controller-manager"), PORT),
         f"--client-ca-file={pki / 'ca.crt'}",
         f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
         f"--cluster-signing-cert-file={pki / 'ca.crt'}",
@@ -33,8 +28,6 @@ def command(node: Node) -> list[str]:
         f"--cluster-cidr={cfg.cluster_cidr}",
         "--node-cidr-mask-size=24",
         f"--service-cluster-ip-range={cfg.service_cidr}",
-        "--leader-elect=false",  # one node: no lease traffic
-        "--profiling=false",
     ]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from k4s import kubeapi
-from k4s.components import Node
+from k4s.components import Node, delegated_auth_flags
 
 NAME = "kube-scheduler"
 BINARY = "kube-scheduler"
@@ -13,17 +13,7 @@ PORT = 10259
 
 
 def command(node: Node) -> list[str]:
-    kubeconfig = node.paths.kubeconfig("scheduler")
-    return [
-        str(node.bin(BINARY)),
-        f"--kubeconfig={kubeconfig}",
-        f"--authentication-kubeconfig={kubeconfig}",
-        f"--authorization-kubeconfig={kubeconfig}",
-        "--bind-address=127.0.0.1",
-        f"--secure-port={PORT}",
-        "--leader-elect=false",
-        "--profiling=false",
-    ]
+    return [str(node.bin(BINARY)), *delegated_auth_flags(node.paths.kubeconfig("scheduler"), PORT)]
 
 
 def ready(node: Node) -> bool:
