@@ -74,6 +74,8 @@ class Tree:
 
     def add(self, e: cpio.Entry) -> None:
         e.name = self._norm(e.name)
+        if not e.name:
+            return  # the root itself: the kernel's rootfs already exists
         self._parents(e.name, e.part)
         self.entries[e.name] = e
 
@@ -335,6 +337,7 @@ def squash_part(tree: Tree, part: str, cache: Path | None) -> int:
     unpacked = sum(e.length for e in entries)
     key = hashlib.sha256(cpio.bytes_of(entries)).hexdigest()
     out = (cache or Path(tempfile.gettempdir())) / f"{part}-{key}.squashfs"
+    out.parent.mkdir(parents=True, exist_ok=True)
     if not out.exists():
         print(f"mkimage: mksquashfs {part} ({unpacked / 1e6:.1f} MB)", flush=True)
         tmp = out.with_suffix(".tmp")
