@@ -82,12 +82,11 @@ class VM:
         return cpio.compress(cpio.bytes_of(t.segment("base")), "zstd", 3)
 
     def write_kubeconfig(self) -> None:
-        store = self.cluster_pki()
-        text = (self.out / "cluster" / "kubeconfig" / "admin.conf").read_text()
-        doc = yaml.safe_load(text)
+        """The host's admin kubeconfig, minted from the seeded CA, pointing at the forwarded port."""
+        self.cluster_pki()
+        doc = yaml.safe_load((self.out / "cluster" / "kubeconfig" / "admin.conf").read_text())
         doc["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{self.port}"
         write_atomic(self.kubeconfig, yaml.safe_dump(doc, sort_keys=False), 0o600)
-        del store
 
     # --- QEMU ----------------------------------------------------------------------------
 
