@@ -23,7 +23,9 @@ from k4s.config import Config
 from k4s.errors import K4sError
 from k4s.fsutil import write_atomic
 from k4s.paths import IMAGES, Paths
-from k4s.supervisor import Service, Supervisor
+from k4s.supervisor import Service, Supervisor, renice
+
+IMPORT_NICE = 15
 
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 NODE_HELPERS = ("containerd-shim-runc-v2", "runc", "ctr", "bridge", "host-local", "loopback", "portmap")
@@ -133,14 +135,22 @@ def import_images(node: Node, sup: Supervisor) -> None:
     env = components.child_env(node.bin_dir, node.cfg.component_gogc)
     ctr = [str(node.bin("ctr")), f"--address={node.containerd_socket}", "--namespace=k8s.io"]
     logf = node.paths.logs / "images.log"
-    for t in image_tarballs(node):
-        names = [m.get("annotations", {}).get("io.containerd.image.name") for m in oci.read_index(t)]
-        rc = sup.run_command([*ctr, "images", "import", "--local", "--discard-unpacked-layers", str(t)], env, logf)
-        if rc != 0:
-            raise K4sError(f"ctr images import {t} failed with exit code {rc}", hint=f"see {logf}")
-        for n in filter(None, names):
-            sup.run_command([*ctr, "images", "label", n, "io.cri-containerd.pinned=pinned"], env, logf)
-        log.event("images", "imported", file=t.name, images=",".join(filter(None, names)))
+    # Unpacking competes with the apiserver's start for the CPU, and the apiserver is on the
+    # critical path to Ready: import at low priority (containerd unpacks, ctr streams).
+    containerd_pid = sup.services["containerd"].pid
+    renice(containerd_pid, IMPORT_NICE)
+    try:
+        for t in image_tarballs(node):
+            names = [m.get("annotations", {}).get("io.containerd.image.name") for m in oci.read_index(t)]
+            rc = sup.run_command([*ctr, "images", "import", "--local", "--discard-unpacked-layers", str(t)], env,
+                                 logf, nice=IMPORT_NICE)
+            if rc != 0:
+                raise K4sError(f"ctr images import {t} failed with exit code {rc}", hint=f"see {logf}")
+            for n in filter(None, names):
+                sup.run_command([*ctr, "images", "label", n, "io.cri-containerd.pinned=pinned"], env, logf)
+            log.event("images", "imported", file=t.name, images=",".join(filter(None, names)))
+    finally:
+        renice(containerd_pid, 0)
 
 
 def api_client(node: Node) -> kubeapi.Client:

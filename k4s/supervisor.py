@@ -106,12 +106,15 @@ class Supervisor:
         finally:
             os.close(fd)
 
-    def run_command(self, argv: list[str], env: dict[str, str], log_path: Path, timeout: float = 120) -> int:
+    def run_command(self, argv: list[str], env: dict[str, str], log_path: Path, timeout: float = 120,
+                    nice: int = 0) -> int:
         """Run a helper to completion (from a task thread); its exit code. The reaper reaps it."""
         done, box = threading.Event(), []
         with self._spawn_lock:
             pid = self.spawn(argv, env, log_path)
             self._waiters[pid] = (done, box)
+            if nice:
+                renice(pid, nice)
         if not done.wait(timeout):
             os.kill(pid, signal.SIGKILL)
             done.wait(5)
@@ -385,6 +388,15 @@ class Supervisor:
             write_atomic(self.status_path, json.dumps(doc, indent=1) + "\n")
         except (OSError, K4sError):
             pass
+
+
+def renice(pid: int | None, nice: int) -> None:
+    if pid is None:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
+    except OSError:
+        pass
 
 
 def kill_all(grace: float = 3.0) -> None:
