@@ -18,6 +18,7 @@ import lzma
 import os
 import stat
 import subprocess
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,7 @@ def decompress(raw: bytes) -> bytes:
             pos = len(raw) - len(d.unused_data)
             continue
         if head.startswith(GZIP_MAGIC):
-            d = __import__("zlib").decompressobj(31)
+            d = zlib.decompressobj(31)
             try:
                 out += d.decompress(raw[pos:])
             except Exception as e:

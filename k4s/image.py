@@ -58,7 +58,7 @@ XTABLES = Path("/usr/lib/x86_64-linux-gnu/xtables")  # iptables loads its matche
 class Tree:
     entries: dict[str, cpio.Entry] = field(default_factory=dict)
 
-    def _norm(self, path: str) -> str:
+    def norm(self, path: str) -> str:
         p = path.strip("/")
         head, _, rest = p.partition("/")
         if head in MERGED and rest:
@@ -73,7 +73,7 @@ class Tree:
                 self.entries[d] = cpio.Entry(d, stat.S_IFDIR | 0o755, part=part)
 
     def add(self, e: cpio.Entry) -> None:
-        e.name = self._norm(e.name)
+        e.name = self.norm(e.name)
         if not e.name:
             return  # the root itself: the kernel's rootfs already exists
         self._parents(e.name, e.part)
@@ -152,7 +152,7 @@ def add_closure(tree: Tree, elves: Iterable[tuple[Path, str | None]], skip_dir: 
         for lib in ldd(path, libpath):
             if skip_dir and Path(lib).resolve().is_relative_to(skip_dir.resolve()):
                 continue  # the bundle carries it
-            norm = tree._norm(lib)
+            norm = tree.norm(lib)
             if norm not in tree.entries:
                 tree.file(lib, Path(lib).resolve(), "libs")
 
@@ -265,7 +265,7 @@ def assemble(inp: Inputs, workdir: Path) -> Tree:
     t.file("usr/bin/busybox", inp.busybox.resolve(), "tools", 0o755)
     ours = {n for names in APPLET_LINKS.values() for n in names}
     for applet in run([str(inp.busybox), "--list-full"]).split():
-        if os.path.basename(applet) not in ours and t._norm(applet) not in t.entries:
+        if os.path.basename(applet) not in ours and t.norm(applet) not in t.entries:
             t.symlink(applet, "/usr/bin/busybox", "tools")
     tools = []
     for host, links in HOST_TOOLS.items():
@@ -320,7 +320,10 @@ def mksquashfs(entries: list[cpio.Entry], prefix: str, out: Path) -> None:
             elif stat.S_ISLNK(e.mode):
                 os.symlink(e.data.decode(), dst)
             elif e.source is not None:
-                os.link(e.source, dst) if _same_fs(e.source, dst.parent) else shutil.copyfile(e.source, dst)
+                if _same_fs(e.source, dst.parent):
+                    os.link(e.source, dst)  # no copy of 100+ MB binaries when the cache shares the fs
+                else:
+                    shutil.copyfile(e.source, dst)
                 os.chmod(dst, stat.S_IMODE(e.mode))
         run(["mksquashfs", str(stage), str(out), "-noappend", "-quiet", "-comp", "zstd", "-Xcompression-level", "19",
              "-b", "256K", "-all-root", "-no-xattrs", "-mkfs-time", "0", "-all-time", "0", "-processors", "2"])

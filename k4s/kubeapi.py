@@ -54,6 +54,12 @@ def get(url: str, ctx: ssl.SSLContext | None = None, timeout: float = 2.0) -> tu
         conn.close()
 
 
+def says_ok(url: str, ctx: ssl.SSLContext | None = None) -> bool:
+    """A health endpoint (/healthz, /readyz) answers 200 with the body `ok`."""
+    status, body = get(url, ctx)
+    return status == 200 and body.strip() == b"ok"
+
+
 @dataclass
 class Client:
     host: str

@@ -355,15 +355,15 @@ class PKI:
     def check(self, ident: Identity) -> list[Problem]:
         """Every certificate with its expiry and problems; CAs included."""
         out = []
+        cas = {ca.name: self._read_cert(ca.name) for ca in CAS}
         for ca in CAS:
-            cert = self._read_cert(ca.name)
+            cert = cas[ca.name]
             p = Problem(ca.name, cert.not_valid_after_utc if cert else None)
             if cert is None or self._read_key(ca.name) is None:
                 p.problems.append("missing or unreadable")
             elif cert.not_valid_after_utc - _now() <= self.renew:
                 p.problems.append("CA expires within the renewal window; plan a CA rotation")
             out.append(p)
-        cas = {ca.name: self._read_cert(ca.name) for ca in CAS}
         for leaf in leaves(ident):
             cert = self._read_cert(leaf.name)
             ca_cert = cas[leaf.ca.name]

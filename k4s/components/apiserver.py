@@ -76,5 +76,4 @@ def command(node: Node) -> list[str]:
 def ready(node: Node) -> bool:
     pki = node.pki
     ctx = kubeapi.tls_context(pki / "ca.crt", pki / "admin.crt", pki / "admin.key")
-    status, body = kubeapi.get(f"https://127.0.0.1:{node.cfg.apiserver_port}/readyz", ctx)
-    return status == 200 and body.strip() == b"ok"
+    return kubeapi.says_ok(f"https://127.0.0.1:{node.cfg.apiserver_port}/readyz", ctx)

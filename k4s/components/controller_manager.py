@@ -32,5 +32,4 @@ def command(node: Node) -> list[str]:
 
 
 def ready(node: Node) -> bool:
-    status, body = kubeapi.get(f"https://127.0.0.1:{PORT}/healthz", kubeapi.tls_context())
-    return status == 200 and body.strip() == b"ok"
+    return kubeapi.says_ok(f"https://127.0.0.1:{PORT}/healthz", kubeapi.tls_context())

@@ -66,5 +66,4 @@ def command(node: Node) -> list[str]:
 
 
 def ready(node: Node) -> bool:
-    status, body = kubeapi.get(f"http://127.0.0.1:{HEALTHZ_PORT}/healthz")
-    return status == 200 and body.strip() == b"ok"
+    return kubeapi.says_ok(f"http://127.0.0.1:{HEALTHZ_PORT}/healthz")
