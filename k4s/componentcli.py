@@ -25,7 +25,7 @@ def exec_component(name: str, args: tuple[str, ...]) -> int:
     if PASSTHROUGH & set(args):
         argv = [os.path.join(cfg.bin_dir, m.BINARY), *args]
     else:
-        argv = [*m.command(node.make_node(cfg)), *args]
+        argv = [*components.argv(name, node.make_node(cfg)), *args]
     env = components.child_env(cfg.bin_dir, cfg.component_gogc)
     try:
         os.execve(argv[0], argv, env)

@@ -153,11 +153,22 @@ def _san(v: Any) -> str:
         return _dns_name(s)
 
 
+def _flag(v: Any) -> str:
+    s = _str(v)
+    if not re.fullmatch(r"--[a-z0-9][a-z0-9-]*(=.*)?", s):
+        raise Invalid(f"{s!r} is not a --flag or --flag=value", "write flags in full, e.g. --v=2")
+    return s
+
+
 def _abs_path(v: Any) -> str:
     s = _str(v)
     if not s.startswith("/"):
         raise Invalid(f"{s!r} is not an absolute path", "write a path starting with /")
     return os.path.normpath(s)
+
+
+# components whose command line a user can extend with `<component>-arg`, as in k3s
+ARG_COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy")
 
 
 # --- the schema: one place for every key, its type, default and meaning ------------------
@@ -195,6 +206,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("cert-renew-days", _int_range(1, 3650), 90, "re-issue leaf certificates expiring within this many days"),
     Key("on-failure", _choice("poweroff", "reboot", "halt"), "poweroff", "what init does after a fatal error"),
     Key("disable", _list_of(_choice("coredns", "kube-proxy", "manifests")), (), "bundled parts to leave out"),
+    *(Key(f"{c}-arg", _list_of(_flag), (), f"extra {c} flags, e.g. --v=2 (last one wins)") for c in ARG_COMPONENTS),
 )
 KEYS: dict[str, Key] = {k.name: k for k in SCHEMA}
 
@@ -230,6 +242,12 @@ class Config:
     cert_renew_days: int
     on_failure: str
     disable: tuple[str, ...]
+    etcd_arg: tuple[str, ...]
+    kube_apiserver_arg: tuple[str, ...]
+    kube_controller_manager_arg: tuple[str, ...]
+    kube_scheduler_arg: tuple[str, ...]
+    kubelet_arg: tuple[str, ...]
+    kube_proxy_arg: tuple[str, ...]
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property

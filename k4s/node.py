@@ -237,7 +237,7 @@ def services(node: Node, names: list[str], sup_box: list[Supervisor]) -> list[Se
         after = tuple(a for a in m.AFTER if a in names)
         if n == "kubelet":
             after += ("images",)
-        out.append(Service(n, after=after, argv=lambda m=m: m.command(node), probe=lambda m=m: m.ready(node),
+        out.append(Service(n, after=after, argv=lambda n=n: components.argv(n, node), probe=lambda m=m: m.ready(node),
                            env=env, ready_timeout=READY_TIMEOUT.get(n, 120.0)))
         if n == "containerd":
             out.append(Service("images", after=("containerd",), task=lambda: import_images(node, sup_box[0]),
@@ -264,35 +264,58 @@ def wait_node_ready(node: Node, stop: threading.Event) -> None:
     raise K4sError("stopped before the node was Ready")
 
 
+def meminfo(text: str | None = None) -> dict[str, int]:
+    """/proc/meminfo as {field: KiB}."""
+    if text is None:
+        text = Path("/proc/meminfo").read_text()
+    out = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if rest.split():
+            out[key] = int(rest.split()[0])
+    return out
+
+
+def memory_summary(mi: dict[str, int]) -> dict[str, int]:
+    """Where the used RAM goes, in MiB: used = MemTotal - MemAvailable (the idle-RAM figure),
+    anon (process heaps), shmem (tmpfs: the unpacked root, containerd's snapshots, etcd),
+    kernel (unreclaimable slab, stacks, page tables)."""
+    kernel = mi.get("SUnreclaim", 0) + mi.get("KernelStack", 0) + mi.get("PageTables", 0)
+    return {"mem_used_mib": (mi["MemTotal"] - mi["MemAvailable"]) >> 10, "anon_mib": mi.get("AnonPages", 0) >> 10,
+            "shmem_mib": mi.get("Shmem", 0) >> 10, "kernel_mib": kernel >> 10, "mem_total_mib": mi["MemTotal"] >> 10}
+
+
 def log_stats(stop: threading.Event, log_dir: Path | None = None, every: float = 30.0) -> None:
-    """A line of memory and load every `every` seconds: MemTotal - MemAvailable is the idle-RAM figure."""
-    import psutil
-
+    """A line of memory and load every `every` seconds."""
     while not stop.wait(every):
-        vm = psutil.virtual_memory()
-        load = os.getloadavg()
-        log.event("k4s", "stats", mem_used_mib=(vm.total - vm.available) >> 20,
-                  mem_total_mib=vm.total >> 20, load1=f"{load[0]:.2f}")
+        mi = meminfo()
+        log.event("k4s", "stats", **memory_summary(mi), load1=f"{os.getloadavg()[0]:.2f}")
         if log_dir is not None:
-            write_memory_report(log_dir / "memory.txt")
+            write_memory_report(log_dir / "memory.txt", mi)
 
 
-def write_memory_report(path: Path) -> None:
-    """/proc/meminfo and the processes by RSS: what `make bench` reads for the RAM breakdown."""
-    import psutil
-
+def anon_by_process() -> list[tuple[int, int, str]]:
+    """(RssAnon KiB, pid, name) of every process, biggest first: the part of a process's RSS that
+    page reclaim cannot drop (its text pages are file-backed and count as available)."""
     rows = []
-    for p in psutil.process_iter(["pid", "name", "memory_info"]):
-        mi = p.info.get("memory_info")
-        if mi:
-            rows.append((mi.rss, p.info["pid"], p.info["name"]))
-    lines = [f"{rss >> 20:>6} MiB  {pid:>6}  {name}" for rss, pid, name in sorted(rows, reverse=True)[:20]]
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = dict(line.split(":", 1) for line in (d / "status").read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        if "RssAnon" in fields:
+            rows.append((int(fields["RssAnon"].split()[0]), int(d.name), fields["Name"].strip()))
+    return sorted(rows, reverse=True)
+
+
+def write_memory_report(path: Path, mi: dict[str, int]) -> None:
+    """The memory summary and the processes by anonymous RSS: what `make bench` reads for the breakdown."""
+    summary = " ".join(f"{k}={v}" for k, v in memory_summary(mi).items())
+    lines = [f"{kib >> 10:>6} MiB  {pid:>6}  {name}" for kib, pid, name in anon_by_process()[:20]]
     try:
-        meminfo = Path("/proc/meminfo").read_text()
-    except OSError:
-        meminfo = ""
-    try:
-        write_atomic(path, meminfo + "\nRSS by process:\n" + "\n".join(lines) + "\n")
+        write_atomic(path, summary + "\n\nRssAnon by process:\n" + "\n".join(lines) + "\n")
     except K4sError:
         pass
 

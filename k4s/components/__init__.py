@@ -72,6 +72,13 @@ class Node:
         return self.paths.data / "cni" / "net.d"
 
 
+def argv(name: str, node: Node) -> list[str]:
+    """The component's command line: its module's flags, then the user's `<name>-arg` flags
+    (upstream flag parsing lets the last occurrence win)."""
+    extra = getattr(node.cfg, f"{name.replace('-', '_')}_arg", ())
+    return [*module(name).command(node), *extra]
+
+
 def child_env(bin_dir: Path | str, gogc: int = 100) -> dict[str, str]:
     """The environment every upstream binary gets: explicit, never the bundle's LD_LIBRARY_PATH."""
     return {
