@@ -22,7 +22,7 @@ $(OUT)/k4s/k4s: $(PY_SOURCES)
 components:
 	$(PYTHON) build/components/build.py
 
-# Airgap images (pause, coredns, busybox) as deterministic OCI tarballs.
+# Airgap images (pause, scratch, busybox) as deterministic OCI tarballs.
 images: components
 	$(PYTHON) -m k4s oci build --bin $(OUT)/components/bin --busybox /bin/busybox --out $(OUT)/images
 

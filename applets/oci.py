@@ -3,7 +3,7 @@
     k4s oci build --bin DIR [--busybox PATH] --out DIR
     k4s oci ls TARBALL...
 
-`build` writes pause.tar, coredns.tar and busybox.tar (OCI image layouts that
+`build` writes pause.tar, scratch.tar and busybox.tar (OCI image layouts that
 `ctr images import` takes without a registry) from the components in DIR and
 Debian's busybox-static, and prints each image's name and manifest digest.
 The same inputs give the same digests.
@@ -46,12 +46,17 @@ def busybox_applets(busybox: Path) -> list[str]:
 def run(bindir: Path, busybox: Path, outdir: Path, out: TextIO) -> int:
     images = {
         "pause": oci.pause_image(bindir / "pause"),
-        "coredns": oci.coredns_image(bindir / "coredns", _version(bindir / "coredns", "-version", r"CoreDNS-(\S+)")),
+        "scratch": oci.scratch_image(),
         "busybox": oci.busybox_image(busybox, busybox_applets(busybox)),
     }
     for stem, image in images.items():
         digest = oci.write(image, outdir / f"{stem}.tar")
         out.write(f"{image.name} {digest} {outdir / (stem + '.tar')}\n")
+    # the directory is the image set: a tarball from an older build would be packed too
+    for stale in sorted(outdir.glob("*.tar")):
+        if stale.stem not in images:
+            stale.unlink()
+            out.write(f"removed stale {stale}\n")
     return 0
 
 
@@ -60,7 +65,7 @@ def cli() -> None:
     pass
 
 
-@cli.command(help="Write the airgap images (pause, coredns, busybox) as OCI tarballs.")
+@cli.command(help="Write the airgap images (pause, scratch, busybox) as OCI tarballs.")
 @click.option("--bin", "bindir", type=click.Path(path_type=Path), required=True,
               help="Directory with the built components (out/components/bin).")
 @click.option("--busybox", type=click.Path(path_type=Path), default=Path("/bin/busybox"), show_default=True,

@@ -209,9 +209,11 @@ def boot(memory: int, wait_idle: float = 0) -> dict:
                     up = re.search(r"\(kernel [^,]+, ([\d.]+)s since boot\)", line)
                     result["timeline_s"][name] = float(m.group(1)) if m else (float(up.group(1)) if up else None)
                     break
-        stats = [int(x) for x in re.findall(r"event=stats mem_used_mib=(\d+)", console)]
-        if stats:
-            result["idle_mem_used_mib"] = stats[-1]
+        stats = re.findall(r"event=stats (.*)", console)
+        if stats:  # the last line: mem_used_mib (MemTotal - MemAvailable), anon_mib, shmem_mib, kernel_mib
+            last = dict(kv.split("=", 1) for kv in stats[-1].split() if "=" in kv)
+            result["idle_mem_used_mib"] = int(last["mem_used_mib"])
+            result["idle_mem_mib"] = {k: int(v) for k, v in last.items() if k.endswith("_mib")}
         result["ready"] = True
     except K4sError as e:
         result["ready"] = False
@@ -279,7 +281,10 @@ def markdown(r: dict) -> str:
         L += ["**Appliance in QEMU** (TCG, 2 vCPU, 1 GiB; seconds since kernel start):", "",
               "| stage | s |", "|---|---|"] + [f"| {k} | {v} |" for k, v in b.get("timeline_s", {}).items()] + [
               "", f"Wall clock from QEMU start to node Ready: {b.get('ready_wall_s')} s. Memory used at idle "
-              f"(MemTotal - MemAvailable, 90 s after Ready): {b.get('idle_mem_used_mib')} MiB. Smallest -m that "
+              f"(MemTotal - MemAvailable, 90 s after Ready): {b.get('idle_mem_used_mib')} MiB"
+              + (" (" + ", ".join(f"{k.removesuffix('_mib')} {v}" for k, v in b.get("idle_mem_mib", {}).items()
+                                 if k not in ("mem_used_mib", "mem_total_mib")) + " MiB)"
+                 if b.get("idle_mem_mib") else "") + ". Smallest -m that "
               f"reached Ready: {a['smallest_ready_mib']} MiB "
               + "(" + ", ".join(f"{m} MiB: {'Ready' if a.get(f'boot_{m}', {}).get('ready') else 'not Ready'}"
                                 for m in (768, 640, 512) if f"boot_{m}" in a) + ").", "",

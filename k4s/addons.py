@@ -5,12 +5,15 @@ Built as data from the Config, applied with server-side apply (k4s.kubeapi).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from k4s import oci
 from k4s.config import Config
 
 Obj = dict[str, Any]
 LABELS = {"app.kubernetes.io/managed-by": "k4s"}
+NODE_BIN = "/k4s-node-bin"  # where pods that run a node program see its directory
 
 
 def rbac() -> list[Obj]:
@@ -47,8 +50,14 @@ def corefile(cfg: Config) -> str:
 """
 
 
-def coredns(cfg: Config, image: str) -> list[Obj]:
+def coredns(cfg: Config, binary: Path) -> list[Obj]:
+    """CoreDNS as upstream deploys it, except where its program comes from: the node's own
+    coredns (the kube multicall, or a separate binary), mounted read-only into an empty image.
+    On a RAM-only node an image's layers are unpacked into RAM; this way CoreDNS costs nothing
+    beyond its heap, and there is no 50 MB layer to import at boot."""
     ns, name = "kube-system", "coredns"
+    # the multicall picks the component from argv[1] when it is not called as coredns
+    command = [f"{NODE_BIN}/{binary.name}", *([] if binary.name == "coredns" else ["coredns"])]
     labels = {"k8s-app": "kube-dns", **LABELS}
     meta = {"name": name, "namespace": ns, "labels": labels}
     return [
@@ -77,11 +86,13 @@ def coredns(cfg: Config, image: str) -> list[Obj]:
                                     {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}],
                     "containers": [{
                         "name": "coredns",
-                        "image": image,
+                        "image": oci.SCRATCH,
                         "imagePullPolicy": "Never",  # airgap: the image is imported at boot
+                        "command": command,
                         "args": ["-conf", "/etc/coredns/Corefile"],
                         "resources": {"limits": {"memory": "100Mi"}, "requests": {"cpu": "50m", "memory": "40Mi"}},
-                        "volumeMounts": [{"name": "config-volume", "mountPath": "/etc/coredns", "readOnly": True}],
+                        "volumeMounts": [{"name": "config-volume", "mountPath": "/etc/coredns", "readOnly": True},
+                                         {"name": "node-bin", "mountPath": NODE_BIN, "readOnly": True}],
                         "ports": [{"containerPort": 53, "name": "dns", "protocol": "UDP"},
                                   {"containerPort": 53, "name": "dns-tcp", "protocol": "TCP"},
                                   {"containerPort": 9153, "name": "metrics", "protocol": "TCP"}],
@@ -93,7 +104,8 @@ def coredns(cfg: Config, image: str) -> list[Obj]:
                     }],
                     "dnsPolicy": "Default",
                     "volumes": [{"name": "config-volume", "configMap": {"name": name,
-                                                                         "items": [{"key": "Corefile", "path": "Corefile"}]}}],
+                                                                         "items": [{"key": "Corefile", "path": "Corefile"}]}},
+                                {"name": "node-bin", "hostPath": {"path": str(binary.parent), "type": "Directory"}}],
                 },
             },
         }},

@@ -5,6 +5,7 @@ reboot or halt. It never returns and never lets the kernel panic.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -149,12 +150,29 @@ def load_modules() -> int:
     return count
 
 
+def min_free_kbytes(mem_total_kib: int) -> int:
+    """The kernel's own default reserve, 4 * sqrt(lowmem KiB) clamped to [128, 262144]
+    (mm/page_alloc.c); with transparent huge pages on, khugepaged raises it to keep
+    2 MiB blocks free (45 MiB at 1 GiB), RAM that nothing else may use."""
+    return max(128, min(262144, int(4 * math.sqrt(mem_total_kib))))
+
+
 def sysctls() -> None:
-    for key, value in SYSCTLS.items():
+    values = {f"/proc/sys/{k}": v for k, v in SYSCTLS.items()}
+    # Huge pages only for programs that ask (madvise). With Debian's "always", the Go
+    # heaps of the components sat in 2 MiB pages they barely used: ~400 of the 480 MiB
+    # of anonymous memory at idle were huge pages.
+    values["/sys/kernel/mm/transparent_hugepage/enabled"] = "madvise"
+    try:
+        total = int(Path("/proc/meminfo").read_text().split()[1])
+        values["/proc/sys/vm/min_free_kbytes"] = str(min_free_kbytes(total))
+    except (OSError, ValueError, IndexError):
+        pass
+    for path, value in values.items():
         try:
-            Path("/proc/sys", key).write_text(value)
+            Path(path).write_text(value)
         except OSError as e:
-            stage("sysctl-failed", level="warn", key=key, error=e.strerror)
+            stage("sysctl-failed", level="warn", key=path, error=e.strerror)
 
 
 def default_node_name(cfg: Config) -> Config:

@@ -201,7 +201,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("tls-san", _list_of(_san), (), "extra names or addresses in the apiserver certificate"),
     Key("apiserver-port", _int_range(1, 65535), 6443, "kube-apiserver secure port"),
     Key("component-gogc", _int_range(10, 1000), 100,
-        "GOGC for the Go components: lower trades CPU for less RAM on small machines"),
+        "GOGC of the Go components once started (start-up runs at Go's default 100, or this if higher): "
+        "lower trades idle CPU for RAM"),
     Key("log-level", _choice("debug", "info", "warn", "error"), "info", "k4s log level"),
     Key("cert-renew-days", _int_range(1, 3650), 90, "re-issue leaf certificates expiring within this many days"),
     Key("on-failure", _choice("poweroff", "reboot", "halt"), "poweroff", "what init does after a fatal error"),

@@ -29,11 +29,11 @@ from k4s import cpio, kmod
 from k4s.errors import K4sError
 from k4s.fsutil import write_atomic
 
-PARTS = ("base", "k4s", "libs", "tools", "kubernetes", "runtime", "etcd", "images", "modules")
+PARTS = ("base", "k4s", "libs", "tools", "kubernetes", "runtime", "images", "modules")
 # With payload=squashfs these parts become squashfs files that init mounts
 # (loop, read-only): their bytes stay compressed in RAM and pages are read in
 # on demand, instead of unpacking hundreds of MB into the RAM root.
-SQUASHFS_PARTS = ("kubernetes", "runtime", "etcd", "images")
+SQUASHFS_PARTS = ("kubernetes", "runtime", "images")
 PARTS_DIR = "usr/lib/k4s/parts"
 MERGED = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
 BUNDLE = "usr/lib/k4s"
@@ -43,8 +43,9 @@ APPLET_LINKS = {
     "usr/sbin": ("init", "poweroff", "reboot", "halt", "modprobe", "insmod", "lsmod"),
     "usr/bin": ("kubectl", "cpio"),
 }
-RUNTIME = ("containerd", "containerd-shim-runc-v2", "ctr", "runc", "bridge", "host-local", "loopback", "portmap")
-KUBE_LINKS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl")
+RUNTIME = ("containerd", "containerd-shim-runc-v2", "runc", "bridge", "host-local", "loopback", "portmap")
+KUBE_LINKS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl",
+              "etcd", "etcdctl", "coredns")
 HOST_TOOLS = {  # host path -> extra names (links) in the image
     "/usr/sbin/nft": (),
     "/usr/sbin/xtables-nft-multi": ("iptables", "iptables-save", "iptables-restore", "ip6tables",
@@ -258,8 +259,8 @@ def assemble(inp: Inputs, workdir: Path) -> Tree:
     comp("kube", "kubernetes")
     for n in KUBE_LINKS:
         t.symlink(f"{LIBEXEC}/{n}", "kube", "kubernetes")
-    comp("etcd", "etcd")
     runtime = [comp(n, "runtime") for n in RUNTIME]
+    t.symlink(f"{LIBEXEC}/ctr", "containerd", "runtime")  # containerd is a multicall with ctr
 
     # tools the node execs: busybox for mount/umount/sh and friends, nft, iptables-nft, conntrack
     t.file("usr/bin/busybox", inp.busybox.resolve(), "tools", 0o755)
@@ -326,7 +327,7 @@ def mksquashfs(entries: list[cpio.Entry], prefix: str, out: Path) -> None:
                     shutil.copyfile(e.source, dst)
                 os.chmod(dst, stat.S_IMODE(e.mode))
         run(["mksquashfs", str(stage), str(out), "-noappend", "-quiet", "-comp", "zstd", "-Xcompression-level", "19",
-             "-b", "256K", "-all-root", "-no-xattrs", "-mkfs-time", "0", "-all-time", "0", "-processors", "2"])
+             "-b", "1M", "-all-root", "-no-xattrs", "-mkfs-time", "0", "-all-time", "0", "-processors", "2"])
 
 
 def _same_fs(a: Path, b: Path) -> bool:

@@ -6,10 +6,13 @@ DHCP keeps running in a thread for the life of the node, so the lease is renewed
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import ipaddress
 import os
+import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 from k4s import log
@@ -56,8 +59,24 @@ def write_resolv_conf(servers: list[str], search: str = "") -> None:
     write_atomic(RESOLV_CONF, "\n".join(lines) + "\n")
 
 
+def iproute() -> type:
+    """pyroute2's IPRoute, imported without the package's __init__: that pulls in all of
+    pyroute2 (IPDB, NDB, conntrack: 180 modules, ~6 MiB more RAM for the life of PID 1 and
+    0.3 s of start-up on the host). The submodules we use import what they need."""
+    if "pyroute2" not in sys.modules:
+        spec = importlib.util.find_spec("pyroute2")
+        if spec is None or not spec.submodule_search_locations:
+            raise K4sError("pyroute2 is not installed", hint="pip install pyroute2 (see pyproject.toml)")
+        pkg = types.ModuleType("pyroute2")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        sys.modules["pyroute2"] = pkg
+    from pyroute2.iproute.linux import IPRoute
+
+    return IPRoute
+
+
 def static(cfg: Config, iface: str) -> str:
-    from pyroute2 import IPRoute
+    IPRoute = iproute()
 
     addr = ipaddress.IPv4Interface(cfg.ip)
     with IPRoute() as ipr:
@@ -81,6 +100,7 @@ class DHCP:
         self.stop = threading.Event()
 
     async def _main(self) -> None:
+        iproute()
         from pyroute2.dhcp import hooks
         from pyroute2.dhcp.client import AsyncDHCPClient, ClientConfig
         from pyroute2.dhcp.fsm import State
@@ -121,7 +141,7 @@ class DHCP:
 
     def start(self, timeout: float = 60) -> str:
         self.lease_dir.mkdir(parents=True, exist_ok=True)
-        from pyroute2 import IPRoute
+        IPRoute = iproute()
 
         with IPRoute() as ipr:
             link_up(ipr, self.iface)
@@ -134,7 +154,7 @@ class DHCP:
 
 def setup(cfg: Config, run_dir: Path) -> tuple[str, str]:
     """Bring up lo and the node interface; (interface, address)."""
-    from pyroute2 import IPRoute
+    IPRoute = iproute()
 
     with IPRoute() as ipr:
         link_up(ipr, "lo")

@@ -121,15 +121,6 @@ def image_tarballs(node: Node) -> list[Path]:
     return out
 
 
-def coredns_image(node: Node) -> str:
-    for t in image_tarballs(node):
-        for m in oci.read_index(t):
-            name = m.get("annotations", {}).get("io.containerd.image.name", "")
-            if "/coredns:" in name:
-                return name
-    return f"{oci.REGISTRY}/coredns:missing"
-
-
 def import_images(node: Node, sup: Supervisor) -> None:
     """Every airgap tarball into containerd's k8s.io namespace, pinned against image GC."""
     env = components.child_env(node.bin_dir, node.cfg.component_gogc)
@@ -162,7 +153,7 @@ def bootstrap(node: Node) -> None:
     client = api_client(node)
     objs = addons.rbac()
     if "coredns" not in node.cfg.disable:
-        objs += addons.coredns(node.cfg, coredns_image(node))
+        objs += addons.coredns(node.cfg, Path(os.path.realpath(node.bin("coredns"))))
     for obj in objs:
         client.apply(obj)
     log.event("bootstrap", "applied", objects=len(objs))

@@ -29,9 +29,11 @@ from k4s import log
 from k4s.errors import K4sError
 from k4s.fsutil import write_atomic
 
-TICK = 0.1
+TICK = 0.1                # the loop's period while anything is starting
+IDLE_TICK = 1.0           # once everything is ready: a crash is still noticed within a second
 PROBE_EVERY = 0.25        # while starting
-RECHECK_EVERY = 5.0       # once ready: readiness is re-probed this often
+RECHECK_EVERY = 15.0      # once ready: readiness is re-probed this often (each probe is a TLS
+                          # handshake; at 5 s the probes were most of k4s's idle CPU under TCG)
 BACKOFF_MIN, BACKOFF_MAX = 1.0, 30.0
 STABLE_AFTER = 60.0       # a run this long resets the back-off
 
@@ -297,7 +299,7 @@ class Supervisor:
                 self.step()
                 if until and until():
                     break
-                self.stop_requested.wait(TICK)
+                self.stop_requested.wait(IDLE_TICK if self.all_ready() else TICK)
         finally:
             self.stop_all()
         if self.fatal:

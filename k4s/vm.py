@@ -32,6 +32,14 @@ READY = re.compile(r"k4s: node (\S+) Ready")
 FATAL = re.compile(r"k4s init: (error|fatal).*")
 
 
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 @dataclass
 class VM:
     out: Path                     # out/ : console.log, qmp.sock, kubeconfig, cluster/
@@ -181,7 +189,9 @@ class VM:
             pass
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if self.running() is None:
+            # QEMU removes its pidfile on the way out: wait for the process itself,
+            # so its forwarded ports are free when we return
+            if self.running() is None and not alive(pid):
                 return True
             time.sleep(0.5)
         try:

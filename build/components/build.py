@@ -89,14 +89,16 @@ def go_env(cgo: bool) -> dict[str, str]:
 
 
 def check_pin(comp: dict) -> None:
-    """go.mod must require exactly the version the lock names."""
+    """go.mod must require exactly the versions the lock names: the component's module and
+    the other upstream modules linked into the same binary ("pins")."""
     if "c" in comp["outputs"][0]:
         return
     d = HERE / comp["dir"]
-    have = sh(["go", "list", "-m", "-f", "{{.Version}}", comp["module"]], cwd=d, env=go_env(False)).strip()
-    if have != comp["version"]:
-        raise BuildError(f"{comp['name']}: go.mod has {comp['module']} {have}, lock.json pins {comp['version']}"
-                         f" (hint: run `go get {comp['module']}@{comp['version']}` in build/components/{comp['dir']})")
+    for pin in [{"module": comp["module"], "version": comp["version"]}, *comp.get("pins", [])]:
+        have = sh(["go", "list", "-m", "-f", "{{.Version}}", pin["module"]], cwd=d, env=go_env(False)).strip()
+        if have != pin["version"]:
+            raise BuildError(f"{comp['name']}: go.mod has {pin['module']} {have}, lock.json pins {pin['version']}"
+                             f" (hint: run `go get {pin['module']}@{pin['version']}` in build/components/{comp['dir']})")
 
 
 def build_go(comp: dict, out: dict, dest: Path) -> None:

@@ -72,6 +72,9 @@ class Node:
         return self.paths.data / "cni" / "net.d"
 
 
+SETTLE_AFTER = "60s"  # start-up, as far as the garbage collector is concerned
+
+
 def argv(name: str, node: Node) -> list[str]:
     """The component's command line: its module's flags, then the user's `<name>-arg` flags
     (upstream flag parsing lets the last occurrence win)."""
@@ -80,14 +83,21 @@ def argv(name: str, node: Node) -> list[str]:
 
 
 def child_env(bin_dir: Path | str, gogc: int = 100) -> dict[str, str]:
-    """The environment every upstream binary gets: explicit, never the bundle's LD_LIBRARY_PATH."""
-    return {
-        "GOGC": str(gogc),
+    """The environment every upstream binary gets: explicit, never the bundle's LD_LIBRARY_PATH.
+
+    A GOGC below Go's default applies once a component has started (SETTLE_AFTER):
+    start-up makes a lot of short-lived garbage, and a low GOGC there costs many
+    collections. Our multicall mains (kube, containerd) read K4S_SETTLED_GOGC."""
+    env = {
+        "GOGC": str(max(gogc, 100)),
         "PATH": f"{bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": os.environ.get("HOME", "/root"),
         "LANG": "C.UTF-8",
         "TMPDIR": "/tmp",
     }
+    if gogc < 100:
+        env |= {"K4S_SETTLED_GOGC": str(gogc), "K4S_SETTLE_AFTER": SETTLE_AFTER}
+    return env
 
 
 def delegated_auth_flags(kubeconfig: Path, port: int) -> list[str]:

@@ -36,13 +36,13 @@ def test_lock_pins_every_output_with_sha256() -> None:
 
 
 def test_images_are_deterministic(tmp_path) -> None:
-    require((BIN / "coredns").exists(), "built components", "make components")
+    require((BIN / "pause").exists(), "built components", "make components")
     from tests.conftest import k4s_cmd
 
     a = k4s_cmd("oci", "build", "--bin", str(BIN), "--out", str(tmp_path / "a"), check=True).stdout
     b = k4s_cmd("oci", "build", "--bin", str(BIN), "--out", str(tmp_path / "b"), check=True).stdout
     assert a.replace("/a/", "/x/") == b.replace("/b/", "/x/")
-    for t in ("pause", "coredns", "busybox"):
+    for t in ("pause", "scratch", "busybox"):
         assert (tmp_path / "a" / f"{t}.tar").read_bytes() == (tmp_path / "b" / f"{t}.tar").read_bytes()
 
 
@@ -71,7 +71,7 @@ def containerd(tmp_path):
     proc.wait(30)
 
 
-@pytest.mark.parametrize("stem", ["pause", "coredns", "busybox"])
+@pytest.mark.parametrize("stem", ["pause", "scratch", "busybox"])
 def test_containerd_imports_image_with_name_and_digest(containerd: Path, stem: str) -> None:
     tar = OUT / "images" / f"{stem}.tar"
     require(tar.exists(), f"image {tar}", "make images")

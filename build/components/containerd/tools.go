@@ -1,10 +1,8 @@
 //go:build tools
 
-// Package tools pins the upstream containerd main packages this module builds.
+// Package tools pins the upstream shim main package this module also builds.
 package tools
 
 import (
-	_ "github.com/containerd/containerd/v2/cmd/containerd"
 	_ "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2"
-	_ "github.com/containerd/containerd/v2/cmd/ctr"
 )
