@@ -90,6 +90,8 @@ def coredns(cfg: Config, binary: Path) -> list[Obj]:
                         "imagePullPolicy": "Never",  # airgap: the image is imported at boot
                         "command": command,
                         "args": ["-conf", "/etc/coredns/Corefile"],
+                        # the node's garbage-collector setting (component-gogc) for its own program too
+                        "env": [{"name": "GOGC", "value": str(cfg.component_gogc)}],
                         "resources": {"limits": {"memory": "100Mi"}, "requests": {"cpu": "50m", "memory": "40Mi"}},
                         "volumeMounts": [{"name": "config-volume", "mountPath": "/etc/coredns", "readOnly": True},
                                          {"name": "node-bin", "mountPath": NODE_BIN, "readOnly": True}],

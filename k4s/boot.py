@@ -116,6 +116,9 @@ def mount_parts() -> int:
     for sq in sorted(PARTS_DIR.glob("*.squashfs")) if PARTS_DIR.is_dir() else []:
         target = sq.with_suffix("")
         target.mkdir(exist_ok=True)
+        if os.path.ismount(target):  # the k4s bundle: stage 0 (/init) mounted it
+            count += 1
+            continue
         try:
             mount_loop(sq, str(target), "squashfs")
         except OSError as e:

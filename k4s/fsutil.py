@@ -25,6 +25,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o
         pass
     except PermissionError as e:
         raise K4sError(f"cannot read {p}: {e.strerror}", hint="run as root or choose a writable --data-dir") from e
+    except OSError as e:  # e.g. a parent is a file
+        raise K4sError(f"cannot write {p}: {e.strerror}", hint="check the path: every parent must be a directory") from e
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
@@ -37,11 +39,13 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):  # e.g. the disk filled up: nothing half-written is left
+            raise K4sError(f"cannot write {p}: {e.strerror}", hint="check free space and permissions") from e
         raise
     dfd = os.open(p.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -33,7 +33,7 @@ PARTS = ("base", "k4s", "libs", "tools", "kubernetes", "runtime", "images", "mod
 # With payload=squashfs these parts become squashfs files that init mounts
 # (loop, read-only): their bytes stay compressed in RAM and pages are read in
 # on demand, instead of unpacking hundreds of MB into the RAM root.
-SQUASHFS_PARTS = ("kubernetes", "runtime", "images")
+SQUASHFS_PARTS = ("k4s", "kubernetes", "runtime", "images")
 PARTS_DIR = "usr/lib/k4s/parts"
 MERGED = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
 BUNDLE = "usr/lib/k4s"
@@ -243,10 +243,10 @@ def assemble(inp: Inputs, workdir: Path) -> Tree:
         raise K4sError(f"frozen k4s not found at {exe}", hint="run `make k4s`")
     t.tree(inp.bundle, BUNDLE, "k4s")
     t.symlink("init", f"/{BUNDLE}/k4s", "base")
-    t.symlink("usr/bin/k4s", f"/{BUNDLE}/k4s", "k4s")
+    t.symlink("usr/bin/k4s", f"/{BUNDLE}/k4s", "base")
     for d, names in APPLET_LINKS.items():
         for n in names:
-            t.symlink(f"{d}/{n}", f"/{BUNDLE}/k4s", "k4s")
+            t.symlink(f"{d}/{n}", f"/{BUNDLE}/k4s", "base")
 
     # upstream components
     def comp(name: str, part: str) -> Path:
@@ -305,6 +305,33 @@ def assemble(inp: Inputs, workdir: Path) -> Tree:
     return t
 
 
+STAGE0_MODULES = ("loop", "squashfs")
+
+
+def stage0_init(kernel_root: Path) -> bytes:
+    """/init when the k4s bundle itself is a squashfs part: busybox loads loop and squashfs,
+    mounts the bundle, and execs k4s init, which stays PID 1. Anything failing here ends in
+    a poweroff with the reason on the console, never in a kernel panic."""
+    release = kernel_release(kernel_root)
+    idx = kmod.Index.load(str(kernel_root), release)
+    kos = [f"/usr/lib/modules/{release}/{idx.deps[n][0]}" for w in STAGE0_MODULES for n in idx.plan(w)]
+    bundle = f"/{PARTS_DIR}/k4s"
+    return f"""#!/usr/bin/busybox sh
+# k4s stage 0, written by mkimage. The k4s bundle is a squashfs, kept compressed
+# in RAM like the components: mount it and hand PID 1 over to k4s init.
+b=/usr/bin/busybox
+$b mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev
+for ko in {" ".join(dict.fromkeys(kos))}; do
+    $b insmod "$ko" 2>/dev/null
+done
+if $b mount -t squashfs -o loop,ro {bundle}.squashfs {bundle}; then
+    exec /{BUNDLE}/k4s init "$@"
+fi
+echo "k4s stage 0: error: cannot mount {bundle}.squashfs (hint: the kernel needs the loop and squashfs modules)"
+exec $b poweroff -f
+""".encode()
+
+
 def mksquashfs(entries: list[cpio.Entry], prefix: str, out: Path) -> None:
     """Pack the part's files (paths relative to prefix) into a reproducible zstd squashfs."""
     with tempfile.TemporaryDirectory(prefix="k4s-sq-") as tmp:
@@ -347,6 +374,10 @@ def squash_part(tree: Tree, part: str, cache: Path | None) -> int:
         tmp = out.with_suffix(".tmp")
         mksquashfs(entries, prefix, tmp)
         tmp.replace(out)
+    # the part's directories below the prefix live in the squashfs too
+    for name in [n for n, e in tree.entries.items()
+                 if e.part == part and stat.S_ISDIR(e.mode) and n.startswith(prefix + "/")]:
+        del tree.entries[name]
     for e in entries:
         del tree.entries[e.name]
         rel = e.name[len(prefix):].lstrip("/")
@@ -377,6 +408,8 @@ def build(inp: Inputs, out: Path, method: str = "zstd", level: int | None = None
         if payload == "squashfs":
             for part in SQUASHFS_PARTS:
                 unpacked[part] = squash_part(tree, part, cache)
+            del tree.entries["init"]
+            tree.data("init", stage0_init(inp.kernel_root), "base", 0o755)
         segs: list[Segment] = []
         blobs: list[bytes] = []
         for part in PARTS:
