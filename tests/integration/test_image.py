@@ -23,16 +23,27 @@ def test_two_builds_give_the_same_sha256(tmp_path) -> None:
     assert "PART" in r.stdout and "kubernetes" in r.stdout and "modules" in r.stdout
 
 
-def test_image_has_what_boot_needs() -> None:
+def test_image_has_what_boot_needs(tmp_path) -> None:
     require(IMAGE.exists(), str(IMAGE), "make image")
     r = k4s_cmd("cpio", "-t", str(IMAGE), check=True, timeout=300)
     names = {ln.split()[2]: ln for ln in r.stdout.splitlines()}
-    assert names["init"].endswith("-> /usr/lib/k4s/k4s")
     for dev in ("dev/console", "dev/null", "dev/urandom"):
         assert names[dev].startswith("c"), dev
-    for path in ("usr/lib/k4s/k4s", "usr/lib/k4s/parts/kubernetes.squashfs", "usr/lib/k4s/parts/runtime.squashfs",
-                 "usr/lib/k4s/parts/images.squashfs", "etc/k4s/config.yaml", "usr/sbin/nft", "usr/bin/busybox"):
+    for path in ("usr/lib/k4s/k4s", "usr/lib/k4s/parts/k4s.squashfs", "usr/lib/k4s/parts/kubernetes.squashfs",
+                 "usr/lib/k4s/parts/runtime.squashfs", "usr/lib/k4s/parts/images.squashfs", "etc/k4s/config.yaml",
+                 "usr/sbin/nft", "usr/bin/busybox"):
         assert path in names, path
+    assert names["usr/lib/k4s/k4s"].endswith("-> /usr/lib/k4s/parts/k4s/k4s")
+    # stage 0: /init loads the modules it names from the image, mounts the bundle, execs k4s init
+    k4s_cmd("cpio", "-x", str(IMAGE), "-C", str(tmp_path), check=True, timeout=300)
+    init = (tmp_path / "init").read_text()
+    assert init.startswith("#!/usr/bin/busybox sh\n")
+    kos = init.split("for ko in ", 1)[1].split(";", 1)[0].split()
+    assert [k.rsplit("/", 1)[1] for k in kos] == ["loop.ko", "squashfs.ko"]
+    for ko in kos:
+        assert ko.lstrip("/") in names, ko
+    assert "mount -t squashfs -o loop,ro /usr/lib/k4s/parts/k4s.squashfs /usr/lib/k4s/parts/k4s" in init
+    assert "exec /usr/lib/k4s/k4s init" in init and init.rstrip().endswith("poweroff -f")
     assert any(n.endswith("/modules.dep") for n in names)
     assert any("ld-linux-x86-64.so.2" in n for n in names)
     assert any(n.endswith("/libc.so.6") for n in names)
