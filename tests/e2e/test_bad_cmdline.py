@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+from k4s.vm import VM
 from tests.e2e.conftest import make_vm
+
+
+def boot_until_exit(vm: VM) -> tuple[int, str]:
+    """Boot and wait for QEMU to exit by itself (-no-reboot: a poweroff ends it); (rc, console)."""
+    proc = vm.start()
+    try:
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return rc, vm.console.read_text(errors="replace")
 
 
 @pytest.mark.parametrize("append,expected", [
@@ -13,15 +25,27 @@ from tests.e2e.conftest import make_vm
 ])
 def test_bad_cmdline_prints_error_and_powers_off(tmp_path, append, expected) -> None:
     vm = make_vm(tmp_path, append=append)
-    proc = vm.start()
-    try:
-        rc = proc.wait(timeout=300)  # the VM must exit by itself (-no-reboot: poweroff ends QEMU)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    console = vm.console.read_text(errors="replace")
+    rc, console = boot_until_exit(vm)
     assert rc == 0
     errors = [ln for ln in console.splitlines() if ln.startswith("k4s init: error:")]
     assert len(errors) == 1 and expected in errors[0] and "(hint: " in errors[0], console[-2000:]
     assert "k4s: poweroff" in console
+    assert "Kernel panic" not in console
+
+
+def test_broken_bundle_stops_in_stage0_and_powers_off(tmp_path) -> None:
+    """A k4s bundle the kernel cannot mount (here: a later initramfs segment overwrites
+    it with garbage) ends in stage 0's one-line error and a poweroff, not a panic."""
+    from k4s import cpio
+    from tests.e2e.conftest import OUT
+
+    garbage = cpio.Entry("usr/lib/k4s/parts/k4s.squashfs", 0o100444, data=b"not a squashfs\n" * 4096)
+    broken = tmp_path / "broken.cpio"
+    broken.write_bytes((OUT / "initramfs.cpio.zst").read_bytes() + cpio.bytes_of([garbage]))
+    vm = make_vm(tmp_path / "vm")
+    vm.initrd = broken
+    rc, console = boot_until_exit(vm)
+    assert rc == 0
+    errors = [ln for ln in console.splitlines() if ln.startswith("k4s stage 0: error:")]
+    assert len(errors) == 1 and "k4s.squashfs" in errors[0] and "(hint: " in errors[0], console[-2000:]
     assert "Kernel panic" not in console
