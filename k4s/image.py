@@ -327,7 +327,7 @@ done
 if $b mount -t squashfs -o loop,ro {bundle}.squashfs {bundle}; then
     exec /{BUNDLE}/k4s init "$@"
 fi
-echo "k4s stage 0: error: cannot mount {bundle}.squashfs (hint: the kernel needs the loop and squashfs modules)"
+echo "k4s stage 0: error: cannot mount {bundle}.squashfs (hint: rebuild the image with make image; the kernel needs the loop and squashfs modules)"
 exec $b poweroff -f
 """.encode()
 
