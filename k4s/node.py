@@ -279,7 +279,10 @@ def memory_summary(mi: dict[str, int]) -> dict[str, int]:
 def log_stats(stop: threading.Event, log_dir: Path | None = None, every: float = 30.0) -> None:
     """A line of memory and load every `every` seconds."""
     while not stop.wait(every):
-        mi = meminfo()
+        try:
+            mi = meminfo()
+        except (OSError, ValueError):
+            continue  # no /proc: nothing to report
         log.event("k4s", "stats", **memory_summary(mi), load1=f"{os.getloadavg()[0]:.2f}")
         if log_dir is not None:
             write_memory_report(log_dir / "memory.txt", mi)

@@ -1,0 +1,39 @@
+"""The idle-RAM figure and its breakdown, from /proc/meminfo as the appliance reports them."""
+
+import os
+
+from k4s import node
+
+SAMPLE = """MemTotal:         981472 kB
+MemFree:           80396 kB
+MemAvailable:     457696 kB
+Cached:           328932 kB
+AnonPages:        348160 kB
+Shmem:             98304 kB
+SUnreclaim:        24788 kB
+KernelStack:        2628 kB
+PageTables:         4048 kB
+HugePages_Total:       0
+"""
+
+
+def test_summary_splits_used_memory() -> None:
+    mi = node.meminfo(SAMPLE)
+    assert mi["HugePages_Total"] == 0
+    assert node.memory_summary(mi) == {"mem_used_mib": 511, "anon_mib": 340, "shmem_mib": 96, "kernel_mib": 30,
+                                       "mem_total_mib": 958}
+
+
+def test_anon_by_process_sees_this_process() -> None:
+    rows = node.anon_by_process()
+    assert rows == sorted(rows, reverse=True)
+    mine = [r for r in rows if r[1] == os.getpid()]
+    assert len(mine) == 1 and mine[0][0] > 0
+
+
+def test_memory_report_is_written(tmp_path) -> None:
+    node.write_memory_report(tmp_path / "memory.txt", node.meminfo(SAMPLE))
+    text = (tmp_path / "memory.txt").read_text()
+    assert text.startswith("mem_used_mib=511 anon_mib=340")
+    rows = text.split("RssAnon by process:\n", 1)[1].splitlines()
+    assert 1 <= len(rows) <= 20 and all(r.split()[1] == "MiB" for r in rows)
