@@ -100,7 +100,7 @@ def bench_bundle() -> dict:
 SEPARATE = {"kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
             "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
             "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler", "kubelet": "k8s.io/kubernetes/cmd/kubelet",
-            "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy", "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+            "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
             # the upstream mains of the other programs in the multicall; CoreDNS with the same plugins
             "etcd": "go.etcd.io/etcd/server/v3", "etcdctl": "go.etcd.io/etcd/etcdctl/v3", "coredns": "./coredns"}
 

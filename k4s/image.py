@@ -41,10 +41,10 @@ LIBEXEC = "usr/libexec/k4s"
 # Applets worth a name of their own in /usr/bin or /usr/sbin; the rest run as `k4s NAME`.
 APPLET_LINKS = {
     "usr/sbin": ("init", "poweroff", "reboot", "halt", "modprobe", "insmod", "lsmod"),
-    "usr/bin": ("kubectl", "cpio"),
+    "usr/bin": ("cpio",),  # no kubectl on the node (no shell either): drive it from outside
 }
 RUNTIME = ("containerd", "containerd-shim-runc-v2", "runc", "bridge", "host-local", "loopback", "portmap")
-KUBE_LINKS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl",
+KUBE_LINKS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy",
               "etcd", "etcdctl", "coredns")
 HOST_TOOLS = {  # host path -> extra names (links) in the image
     "/usr/sbin/nft": (),

@@ -10,6 +10,9 @@
 // here they add 11 MB instead of 80 MB as separate binaries. Go's minimal
 // version selection gives every shared module the highest version any of
 // the three requires; go.sum pins the result.
+//
+// kubectl is not in here: its packages allocate ~5 MB at init, which every
+// process of the multicall would carry (see ./kubectl).
 package main
 
 import (
@@ -25,17 +28,11 @@ import (
 
 	_ "time/tzdata" // for CronJob time zone support, as in the upstream mains
 
-	"github.com/spf13/cobra"
 	"k8s.io/component-base/cli"
-	"k8s.io/component-base/logs"
 	_ "k8s.io/component-base/logs/json/register"          // JSON log format
 	_ "k8s.io/component-base/metrics/prometheus/clientgo" // client-go metrics
 	_ "k8s.io/component-base/metrics/prometheus/restclient"
 	_ "k8s.io/component-base/metrics/prometheus/version" // version metric
-	kubectlcmd "k8s.io/kubectl/pkg/cmd"
-	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
-
-	_ "k8s.io/client-go/plugin/pkg/client/auth" // kubectl's auth plugins
 
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
@@ -85,7 +82,6 @@ var components = map[string]func() int{
 	"kube-scheduler":          func() int { return cli.Run(scheduler.NewSchedulerCommand()) },
 	"kubelet":                 func() int { return cli.Run(kubelet.NewKubeletCommand(context.Background())) },
 	"kube-proxy":              func() int { return cli.Run(proxy.NewProxyCommand()) },
-	"kubectl":                 runKubectl,
 	"etcd":                    runEtcd,
 	"etcdctl":                 func() int { ctlv3.MustStart(); return 0 },
 	"coredns":                 runCoreDNS,
@@ -100,15 +96,6 @@ func runEtcd() int {
 func runCoreDNS() int {
 	dnsserver.Directives = corednsDirectives
 	coremain.Run()
-	return 0
-}
-
-func runKubectl() int {
-	logs.GlogSetter(kubectlcmd.GetLogVerbosity(os.Args)) // nolint:errcheck
-	var command *cobra.Command = kubectlcmd.NewDefaultKubectlCommand()
-	if err := cli.RunNoErrOutput(command); err != nil {
-		kubectlutil.CheckErr(err)
-	}
 	return 0
 }
 
