@@ -321,13 +321,19 @@ def stage0_init(kernel_root: Path) -> bytes:
 # in RAM like the components: mount it and hand PID 1 over to k4s init.
 b=/usr/bin/busybox
 $b mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev
+$b mount -t proc -o nosuid,nodev,noexec proc /proc
 for ko in {" ".join(dict.fromkeys(kos))}; do
     $b insmod "$ko" 2>/dev/null
 done
 if $b mount -t squashfs -o loop,ro {bundle}.squashfs {bundle}; then
     exec /{BUNDLE}/k4s init "$@"
 fi
-echo "k4s stage 0: error: cannot mount {bundle}.squashfs (hint: rebuild the image with make image; the kernel needs the loop and squashfs modules)"
+echo "k4s stage 0: error: cannot mount {bundle}.squashfs (hint: rebuild the image with make image; \
+the kernel needs the loop and squashfs modules)"
+case " $($b cat /proc/cmdline) " in  # k4s.on-failure, as k4s init would read it
+    *" k4s.on-failure=reboot "*) exec $b reboot -f ;;
+    *" k4s.on-failure=halt "*) exec $b halt -f ;;
+esac
 exec $b poweroff -f
 """.encode()
 

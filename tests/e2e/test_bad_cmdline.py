@@ -33,19 +33,21 @@ def test_bad_cmdline_prints_error_and_powers_off(tmp_path, append, expected) -> 
     assert "Kernel panic" not in console
 
 
-def test_broken_bundle_stops_in_stage0_and_powers_off(tmp_path) -> None:
+@pytest.mark.parametrize("append,ending", [("", "reboot: Power down"),
+                                           ("k4s.on-failure=reboot", "reboot: Restarting system")])
+def test_broken_bundle_stops_in_stage0(tmp_path, append, ending) -> None:
     """A k4s bundle the kernel cannot mount (here: a later initramfs segment overwrites
-    it with garbage) ends in stage 0's one-line error and a poweroff, not a panic."""
+    it with garbage) ends in stage 0's one-line error and k4s.on-failure, not a panic."""
     from k4s import cpio
     from tests.e2e.conftest import OUT
 
     garbage = cpio.Entry("usr/lib/k4s/parts/k4s.squashfs", 0o100444, data=b"not a squashfs\n" * 4096)
     broken = tmp_path / "broken.cpio"
     broken.write_bytes((OUT / "initramfs.cpio.zst").read_bytes() + cpio.bytes_of([garbage]))
-    vm = make_vm(tmp_path / "vm")
+    vm = make_vm(tmp_path / "vm", append=append)
     vm.initrd = broken
     rc, console = boot_until_exit(vm)
     assert rc == 0
     errors = [ln for ln in console.splitlines() if ln.startswith("k4s stage 0: error:")]
     assert len(errors) == 1 and "k4s.squashfs" in errors[0] and "(hint: " in errors[0], console[-2000:]
-    assert "Kernel panic" not in console
+    assert ending in console and "Kernel panic" not in console
