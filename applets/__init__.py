@@ -19,7 +19,7 @@ APPLETS: dict[str, tuple[str, str]] = {
     "kube-controller-manager": ("applets.kube_controller_manager", "run kube-controller-manager configured from the k4s config"),
     "kube-proxy": ("applets.kube_proxy", "run kube-proxy configured from the k4s config"),
     "kube-scheduler": ("applets.kube_scheduler", "run kube-scheduler configured from the k4s config"),
-    "kubectl": ("applets.kubectl", "the bundled kubectl, with the admin kubeconfig by default"),
+    "kubectl": ("applets.kubectl", "kubectl from bin-dir (host builds), with the admin kubeconfig by default"),
     "kubelet": ("applets.kubelet", "run the kubelet configured from the k4s config"),
     "lsmod": ("applets.lsmod", "list the loaded kernel modules"),
     "mkimage": ("applets.mkimage", "build the appliance initramfs with a size breakdown"),

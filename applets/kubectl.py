@@ -1,4 +1,4 @@
-"""kubectl: the bundled kubectl (same version as the cluster), admin kubeconfig by default.
+"""kubectl: kubectl from bin-dir (same version as the cluster), admin kubeconfig by default.
 
     k4s kubectl [KUBECTL-ARGS...]
 
@@ -31,7 +31,9 @@ def run(args: tuple[str, ...]) -> int:
     try:
         os.execve(kubectl, [kubectl, *args], env)
     except OSError as e:
-        raise K4sError(f"cannot run {kubectl}: {e.strerror}", hint="check bin-dir, or build the components") from e
+        raise K4sError(f"cannot run {kubectl}: {e.strerror}",
+                       hint="check bin-dir or build the components (make components); the appliance ships no "
+                            "kubectl: use the kubeconfig it writes (k4s vm: out/kubeconfig) from another machine") from e
     return 127
 
 
