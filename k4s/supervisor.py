@@ -393,12 +393,20 @@ class Supervisor:
 
 
 def renice(pid: int | None, nice: int) -> None:
+    """Set the nice value of every thread of pid. On Linux nice is per thread, and
+    setpriority(PRIO_PROCESS, pid) reaches only the main one: a Go program's worker
+    threads (containerd unpacking a layer) would keep running at full priority."""
     if pid is None:
         return
     try:
-        os.setpriority(os.PRIO_PROCESS, pid, nice)
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
     except OSError:
-        pass
+        tids = [pid]
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except OSError:
+            pass  # the thread (or process) is gone
 
 
 def kill_all(grace: float = 3.0) -> None:
