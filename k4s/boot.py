@@ -161,15 +161,16 @@ def min_free_kbytes(mem_total_kib: int) -> int:
 
 
 def sysctls() -> None:
+    from k4s.node import meminfo  # loaded already: boot() runs the node
+
     values = {f"/proc/sys/{k}": v for k, v in SYSCTLS.items()}
     # Huge pages only for programs that ask (madvise). With Debian's "always", the Go
     # heaps of the components sat in 2 MiB pages they barely used: ~400 of the 480 MiB
     # of anonymous memory at idle were huge pages.
     values["/sys/kernel/mm/transparent_hugepage/enabled"] = "madvise"
     try:
-        total = int(Path("/proc/meminfo").read_text().split()[1])
-        values["/proc/sys/vm/min_free_kbytes"] = str(min_free_kbytes(total))
-    except (OSError, ValueError, IndexError):
+        values["/proc/sys/vm/min_free_kbytes"] = str(min_free_kbytes(meminfo()["MemTotal"]))
+    except (OSError, ValueError, KeyError):
         pass
     for path, value in values.items():
         try:

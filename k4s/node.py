@@ -262,8 +262,8 @@ def meminfo(text: str | None = None) -> dict[str, int]:
     out = {}
     for line in text.splitlines():
         key, _, rest = line.partition(":")
-        if rest.split():
-            out[key] = int(rest.split()[0])
+        if value := rest.split():
+            out[key] = int(value[0])
     return out
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from k4s.config import Config
+from k4s.config import Config, attr
 from k4s.paths import Paths
 
 # Start order; AFTER in each module says what really must be ready first.
@@ -78,7 +78,7 @@ SETTLE_AFTER = "60s"  # start-up, as far as the garbage collector is concerned
 def argv(name: str, node: Node) -> list[str]:
     """The component's command line: its module's flags, then the user's `<name>-arg` flags
     (upstream flag parsing lets the last occurrence win)."""
-    extra = getattr(node.cfg, f"{name.replace('-', '_')}_arg", ())
+    extra = getattr(node.cfg, attr(f"{name}-arg"), ())
     return [*module(name).command(node), *extra]
 
 
