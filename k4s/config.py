@@ -203,6 +203,9 @@ SCHEMA: tuple[Key, ...] = (
     Key("component-gogc", _int_range(10, 1000), 100,
         "GOGC of the Go components once started (start-up runs at Go's default 100, or this if higher): "
         "lower trades idle CPU for RAM"),
+    Key("component-processes", _choice("shared", "separate"), "shared",
+        "shared: controller-manager and scheduler run in the apiserver's process, kube-proxy in the "
+        "kubelet's (about 50 MiB less RAM); separate: one process each, with its own log"),
     Key("log-level", _choice("debug", "info", "warn", "error"), "info", "k4s log level"),
     Key("cert-renew-days", _int_range(1, 3650), 90, "re-issue leaf certificates expiring within this many days"),
     Key("on-failure", _choice("poweroff", "reboot", "halt"), "poweroff", "what init does after a fatal error"),
@@ -239,6 +242,7 @@ class Config:
     tls_san: tuple[str, ...]
     apiserver_port: int
     component_gogc: int
+    component_processes: str
     log_level: str
     cert_renew_days: int
     on_failure: str

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
+import select
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 
 import yaml
 
-from k4s import addons, components, kubeapi, log, oci, pki
+from k4s import addons, components, kubeapi, log, oci
 from k4s.components import Node
 from k4s.config import Config
 from k4s.errors import K4sError
@@ -39,6 +42,12 @@ PORTS = {
     "kube-proxy": [("127.0.0.1", 10256), ("127.0.0.1", 10249)],
 }
 READY_TIMEOUT = {"etcd": 60.0, "kube-apiserver": 180.0, "kubelet": 180.0}
+
+
+def ready_timeout(name: str, host: str | None) -> float:
+    """From the start of its process: a member's clock starts with its host's."""
+    own = READY_TIMEOUT.get(name, 120.0)
+    return own + READY_TIMEOUT.get(host, 120.0) if host else own
 
 
 def make_node(cfg: Config) -> Node:
@@ -223,18 +232,71 @@ class ManifestWatcher:
 def services(node: Node, names: list[str], sup_box: list[Supervisor]) -> list[Service]:
     env = components.child_env(node.bin_dir, node.cfg.component_gogc)
     out: list[Service] = []
+    hosts = {n: components.host_of(n, node, names) for n in names}
     for n in names:
         m = components.module(n)
         after = tuple(a for a in m.AFTER if a in names)
         if n == "kubelet":
             after += ("images",)
-        out.append(Service(n, after=after, argv=lambda n=n: components.argv(n, node), probe=lambda m=m: m.ready(node),
-                           env=env, ready_timeout=READY_TIMEOUT.get(n, 120.0)))
+        members = [x for x in names if hosts[x] == n]
+        out.append(Service(n, after=after, host=hosts[n], probe=lambda m=m: m.ready(node),
+                           argv=None if hosts[n] else lambda n=n, ms=members: components.group_argv(n, ms, node),
+                           env=env, ready_timeout=ready_timeout(n, hosts[n])))
         if n == "containerd":
             out.append(Service("images", after=("containerd",), task=lambda: import_images(node, sup_box[0]),
                                ready_timeout=300.0, max_early_exits=3))
     out.append(Service("bootstrap", after=("kube-apiserver",), task=lambda: bootstrap(node), max_early_exits=10))
     return out
+
+
+PKI_TIMEOUT = 120.0  # key generation under emulation takes seconds, not minutes
+
+
+def ensure_pki(cfg: Config) -> list[tuple[str, str, str]]:
+    """Create or renew the certificates in a forked child: (name, action, reason) for each.
+
+    The job runs once per start, and importing cryptography for it would keep ~4 MiB in
+    this long-lived process (PID 1 on the appliance). It runs before any thread or
+    child exists, so the fork is safe and this waitpid steals no one's exit status."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 0
+        try:
+            os.close(r)
+            from k4s import pki
+
+            res = [(x.name, x.action, x.reason) for x in pki.for_config(cfg).ensure(pki.identity_for(cfg))]
+            reply: dict = {"results": res}
+        except K4sError as e:
+            reply = {"error": e.message, "hint": e.hint}
+        except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
+            reply = {"error": f"{type(e).__name__}: {e}", "hint": "this is a bug in k4s; please report it"}
+        try:
+            with os.fdopen(w, "w") as f:
+                json.dump(reply, f)
+        except BaseException:  # noqa: BLE001
+            code = 1
+        os._exit(code)
+    os.close(w)
+    raw, end = b"", time.monotonic() + PKI_TIMEOUT
+    with os.fdopen(r, "rb") as f:
+        while time.monotonic() < end and select.select([f], [], [], end - time.monotonic())[0]:
+            chunk = f.read1(65536)
+            if not chunk:
+                break
+            raw += chunk
+        else:
+            os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    try:
+        reply = json.loads(raw)
+    except ValueError:
+        raise K4sError(f"the PKI step died ({os.waitstatus_to_exitcode(status)})",
+                       hint="run `k4s pki init` to see its error") from None
+    if "error" in reply:
+        raise K4sError(f"PKI: {reply['error']}", hint=reply.get("hint"))
+    return [tuple(x) for x in reply["results"]]
 
 
 def wait_node_ready(node: Node, stop: threading.Event) -> None:
@@ -341,9 +403,9 @@ def run_server(cfg: Config, control_plane_only: bool,
     names = selected(control_plane_only, cfg)
     log.event("k4s", "starting", node=cfg.node_name, ip=node.node_ip, components=",".join(names))
     preflight(node, names)
-    changed = [r for r in pki.for_config(cfg).ensure(pki.identity_for(cfg)) if r.action != "kept"]
-    for r in changed:
-        log.event("pki", r.action, cert=r.name, reason=r.reason or None)
+    for name, action, reason in ensure_pki(cfg):
+        if action != "kept":
+            log.event("pki", action, cert=name, reason=reason or None)
     try:
         libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)  # container shims re-parent to us, so stop can end them
     except OSError:

@@ -6,8 +6,11 @@ orphans re-parented to it (it is PID 1 on the appliance and a child subreaper
 elsewhere), and hands exit codes to whoever waits on them (`run_command`).
 Nothing else in k4s reaps, so no exit status is ever stolen.
 
-Two kinds of service:
+Three kinds of service:
   - a process: argv from a callback that also writes its config files;
+  - a member of another service's process (`host`): it starts, stops and
+    restarts with its host, and has its own readiness probe (the
+    controller-manager inside the apiserver's process);
   - a task: a Python function run in a thread (import images, bootstrap);
     it is ready when it returns, retried with back-off when it raises.
 """
@@ -44,6 +47,7 @@ class Service:
     after: tuple[str, ...] = ()
     argv: Callable[[], list[str]] | None = None      # a process
     task: Callable[[], None] | None = None           # or a task
+    host: str | None = None                          # or a member of this service's process
     probe: Callable[[], bool] | None = None
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout: float = 120.0   # during bring-up: not ready by then is fatal
@@ -90,6 +94,14 @@ class Supervisor:
             unknown = set(s.after) - set(self.services)
             if unknown:
                 raise ValueError(f"{s.name} waits for unknown services {sorted(unknown)}")
+            if s.host is not None and (s.host not in self.services or self.services[s.host].argv is None):
+                raise ValueError(f"{s.name} is hosted by {s.host!r}, which is not a process service")
+
+    def members(self, host: Service) -> list[Service]:
+        return [s for s in self.services.values() if s.host == host.name]
+
+    def log_path(self, s: Service) -> Path:
+        return self.log_dir / f"{s.host or s.name}.log"
 
     # --- process plumbing ----------------------------------------------------------------
 
@@ -140,8 +152,10 @@ class Supervisor:
                 waiter[0].set()
                 continue
             for s in self.services.values():
-                if s.pid == pid:
+                if s.pid == pid and s.host is None:
                     self._exited(s, code)
+                    for m in self.members(s):
+                        self._exited(m, code)
                     break
             # anything else is an orphan we inherited: reaped, nothing more to do
 
@@ -154,6 +168,10 @@ class Supervisor:
         if s.state == "stopping" or self.stop_requested.is_set():
             s.state = "stopped"
             log.event(s.name, "stopped", exit=how)
+            return
+        if s.host is not None:  # back to waiting: it starts again with its host
+            s.state = "waiting"
+            log.event(s.name, "exited", level="warn", exit=how, host=s.host)
             return
         if not s.ever_ready:
             s.early_exits += 1
@@ -170,9 +188,8 @@ class Supervisor:
 
     def _fail(self, s: Service, message: str) -> None:
         s.state = "failed"
-        last = log.tail(self.log_dir / f"{s.name}.log")
-        self.fatal = Fatal(message + (f"; last log: {last}" if last else ""),
-                           hint=f"see {self.log_dir / (s.name + '.log')}")
+        last = log.tail(self.log_path(s))
+        self.fatal = Fatal(message + (f"; last log: {last}" if last else ""), hint=f"see {self.log_path(s)}")
         self.stop_requested.set()
 
     # --- starting and probing ------------------------------------------------------------
@@ -180,8 +197,7 @@ class Supervisor:
     def _deps_ready(self, s: Service) -> bool:
         return all(self.services[d].state == "ready" or self.services[d].ever_ready for d in s.after)
 
-    def _start(self, s: Service) -> None:
-        now = time.monotonic()
+    def _mark_started(self, s: Service, now: float) -> None:
         if s.first_started is None:
             s.first_started = now
         else:
@@ -190,6 +206,10 @@ class Supervisor:
         s.last_probe = 0.0
         s.state = "starting"
         self._dirty = True
+
+    def _start(self, s: Service) -> None:
+        now = time.monotonic()
+        self._mark_started(s, now)
         if s.task is not None:
             s.task_future = self.pool.submit(s.task)
             log.event(s.name, "start", after=now - self.t0)
@@ -197,13 +217,17 @@ class Supervisor:
         assert s.argv is not None
         try:
             argv = s.argv()
-            s.pid = self.spawn(argv, s.env, self.log_dir / f"{s.name}.log")
+            s.pid = self.spawn(argv, s.env, self.log_path(s))
         except K4sError as e:
             self._fail(s, f"{s.name}: {e.message}")
             if e.hint and self.fatal:
                 self.fatal.hint = e.hint
             return
         log.event(s.name, "start", pid=s.pid, after=now - self.t0)
+        for m in self.members(s):
+            self._mark_started(m, now)
+            m.pid = s.pid
+            log.event(m.name, "start", pid=s.pid, host=s.name, after=now - self.t0)
 
     def _became_ready(self, s: Service) -> None:
         now = time.monotonic()
@@ -274,7 +298,8 @@ class Supervisor:
             s = self.services[name]
             if self.stop_requested.is_set():
                 break
-            if s.state in ("waiting", "backoff") and now >= s.next_start and self._deps_ready(s):
+            if (s.state in ("waiting", "backoff") and s.host is None and now >= s.next_start
+                    and self._deps_ready(s)):
                 self._start(s)
             elif s.state in ("starting", "ready"):
                 if s.task is not None:
@@ -314,13 +339,17 @@ class Supervisor:
         end = time.monotonic() + deadline
         for name in reversed(self.order):
             s = self.services[name]
+            if s.host is not None:
+                continue  # stops with its host
             if s.pid is None:
-                if s.state not in ("failed",):
-                    s.state = "stopped"
+                for x in (s, *self.members(s)):
+                    if x.state not in ("failed",):
+                        x.state = "stopped"
                 continue
-            s.state = "stopping"
+            for x in (*self.members(s), s):
+                x.state = "stopping"
+                log.event(x.name, "stopping", pid=s.pid)
             self._dirty = True
-            log.event(s.name, "stopping", pid=s.pid)
             try:
                 os.kill(s.pid, signal.SIGTERM)
             except ProcessLookupError:

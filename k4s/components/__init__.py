@@ -82,6 +82,32 @@ def argv(name: str, node: Node) -> list[str]:
     return [*module(name).command(node), *extra]
 
 
+# Components that can run inside another one's process, and whose: the kube
+# multicall runs `kube-apiserver FLAGS + kube-scheduler FLAGS` as one process
+# (build/components/kube/embed.go), sharing ~14 MB of package-init state and
+# a Go runtime per component, as k3s does.
+HOSTS = {"kube-controller-manager": "kube-apiserver", "kube-scheduler": "kube-apiserver", "kube-proxy": "kubelet"}
+EMBED_MARK = "+"
+
+
+def host_of(name: str, node: Node, names: list[str]) -> str | None:
+    """The component whose process runs `name`, or None for a process of its own. Shared only
+    with `component-processes: shared`, when both run and both are the same executable."""
+    host = HOSTS.get(name)
+    if host is None or host not in names or node.cfg.component_processes != "shared":
+        return None
+    exe = [os.path.realpath(node.bin(module(n).BINARY)) for n in (host, name)]
+    return host if exe[0] == exe[1] else None
+
+
+def group_argv(host: str, members: list[str], node: Node) -> list[str]:
+    """The host's command line with each member's flags after a "+" and its name."""
+    out = argv(host, node)
+    for m in members:
+        out += [EMBED_MARK, m, *argv(m, node)[1:]]
+    return out
+
+
 def child_env(bin_dir: Path | str, gogc: int = 100) -> dict[str, str]:
     """The environment every upstream binary gets: explicit, never the bundle's LD_LIBRARY_PATH.
 

@@ -80,6 +80,10 @@ def test_kill_9_is_restarted_and_state_survives(server: Server, victim: str) -> 
     else:
         raise AssertionError(f"{victim} not restarted: {server.status()}")
     server.wait_ready(120)
+    if victim == "kube-apiserver":  # the components in its process came back with it
+        comps = server.status()["components"]
+        assert comps["kube-scheduler"]["pid"] == comps["kube-controller-manager"]["pid"] == now["pid"]
+        assert comps["kube-scheduler"]["restarts"] > 0
     end = time.monotonic() + 60
     while server.kubectl("get", "--raw", "/readyz", check=False).stdout.strip() != "ok":
         assert time.monotonic() < end, "apiserver /readyz not ok after restart"

@@ -63,6 +63,8 @@ BAD = [
     (None, 'k4s.node-name="unbalanced', None, "kernel command line: cannot parse"),
     (None, None, {"log-level": "loud"}, "flags: key 'log-level': 'loud' is not one of debug, info, warn, error"),
     (None, None, {"gateway": "10.0.2.2"}, "gateway is set but ip is dhcp"),
+    (None, "k4s.component-processes=one", None,
+     "key 'component-processes': 'one' is not one of shared, separate"),
 ]
 
 

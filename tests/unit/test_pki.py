@@ -6,6 +6,7 @@ import socket
 import ssl
 import stat
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -179,3 +180,34 @@ def test_kubectl_reads_each_kubeconfig(tmp_path) -> None:
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         assert r.stdout == f"{user} https://127.0.0.1:6443"
+
+
+def test_node_makes_its_pki_in_a_child_and_never_imports_cryptography(tmp_path) -> None:
+    code = f"""
+import sys
+from k4s import config, node
+cfg = config.load(config_file=None, cmdline="", overrides={{
+    "data-dir": "{tmp_path}/data", "run-dir": "{tmp_path}/run", "node-name": "n1", "node-ip": "10.0.2.15"}})
+first = node.ensure_pki(cfg)
+again = node.ensure_pki(cfg)
+print(sorted({{a for _, a, _ in first}}), sorted({{a for _, a, _ in again}}), len(first) == len(again) > 5,
+      any(m.startswith("cryptography") for m in sys.modules))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "['created'] ['kept'] True False", r.stderr
+    ok = subprocess.run(["openssl", "verify", "-CAfile", tmp_path / "data/pki/ca.crt",
+                         tmp_path / "data/pki/apiserver.crt"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_node_pki_error_is_one_line(tmp_path) -> None:
+    from k4s import config, node
+    from k4s.errors import K4sError
+
+    (tmp_path / "file").write_text("")
+    cfg = config.load(config_file=None, cmdline="", overrides={
+        "data-dir": str(tmp_path / "file" / "data"), "run-dir": str(tmp_path / "run"), "node-name": "n1",
+        "node-ip": "10.0.2.15"})
+    with pytest.raises(K4sError) as e:
+        node.ensure_pki(cfg)
+    assert e.value.message.startswith("PKI: ") and "\n" not in e.value.message

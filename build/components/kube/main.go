@@ -3,8 +3,8 @@
 //
 // The component is chosen by the name the binary is called by (a symlink such
 // as kubelet -> kube), or by the first argument: `kube kubelet --version`.
-// One component runs per process: upstream commands install signal handlers
-// and global flags that cannot be set up twice in one process.
+// Components can also share one process (see embed.go):
+// `kube kube-apiserver FLAGS + kube-scheduler FLAGS`.
 //
 // etcd and CoreDNS share client-go, gRPC and protobuf with Kubernetes, so in
 // here they add 11 MB instead of 80 MB as separate binaries. Go's minimal
@@ -99,13 +99,13 @@ func runCoreDNS() int {
 	return 0
 }
 
-func names() string {
+func sortedKeys[V any](m map[string]V) []string {
 	var n []string
-	for name := range components {
+	for name := range m {
 		n = append(n, name)
 	}
 	sort.Strings(n)
-	return strings.Join(n, " ")
+	return n
 }
 
 // settle lowers the garbage collector's target once the component has started,
@@ -140,9 +140,16 @@ func main() {
 		}
 	}
 	if !ok {
-		fmt.Fprintf(os.Stderr, "kube: unknown component %q; one of: %s\n", name, names())
+		fmt.Fprintf(os.Stderr, "kube: unknown component %q; one of: %s\n", name, strings.Join(sortedKeys(components), " "))
 		os.Exit(2)
 	}
+	host, embedded, err := splitEmbedded(os.Args)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "kube: %v\n", err)
+		os.Exit(2)
+	}
+	os.Args = host
+	startEmbedded(embedded)
 	settle()
 	os.Exit(run())
 }

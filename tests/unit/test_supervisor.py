@@ -1,0 +1,93 @@
+"""The supervisor with real child processes: services that share one process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from k4s.supervisor import Service, Supervisor
+
+# A host process that makes its members ready one after the other, as the
+# apiserver's process does for the controller-manager and the scheduler.
+HOST = """
+import pathlib, sys, time
+d = pathlib.Path(sys.argv[1])
+for name in sys.argv[2:]:
+    time.sleep(0.2)
+    (d / f"{name}.{__import__('os').getpid()}").touch()
+time.sleep(600)
+"""
+
+
+def ready_file(d: Path, name: str, sup_box: list[Supervisor]) -> Callable[[], bool]:
+    """Ready when the current host process has written name.<its pid>."""
+    return lambda: (d / f"{name}.{sup_box[0].services[name].pid}").exists()
+
+
+def group(tmp_path: Path) -> tuple[Supervisor, list[Supervisor]]:
+    box: list[Supervisor] = []
+    argv = [sys.executable, "-c", HOST, str(tmp_path), "host", "m1", "m2"]
+    svcs = [
+        Service("host", argv=lambda: argv, probe=ready_file(tmp_path, "host", box)),
+        Service("m1", host="host", probe=ready_file(tmp_path, "m1", box)),
+        Service("m2", host="host", probe=ready_file(tmp_path, "m2", box)),
+        Service("after-m2", after=("m2",), task=lambda: None),
+    ]
+    sup = Supervisor(svcs, tmp_path / "log", tmp_path / "status.json")
+    box.append(sup)
+    return sup, box
+
+
+def step_until(sup: Supervisor, cond: Callable[[], bool], timeout: float = 20) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, {n: s.state for n, s in sup.services.items()}
+        sup.step()
+        time.sleep(0.05)
+
+
+def test_members_start_stop_and_report_with_their_host(tmp_path, capsys) -> None:
+    sup, _ = group(tmp_path)
+    try:
+        step_until(sup, sup.all_ready)
+        host, m1, m2 = (sup.services[n] for n in ("host", "m1", "m2"))
+        assert host.pid and m1.pid == host.pid and m2.pid == host.pid
+        # one process, and the members' output goes to the host's log
+        assert sup.log_path(m1) == sup.log_path(host) == tmp_path / "log" / "host.log"
+        pid = host.pid
+    finally:
+        sup.stop_all(deadline=10)
+    assert {s.state for s in sup.services.values()} == {"stopped"}
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # stopped and reaped
+    err = capsys.readouterr().err
+    for name in ("host", "m1", "m2"):
+        assert f"component={name} event=stopped" in err
+
+
+def test_a_crashed_host_restarts_with_its_members(tmp_path) -> None:
+    sup, _ = group(tmp_path)
+    try:
+        step_until(sup, sup.all_ready)
+        first = sup.services["host"].pid
+        assert first
+        os.kill(first, signal.SIGKILL)
+        step_until(sup, lambda: sup.services["m2"].state != "ready")
+        assert sup.services["m1"].state == "waiting" and sup.services["m1"].pid is None
+        step_until(sup, sup.all_ready)
+        host, m1, m2 = (sup.services[n] for n in ("host", "m1", "m2"))
+        assert host.pid != first and m1.pid == m2.pid == host.pid
+        assert host.restarts == m1.restarts == m2.restarts == 1
+    finally:
+        sup.stop_all(deadline=10)
+
+
+def test_a_member_needs_a_process_to_live_in(tmp_path) -> None:
+    with pytest.raises(ValueError, match="hosted by 'task'"):
+        Supervisor([Service("task", task=lambda: None), Service("m", host="task")], tmp_path)
