@@ -204,8 +204,8 @@ SCHEMA: tuple[Key, ...] = (
         "GOGC of the Go components once started (start-up runs at Go's default 100, or this if higher): "
         "lower trades idle CPU for RAM"),
     Key("component-processes", _choice("shared", "separate"), "shared",
-        "shared: controller-manager and scheduler run in the apiserver's process, kube-proxy in the "
-        "kubelet's (about 50 MiB less RAM); separate: one process each, with its own log"),
+        "shared: etcd, controller-manager and scheduler run in the apiserver's process, kube-proxy in "
+        "the kubelet's (about 65 MiB less RAM); separate: one process each, with its own log"),
     Key("log-level", _choice("debug", "info", "warn", "error"), "info", "k4s log level"),
     Key("cert-renew-days", _int_range(1, 3650), 90, "re-issue leaf certificates expiring within this many days"),
     Key("on-failure", _choice("poweroff", "reboot", "halt"), "poweroff", "what init does after a fatal error"),

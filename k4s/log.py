@@ -71,4 +71,7 @@ def tail(path: Path, lines: int = 3) -> str:
             text = f.read().decode(errors="replace")
     except OSError:
         return ""
-    return " | ".join(ln.strip() for ln in text.strip().splitlines()[-lines:])
+    tail = text.strip().splitlines()
+    # A Go program that panicked ends with goroutine frames; its message is the line to show.
+    crash = [ln for ln in tail if ln.startswith(("panic: ", "fatal error: "))]
+    return crash[-1].strip() if crash else " | ".join(ln.strip() for ln in tail[-lines:])

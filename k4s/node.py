@@ -235,7 +235,7 @@ def services(node: Node, names: list[str], sup_box: list[Supervisor]) -> list[Se
     hosts = {n: components.host_of(n, node, names) for n in names}
     for n in names:
         m = components.module(n)
-        after = tuple(a for a in m.AFTER if a in names)
+        after = tuple(a for a in m.AFTER if a in names and hosts[a] != n)  # its members start with it
         if n == "kubelet":
             after += ("images",)
         members = [x for x in names if hosts[x] == n]

@@ -176,7 +176,9 @@ class Supervisor:
         if not s.ever_ready:
             s.early_exits += 1
             if s.early_exits >= s.max_early_exits:
-                self._fail(s, f"{s.name} exited {s.early_exits} times before it became ready (last: {how})")
+                waiting = [m.name for m in self.members(s) if not m.ever_ready]
+                also = f"; in its process {', '.join(waiting)} never became ready either" if waiting else ""
+                self._fail(s, f"{s.name} exited {s.early_exits} times before it became ready (last: {how}{also})")
                 return
         ran = time.monotonic() - (s.started_at or 0)
         if ran >= STABLE_AFTER:
@@ -346,7 +348,7 @@ class Supervisor:
                     if x.state not in ("failed",):
                         x.state = "stopped"
                 continue
-            for x in (*self.members(s), s):
+            for x in (s, *self.members(s)):
                 x.state = "stopping"
                 log.event(x.name, "stopping", pid=s.pid)
             self._dirty = True

@@ -83,10 +83,11 @@ def argv(name: str, node: Node) -> list[str]:
 
 
 # Components that can run inside another one's process, and whose: the kube
-# multicall runs `kube-apiserver FLAGS + kube-scheduler FLAGS` as one process
-# (build/components/kube/embed.go), sharing ~14 MB of package-init state and
-# a Go runtime per component, as k3s does.
-HOSTS = {"kube-controller-manager": "kube-apiserver", "kube-scheduler": "kube-apiserver", "kube-proxy": "kubelet"}
+# multicall runs `kube-apiserver FLAGS + etcd FLAGS + kube-scheduler FLAGS` as
+# one process (build/components/kube/embed.go), sharing ~14 MB of package-init
+# state and a Go runtime per component, as k3s does.
+HOSTS = {"etcd": "kube-apiserver", "kube-controller-manager": "kube-apiserver", "kube-scheduler": "kube-apiserver",
+         "kube-proxy": "kubelet"}
 EMBED_MARK = "+"
 
 

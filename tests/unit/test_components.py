@@ -17,7 +17,7 @@ def node(tmp_path: Path, processes: str = "shared", separate_binaries: bool = Fa
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "kube").touch()
-    for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"):
+    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"):
         if separate_binaries:
             (bin_dir / name).touch()
         else:
@@ -34,7 +34,7 @@ def hosts(n: Node, names: list[str]) -> dict[str, str]:
 
 def test_multicall_shares_control_plane_and_node_processes(tmp_path) -> None:
     assert hosts(node(tmp_path), ALL) == {
-        "kube-controller-manager": "kube-apiserver", "kube-scheduler": "kube-apiserver", "kube-proxy": "kubelet"}
+        "etcd": "kube-apiserver", "kube-controller-manager": "kube-apiserver", "kube-scheduler": "kube-apiserver", "kube-proxy": "kubelet"}
 
 
 @pytest.mark.parametrize("processes, separate_binaries", [("separate", False), ("shared", True)])

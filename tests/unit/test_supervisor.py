@@ -91,3 +91,15 @@ def test_a_crashed_host_restarts_with_its_members(tmp_path) -> None:
 def test_a_member_needs_a_process_to_live_in(tmp_path) -> None:
     with pytest.raises(ValueError, match="hosted by 'task'"):
         Supervisor([Service("task", task=lambda: None), Service("m", host="task")], tmp_path)
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("I0101 starting\npanic: failed to open database\n\ngoroutine 1 [running]:\nmain.main()\n\tmain.go:10 +0x1d\n",
+     "panic: failed to open database"),
+    ("one\ntwo\nthree\nfour\n", "two | three | four"),
+])
+def test_the_error_shows_a_go_panic_rather_than_its_stack(tmp_path, text, shown) -> None:
+    from k4s import log
+
+    (tmp_path / "c.log").write_text(text)
+    assert log.tail(tmp_path / "c.log") == shown

@@ -2,7 +2,7 @@ package main
 
 // Several components in one process, as k3s runs its control plane:
 //
-//	kube kube-apiserver FLAGS + kube-controller-manager FLAGS + kube-scheduler FLAGS
+//	kube kube-apiserver FLAGS + etcd FLAGS + kube-controller-manager FLAGS + kube-scheduler FLAGS
 //	kube kubelet FLAGS + kube-proxy FLAGS
 //
 // The first component runs as on its own and owns the process: its signal
@@ -10,7 +10,8 @@ package main
 // has a --kubeconfig it starts once that API server answers /readyz. On
 // SIGTERM the embedded components stop too: the API server's graceful
 // shutdown waits for its clients' watches, and the in-process ones would
-// otherwise hold it until it is killed. When an embedded component returns
+// otherwise hold it until it is killed. The datastore is the exception: etcd
+// stops after the host has returned, when nothing needs it any more. When an embedded component returns
 // on its own, the process exits non-zero and the supervisor restarts the
 // group.
 //
@@ -31,14 +32,20 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
+	etcdflags "go.etcd.io/etcd/pkg/v3/flags"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.etcd.io/etcd/server/v3/storage/wal"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	restclient "k8s.io/client-go/rest"
@@ -60,6 +67,7 @@ const embedMark = "+"
 var embeddable = map[string]func(ctx context.Context, args []string) error{
 	"kube-controller-manager": runControllerManager,
 	"kube-scheduler":          runScheduler,
+	"etcd":                    runEtcdEmbedded,
 	// kube-proxy runs with its command's own background context: the kubelet,
 	// its host, does not wait for clients when it stops.
 	"kube-proxy": func(_ context.Context, args []string) error {
@@ -99,6 +107,17 @@ func startEmbedded(embedded [][]string) {
 	logsapi.ReapplyHandling = logsapi.ReapplyHandlingIgnoreUnchanged
 	// The host's handler sees the same signals (signal.Notify fans out).
 	ctx, _ := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	// Upstream ends the process through klog when a component fails, which
+	// it does while stopping, too: the controller-manager, cancelled while it
+	// builds its controllers, exits 1. Once stopping, such an exit ends only
+	// the calling goroutine; the host decides when the process ends.
+	exit := klog.OsExit
+	klog.OsExit = func(code int) {
+		if ctx.Err() != nil {
+			runtime.Goexit()
+		}
+		exit(code)
+	}
 	for _, argv := range embedded {
 		go func(name string, args []string) {
 			err := runEmbedded(ctx, name, args)
@@ -113,6 +132,63 @@ func startEmbedded(embedded [][]string) {
 			os.Exit(1)
 		}(argv[0], argv[1:])
 	}
+}
+
+// atExit: what must stop after the host has returned (the datastore).
+var (
+	atExitMu sync.Mutex
+	atExit   []func()
+)
+
+func stopEmbedded() {
+	atExitMu.Lock()
+	defer atExitMu.Unlock()
+	for i := len(atExit) - 1; i >= 0; i-- {
+		atExit[i]()
+	}
+}
+
+// runEtcdEmbedded starts etcd through its embed package. etcdmain's SIGTERM
+// handler would stop the server at once and then kill the process, cutting
+// the API server's graceful shutdown short. The flags are parsed as etcdmain
+// does: embed's flag set, then the list-valued flags read back from it.
+func runEtcdEmbedded(_ context.Context, args []string) error {
+	wal.SegmentSizeBytes = walSegmentBytes
+	cfg := embed.NewConfig()
+	fs := flag.NewFlagSet("etcd", flag.ContinueOnError)
+	cfg.AddFlags(fs)
+	clusterState := etcdflags.NewSelectiveStringValue(embed.ClusterStateFlagNew, embed.ClusterStateFlagExisting)
+	fs.Var(clusterState, "initial-cluster-state", "'new' or 'existing'")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("etcd: %w", err)
+	}
+	cfg.ListenPeerUrls = etcdflags.UniqueURLsFromFlag(fs, "listen-peer-urls")
+	cfg.AdvertisePeerUrls = etcdflags.UniqueURLsFromFlag(fs, "initial-advertise-peer-urls")
+	cfg.ListenClientUrls = etcdflags.UniqueURLsFromFlag(fs, "listen-client-urls")
+	cfg.ListenClientHttpUrls = etcdflags.UniqueURLsFromFlag(fs, "listen-client-http-urls")
+	cfg.AdvertiseClientUrls = etcdflags.UniqueURLsFromFlag(fs, "advertise-client-urls")
+	cfg.ListenMetricsUrls = etcdflags.UniqueURLsFromFlag(fs, "listen-metrics-urls")
+	cfg.CORS = etcdflags.UniqueURLsMapFromFlag(fs, "cors")
+	cfg.HostWhitelist = etcdflags.UniqueStringsMapFromFlag(fs, "host-whitelist")
+	cfg.ClientTLSInfo.AllowedHostnames = etcdflags.StringsFromFlag(fs, "client-cert-allowed-hostname")
+	cfg.PeerTLSInfo.AllowedCNs = etcdflags.StringsFromFlag(fs, "peer-cert-allowed-cn")
+	cfg.PeerTLSInfo.AllowedHostnames = etcdflags.StringsFromFlag(fs, "peer-cert-allowed-hostname")
+	cfg.CipherSuites = etcdflags.StringsFromFlag(fs, "cipher-suites")
+	cfg.MaxConcurrentStreams = etcdflags.Uint32FromFlag(fs, "max-concurrent-streams")
+	cfg.LogOutputs = etcdflags.UniqueStringsFromFlag(fs, "log-outputs")
+	cfg.ClusterState = clusterState.String()
+	if etcdflags.IsSet(fs, "listen-client-urls") && !etcdflags.IsSet(fs, "advertise-client-urls") {
+		cfg.AdvertiseClientUrls = nil
+	}
+	fs.Visit(func(f *flag.Flag) { cfg.FlagsExplicitlySet[f.Name] = true })
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return fmt.Errorf("etcd: %w", err)
+	}
+	atExitMu.Lock()
+	atExit = append(atExit, e.Close)
+	atExitMu.Unlock()
+	return <-e.Err()
 }
 
 func runEmbedded(ctx context.Context, name string, args []string) error {

@@ -151,5 +151,7 @@ func main() {
 	os.Args = host
 	startEmbedded(embedded)
 	settle()
-	os.Exit(run())
+	code := run()
+	stopEmbedded()
+	os.Exit(code)
 }
