@@ -153,13 +153,14 @@ def bench_components() -> dict:
 
 # --- k4s server on the host --------------------------------------------------------------
 
-def bench_server() -> dict:
+def bench_server(processes: str) -> dict:
     import psutil
 
     tmp = Path(tempfile.mkdtemp())
     argv = [sys.executable, "-m", "k4s", "server", "--control-plane-only", "--cmdline", "", "--config", os.devnull,
             "--set", f"data-dir={tmp}/data", "--set", f"run-dir={tmp}/run", "--set", f"bin-dir={BIN}",
-            "--set", f"write-kubeconfig={tmp}/kc", "--set", "node-name=bench", "--set", "node-ip=127.0.0.1"]
+            "--set", f"write-kubeconfig={tmp}/kc", "--set", "node-name=bench", "--set", "node-ip=127.0.0.1",
+            "--set", f"component-processes={processes}"]
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     status = {}
@@ -179,7 +180,12 @@ def bench_server() -> dict:
         time.sleep(30)  # idle
         status = json.loads((tmp / "run/status.json").read_text())["components"]
         # PSS: shared pages (the multicall's text, mapped by five processes) split between their users
-        pids = {n: c["pid"] for n, c in status.items() if c["pid"]} | {"k4s (supervisor)": proc.pid}
+        # one entry per process, named by the components in it
+        by_pid: dict[int, list[str]] = {}
+        for n, c in status.items():
+            if c["pid"]:
+                by_pid.setdefault(c["pid"], []).append(n)
+        pids = {" + ".join(ns): p for p, ns in by_pid.items()} | {"k4s (supervisor)": proc.pid}
         full = {n: psutil.Process(p).memory_full_info() for n, p in pids.items()}
         rss = {n: round(m.rss / 2**20, 1) for n, m in full.items()}
         pss = {n: round(m.pss / 2**20, 1) for n, m in full.items()}
@@ -190,7 +196,7 @@ def bench_server() -> dict:
     return {"apiserver_ready_s": round(api_ready, 2),
             "component_start_s": {n: c["started_after"] for n, c in status.items()},
             "component_ready_in_s": {n: c["ready_after"] for n, c in status.items()},
-            "idle_rss_mib": rss, "idle_pss_mib": pss}
+            "idle_rss_mib": rss, "idle_pss_mib": pss, "idle_pss_total_mib": round(sum(pss.values()), 1)}
 
 
 # --- the appliance -----------------------------------------------------------------------
@@ -202,12 +208,12 @@ STAGES = [("/init", r"k4s init: starting"), ("mounts", r"component=init event=mo
           ("node Ready", r"component=node-ready event=ready"), ("CoreDNS Ready", r"component=coredns event=ready")]
 
 
-def boot(memory: int, wait_idle: float = 0) -> dict:
+def boot(memory: int, wait_idle: float = 0, append: str = "") -> dict:
     from k4s.errors import K4sError
     from k4s.vm import VM
 
     tmp = Path(tempfile.mkdtemp())
-    vm = VM(tmp, OUT / "vmlinuz", OUT / "initramfs.cpio.zst", memory=memory, port=16543)
+    vm = VM(tmp, OUT / "vmlinuz", OUT / "initramfs.cpio.zst", memory=memory, port=16543, append=append)
     t0 = time.monotonic()
     proc = vm.start()
     result: dict = {"memory_mib": memory}
@@ -253,7 +259,9 @@ def image_parts() -> dict:
 
 
 def bench_appliance() -> dict:
-    res = {"image_parts": image_parts(), "boot_1024": boot(1024, wait_idle=90)}
+    res = {"image_parts": image_parts(), "boot_1024": boot(1024, wait_idle=90),
+           # the baseline: one process per component
+           "boot_1024_separate": boot(1024, wait_idle=90, append="k4s.component-processes=separate")}
     for mem in (768, 640, 512):
         r = boot(mem)
         res[f"boot_{mem}"] = {k: r.get(k) for k in ("ready", "ready_wall_s", "error")}
@@ -285,12 +293,14 @@ def markdown(r: dict) -> str:
               f"{len(c['separate_mb'])} separate upstream binaries built the same way: **{c['multicall_ratio']:.0%}** of the sum. "
               f"Warm `make components`: {c['warm_build_s']} s; build seconds recorded when each cache entry was "
               f"made: {c['build_s_when_cache_was_made']}.", ""]
-    if "server" in r:
-        s = r["server"]
-        L += [f"**`k4s server --control-plane-only`** on the host: apiserver ready after {s['apiserver_ready_s']} s. "
-              "Start (s after launch) / ready-in (s): "
+    for mode in ("shared", "separate"):
+        s = r.get("server", {}).get(mode)
+        if not s:
+            continue
+        L += [f"**`k4s server --control-plane-only`** on the host, component-processes: {mode}: apiserver ready "
+              f"after {s['apiserver_ready_s']} s. Start (s after launch) / ready-in (s): "
               + ", ".join(f"{n} {s['component_start_s'][n]}/{s['component_ready_in_s'][n]}" for n in s["component_start_s"]),
-              "", "Idle memory, PSS (RSS) in MiB: "
+              "", f"Idle memory by process, PSS (RSS) in MiB, total PSS **{s.get('idle_pss_total_mib')}**: "
               + ", ".join(f"{k} {s['idle_pss_mib'].get(k, '?')} ({v})" for k, v in s["idle_rss_mib"].items()), ""]
     if "appliance" in r:
         a = r["appliance"]
@@ -304,7 +314,15 @@ def markdown(r: dict) -> str:
                  if b.get("idle_mem_mib") else "") + ". Smallest -m that "
               f"reached Ready: {a['smallest_ready_mib']} MiB "
               + "(" + ", ".join(f"{m} MiB: {'Ready' if a.get(f'boot_{m}', {}).get('ready') else 'not Ready'}"
-                                for m in (768, 640, 512) if f"boot_{m}" in a) + ").", "",
+                                for m in (768, 640, 512) if f"boot_{m}" in a) + ").", ""]
+        sep = a.get("boot_1024_separate", {})
+        if sep.get("idle_mem_used_mib"):
+            L += [f"Baseline in the same run, `k4s.component-processes=separate` (one process per component): "
+                  f"node Ready {sep.get('timeline_s', {}).get('node Ready')} s, idle "
+                  f"{sep['idle_mem_used_mib']} MiB (anon {sep['idle_mem_mib'].get('anon_mib')} MiB) vs "
+                  f"{b.get('idle_mem_used_mib')} MiB shared: "
+                  f"**{b.get('idle_mem_used_mib', 0) / sep['idle_mem_used_mib']:.2f}x**.", ""]
+        L += [
               "| part | unpacked MB | in the initramfs MB |", "|---|---|---|"]
         L += [f"| {k} | {v['unpacked_mb']} | {v['compressed_mb']} |" for k, v in a["image_parts"].items()]
         L += [""]
@@ -337,7 +355,7 @@ def main() -> int:
         print("bench: components", flush=True)
         r["components"] = bench_components()
     print("bench: k4s server", flush=True)
-    r["server"] = bench_server()
+    r["server"] = {mode: bench_server(mode) for mode in ("shared", "separate")}
     if not args.skip_boot:
         print("bench: appliance boots (several minutes under TCG)", flush=True)
         r["appliance"] = bench_appliance()

@@ -241,7 +241,8 @@ def services(node: Node, names: list[str], sup_box: list[Supervisor]) -> list[Se
         members = [x for x in names if hosts[x] == n]
         out.append(Service(n, after=after, host=hosts[n], probe=lambda m=m: m.ready(node),
                            argv=None if hosts[n] else lambda n=n, ms=members: components.group_argv(n, ms, node),
-                           env=env, ready_timeout=ready_timeout(n, hosts[n])))
+                           env=env, ready_timeout=ready_timeout(n, hosts[n]),
+                           pre_stop=(lambda: stop_pods(sup_box[0])) if n == "kube-apiserver" else None))
         if n == "containerd":
             out.append(Service("images", after=("containerd",), task=lambda: import_images(node, sup_box[0]),
                                ready_timeout=300.0, max_early_exits=3))
@@ -250,6 +251,18 @@ def services(node: Node, names: list[str], sup_box: list[Supervisor]) -> list[Se
 
 
 PKI_TIMEOUT = 120.0  # key generation under emulation takes seconds, not minutes
+
+
+POD_STOP_GRACE = 10.0  # CoreDNS's lameduck is 5 s
+
+
+def stop_pods(sup: Supervisor) -> None:
+    """Before the apiserver stops (the kubelet already has): the pods' processes get TERM, then
+    KILL, as Talos stops pods before the control plane. Their open watches (CoreDNS's) would
+    otherwise hold the apiserver's graceful shutdown until it is killed."""
+    n = sup.kill_descendants(POD_STOP_GRACE, spare_services=True)
+    if n:
+        log.event("pods", "stopped", processes=n)
 
 
 def ensure_pki(cfg: Config) -> list[tuple[str, str, str]]:

@@ -48,6 +48,7 @@ class Service:
     argv: Callable[[], list[str]] | None = None      # a process
     task: Callable[[], None] | None = None           # or a task
     host: str | None = None                          # or a member of this service's process
+    pre_stop: Callable[[], None] | None = None       # runs before its process is sent SIGTERM
     probe: Callable[[], bool] | None = None
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout: float = 120.0   # during bring-up: not ready by then is fatal
@@ -348,6 +349,11 @@ class Supervisor:
                     if x.state not in ("failed",):
                         x.state = "stopped"
                 continue
+            if s.pre_stop is not None:
+                try:
+                    s.pre_stop()
+                except Exception as e:  # the stop goes on whatever happens
+                    log.event(s.name, "pre-stop-failed", level="error", error=str(e))
             for x in (s, *self.members(s)):
                 x.state = "stopping"
                 log.event(x.name, "stopping", pid=s.pid)
@@ -373,14 +379,26 @@ class Supervisor:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.write_status()
 
-    def kill_descendants(self, grace: float = 5.0) -> None:
-        """Processes left behind (container shims, helpers): TERM, then KILL, all reaped."""
+    def kill_descendants(self, grace: float = 5.0, spare_services: bool = False) -> int:
+        """Processes left behind (container shims, helpers): TERM, then KILL, all reaped; how many.
+        With spare_services, only those that are not a running service or its descendant:
+        the containers and their shims, which re-parent to us."""
         import psutil
 
         me = psutil.Process()
         left = me.children(recursive=True)
+        if spare_services:
+            spared = set()
+            for s in self.services.values():
+                if s.pid is not None:
+                    spared.add(s.pid)
+                    try:
+                        spared |= {c.pid for c in psutil.Process(s.pid).children(recursive=True)}
+                    except psutil.NoSuchProcess:
+                        pass
+            left = [p for p in left if p.pid not in spared]
         if not left:
-            return
+            return 0
         for p in left:
             try:
                 p.terminate()
@@ -397,6 +415,7 @@ class Supervisor:
                 pass
         time.sleep(0.1)
         self.reap()
+        return len(left)
 
     def write_status(self) -> None:
         self._dirty = False

@@ -103,3 +103,21 @@ def test_the_error_shows_a_go_panic_rather_than_its_stack(tmp_path, text, shown)
 
     (tmp_path / "c.log").write_text(text)
     assert log.tail(tmp_path / "c.log") == shown
+
+
+def test_pods_stop_before_the_services(tmp_path) -> None:
+    """kill_descendants(spare_services=True): the stray processes (container shims and containers
+    re-parented to k4s) get TERM; the services and their children live on."""
+    import subprocess
+
+    sup, _ = group(tmp_path)
+    try:
+        step_until(sup, sup.all_ready)
+        stray = subprocess.Popen(["sleep", "600"])
+        assert sup.kill_descendants(grace=5, spare_services=True) == 1
+        with pytest.raises(ProcessLookupError):
+            os.kill(stray.pid, 0)
+        os.kill(sup.services["host"].pid, 0)  # still running
+        assert sup.services["host"].state == "ready"
+    finally:
+        sup.stop_all(deadline=10)
