@@ -250,9 +250,6 @@ def services(node: Node, names: list[str], sup_box: list[Supervisor]) -> list[Se
     return out
 
 
-PKI_TIMEOUT = 120.0  # key generation under emulation takes seconds, not minutes
-
-
 POD_STOP_GRACE = 10.0  # CoreDNS's lameduck is 5 s
 
 
@@ -265,12 +262,17 @@ def stop_pods(sup: Supervisor) -> None:
         log.event("pods", "stopped", processes=n)
 
 
+PKI_TIMEOUT = 120.0  # key generation under emulation takes seconds, not minutes
+
+
 def ensure_pki(cfg: Config) -> list[tuple[str, str, str]]:
     """Create or renew the certificates in a forked child: (name, action, reason) for each.
 
     The job runs once per start, and importing cryptography for it would keep ~4 MiB in
-    this long-lived process (PID 1 on the appliance). It runs before any thread or
-    child exists, so the fork is safe and this waitpid steals no one's exit status."""
+    this long-lived process (PID 1 on the appliance). It runs before the supervisor has
+    started any child, so this waitpid steals no one's exit status. On the appliance the
+    DHCP and power-button threads exist already; the child only imports, computes and
+    writes to a pipe, and PKI_TIMEOUT bounds the wait should it ever hang."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns

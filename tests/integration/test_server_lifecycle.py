@@ -31,6 +31,9 @@ def test_sigterm_stops_everything_within_deadline(tmp_path) -> None:
     assert log.count("event=stopping") == 4
     # a clean stop: the apiserver finished its graceful shutdown, then etcd closed
     assert 'component=kube-apiserver event=stopped exit="code 0"' in log
+    # embedded etcd preallocates 4 MB WAL segments too, not upstream's 64 MB
+    wal = list((s.data / "etcd" / "member" / "wal").glob("*.wal"))
+    assert wal and {f.stat().st_size for f in wal} == {4_000_000}
 
 
 def test_separate_processes_stop_in_reverse_order(tmp_path) -> None:

@@ -11,9 +11,9 @@ package main
 // SIGTERM the embedded components stop too: the API server's graceful
 // shutdown waits for its clients' watches, and the in-process ones would
 // otherwise hold it until it is killed. The datastore is the exception: etcd
-// stops after the host has returned, when nothing needs it any more. When an embedded component returns
-// on its own, the process exits non-zero and the supervisor restarts the
-// group.
+// stops after the host has returned, when nothing needs it any more. When an
+// embedded component returns on its own, the process exits non-zero and the
+// supervisor restarts the group.
 //
 // Every Go process of the multicall pays ~14 MB of package-init allocations
 // (API schemes, protobuf registries) and its own runtime and GC headroom;
@@ -45,7 +45,6 @@ import (
 	"github.com/spf13/pflag"
 	etcdflags "go.etcd.io/etcd/pkg/v3/flags"
 	"go.etcd.io/etcd/server/v3/embed"
-	"go.etcd.io/etcd/server/v3/storage/wal"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	restclient "k8s.io/client-go/rest"
@@ -153,7 +152,6 @@ func stopEmbedded() {
 // the API server's graceful shutdown short. The flags are parsed as etcdmain
 // does: embed's flag set, then the list-valued flags read back from it.
 func runEtcdEmbedded(_ context.Context, args []string) error {
-	wal.SegmentSizeBytes = walSegmentBytes
 	cfg := embed.NewConfig()
 	fs := flag.NewFlagSet("etcd", flag.ContinueOnError)
 	cfg.AddFlags(fs)

@@ -63,11 +63,13 @@ import (
 	_ "github.com/coredns/coredns/plugin/whoami"
 )
 
-// The etcd WAL preallocates 4 MB segments instead of 64 MB. On a RAM-only
-// node the WAL lives in tmpfs, where the current and the next preallocated
-// 64 MB segment cost 128 MiB of memory for nothing (the largest request etcd
-// takes is 1.5 MiB); everything else is upstream's etcdmain.
+// The etcd WAL preallocates 4 MB segments instead of 64 MB, for etcd on its
+// own and embedded alike. On a RAM-only node the WAL lives in tmpfs, where the
+// current and the next preallocated 64 MB segment cost 128 MiB of memory for
+// nothing (the largest request etcd takes is 1.5 MiB).
 const walSegmentBytes = 4 * 1000 * 1000
+
+func init() { wal.SegmentSizeBytes = walSegmentBytes }
 
 // CoreDNS runs its plugins in this order (upstream's plugin.cfg order,
 // restricted to the plugins linked in).
@@ -88,7 +90,6 @@ var components = map[string]func() int{
 }
 
 func runEtcd() int {
-	wal.SegmentSizeBytes = walSegmentBytes
 	etcdmain.Main(os.Args)
 	return 0
 }
