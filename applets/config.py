@@ -14,7 +14,8 @@ from typing import TextIO
 
 import click
 
-from k4s import cliopts
+from applets._options import config_options
+from k4s import config as configmod
 from k4s.config import SCHEMA, Config
 
 
@@ -43,12 +44,12 @@ def cli() -> None:
 
 @cli.command(help="Print the effective configuration as YAML.")
 @click.option("--origin", is_flag=True, help="Annotate each key with the layer it came from.")
-@cliopts.config_options
+@config_options
 def show(origin: bool, config_file: str | None, cmdline: str | None, set_: tuple[str, ...]) -> int:
-    return run(cliopts.load_config(config_file, cmdline, set_), "show", origin, click.get_text_stream("stdout"))
+    return run(configmod.load_for_applet(config_file, cmdline, set_), "show", origin, click.get_text_stream("stdout"))
 
 
 @cli.command(help="Check the configuration; exit 2 with one line naming the bad key.")
-@cliopts.config_options
+@config_options
 def validate(config_file: str | None, cmdline: str | None, set_: tuple[str, ...]) -> int:
-    return run(cliopts.load_config(config_file, cmdline, set_), "validate", False, click.get_text_stream("stdout"))
+    return run(configmod.load_for_applet(config_file, cmdline, set_), "validate", False, click.get_text_stream("stdout"))

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import click
 
-from k4s import cpio
 from k4s.errors import K4sError
 from k4s.fsutil import write_atomic
+from k4s.image import cpio
 
 
 def read_archive(path: Path) -> bytes:
@@ -43,9 +43,7 @@ def cli(list_: Path | None, extract: Path | None, directory: Path, create: Path 
         click.echo(f"extracted {n} entries into {directory}")
         return 0
     if create and output:
-        from k4s.image import Tree
-
-        t = Tree()
+        t = cpio.Tree()
         t.tree(create, "", "base")
         write_atomic(output, cpio.compress(cpio.bytes_of(t.segment("base")), compression))
         return 0

@@ -3,6 +3,6 @@
     etcd [UPSTREAM-ARGS...]
 """
 
-from k4s.componentcli import component_cli
+from applets._component import component_cli
 
 cli = component_cli("etcd", __doc__)

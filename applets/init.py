@@ -17,6 +17,6 @@ import click
 
 @click.command(help=__doc__.split("\n\n")[0])
 def cli() -> int:
-    from k4s.boot import run_as_init
+    from k4s.boot.init import run_as_init
 
     return run_as_init()

@@ -3,6 +3,6 @@
     kube-apiserver [UPSTREAM-ARGS...]
 """
 
-from k4s.componentcli import component_cli
+from applets._component import component_cli
 
 cli = component_cli("kube-apiserver", __doc__)

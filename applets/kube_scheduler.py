@@ -3,6 +3,6 @@
     kube-scheduler [UPSTREAM-ARGS...]
 """
 
-from k4s.componentcli import component_cli
+from applets._component import component_cli
 
 cli = component_cli("kube-scheduler", __doc__)

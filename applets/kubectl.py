@@ -16,12 +16,12 @@ from k4s.errors import K4sError
 
 
 def run(args: tuple[str, ...]) -> int:
-    from k4s import cliopts
-    from k4s.paths import Paths
-    from k4s.proc import foreign_env
+    from k4s import config
+    from k4s.layout import Paths
+    from k4s.proc import child_env
 
-    cfg = cliopts.load_config(None, None, ())
-    env = foreign_env()
+    cfg = config.load_for_applet(None, None, ())
+    env = child_env(inherit=os.environ)
     if "KUBECONFIG" not in env:
         for candidate in (cfg.write_kubeconfig, str(Paths.of(cfg.data_dir, cfg.run_dir).admin_kubeconfig)):
             if os.path.exists(candidate):

@@ -6,7 +6,8 @@ Packs rootfs/, the frozen k4s, the components, the airgap images, the ldd
 closure of every ELF and the kernel modules into concatenated newc segments,
 one per part, and prints the size of each. The same inputs give the same
 sha256. Compressed segments are cached by content, so a rebuild after a
-change recompresses only the parts that changed.
+change recompresses only the parts that changed. `--report FILE` writes the
+size table as JSON, for tools.
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ from pathlib import Path
 
 import click
 
-from k4s import image
+from k4s.fsutil import write_atomic
+from k4s.image import assemble as image
 
 P = click.Path(path_type=Path)
 
 
 def run(inp: image.Inputs, out: Path, kernel_out: Path | None, method: str, level: int | None,
-        cache: Path | None, payload: str = "squashfs") -> int:
+        cache: Path | None, payload: str = "squashfs", report: Path | None = None) -> int:
     segs = image.build(inp, out, method, level, cache, payload=payload)
     click.echo(image.report(segs))
+    if report:
+        write_atomic(report, image.report_json(segs))
     if kernel_out:
         release = image.kernel_release(inp.kernel_root)
         vmlinuz = inp.kernel_root / "boot" / f"vmlinuz-{release}"
@@ -55,8 +59,9 @@ def run(inp: image.Inputs, out: Path, kernel_out: Path | None, method: str, leve
                    "cpio: unpacked into the RAM root.")
 @click.option("--cache", type=P, default=Path("/var/cache/k4s/segments"), show_default=True,
               help="Where compressed segments are kept for reuse.")
+@click.option("--report", type=P, help="Write the size table as JSON here.")
 def cli(out: Path, kernel_out: Path | None, bundle: Path, components: Path, images: Path, rootfs: Path,
         overlay: tuple[Path, ...], kernel_root: Path, busybox: Path, compression: str, level: int | None,
-        payload: str, cache: Path) -> int:
+        payload: str, cache: Path, report: Path | None) -> int:
     inp = image.Inputs(bundle, components, images, rootfs, kernel_root, busybox, list(overlay))
-    return run(inp, out, kernel_out, compression, level, cache, payload)
+    return run(inp, out, kernel_out, compression, level, cache, payload, report)

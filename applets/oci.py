@@ -18,8 +18,8 @@ from typing import TextIO
 
 import click
 
-from k4s import oci
 from k4s.errors import K4sError
+from k4s.image import oci
 
 
 def _version(binary: Path, flag: str, pattern: str) -> str:

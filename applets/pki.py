@@ -15,7 +15,9 @@ from typing import TextIO
 
 import click
 
-from k4s import cliopts, pki
+from applets._options import config_options
+from k4s import config as configmod
+from k4s.cluster import pki
 from k4s.config import Config
 
 
@@ -41,12 +43,12 @@ def cli() -> None:
 
 
 @cli.command(help="Create missing certificates and kubeconfigs; renew stale leaves.")
-@cliopts.config_options
+@config_options
 def init(config_file: str | None, cmdline: str | None, set_: tuple[str, ...]) -> int:
-    return run(cliopts.load_config(config_file, cmdline, set_), "init", click.get_text_stream("stdout"))
+    return run(configmod.load_for_applet(config_file, cmdline, set_), "init", click.get_text_stream("stdout"))
 
 
 @cli.command(help="List every certificate with expiry and problems; exit 1 if any.")
-@cliopts.config_options
+@config_options
 def check(config_file: str | None, cmdline: str | None, set_: tuple[str, ...]) -> int:
-    return run(cliopts.load_config(config_file, cmdline, set_), "check", click.get_text_stream("stdout"))
+    return run(configmod.load_for_applet(config_file, cmdline, set_), "check", click.get_text_stream("stdout"))

@@ -5,6 +5,6 @@
 -f skips the orderly stop: sync and poweroff at once (as root).
 """
 
-from k4s.power import power_cli
+from applets._power import power_cli
 
 cli = power_cli("poweroff", __doc__)

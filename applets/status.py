@@ -13,9 +13,10 @@ from typing import TextIO
 
 import click
 
-from k4s import cliopts
+from applets._options import config_options
+from k4s import config as configmod
 from k4s.config import Config
-from k4s.paths import Paths
+from k4s.layout import Paths
 
 
 def run(cfg: Config, as_json: bool, out: TextIO) -> int:
@@ -45,6 +46,6 @@ def run(cfg: Config, as_json: bool, out: TextIO) -> int:
 
 @click.command(help=__doc__.split("\n\n")[0])
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status document.")
-@cliopts.config_options
+@config_options
 def cli(as_json: bool, config_file: str | None, cmdline: str | None, set_: tuple[str, ...]) -> int:
-    return run(cliopts.load_config(config_file, cmdline, set_), as_json, click.get_text_stream("stdout"))
+    return run(configmod.load_for_applet(config_file, cmdline, set_), as_json, click.get_text_stream("stdout"))

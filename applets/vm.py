@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from k4s.errors import K4sError
-from k4s.vm import VM
+from k4s.host.vm import VM
 
 P = click.Path(path_type=Path)
 

@@ -201,16 +201,17 @@ def bench_server(processes: str) -> dict:
 
 # --- the appliance -----------------------------------------------------------------------
 
-STAGES = [("/init", r"k4s init: starting"), ("mounts", r"component=init event=mounts"),
-          ("modules", r"component=init event=modules"), ("network", r"component=init event=network"),
-          ("pki", r"component=etcd event=start"), ("etcd ready", r"component=etcd event=ready"),
-          ("apiserver ready", r"component=kube-apiserver event=ready"),
-          ("node Ready", r"component=node-ready event=ready"), ("CoreDNS Ready", r"component=coredns event=ready")]
+# (stage, component, event): read from the guest's events (JSON lines), never the console text
+STAGES = [("/init", "init", "start"), ("mounts", "init", "mounts"), ("modules", "init", "modules"),
+          ("network", "init", "network"), ("pki", "etcd", "start"), ("etcd ready", "etcd", "ready"),
+          ("apiserver ready", "kube-apiserver", "ready"), ("node Ready", "node", "ready"),
+          ("CoreDNS Ready", "coredns", "ready")]
 
 
 def boot(memory: int, wait_idle: float = 0, append: str = "") -> dict:
+    from k4s import log
     from k4s.errors import K4sError
-    from k4s.vm import VM
+    from k4s.host.vm import VM
 
     tmp = Path(tempfile.mkdtemp())
     vm = VM(tmp, OUT / "vmlinuz", OUT / "initramfs.cpio.zst", memory=memory, port=16543, append=append)
@@ -223,18 +224,14 @@ def boot(memory: int, wait_idle: float = 0, append: str = "") -> dict:
         end = time.monotonic() + max(wait_idle, 0)
         while time.monotonic() < end:
             time.sleep(5)
-        console = vm.console.read_text(errors="replace")
+        events = log.read_events(vm.events)
         result["timeline_s"] = {}
-        for name, pat in STAGES:
-            for line in console.splitlines():
-                if re.search(pat, line):
-                    m = re.match(r"\[\s*([\d.]+)\]", line)
-                    up = re.search(r"\(kernel [^,]+, ([\d.]+)s since boot\)", line)
-                    result["timeline_s"][name] = float(m.group(1)) if m else (float(up.group(1)) if up else None)
-                    break
-        stats = re.findall(r"event=stats (.*)", console)
-        if stats:  # the last line: mem_used_mib (MemTotal - MemAvailable), anon_mib, shmem_mib, kernel_mib
-            last = dict(kv.split("=", 1) for kv in stats[-1].split() if "=" in kv)
+        for name, component, what in STAGES:
+            hit = next((e for e in events if e.get("component") == component and e.get("event") == what), None)
+            result["timeline_s"][name] = hit["t"] if hit else None
+        stats = [e for e in events if e.get("event") == "stats"]
+        if stats:  # the last one: mem_used_mib (MemTotal - MemAvailable), anon_mib, shmem_mib, kernel_mib
+            last = stats[-1]
             result["idle_mem_used_mib"] = int(last["mem_used_mib"])
             result["idle_mem_mib"] = {k: int(v) for k, v in last.items() if k.endswith("_mib")}
         result["ready"] = True
@@ -249,13 +246,11 @@ def boot(memory: int, wait_idle: float = 0, append: str = "") -> dict:
 
 
 def image_parts() -> dict:
-    out = sh(sys.executable, "-m", "k4s", "mkimage", "--out", str(OUT / "initramfs.cpio.zst"), cwd=ROOT)
-    parts = {}
-    for line in out.splitlines():
-        m = re.match(r"(\w+)\s+(\d+)\s+([\d.]+)MB\s+([\d.]+)MB", line)
-        if m:
-            parts[m.group(1)] = {"unpacked_mb": float(m.group(3)), "compressed_mb": float(m.group(4))}
-    return parts
+    report = OUT / "image-report.json"
+    sh(sys.executable, "-m", "k4s", "mkimage", "--out", str(OUT / "initramfs.cpio.zst"), "--report", str(report),
+       cwd=ROOT)
+    return {s["part"]: {"unpacked_mb": round(s["unpacked"] / 1e6, 1), "compressed_mb": round(s["compressed"] / 1e6, 1)}
+            for s in json.loads(report.read_text())["segments"]}
 
 
 def bench_appliance() -> dict:

@@ -21,13 +21,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from k4s import layout
 from k4s.errors import ConfigError
 
-DEFAULT_CONFIG_FILE = "/etc/k4s/config.yaml"
+DEFAULT_CONFIG_FILE = str(layout.CONFIG_FILE)
 CMDLINE_PREFIX = "k4s."
+PROC_CMDLINE = "/proc/cmdline"
 
 _HOSTNAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+_SERIAL = re.compile(r"^(ttyS|ttyAMA|hvc)[0-9]{1,3}$")
 
 
 class Invalid(ValueError):
@@ -64,6 +67,13 @@ def _ifname(v: Any) -> str:
     s = _str(v)
     if not _IFNAME.match(s):
         raise Invalid(f"{s!r} is not a network interface name", "e.g. eth0 or ens3")
+    return s
+
+
+def _serial_port(v: Any) -> str:
+    s = _str(v)
+    if not _SERIAL.match(s):
+        raise Invalid(f"{s!r} is not a serial port", "name a port under /dev, e.g. ttyS1 or hvc1")
     return s
 
 
@@ -193,11 +203,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("service-cidr", _cidr, "10.43.0.0/16", "service ClusterIP network"),
     Key("cluster-dns", _optional(_ipv4), "", "CoreDNS ClusterIP; empty means the 10th address of service-cidr"),
     Key("cluster-domain", _dns_name, "cluster.local", "cluster DNS domain"),
-    Key("data-dir", _abs_path, "/var/lib/k4s", "state: PKI, datastore, images, manifests"),
-    Key("run-dir", _abs_path, "/run/k4s", "sockets, logs, status"),
-    Key("bin-dir", _abs_path, "/usr/libexec/k4s", "where the upstream binaries are"),
-    Key("write-kubeconfig", _abs_path, "/etc/k4s/k4s.yaml", "a copy of the admin kubeconfig for users (0600)"),
-    Key("datastore", _choice("etcd"), "etcd", "cluster datastore"),
+    Key("data-dir", _abs_path, str(layout.DATA_DIR), "state: PKI, datastore, images, manifests"),
+    Key("run-dir", _abs_path, str(layout.RUN_DIR), "sockets, logs, status"),
+    Key("bin-dir", _abs_path, str(layout.LIBEXEC), "where the upstream binaries are"),
+    Key("write-kubeconfig", _abs_path, str(layout.USER_KUBECONFIG), "a copy of the admin kubeconfig for users (0600)"),
     Key("tls-san", _list_of(_san), (), "extra names or addresses in the apiserver certificate"),
     Key("apiserver-port", _int_range(1, 65535), 6443, "kube-apiserver secure port"),
     Key("component-gogc", _int_range(10, 1000), 100,
@@ -209,6 +218,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("log-level", _choice("debug", "info", "warn", "error"), "info", "k4s log level"),
     Key("cert-renew-days", _int_range(1, 3650), 90, "re-issue leaf certificates expiring within this many days"),
     Key("on-failure", _choice("poweroff", "reboot", "halt"), "poweroff", "what init does after a fatal error"),
+    Key("events", _optional(_serial_port), "", "a serial port that gets every event as a JSON line, for tools "
+        "(k4s vm uses ttyS1); the console keeps the lines for people"),
     Key("disable", _list_of(_choice("coredns", "kube-proxy", "manifests")), (), "bundled parts to leave out"),
     *(Key(f"{c}-arg", _list_of(_flag), (), f"extra {c} flags, e.g. --v=2 (last one wins)") for c in ARG_COMPONENTS),
 )
@@ -238,7 +249,6 @@ class Config:
     run_dir: str
     bin_dir: str
     write_kubeconfig: str
-    datastore: str
     tls_san: tuple[str, ...]
     apiserver_port: int
     component_gogc: int
@@ -246,6 +256,7 @@ class Config:
     log_level: str
     cert_renew_days: int
     on_failure: str
+    events: str
     disable: tuple[str, ...]
     etcd_arg: tuple[str, ...]
     kube_apiserver_arg: tuple[str, ...]
@@ -401,6 +412,20 @@ def parse_set(pairs: Iterable[str]) -> dict[str, str]:
             raise ConfigError(f"flags: --set {p!r} has no '='", hint="write --set key=value")
         out[key] = value
     return out
+
+
+def read_proc_cmdline() -> str:
+    try:
+        with open(PROC_CMDLINE, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return ""
+
+
+def load_for_applet(config_file: str | None, cmdline: str | None, set_: Iterable[str]) -> Config:
+    """What an applet's --config, --cmdline and --set flags mean: /proc/cmdline unless given."""
+    return load(config_file=config_file, cmdline=read_proc_cmdline() if cmdline is None else cmdline,
+                overrides=parse_set(set_))
 
 
 def replace(cfg: Config, **changes: Any) -> Config:

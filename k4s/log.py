@@ -1,22 +1,32 @@
-"""One line per event: `[  12.34] component=etcd event=ready after=1.92s`.
+"""One line per event for people, one JSON object per event for tools.
 
-Lines go to stderr (the console, on the appliance) and to <run-dir>/log/k4s.log.
-The time in brackets is seconds since the kernel started (/proc/uptime), so
-the appliance's boot timeline reads straight off the console.
+    console:  [  12.34] component=etcd event=ready after=1.92s
+    data:     {"t": 12.34, "component": "etcd", "event": "ready", "after": 1.92}
+
+Console lines go to stderr (the console, on the appliance) and to
+<run-dir>/log/k4s.log. The same events go as JSON lines to <run-dir>/events.jsonl
+and, on the appliance with `k4s.events=ttyS1`, to that serial port, which is
+what the VM helper and the bench read: nothing scrapes the console text.
+`t` is seconds since the kernel started (/proc/uptime), so the appliance's
+boot timeline reads straight off either form.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
 _lock = threading.Lock()
 _file: TextIO | None = None
+_sinks: list[BinaryIO] = []
+_early: deque[bytes] = deque(maxlen=256)  # events from before setup (init's first stages), written at setup
 _level = LEVELS["info"]
 
 
@@ -28,12 +38,38 @@ def uptime() -> float:
         return time.monotonic()
 
 
-def setup(log_dir: Path | None, level: str = "info") -> None:
+def setup(log_dir: Path | None, level: str = "info", events: Path | None = None,
+          device: str | None = None) -> None:
+    """Where lines and events go from now on; calling it again replaces (and closes) the old."""
     global _file, _level
     _level = LEVELS.get(level, 20)
-    if log_dir is not None:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        _file = open(log_dir / "k4s.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+    with _lock:
+        for f in [_file, *_sinks]:
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        _file, _sinks[:] = None, []
+        try:
+            if log_dir is not None:
+                log_dir.mkdir(parents=True, exist_ok=True)
+                _file = open(log_dir / "k4s.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            if events is not None:
+                events.parent.mkdir(parents=True, exist_ok=True)
+                _sinks.append(open(events, "ab", buffering=0))  # noqa: SIM115
+        except OSError as e:
+            print(f"k4s: warning: cannot open the log in {log_dir}: {e.strerror}", file=sys.stderr)
+        if device:
+            try:
+                fd = os.open(device, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+                _sinks.append(os.fdopen(fd, "wb", buffering=0))
+            except OSError as e:
+                print(f"k4s: warning: cannot write events to {device}: {e.strerror}", file=sys.stderr)
+        if _sinks:
+            for line in _early:
+                _write(line)
+            _early.clear()
 
 
 def _fmt(v: Any) -> str:
@@ -43,12 +79,45 @@ def _fmt(v: Any) -> str:
     return f'"{s}"' if (" " in s or not s) else s
 
 
+def _plain(v: Any) -> Any:
+    if isinstance(v, float):
+        return round(v, 3)
+    return v if isinstance(v, int | str | bool) or v is None else str(v)
+
+
 def event(component: str, what: str, /, *, level: str = "info", **fields: Any) -> None:
+    """An event for people (the console line) and for tools (a JSON line)."""
     if LEVELS.get(level, 20) < _level:
         return
+    t = uptime()
     parts = [f"component={component}", f"event={what}"]
     parts += [f"{k}={_fmt(v)}" for k, v in fields.items() if v is not None]
-    console(f"[{uptime():8.2f}] " + " ".join(parts))
+    console(f"[{t:8.2f}] " + " ".join(parts))
+    _record(t, component, what, level, fields)
+
+
+def record(component: str, what: str, /, *, level: str = "info", **fields: Any) -> None:
+    """An event for tools only: its console line, if any, is written for people separately."""
+    _record(uptime(), component, what, level, fields)
+
+
+def _record(t: float, component: str, what: str, level: str, fields: dict[str, Any]) -> None:
+    doc = {"t": round(t, 3), "component": component, "event": what, **({"level": level} if level != "info" else {}),
+           **{k: _plain(v) for k, v in fields.items() if v is not None}}
+    line = (json.dumps(doc, separators=(",", ":")) + "\n").encode()
+    with _lock:
+        if _sinks:
+            _write(line)
+        else:
+            _early.append(line)
+
+
+def _write(line: bytes) -> None:
+    for f in _sinks:
+        try:
+            f.write(line)
+        except OSError:
+            pass
 
 
 def console(text: str) -> None:
@@ -60,6 +129,25 @@ def console(text: str) -> None:
                 _file.write(text + "\n")
             except OSError:
                 pass
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """The events a k4s wrote as JSON lines; a torn or foreign line (a serial port's noise) is skipped."""
+    out = []
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    for line in text.splitlines():
+        line = line.strip().strip("\0")
+        if line.startswith("{"):
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(doc, dict) and "event" in doc:
+                out.append(doc)
+    return out
 
 
 def tail(path: Path, lines: int = 3) -> str:

@@ -77,7 +77,7 @@ def go_env(cgo: bool) -> dict[str, str]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/root"),
-        "GOFLAGS": "-mod=mod -buildvcs=false -trimpath",
+        "GOFLAGS": "-mod=readonly -buildvcs=false -trimpath",  # drift in go.mod/go.sum fails the build
         "CGO_ENABLED": "1" if cgo else "0",
         "GOTOOLCHAIN": "local",
         "LANG": "C.UTF-8",

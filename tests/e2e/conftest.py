@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from k4s.vm import VM
+from k4s.host.vm import VM
 from tests.conftest import OUT, require, tool
 
 KUBECTL = OUT / "components" / "bin" / "kubectl"

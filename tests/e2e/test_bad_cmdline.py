@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from k4s.vm import VM
+from k4s.host.vm import VM
 from tests.e2e.conftest import make_vm
 
 
@@ -38,7 +38,7 @@ def test_bad_cmdline_prints_error_and_powers_off(tmp_path, append, expected) -> 
 def test_broken_bundle_stops_in_stage0(tmp_path, append, ending) -> None:
     """A k4s bundle the kernel cannot mount (here: a later initramfs segment overwrites
     it with garbage) ends in stage 0's one-line error and k4s.on-failure, not a panic."""
-    from k4s import cpio
+    from k4s.image import cpio
     from tests.e2e.conftest import OUT
 
     garbage = cpio.Entry("usr/lib/k4s/parts/k4s.squashfs", 0o100444, data=b"not a squashfs\n" * 4096)

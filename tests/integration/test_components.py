@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from k4s import oci
+from k4s.image import oci
 from tests.conftest import OUT, ROOT, need_root, require
 from tests.integration.conftest import BIN
 

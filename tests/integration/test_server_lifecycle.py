@@ -82,7 +82,7 @@ def test_port_in_use(tmp_path) -> None:
 
 
 def test_host_without_cgroup_v2(tmp_path) -> None:
-    from k4s.node import cgroup2_mounted
+    from k4s.cluster.preflight import cgroup2_mounted
 
     hybrid = "cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n"
     assert not cgroup2_mounted(hybrid)

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from k4s import addons, config, oci
+from k4s import config
+from k4s.cluster import addons
+from k4s.image import oci
 
 
 def deployment(binary: Path) -> dict:

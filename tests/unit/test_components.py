@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from k4s import components, config
-from k4s.components import Node
-from k4s.paths import Paths
+from k4s import config
+from k4s.cluster import components
+from k4s.cluster.node import Node
+from k4s.layout import Paths
 
-ALL = list(components.ORDER)
+ALL = list(components.NAMES)
 
 
 def node(tmp_path: Path, processes: str = "shared", separate_binaries: bool = False) -> Node:
@@ -56,3 +57,52 @@ def test_group_command_line_is_each_component_after_a_plus(tmp_path) -> None:
     scheduler = argv[cut[1] + 2:]
     assert scheduler == components.argv("kube-scheduler", n)[1:]
     assert "--secure-port=10259" in scheduler
+
+
+# --- one owner per fact -----------------------------------------------------------------
+
+EMBED_GO = Path(__file__).resolve().parents[2] / "build" / "components" / "kube" / "embed.go"
+
+
+def test_which_components_can_share_a_process_matches_the_go_build() -> None:
+    import re
+
+    table = EMBED_GO.read_text().split("var embeddable = map[string]", 1)[1].split("\n}\n", 1)[0]
+    in_go = set(re.findall(r'^\s*"([a-z-]+)":', table, re.M))
+    assert in_go == {n for n in ALL if components.module(n).HOST}
+    for n in ALL:  # a host is a component that runs a process of its own
+        host = components.module(n).HOST
+        assert host is None or (host in ALL and components.module(host).HOST is None)
+
+
+def test_every_port_preflight_checks_comes_from_a_component_module(tmp_path) -> None:
+    from k4s.cluster import preflight
+
+    n = node(tmp_path)
+    checked = {(name, port) for name, _, port in preflight.ports(n, ALL)}
+    declared = {(name, port) for name in ALL for _, port in components.module(name).ports(n.cfg)}
+    assert checked == declared
+    assert ("kube-apiserver", n.cfg.apiserver_port) in checked and ("etcd", 2379) in checked
+    # and what the components' flags say they listen on is what they declare
+    for name in ALL:
+        argv = " ".join(components.argv(name, n))
+        for _, port in components.module(name).ports(n.cfg):
+            assert str(port) in argv or name in ("kubelet", "kube-proxy"), (name, port)
+
+
+def test_component_flags_name_only_files_the_pki_makes(tmp_path) -> None:
+    from k4s.cluster import certs
+
+    n = node(tmp_path)
+    ident = certs.Identity("n1", "10.0.2.15", "10.43.0.1", "cluster.local")
+    made = {n.certs.crt(x) for x in [*certs.CAS, *(leaf.name for leaf in certs.leaves(ident))]}
+    made |= {n.certs.key(x) for x in [*certs.CAS, *(leaf.name for leaf in certs.leaves(ident))]}
+    made |= {n.certs.sa_key, n.certs.sa_pub, n.certs.encryption_config}
+    made |= {n.certs.kubeconfig(leaf.kubeconfig) for leaf in certs.leaves(ident) if leaf.kubeconfig}
+    named = set()
+    for name in ALL:
+        for arg in components.argv(name, n):
+            value = arg.split("=", 1)[-1]
+            if value.startswith(str(n.paths.pki)) or value.startswith(str(n.paths.kubeconfigs)):
+                named.add(Path(value))
+    assert named and named <= made, named - made

@@ -53,7 +53,7 @@ BAD = [
     ("cluster-dns: 10.99.0.10\n", None, None, "cluster-dns 10.99.0.10 is not a usable address of service-cidr"),
     ("node-ip: 300.1.1.1\n", None, None, "key 'node-ip': '300.1.1.1' is not an IPv4 address"),
     ("node-name: Bad_Name\n", None, None, "key 'node-name': 'bad_name' is not a valid DNS name"),
-    ("datastore: mysql\n", None, None, "key 'datastore': 'mysql' is not one of etcd"),
+    ("on-failure: explode\n", None, None, "key 'on-failure': 'explode' is not one of poweroff, reboot, halt"),
     ("tls-san: {a: b}\n", None, None, "key 'tls-san': {'a': 'b'} is not a list"),
     ("data-dir: relative/path\n", None, None, "key 'data-dir': 'relative/path' is not an absolute path"),
     ("- just\n- a list\n", None, None, "top level is a list, not a mapping"),

@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
-from k4s import cpio
 from k4s.errors import K4sError
+from k4s.image import cpio
 from tests.conftest import k4s_cmd
 
 

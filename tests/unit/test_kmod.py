@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from k4s import kmod
+from k4s.boot import kmod
 from k4s.errors import K4sError
 
 

@@ -2,7 +2,7 @@
 
 import os
 
-from k4s import node
+from k4s.cluster import memory as node
 
 SAMPLE = """MemTotal:         981472 kB
 MemFree:           80396 kB

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from k4s import pki
+from k4s.cluster import pki
 from k4s.config import load
 from tests.conftest import component, tool
 
@@ -185,7 +185,8 @@ def test_kubectl_reads_each_kubeconfig(tmp_path) -> None:
 def test_node_makes_its_pki_in_a_child_and_never_imports_cryptography(tmp_path) -> None:
     code = f"""
 import sys
-from k4s import config, node
+from k4s import config
+from k4s.cluster import server as node
 cfg = config.load(config_file=None, cmdline="", overrides={{
     "data-dir": "{tmp_path}/data", "run-dir": "{tmp_path}/run", "node-name": "n1", "node-ip": "10.0.2.15"}})
 first = node.ensure_pki(cfg)
@@ -201,7 +202,8 @@ print(sorted({{a for _, a, _ in first}}), sorted({{a for _, a, _ in again}}), le
 
 
 def test_node_pki_error_is_one_line(tmp_path) -> None:
-    from k4s import config, node
+    from k4s import config
+    from k4s.cluster import server as node
     from k4s.errors import K4sError
 
     (tmp_path / "file").write_text("")

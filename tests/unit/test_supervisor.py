@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from k4s.supervisor import Service, Supervisor
+from k4s.cluster.supervisor import Service, Supervisor
 
 # A host process that makes its members ready one after the other, as the
 # apiserver's process does for the controller-manager and the scheduler.
@@ -37,7 +37,7 @@ def group(tmp_path: Path) -> tuple[Supervisor, list[Supervisor]]:
         Service("host", argv=lambda: argv, probe=ready_file(tmp_path, "host", box)),
         Service("m1", host="host", probe=ready_file(tmp_path, "m1", box)),
         Service("m2", host="host", probe=ready_file(tmp_path, "m2", box)),
-        Service("after-m2", after=("m2",), task=lambda: None),
+        Service("after-m2", after=("m2",), task=lambda _sup: None),
     ]
     sup = Supervisor(svcs, tmp_path / "log", tmp_path / "status.json")
     box.append(sup)
@@ -90,7 +90,7 @@ def test_a_crashed_host_restarts_with_its_members(tmp_path) -> None:
 
 def test_a_member_needs_a_process_to_live_in(tmp_path) -> None:
     with pytest.raises(ValueError, match="hosted by 'task'"):
-        Supervisor([Service("task", task=lambda: None), Service("m", host="task")], tmp_path)
+        Supervisor([Service("task", task=lambda _sup: None), Service("m", host="task")], tmp_path)
 
 
 @pytest.mark.parametrize("text, shown", [

@@ -33,6 +33,7 @@ import (
 	_ "k8s.io/component-base/metrics/prometheus/clientgo" // client-go metrics
 	_ "k8s.io/component-base/metrics/prometheus/restclient"
 	_ "k8s.io/component-base/metrics/prometheus/version" // version metric
+	"k8s.io/component-base/version"
 
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
@@ -130,6 +131,19 @@ func settle() {
 	}()
 }
 
+// versionRequested: kube-proxy merges the process's Go flags into its own, and in
+// this multicall CoreDNS has registered a Go flag named "version" first, which
+// shadows kube-proxy's: `kube-proxy --version` would start the proxy. Every
+// other component prints its version through its own flag.
+func versionRequested(args []string) bool {
+	for _, a := range args {
+		if a == "--version" || a == "--version=true" {
+			return true
+		}
+	}
+	return false
+}
+
 func main() {
 	name := strings.TrimSuffix(filepath.Base(os.Args[0]), ".exe")
 	run, ok := components[name]
@@ -143,6 +157,10 @@ func main() {
 	if !ok {
 		fmt.Fprintf(os.Stderr, "kube: unknown component %q; one of: %s\n", name, strings.Join(sortedKeys(components), " "))
 		os.Exit(2)
+	}
+	if name := filepath.Base(os.Args[0]); name == "kube-proxy" && versionRequested(os.Args[1:]) {
+		fmt.Printf("Kubernetes %s\n", version.Get().GitVersion)
+		os.Exit(0)
 	}
 	host, embedded, err := splitEmbedded(os.Args)
 	if err != nil {

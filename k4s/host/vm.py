@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -24,12 +23,13 @@ from pathlib import Path
 
 import yaml
 
-from k4s import cpio, pki
+from k4s import layout, log
+from k4s.cluster import pki
 from k4s.errors import K4sError
 from k4s.fsutil import write_atomic
+from k4s.image import cpio
 
-READY = re.compile(r"k4s: node (\S+) Ready")
-FATAL = re.compile(r"k4s init: (error|fatal).*")
+EVENTS_PORT = "ttyS1"  # the guest's second serial port: its events as JSON lines (log.py)
 
 
 def alive(pid: int) -> bool:
@@ -56,6 +56,10 @@ class VM:
         return self.out / "console.log"
 
     @property
+    def events(self) -> Path:
+        return self.out / "events.jsonl"
+
+    @property
     def qmp(self) -> Path:
         return self.out / "qmp.sock"
 
@@ -76,14 +80,13 @@ class VM:
 
     def seed(self) -> bytes:
         """A zstd cpio segment: the cluster CA, and any manifests to auto-deploy."""
-        from k4s.image import Tree
-
         store = self.cluster_pki()
-        t = Tree()
-        t.data("var/lib/k4s/pki/ca.crt", store.crt("ca").read_bytes(), "base", 0o644)
-        t.data("var/lib/k4s/pki/ca.key", store.key("ca").read_bytes(), "base", 0o600)
+        node = layout.Paths.of(layout.DATA_DIR, layout.RUN_DIR)
+        t = cpio.Tree()
+        t.data(layout.member(node.pki / "ca.crt"), store.crt("ca").read_bytes(), "base", 0o644)
+        t.data(layout.member(node.pki / "ca.key"), store.key("ca").read_bytes(), "base", 0o600)
         for m in self.manifests:
-            t.data(f"var/lib/k4s/manifests/{m.name}", m.read_bytes(), "base", 0o644)
+            t.data(layout.member(node.manifests / m.name), m.read_bytes(), "base", 0o644)
         for e in t.entries.values():
             if stat.S_ISDIR(e.mode) and e.name.endswith("pki"):
                 e.mode = stat.S_IFDIR | 0o700
@@ -109,12 +112,13 @@ class VM:
             with open(self.initrd, "rb") as src:
                 shutil.copyfileobj(src, f, 1 << 20)
             f.write(self.seed())
-        append = f"console=ttyS0 quiet panic=-1 {self.append}".strip()
+        append = f"console=ttyS0 quiet panic=-1 k4s.events={EVENTS_PORT} {self.append}".strip()
         return [
             qemu, "-machine", f"q35,accel={accel}", "-cpu", "max" if accel == "tcg" else "host",
             "-smp", str(self.cpus), "-m", str(self.memory),
             "-kernel", str(self.kernel), "-initrd", str(boot_initrd), "-append", append,
-            "-display", "none", "-serial", f"file:{self.console}", "-monitor", "none",
+            "-display", "none", "-serial", f"file:{self.console}", "-serial", f"file:{self.events}",
+            "-monitor", "none",
             "-qmp", f"unix:{self.qmp},server,nowait",
             "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:6443",
             "-device", "virtio-net-pci,netdev=n0",
@@ -129,12 +133,15 @@ class VM:
             raise K4sError(f"a VM is already running (pid {self.pidfile.read_text().strip()})",
                            hint="stop it with `make down`")
         with socket.socket() as s:
+            # as QEMU's hostfwd binds: the last session's TIME_WAIT sockets do not own the port
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", self.port))
             except OSError:
                 raise K4sError(f"host port {self.port} is in use", hint="free it, or pass --port") from None
         self.out.mkdir(parents=True, exist_ok=True)
         self.console.write_bytes(b"")
+        self.events.write_bytes(b"")
         argv = self.argv()
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=open(self.out / "qemu.stderr", "wb"), start_new_session=True)
@@ -148,19 +155,26 @@ class VM:
             return None
 
     def wait_ready(self, proc: subprocess.Popen[bytes] | None, timeout: float, echo: bool = True) -> str:
-        """Follow the console until the node is Ready; its name. Raises on a fatal error or exit."""
+        """Follow the boot until the node is Ready; its name. Raises on a fatal error or exit.
+        The guest's events (JSON lines on its second serial port) say what happened; the
+        console is echoed for people."""
         end = time.monotonic() + timeout
-        pos = 0
+        pos = seen = 0
         while time.monotonic() < end:
-            text = self.console.read_text(errors="replace")
-            new, pos = text[pos:], len(text)
-            for line in new.splitlines():
-                if echo and ("component=" in line or line.startswith("k4s")):
-                    print(line, flush=True)
-                if m := FATAL.search(line):
-                    raise K4sError(f"the appliance failed: {m.group(0)}", hint=f"see {self.console}")
-                if m := READY.search(line):
-                    return m.group(1)
+            if echo:
+                text = self.console.read_text(errors="replace")
+                new, pos = text[pos:], len(text)
+                for line in new.splitlines():
+                    if "component=" in line or line.startswith("k4s"):
+                        print(line, flush=True)
+            events = log.read_events(self.events)
+            for e in events[seen:]:
+                if e.get("event") == "fatal":
+                    hint = f" (hint: {e['hint']})" if e.get("hint") else ""
+                    raise K4sError(f"the appliance failed: {e.get('error')}{hint}", hint=f"see {self.console}")
+                if e.get("component") == "node" and e.get("event") == "ready":
+                    return str(e.get("node"))
+            seen = len(events)
             if proc is not None and proc.poll() is not None:
                 raise K4sError(f"QEMU exited ({proc.returncode}) before the node was Ready",
                                hint=f"see {self.console} and {self.out / 'qemu.stderr'}")

@@ -4,31 +4,37 @@ from __future__ import annotations
 
 import yaml
 
-from k4s import kubeapi
-from k4s.components import Node
+from k4s.cluster import certs, kubeapi
+from k4s.cluster.node import Node
+from k4s.config import Config
 from k4s.fsutil import write_atomic
 
-NAME = "kubelet"
 BINARY = "kubelet"
-AFTER = ("containerd", "kube-apiserver")
+HELPERS: tuple[str, ...] = ()  # mount, umount, nft, iptables: host tools packed by mkimage
 NODE = True
-HEALTHZ_PORT = 10248
+HOST = None
+READY_TIMEOUT = 180.0
+HEALTHZ_PORT, PORT = 10248, 10250
+
+
+def ports(cfg: Config) -> list[tuple[str, int]]:
+    return [("127.0.0.1", HEALTHZ_PORT), ("0.0.0.0", PORT)]
 
 
 def kubelet_config(node: Node) -> dict:
-    pki, cfg = node.pki, node.cfg
+    c, cfg = node.certs, node.cfg
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
         "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
-                           "x509": {"clientCAFile": str(pki / "ca.crt")}},
+                           "x509": {"clientCAFile": str(c.crt(certs.CLUSTER_CA))}},
         "authorization": {"mode": "Webhook"},
         "cgroupDriver": "cgroupfs",
         "containerRuntimeEndpoint": f"unix://{node.containerd_socket}",
         "clusterDNS": [cfg.cluster_dns],
         "clusterDomain": cfg.cluster_domain,
-        "tlsCertFile": str(pki / "kubelet-server.crt"),
-        "tlsPrivateKeyFile": str(pki / "kubelet-server.key"),
+        "tlsCertFile": str(c.crt(certs.KUBELET_SERVER)),
+        "tlsPrivateKeyFile": str(c.key(certs.KUBELET_SERVER)),
         "healthzBindAddress": "127.0.0.1",
         "healthzPort": HEALTHZ_PORT,
         "readOnlyPort": 0,
@@ -57,7 +63,7 @@ def command(node: Node) -> list[str]:
     return [
         str(node.bin(BINARY)),
         f"--config={conf}",
-        f"--kubeconfig={node.paths.kubeconfig('kubelet')}",
+        f"--kubeconfig={node.certs.kubeconfig(certs.KUBELET)}",
         f"--root-dir={root}",
         f"--hostname-override={node.cfg.node_name}",
         f"--node-ip={node.node_ip}",

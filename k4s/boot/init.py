@@ -12,12 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-from k4s import libc, log
+from k4s import layout, log
+from k4s.boot import libc
 from k4s.config import Config
 from k4s.errors import K4sError
 
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/libexec/k4s"
-MODULES_LIST = Path("/etc/k4s/modules.list")
 CGROUP_CONTROLLERS = ("cpuset", "cpu", "io", "memory", "hugetlb", "pids")
 SYSCTLS = {
     "net/ipv4/ip_forward": "1",
@@ -71,7 +70,6 @@ def mount_all() -> None:
                        hint="boot a kernel with cgroup v2 (CONFIG_CGROUPS, memory and cpu controllers)") from e
 
 
-PARTS_DIR = Path("/usr/lib/k4s/parts")
 LOOP_CTL_GET_FREE, LOOP_CONFIGURE = 0x4C82, 0x4C0A
 LO_FLAGS_READ_ONLY, LO_FLAGS_AUTOCLEAR = 1, 4
 
@@ -113,7 +111,7 @@ def mount_loop(image: Path, target: str, fstype: str) -> str:
 def mount_parts() -> int:
     """Mount each squashfs part of the image at its directory."""
     count = 0
-    for sq in sorted(PARTS_DIR.glob("*.squashfs")) if PARTS_DIR.is_dir() else []:
+    for sq in sorted(layout.PARTS_DIR.glob("*.squashfs")) if layout.PARTS_DIR.is_dir() else []:
         target = sq.with_suffix("")
         target.mkdir(exist_ok=True)
         if os.path.ismount(target):  # the k4s bundle: stage 0 (/init) mounted it
@@ -137,10 +135,10 @@ def grow_root() -> None:
 
 
 def load_modules() -> int:
-    from k4s import kmod
+    from k4s.boot import kmod
 
     try:
-        names = [ln.split("#")[0].strip() for ln in MODULES_LIST.read_text().splitlines()]
+        names = [ln.split("#")[0].strip() for ln in layout.MODULES_LIST.read_text().splitlines()]
     except OSError:
         return 0
     idx = kmod.Index.load()
@@ -161,7 +159,7 @@ def min_free_kbytes(mem_total_kib: int) -> int:
 
 
 def sysctls() -> None:
-    from k4s.node import meminfo  # loaded already: boot() runs the node
+    from k4s.cluster.memory import meminfo
 
     values = {f"/proc/sys/{k}": v for k, v in SYSCTLS.items()}
     # Huge pages only for programs that ask (madvise). With Debian's "always", the Go
@@ -182,7 +180,7 @@ def sysctls() -> None:
 def default_node_name(cfg: Config) -> Config:
     """A stable per-machine name when none is configured: k4s-<last 3 MAC bytes>."""
     from k4s import config as configmod
-    from k4s.netconf import physical_interfaces
+    from k4s.boot.netconf import physical_interfaces
 
     if cfg.sources.get("node-name") != "default" or cfg.hostname:
         return cfg
@@ -197,14 +195,15 @@ def default_node_name(cfg: Config) -> Config:
 
 def boot() -> str:
     """Bring the machine up and run the node; the power action to take at the end."""
-    from k4s import cliopts, config, netconf, power
-    from k4s.node import run_server
+    from k4s import config
+    from k4s.boot import netconf, power
+    from k4s.cluster.server import run_server
 
     mount_all()
     stage("mounts")
-    cmdline = cliopts.read_proc_cmdline()
-    cfg = config.load(cmdline=cmdline)
-    log.setup(Path(cfg.run_dir) / "log", cfg.log_level)
+    cfg = config.load(cmdline=config.read_proc_cmdline())
+    paths = layout.Paths.of(cfg.data_dir, cfg.run_dir)
+    log.setup(paths.logs, cfg.log_level, events=paths.events, device=f"/dev/{cfg.events}" if cfg.events else None)
     stage("config", source=cfg.sources.get("node-name"))
     n = load_modules()
     stage("modules", loaded=n)
@@ -216,7 +215,7 @@ def boot() -> str:
         libc.sethostname(cfg.hostname or cfg.node_name)
     except OSError as e:
         stage("hostname-failed", level="warn", error=e.strerror)
-    iface, ip = netconf.setup(cfg, Path(cfg.run_dir))
+    iface, ip = netconf.setup(cfg, paths.run)
     if not cfg.node_ip:
         cfg = config.replace(cfg, node_ip=ip, interface=iface)
     buttons = power.watch_power_button(lambda: os.kill(os.getpid(), signal.SIGPWR))
@@ -228,9 +227,9 @@ def boot() -> str:
 def on_failure_action() -> str:
     """The configured failure action, if the config can be read at all."""
     try:
-        from k4s import cliopts, config
+        from k4s import config
 
-        return config.load(cmdline=cliopts.read_proc_cmdline()).on_failure
+        return config.load(cmdline=config.read_proc_cmdline()).on_failure
     except Exception:
         return "poweroff"
 
@@ -238,13 +237,15 @@ def on_failure_action() -> str:
 def main() -> None:
     """PID 1. Never returns."""
     os.environ.clear()
-    os.environ.update({"PATH": PATH, "HOME": "/root", "TERM": "linux", "LANG": "C.UTF-8"})
+    os.environ.update({"PATH": layout.PATH, "HOME": "/root", "TERM": "linux", "LANG": "C.UTF-8"})
     action = "poweroff"
     try:
         log.console(f"k4s init: starting (kernel {os.uname().release}, {log.uptime():.2f}s since boot)")
+        log.record("init", "start", kernel=os.uname().release)
         action = boot()
     except K4sError as e:
         log.console(e.render("k4s init"))
+        log.record("init", "fatal", level="error", error=e.message, hint=e.hint)
         action = on_failure_action()
         log.console(f"k4s init: fatal error; will {action} (on-failure, k4s.on-failure=poweroff|reboot|halt)")
         time.sleep(1)
@@ -254,14 +255,15 @@ def main() -> None:
         traceback.print_exc()
         log.console(f"k4s init: error: unexpected {type(e).__name__}: {e} (hint: this is a bug; "
                     "the traceback above says where)")
+        log.record("init", "fatal", level="error", error=f"unexpected {type(e).__name__}: {e}")
         action = on_failure_action()
     finally:
         shutdown(action)
 
 
 def shutdown(action: str) -> None:
-    from k4s import power
-    from k4s.supervisor import kill_all
+    from k4s.boot import power
+    from k4s.cluster.supervisor import kill_all
 
     try:
         kill_all()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from k4s.cluster.certs import ADMIN, CLUSTER_CA, Files
 from k4s.errors import K4sError
 
 FIELD_MANAGER = "k4s"
@@ -69,8 +70,9 @@ class Client:
     _resources: dict[str, dict[str, tuple[str, bool]]] = field(default_factory=dict)
 
     @classmethod
-    def from_pki(cls, pki_dir: Path, port: int, user: str = "admin", host: str = "127.0.0.1") -> Client:
-        return cls(host, port, tls_context(pki_dir / "ca.crt", pki_dir / f"{user}.crt", pki_dir / f"{user}.key"))
+    def from_files(cls, files: Files, port: int, user: str = ADMIN, host: str = "127.0.0.1") -> Client:
+        """As one of the node's own identities, trusting the node's CA."""
+        return cls(host, port, tls_context(files.crt(CLUSTER_CA), files.crt(user), files.key(user)))
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 content_type: str = "application/json") -> tuple[int, bytes]:

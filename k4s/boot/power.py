@@ -14,7 +14,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from k4s import libc, log
+from k4s import log
+from k4s.boot import libc
 
 ACTION_SIGNAL = {"poweroff": signal.SIGUSR2, "halt": signal.SIGUSR1, "reboot": signal.SIGTERM}
 SIGNAL_ACTION = {signal.SIGUSR2: "poweroff", signal.SIGPWR: "poweroff", signal.SIGUSR1: "halt",
@@ -94,15 +95,3 @@ def pid1_is_k4s() -> bool:
             getattr(sys, "frozen", False))
     except OSError:
         return False
-
-
-def power_cli(action: str, doc: str):  # type: ignore[no-untyped-def]
-    """The click command of the poweroff, reboot and halt applets."""
-    import click
-
-    @click.command(name=action, help=doc.split("\n\n")[0])
-    @click.option("-f", "--force", is_flag=True, help=f"Do not stop the node in order; sync and {action} now.")
-    def cli(force: bool) -> int:
-        return request(action, force)
-
-    return cli

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from k4s import libc
+from k4s.boot import libc
 from k4s.errors import K4sError
 
 EEXIST = 17

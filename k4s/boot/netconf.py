@@ -97,7 +97,6 @@ class DHCP:
         self.bound = threading.Event()
         self.error: BaseException | None = None
         self.ip = ""
-        self.stop = threading.Event()
 
     async def _main(self) -> None:
         iproute()
@@ -129,8 +128,7 @@ class DHCP:
             await client.wait_for_state(State.BOUND, timeout=60)
             self.ip = client.lease.ip if client.lease else ""
             self.bound.set()
-            while not self.stop.is_set():
-                await asyncio.sleep(1)
+            await asyncio.Event().wait()  # renew the lease for the life of the node
 
     def _run(self) -> None:
         try:

@@ -8,12 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from k4s import oci
 from k4s.config import Config
+from k4s.image import oci
 
 Obj = dict[str, Any]
 LABELS = {"app.kubernetes.io/managed-by": "k4s"}
 NODE_BIN = "/k4s-node-bin"  # where pods that run a node program see its directory
+COREDNS = "coredns"  # the node's program CoreDNS runs (under bin-dir)
+BINARIES = (COREDNS,)  # what the addons need under bin-dir: mkimage packs them
 
 
 def rbac() -> list[Obj]:
@@ -57,7 +59,7 @@ def coredns(cfg: Config, binary: Path) -> list[Obj]:
     beyond its heap, and there is no 50 MB layer to import at boot."""
     ns, name = "kube-system", "coredns"
     # the multicall picks the component from argv[1] when it is not called as coredns
-    command = [f"{NODE_BIN}/{binary.name}", *([] if binary.name == "coredns" else ["coredns"])]
+    command = [f"{NODE_BIN}/{binary.name}", *([] if binary.name == COREDNS else [COREDNS])]
     labels = {"k8s-app": "kube-dns", **LABELS}
     meta = {"name": name, "namespace": ns, "labels": labels}
     return [

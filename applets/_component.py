@@ -1,4 +1,4 @@
-"""The applets that wrap one upstream component: config -> flags -> exec.
+"""The applets that wrap one upstream component (a click command factory): config -> flags -> exec.
 
 `kubelet` (a symlink to k4s) builds the kubelet's flags and config file from
 the k4s Config, then execs the upstream kubelet with an explicit environment;
@@ -11,22 +11,24 @@ import os
 
 import click
 
-from k4s import components
+from k4s import config
+from k4s.cluster import components
 from k4s.errors import K4sError
+from k4s.proc import child_env
 
 PASSTHROUGH = {"--version", "version", "-version"}
 
 
 def exec_component(name: str, args: tuple[str, ...]) -> int:
-    from k4s import cliopts, node
+    from k4s.cluster.node import Node
 
     m = components.module(name)
-    cfg = cliopts.load_config(None, None, ())
+    cfg = config.load_for_applet(None, None, ())
     if PASSTHROUGH & set(args):
         argv = [os.path.join(cfg.bin_dir, m.BINARY), *args]
     else:
-        argv = [*components.argv(name, node.make_node(cfg)), *args]
-    env = components.child_env(cfg.bin_dir, cfg.component_gogc)
+        argv = [*components.argv(name, Node.of(cfg)), *args]
+    env = child_env(cfg.bin_dir, cfg.component_gogc)
     try:
         os.execve(argv[0], argv, env)
     except OSError as e:

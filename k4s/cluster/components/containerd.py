@@ -5,14 +5,23 @@ from __future__ import annotations
 import json
 import socket
 
-from k4s.components import Node
+from k4s.cluster.node import Node
+from k4s.config import Config
 from k4s.fsutil import write_atomic
-from k4s.oci import PAUSE_VERSION, REGISTRY
+from k4s.image.oci import PAUSE_VERSION, REGISTRY
 
-NAME = "containerd"
 BINARY = "containerd"
-AFTER: tuple[str, ...] = ()
+CTR = "ctr"  # containerd's client (a name of the same multicall)
+SHIM, RUNC = "containerd-shim-runc-v2", "runc"
+CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
+HELPERS = (SHIM, RUNC, CTR, *CNI_PLUGINS)
 NODE = True
+HOST = None
+READY_TIMEOUT = 120.0
+
+
+def ports(cfg: Config) -> list[tuple[str, int]]:
+    return []  # a unix socket in run-dir
 CNI_NETWORK = "k4s"
 
 
@@ -68,7 +77,7 @@ disabled_plugins = [
   [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
     runtime_type = "io.containerd.runc.v2"
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
-      BinaryName = "{node.bin('runc')}"
+      BinaryName = "{node.bin(RUNC)}"
       SystemdCgroup = false
       # The appliance's root is the initramfs (rootfs), where pivot_root(2) is
       # refused; runc then moves the container root and chroots instead.

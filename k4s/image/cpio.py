@@ -1,4 +1,4 @@
-"""newc cpio: a deterministic writer and a defensive reader.
+"""newc cpio: an in-memory tree, a deterministic writer and a defensive reader.
 
 Writer: entries in the order given (the image builder sorts them), inodes
 renumbered from 1, uid/gid 0, mtime fixed (SOURCE_DATE_EPOCH), nlink 1 (2 for
@@ -20,7 +20,7 @@ import stat
 import subprocess
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -83,6 +83,77 @@ def write(out: BinaryIO, entries: list[Entry], mtime: int | None = None) -> int:
         out.write(_pad(e.length))
         total += e.length + len(_pad(e.length))
     return total
+
+
+@dataclass
+class Tree:
+    """An archive being built, in memory: member name -> Entry, each tagged with the part
+    (segment) it belongs to. `merged` maps top directories that are symlinks in the
+    archive (merged /usr: bin -> usr/bin) so that every path lands in its real place."""
+
+    entries: dict[str, Entry] = field(default_factory=dict)
+    merged: dict[str, str] = field(default_factory=dict)
+
+    def norm(self, path: str) -> str:
+        p = path.strip("/")
+        head, _, rest = p.partition("/")
+        if head in self.merged and rest:
+            p = f"{self.merged[head]}/{rest}"
+        return p
+
+    def _parents(self, path: str, part: str) -> None:
+        parts = path.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d not in self.entries:
+                self.entries[d] = Entry(d, stat.S_IFDIR | 0o755, part=part)
+
+    def add(self, e: Entry) -> None:
+        e.name = self.norm(e.name)
+        if not e.name:
+            return  # the root itself: the kernel's rootfs already exists
+        self._parents(e.name, e.part)
+        self.entries[e.name] = e
+
+    def dir(self, path: str, part: str, mode: int = 0o755) -> None:
+        self.add(Entry(path, stat.S_IFDIR | mode, part=part))
+
+    def file(self, path: str, source: Path, part: str, mode: int | None = None) -> None:
+        st = source.stat()
+        self.add(Entry(path, stat.S_IFREG | (mode if mode is not None else stat.S_IMODE(st.st_mode)),
+                            source=source, size=st.st_size, part=part))
+
+    def data(self, path: str, data: bytes, part: str, mode: int = 0o644) -> None:
+        self.add(Entry(path, stat.S_IFREG | mode, data=data, part=part))
+
+    def symlink(self, path: str, target: str, part: str) -> None:
+        self.add(Entry(path, stat.S_IFLNK | 0o777, data=target.encode(), part=part))
+
+    def dev(self, path: str, major: int, minor: int, mode: int, part: str = "base") -> None:
+        self.add(Entry(path, stat.S_IFCHR | mode, rdev=(major, minor), part=part))
+
+    def tree(self, src: Path, dst: str, part: str) -> None:
+        """Copy a host directory, keeping symlinks as symlinks."""
+        for root, dirs, files in os.walk(src):
+            dirs.sort()
+            rel = os.path.relpath(root, src)
+            base = dst if rel == "." else f"{dst}/{rel}"
+            self.dir(base, part, stat.S_IMODE(os.stat(root).st_mode))
+            for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+                p = Path(root, name)
+                if p.is_symlink():
+                    self.symlink(f"{base}/{name}", os.readlink(p), part)
+                else:
+                    self.file(f"{base}/{name}", p, part)
+
+    def segment(self, part: str) -> list[Entry]:
+        """The part's entries, sorted, with every parent directory it needs."""
+        names = {n for n, e in self.entries.items() if e.part == part}
+        for n in list(names):
+            bits = n.split("/")[:-1]
+            names.update("/".join(bits[:i]) for i in range(1, len(bits) + 1))
+        return [self.entries[n] for n in sorted(names)]
+
 
 
 # --- reading -----------------------------------------------------------------------------

@@ -1,20 +1,20 @@
 """The appliance image: a tree of parts packed as concatenated, separately
 compressed newc cpio segments (the kernel unpacks them in order).
 
-Parts, in segment order: base (symlinks, /dev nodes, rootfs overlay), k4s (the
-frozen bundle), libs (the ldd closure of every ELF), tools (busybox, nft,
-iptables, conntrack), kubernetes (the kube multicall), runtime (containerd,
-shim, runc, CNI), etcd, images (airgap OCI tarballs), modules (kernel modules
-with depmod output). One segment per part makes the size report exact and
-lets an unchanged part reuse its compressed segment from the cache.
-
-Every path is under /usr (merged /usr, like Debian): /bin, /sbin, /lib and
-/lib64 are symlinks in the base part, so no later segment can replace them.
+Parts, in segment order (layout.PARTS): base (symlinks, /dev nodes, the rootfs
+overlay, stage 0), k4s (the frozen bundle), libs (the ldd closure of every ELF),
+tools (busybox, nft, iptables, conntrack), kubernetes (the kube multicall),
+runtime (containerd, shim, runc, CNI), images (airgap OCI tarballs), modules
+(kernel modules with depmod output). One segment per part makes the size
+report exact and lets an unchanged part reuse its compressed segment from the
+cache. Where each thing goes is k4s.layout; which binaries the node runs is
+the component modules' (components.binaries) and the addons'.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -22,30 +22,17 @@ import stat
 import subprocess
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from k4s import cpio, kmod
+from k4s import layout
+from k4s.boot import kmod
 from k4s.errors import K4sError
 from k4s.fsutil import write_atomic
+from k4s.image import cpio
+from k4s.image.cpio import Tree
 
-PARTS = ("base", "k4s", "libs", "tools", "kubernetes", "runtime", "images", "modules")
-# With payload=squashfs these parts become squashfs files that init mounts
-# (loop, read-only): their bytes stay compressed in RAM and pages are read in
-# on demand, instead of unpacking hundreds of MB into the RAM root.
-SQUASHFS_PARTS = ("k4s", "kubernetes", "runtime", "images")
-PARTS_DIR = "usr/lib/k4s/parts"
-MERGED = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
-BUNDLE = "usr/lib/k4s"
-LIBEXEC = "usr/libexec/k4s"
-# Applets worth a name of their own in /usr/bin or /usr/sbin; the rest run as `k4s NAME`.
-APPLET_LINKS = {
-    "usr/sbin": ("init", "poweroff", "reboot", "halt", "modprobe", "insmod", "lsmod"),
-    "usr/bin": ("cpio",),  # no kubectl on the node (no shell either): drive it from outside
-}
-RUNTIME = ("containerd", "containerd-shim-runc-v2", "runc", "bridge", "host-local", "loopback", "portmap")
-KUBE_LINKS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy",
-              "etcd", "etcdctl", "coredns")
+KUBE_MULTICALL = "kube"  # the file every Kubernetes component name links to: the kubernetes part
 HOST_TOOLS = {  # host path -> extra names (links) in the image
     "/usr/sbin/nft": (),
     "/usr/sbin/xtables-nft-multi": ("iptables", "iptables-save", "iptables-restore", "ip6tables",
@@ -53,71 +40,6 @@ HOST_TOOLS = {  # host path -> extra names (links) in the image
     "/usr/sbin/conntrack": (),
 }
 XTABLES = Path("/usr/lib/x86_64-linux-gnu/xtables")  # iptables loads its matches and targets from here
-
-
-@dataclass
-class Tree:
-    entries: dict[str, cpio.Entry] = field(default_factory=dict)
-
-    def norm(self, path: str) -> str:
-        p = path.strip("/")
-        head, _, rest = p.partition("/")
-        if head in MERGED and rest:
-            p = f"{MERGED[head]}/{rest}"
-        return p
-
-    def _parents(self, path: str, part: str) -> None:
-        parts = path.split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            d = "/".join(parts[:i])
-            if d not in self.entries:
-                self.entries[d] = cpio.Entry(d, stat.S_IFDIR | 0o755, part=part)
-
-    def add(self, e: cpio.Entry) -> None:
-        e.name = self.norm(e.name)
-        if not e.name:
-            return  # the root itself: the kernel's rootfs already exists
-        self._parents(e.name, e.part)
-        self.entries[e.name] = e
-
-    def dir(self, path: str, part: str, mode: int = 0o755) -> None:
-        self.add(cpio.Entry(path, stat.S_IFDIR | mode, part=part))
-
-    def file(self, path: str, source: Path, part: str, mode: int | None = None) -> None:
-        st = source.stat()
-        self.add(cpio.Entry(path, stat.S_IFREG | (mode if mode is not None else stat.S_IMODE(st.st_mode)),
-                            source=source, size=st.st_size, part=part))
-
-    def data(self, path: str, data: bytes, part: str, mode: int = 0o644) -> None:
-        self.add(cpio.Entry(path, stat.S_IFREG | mode, data=data, part=part))
-
-    def symlink(self, path: str, target: str, part: str) -> None:
-        self.add(cpio.Entry(path, stat.S_IFLNK | 0o777, data=target.encode(), part=part))
-
-    def dev(self, path: str, major: int, minor: int, mode: int, part: str = "base") -> None:
-        self.add(cpio.Entry(path, stat.S_IFCHR | mode, rdev=(major, minor), part=part))
-
-    def tree(self, src: Path, dst: str, part: str) -> None:
-        """Copy a host directory, keeping symlinks as symlinks."""
-        for root, dirs, files in os.walk(src):
-            dirs.sort()
-            rel = os.path.relpath(root, src)
-            base = dst if rel == "." else f"{dst}/{rel}"
-            self.dir(base, part, stat.S_IMODE(os.stat(root).st_mode))
-            for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
-                p = Path(root, name)
-                if p.is_symlink():
-                    self.symlink(f"{base}/{name}", os.readlink(p), part)
-                else:
-                    self.file(f"{base}/{name}", p, part)
-
-    def segment(self, part: str) -> list[cpio.Entry]:
-        """The part's entries, sorted, with every parent directory it needs."""
-        names = {n for n, e in self.entries.items() if e.part == part}
-        for n in list(names):
-            bits = n.split("/")[:-1]
-            names.update("/".join(bits[:i]) for i in range(1, len(bits) + 1))
-        return [self.entries[n] for n in sorted(names)]
 
 
 # --- ELF dependencies --------------------------------------------------------------------
@@ -215,18 +137,47 @@ def kernel_release(kernel_root: Path) -> str:
     return mods[-1]
 
 
+def node_binaries() -> list[str]:
+    """Every program under bin-dir the node runs: the components' and the addons'."""
+    from k4s.cluster import addons, components
+
+    return list(dict.fromkeys([*components.binaries(), *addons.BINARIES]))
+
+
+def add_binaries(t: Tree, bindir: Path, names: list[str]) -> list[Path]:
+    """The named programs from the components' bin dir into LIBEXEC. A name that is a link to
+    another file of that dir (kube-apiserver -> kube) stays a link; the real files are the
+    kubernetes part (the kube multicall) or the runtime part. The real files, for ldd."""
+    libexec = layout.member(layout.LIBEXEC)
+    real: list[Path] = []
+    for name in names:
+        p = bindir / name
+        if not p.exists():
+            raise K4sError(f"component {name} not found in {bindir}", hint="run `make components`")
+        target = os.readlink(p) if p.is_symlink() else ""
+        if target and "/" not in target:  # a name of a multicall in the same dir
+            file = target
+            t.symlink(f"{libexec}/{name}", target, "kubernetes" if target == KUBE_MULTICALL else "runtime")
+        else:
+            file = name
+        if f"{libexec}/{file}" not in t.entries:
+            src = (bindir / file).resolve()
+            t.file(f"{libexec}/{file}", src, "kubernetes" if file == KUBE_MULTICALL else "runtime", 0o755)
+            real.append(src)
+    return real
+
+
 def assemble(inp: Inputs, workdir: Path) -> Tree:
     inp = Inputs(*(p.resolve() for p in (inp.bundle, inp.components, inp.images, inp.rootfs, inp.kernel_root,
                                           inp.busybox)), [p.resolve() for p in inp.extra])
-    t = Tree()
-    for name in ("bin", "sbin", "lib", "lib64"):
-        t.symlink(name, MERGED[name], "base")
-    for d in ("proc", "sys", "dev", "run", "tmp", "root", "etc", "var/lib/k4s", "var/log", "usr/bin", "usr/sbin",
+    t = Tree(merged=dict(layout.MERGED))
+    for name, target in layout.MERGED.items():
+        t.symlink(name, target, "base")
+    for d in ("proc", "sys", "dev", "run", "tmp", "root", "etc", layout.DATA_DIR, "var/log", "usr/bin", "usr/sbin",
               "usr/lib64", "mnt"):
-        t.dir(d, "base", 0o1777 if d == "tmp" else 0o755)
+        t.dir(layout.member(d), "base", 0o1777 if d == "tmp" else 0o755)
     t.symlink("var/run", "../run", "base")
-    t.symlink("usr/share/k4s/images", f"/{LIBEXEC}/images", "base")
-    t.symlink("var/log/k4s", "/run/k4s/log", "base")  # kubelet serves /var/log: kubectl get --raw .../proxy/logs/k4s/
+    t.symlink(layout.member(layout.LOG_LINK), str(layout.Paths.of(layout.DATA_DIR, layout.RUN_DIR).logs), "base")
     t.dev("dev/console", 5, 1, 0o600)
     t.dev("dev/null", 1, 3, 0o666)
     t.dev("dev/urandom", 1, 9, 0o666)
@@ -241,30 +192,19 @@ def assemble(inp: Inputs, workdir: Path) -> Tree:
     exe = inp.bundle / "k4s"
     if not exe.exists():
         raise K4sError(f"frozen k4s not found at {exe}", hint="run `make k4s`")
-    t.tree(inp.bundle, BUNDLE, "k4s")
-    t.symlink("init", f"/{BUNDLE}/k4s", "base")
-    t.symlink("usr/bin/k4s", f"/{BUNDLE}/k4s", "base")
-    for d, names in APPLET_LINKS.items():
+    t.tree(inp.bundle, layout.member(layout.BUNDLE), "k4s")
+    t.symlink("init", str(layout.K4S), "base")
+    t.symlink("usr/bin/k4s", str(layout.K4S), "base")
+    for d, names in layout.APPLET_LINKS.items():
         for n in names:
-            t.symlink(f"{d}/{n}", f"/{BUNDLE}/k4s", "base")
+            t.symlink(layout.member(f"{d}/{n}"), str(layout.K4S), "base")
 
     # upstream components
-    def comp(name: str, part: str) -> Path:
-        p = (inp.components / name).resolve()
-        if not p.exists():
-            raise K4sError(f"component {name} not found in {inp.components}", hint="run `make components`")
-        t.file(f"{LIBEXEC}/{name}", p, part, 0o755)
-        return p
-
-    comp("kube", "kubernetes")
-    for n in KUBE_LINKS:
-        t.symlink(f"{LIBEXEC}/{n}", "kube", "kubernetes")
-    runtime = [comp(n, "runtime") for n in RUNTIME]
-    t.symlink(f"{LIBEXEC}/ctr", "containerd", "runtime")  # containerd is a multicall with ctr
+    runtime = [p for p in add_binaries(t, inp.components, node_binaries()) if p.name != KUBE_MULTICALL]
 
     # tools the node execs: busybox for mount/umount/sh and friends, nft, iptables-nft, conntrack
     t.file("usr/bin/busybox", inp.busybox.resolve(), "tools", 0o755)
-    ours = {n for names in APPLET_LINKS.values() for n in names}
+    ours = {n for names in layout.APPLET_LINKS.values() for n in names}
     for applet in run([str(inp.busybox), "--list-full"]).split():
         if os.path.basename(applet) not in ours and t.norm(applet) not in t.entries:
             t.symlink(applet, "/usr/bin/busybox", "tools")
@@ -286,7 +226,7 @@ def assemble(inp: Inputs, workdir: Path) -> Tree:
     if not tars:
         raise K4sError(f"no airgap images in {inp.images}", hint="run `make images`")
     for tar in tars:
-        t.file(f"{LIBEXEC}/images/{tar.name}", tar, "images", 0o644)
+        t.file(layout.member(layout.IMAGES / tar.name), tar, "images", 0o644)
 
     # shared libraries: launcher without LD_LIBRARY_PATH, bundle .so with it, the rest plain
     internal = inp.bundle / "_internal"
@@ -297,7 +237,8 @@ def assemble(inp: Inputs, workdir: Path) -> Tree:
 
     # kernel modules
     release = kernel_release(inp.kernel_root)
-    wanted = [ln.split("#")[0].strip() for ln in (inp.rootfs / "etc/k4s/modules.list").read_text().splitlines()]
+    wanted = [ln.split("#")[0].strip()
+              for ln in (inp.rootfs / layout.member(layout.MODULES_LIST)).read_text().splitlines()]
     stage = workdir / "modules"
     shutil.rmtree(stage, ignore_errors=True)
     stage_modules(inp.kernel_root, release, [w for w in wanted if w], stage)
@@ -315,7 +256,7 @@ def stage0_init(kernel_root: Path) -> bytes:
     release = kernel_release(kernel_root)
     idx = kmod.Index.load(str(kernel_root), release)
     kos = [f"/usr/lib/modules/{release}/{idx.deps[n][0]}" for w in STAGE0_MODULES for n in idx.plan(w)]
-    bundle = f"/{PARTS_DIR}/k4s"
+    bundle = layout.part_mount("k4s")
     return f"""#!/usr/bin/busybox sh
 # k4s stage 0, written by mkimage. The k4s bundle is a squashfs, kept compressed
 # in RAM like the components: mount it and hand PID 1 over to k4s init.
@@ -326,7 +267,7 @@ for ko in {" ".join(dict.fromkeys(kos))}; do
     $b insmod "$ko" 2>/dev/null
 done
 if $b mount -t squashfs -o loop,ro {bundle}.squashfs {bundle}; then
-    exec /{BUNDLE}/k4s init "$@"
+    exec {layout.K4S} init "$@"
 fi
 echo "k4s stage 0: error: cannot mount {bundle}.squashfs (hint: rebuild the image with make image; \
 the kernel needs the loop and squashfs modules)"
@@ -390,9 +331,9 @@ def squash_part(tree: Tree, part: str, cache: Path | None) -> int:
         top = rel.split("/")[0]
         link = f"{prefix}/{top}"
         if link not in tree.entries:
-            tree.symlink(link, f"/{PARTS_DIR}/{part}/{top}", part)
-    tree.file(f"{PARTS_DIR}/{part}.squashfs", out, part, 0o444)
-    tree.dir(f"{PARTS_DIR}/{part}", part)
+            tree.symlink(link, f"{layout.part_mount(part)}/{top}", part)
+    tree.file(layout.member(layout.part_squashfs(part)), out, part, 0o444)
+    tree.dir(layout.member(layout.part_mount(part)), part)
     return unpacked
 
 
@@ -412,13 +353,13 @@ def build(inp: Inputs, out: Path, method: str = "zstd", level: int | None = None
         tree = assemble(inp, Path(tmp))
         unpacked: dict[str, int] = {}
         if payload == "squashfs":
-            for part in SQUASHFS_PARTS:
+            for part in layout.SQUASHFS_PARTS:
                 unpacked[part] = squash_part(tree, part, cache)
             del tree.entries["init"]
             tree.data("init", stage0_init(inp.kernel_root), "base", 0o755)
         segs: list[Segment] = []
         blobs: list[bytes] = []
-        for part in PARTS:
+        for part in layout.PARTS:
             entries = tree.segment(part)
             if not entries:
                 continue
@@ -442,6 +383,13 @@ def build(inp: Inputs, out: Path, method: str = "zstd", level: int | None = None
             segs.append(Segment(part, files, unpacked.get(part, len(raw)), len(blob), hit))
         write_atomic(out, b"".join(blobs))
     return segs
+
+
+def report_json(segs: list[Segment]) -> str:
+    """The size table as data: what the bench reads (the text table is for people)."""
+    return json.dumps({"segments": [asdict(s) for s in segs],
+                       "total": {"files": sum(s.files for s in segs), "unpacked": sum(s.unpacked for s in segs),
+                                 "compressed": sum(s.compressed for s in segs)}}, indent=1) + "\n"
 
 
 def report(segs: list[Segment]) -> str:

@@ -4,27 +4,33 @@ from __future__ import annotations
 
 import yaml
 
-from k4s import kubeapi
-from k4s.components import Node
+from k4s.cluster import certs, kubeapi
+from k4s.cluster.node import Node
+from k4s.config import Config
 from k4s.fsutil import write_atomic
 
-NAME = "kube-proxy"
 BINARY = "kube-proxy"
-AFTER = ("kube-apiserver",)
+HELPERS: tuple[str, ...] = ()
 NODE = True
-HEALTHZ = "127.0.0.1:10256"
+HOST = "kubelet"
+READY_TIMEOUT = 120.0
+HEALTHZ_PORT, METRICS_PORT = 10256, 10249
+
+
+def ports(cfg: Config) -> list[tuple[str, int]]:
+    return [("127.0.0.1", HEALTHZ_PORT), ("127.0.0.1", METRICS_PORT)]
 
 
 def proxy_config(node: Node) -> dict:
     return {
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
         "kind": "KubeProxyConfiguration",
-        "clientConnection": {"kubeconfig": str(node.paths.kubeconfig("kube-proxy"))},
+        "clientConnection": {"kubeconfig": str(node.certs.kubeconfig(certs.KUBE_PROXY))},
         "mode": "nftables",
         "clusterCIDR": node.cfg.cluster_cidr,
         "hostnameOverride": node.cfg.node_name,
-        "healthzBindAddress": HEALTHZ,
-        "metricsBindAddress": "127.0.0.1:10249",
+        "healthzBindAddress": f"127.0.0.1:{HEALTHZ_PORT}",
+        "metricsBindAddress": f"127.0.0.1:{METRICS_PORT}",
         "conntrack": {"maxPerCore": 0},  # leave the kernel's conntrack sizing alone
     }
 
@@ -36,5 +42,5 @@ def command(node: Node) -> list[str]:
 
 
 def ready(node: Node) -> bool:
-    status, _ = kubeapi.get(f"http://{HEALTHZ}/healthz")
+    status, _ = kubeapi.get(f"http://127.0.0.1:{HEALTHZ_PORT}/healthz")
     return status == 200

@@ -5,19 +5,26 @@ from __future__ import annotations
 import base64
 import os
 
-from k4s import kubeapi
-from k4s.components import Node
+from k4s.cluster import certs, kubeapi
+from k4s.cluster.components import etcd
+from k4s.cluster.node import Node
+from k4s.config import Config
 from k4s.fsutil import write_atomic
 
-NAME = "kube-apiserver"
 BINARY = "kube-apiserver"
-AFTER = ("etcd",)
+HELPERS: tuple[str, ...] = ()
 NODE = False
+HOST = None
+READY_TIMEOUT = 180.0
+
+
+def ports(cfg: Config) -> list[tuple[str, int]]:
+    return [("0.0.0.0", cfg.apiserver_port)]
 
 
 def encryption_config(node: Node) -> str:
     """Secrets at rest: AES-CBC with a key made once and kept with the PKI."""
-    path = node.pki / "encryption-config.yaml"
+    path = node.certs.encryption_config
     if not path.exists():
         key = base64.b64encode(os.urandom(32)).decode()
         write_atomic(path, f"""apiVersion: apiserver.config.k8s.io/v1
@@ -35,22 +42,22 @@ resources:
 
 
 def command(node: Node) -> list[str]:
-    pki, cfg = node.pki, node.cfg
+    c, cfg = node.certs, node.cfg
     return [
         str(node.bin(BINARY)),
         f"--advertise-address={node.node_ip}",
         "--bind-address=0.0.0.0",
         f"--secure-port={cfg.apiserver_port}",
-        "--etcd-servers=https://127.0.0.1:2379",
-        f"--etcd-cafile={pki / 'etcd/ca.crt'}",
-        f"--etcd-certfile={pki / 'apiserver-etcd-client.crt'}",
-        f"--etcd-keyfile={pki / 'apiserver-etcd-client.key'}",
-        f"--client-ca-file={pki / 'ca.crt'}",
-        f"--tls-cert-file={pki / 'apiserver.crt'}",
-        f"--tls-private-key-file={pki / 'apiserver.key'}",
-        f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
-        f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
-        f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+        f"--etcd-servers={etcd.CLIENT_URL}",
+        f"--etcd-cafile={c.crt(etcd.CA)}",
+        f"--etcd-certfile={c.crt(etcd.CLIENT_CERT)}",
+        f"--etcd-keyfile={c.key(etcd.CLIENT_CERT)}",
+        f"--client-ca-file={c.crt(certs.CLUSTER_CA)}",
+        f"--tls-cert-file={c.crt(certs.APISERVER)}",
+        f"--tls-private-key-file={c.key(certs.APISERVER)}",
+        f"--kubelet-client-certificate={c.crt(certs.APISERVER_KUBELET_CLIENT)}",
+        f"--kubelet-client-key={c.key(certs.APISERVER_KUBELET_CLIENT)}",
+        f"--kubelet-certificate-authority={c.crt(certs.CLUSTER_CA)}",
         "--kubelet-preferred-address-types=InternalIP,Hostname",
         "--anonymous-auth=false",
         "--authorization-mode=Node,RBAC",
@@ -58,11 +65,11 @@ def command(node: Node) -> list[str]:
         "--allow-privileged=true",
         f"--service-cluster-ip-range={cfg.service_cidr}",
         f"--service-account-issuer=https://kubernetes.default.svc.{cfg.cluster_domain}",
-        f"--service-account-key-file={pki / 'sa.pub'}",
-        f"--service-account-signing-key-file={pki / 'sa.key'}",
-        f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
-        f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
-        f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+        f"--service-account-key-file={c.sa_pub}",
+        f"--service-account-signing-key-file={c.sa_key}",
+        f"--proxy-client-cert-file={c.crt(certs.FRONT_PROXY_CLIENT)}",
+        f"--proxy-client-key-file={c.key(certs.FRONT_PROXY_CLIENT)}",
+        f"--requestheader-client-ca-file={c.crt(certs.FRONT_PROXY_CA)}",
         "--requestheader-allowed-names=front-proxy-client",
         "--requestheader-extra-headers-prefix=X-Remote-Extra-",
         "--requestheader-group-headers=X-Remote-Group",
@@ -74,6 +81,6 @@ def command(node: Node) -> list[str]:
 
 
 def ready(node: Node) -> bool:
-    pki = node.pki
-    ctx = kubeapi.tls_context(pki / "ca.crt", pki / "admin.crt", pki / "admin.key")
-    return kubeapi.says_ok(f"https://127.0.0.1:{node.cfg.apiserver_port}/readyz", ctx)
+    c = node.certs
+    ctx = kubeapi.tls_context(c.crt(certs.CLUSTER_CA), c.crt(certs.ADMIN), c.key(certs.ADMIN))
+    return kubeapi.says_ok(f"{node.apiserver_url}/readyz", ctx)

@@ -1,24 +1,31 @@
 """The supervisor: starts services in dependency order, probes readiness,
 restarts crashes with back-off, stops everything in reverse order.
 
+The order is derived from what each service waits for (`after`): a service
+starts once those are ready, and the stop runs the same order backwards.
+What waits for what is declared once, in k4s.cluster.services.
+
 This is the one module that calls waitpid. It reaps every child, including
 orphans re-parented to it (it is PID 1 on the appliance and a child subreaper
-elsewhere), and hands exit codes to whoever waits on them (`run_command`).
-Nothing else in k4s reaps, so no exit status is ever stolen.
+elsewhere), and hands exit codes to whoever waits on them (`run_command`,
+`call_in_child`, `kill_all`). Nothing else in k4s reaps, so no exit status is
+ever stolen.
 
 Three kinds of service:
   - a process: argv from a callback that also writes its config files;
   - a member of another service's process (`host`): it starts, stops and
     restarts with its host, and has its own readiness probe (the
     controller-manager inside the apiserver's process);
-  - a task: a Python function run in a thread (import images, bootstrap);
-    it is ready when it returns, retried with back-off when it raises.
+  - a task: a Python function run in a thread (import images, bootstrap),
+    given the supervisor; it is ready when it returns, retried with back-off
+    when it raises.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import threading
 import time
@@ -46,9 +53,9 @@ class Service:
     name: str
     after: tuple[str, ...] = ()
     argv: Callable[[], list[str]] | None = None      # a process
-    task: Callable[[], None] | None = None           # or a task
-    host: str | None = None                          # or a member of this service's process
-    pre_stop: Callable[[], None] | None = None       # runs before its process is sent SIGTERM
+    task: Callable[[Supervisor], None] | None = None       # or a task
+    host: str | None = None                                # or a member of this service's process
+    pre_stop: Callable[[Supervisor], None] | None = None   # runs before its process is sent SIGTERM
     probe: Callable[[], bool] | None = None
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout: float = 120.0   # during bring-up: not ready by then is fatal
@@ -76,14 +83,34 @@ class Fatal(K4sError):
     pass
 
 
+def start_order(services: list[Service]) -> list[str]:
+    """Every service after what it waits for (and a member after its host), otherwise in the
+    order given; the stop runs this backwards."""
+    by_name = {s.name: s for s in services}
+    for s in services:
+        unknown = set(s.after) - set(by_name)
+        if unknown:
+            raise ValueError(f"{s.name} waits for unknown services {sorted(unknown)}")
+    order: list[str] = []
+    pending = [s.name for s in services]
+    while pending:
+        for name in pending:
+            s = by_name[name]
+            if all(d in order for d in (*s.after, *([s.host] if s.host else []))):
+                order.append(name)
+                pending.remove(name)
+                break
+        else:
+            raise ValueError(f"the services {sorted(pending)} wait for each other")
+    return order
+
+
 class Supervisor:
-    def __init__(self, services: list[Service], log_dir: Path, status_path: Path | None = None,
-                 on_ready: Callable[[Service], None] | None = None) -> None:
-        self.services = {s.name: s for s in services}
-        self.order = [s.name for s in services]
+    def __init__(self, services: list[Service], log_dir: Path, status_path: Path | None = None) -> None:
+        self.order = start_order(services)
+        self.services = {n: s for n in self.order for s in services if s.name == n}
         self.log_dir = log_dir
         self.status_path = status_path
-        self.on_ready = on_ready
         self.t0 = time.monotonic()
         self.stop_requested = threading.Event()
         self.fatal: Fatal | None = None
@@ -92,9 +119,6 @@ class Supervisor:
         self._spawn_lock = threading.Lock()
         self._dirty = True
         for s in services:
-            unknown = set(s.after) - set(self.services)
-            if unknown:
-                raise ValueError(f"{s.name} waits for unknown services {sorted(unknown)}")
             if s.host is not None and (s.host not in self.services or self.services[s.host].argv is None):
                 raise ValueError(f"{s.name} is hosted by {s.host!r}, which is not a process service")
 
@@ -214,7 +238,7 @@ class Supervisor:
         now = time.monotonic()
         self._mark_started(s, now)
         if s.task is not None:
-            s.task_future = self.pool.submit(s.task)
+            s.task_future = self.pool.submit(s.task, self)
             log.event(s.name, "start", after=now - self.t0)
             return
         assert s.argv is not None
@@ -234,20 +258,10 @@ class Supervisor:
 
     def _became_ready(self, s: Service) -> None:
         now = time.monotonic()
-        first = not s.ever_ready
         s.state, s.ready_at, s.ever_ready = "ready", now, True
         s.early_exits = 0
         self._dirty = True
         log.event(s.name, "ready", after=now - (s.started_at or now), at=now - self.t0)
-        if first and self.on_ready:
-            self.pool.submit(self._safe_hook, s)
-
-    def _safe_hook(self, s: Service) -> None:
-        try:
-            assert self.on_ready
-            self.on_ready(s)
-        except Exception as e:  # a hook must never take the supervisor down
-            log.event(s.name, "hook-failed", level="error", error=str(e))
 
     def _check_task(self, s: Service) -> None:
         f = s.task_future
@@ -351,7 +365,7 @@ class Supervisor:
                 continue
             if s.pre_stop is not None:
                 try:
-                    s.pre_stop()
+                    s.pre_stop(self)
                 except Exception as e:  # the stop goes on whatever happens
                     log.event(s.name, "pre-stop-failed", level="error", error=str(e))
             for x in (s, *self.members(s)):
@@ -457,6 +471,51 @@ def renice(pid: int | None, nice: int) -> None:
             os.setpriority(os.PRIO_PROCESS, tid, nice)
         except OSError:
             pass  # the thread (or process) is gone
+
+
+def call_in_child(fn: Callable[[], Any], timeout: float) -> Any:
+    """fn() in a forked child; its JSON-able result, or its K4sError raised here.
+
+    For a one-off job whose imports should not stay in this long-lived process (PID 1
+    never imports cryptography). Call it before the supervisor starts children, so this
+    waitpid steals no one's exit status. The child only imports, computes, and writes to
+    a pipe (no lock another thread might hold), and the timeout bounds the wait."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 0
+        try:
+            os.close(r)
+            reply: dict[str, Any] = {"result": fn()}
+        except K4sError as e:
+            reply = {"error": e.message, "hint": e.hint}
+        except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
+            reply = {"error": f"{type(e).__name__}: {e}", "hint": "this is a bug in k4s; please report it"}
+        try:
+            with os.fdopen(w, "w") as f:
+                json.dump(reply, f)
+        except BaseException:  # noqa: BLE001
+            code = 1
+        os._exit(code)
+    os.close(w)
+    raw, end = b"", time.monotonic() + timeout
+    with os.fdopen(r, "rb") as f:
+        while time.monotonic() < end and select.select([f], [], [], end - time.monotonic())[0]:
+            chunk = f.read1(65536)
+            if not chunk:
+                break
+            raw += chunk
+        else:
+            os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    try:
+        reply = json.loads(raw)
+    except ValueError:
+        raise K4sError(f"the child died ({os.waitstatus_to_exitcode(status)})", hint="run the step on its own to see "
+                       "its error") from None
+    if "error" in reply:
+        raise K4sError(reply["error"], hint=reply.get("hint"))
+    return reply["result"]
 
 
 def kill_all(grace: float = 3.0) -> None:

@@ -1,11 +1,4 @@
-"""The cluster's certificates and kubeconfigs, laid out like kubeadm's.
-
-    <data-dir>/pki/ca.{crt,key}                      cluster CA
-    <data-dir>/pki/etcd/ca.{crt,key}                 etcd CA
-    <data-dir>/pki/front-proxy-ca.{crt,key}          aggregation-layer CA
-    <data-dir>/pki/<leaf>.{crt,key}                  serving and client certificates
-    <data-dir>/pki/sa.{key,pub}                      service-account signing keys
-    <data-dir>/kubeconfig/<user>.conf                one kubeconfig per client identity
+"""Issues what `k4s.cluster.certs` names: keys, certificates and kubeconfigs.
 
 ECDSA P-256 throughout: a key is generated in a millisecond (RSA-2048 takes
 tens, hundreds under QEMU TCG), and every component accepts it.
@@ -31,91 +24,28 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from k4s.cluster.certs import (
+    CA,
+    CAS,
+    CLIENT,
+    CLUSTER_CA,
+    SERVER,
+    SERVICE_ACCOUNT,
+    Files,
+    Identity,
+    Leaf,
+    leaves,
+)
 from k4s.config import Config
 from k4s.errors import K4sError
 from k4s.fsutil import write_atomic
-from k4s.paths import Paths
+from k4s.layout import Paths
 
 CA_DAYS = 3650
 LEAF_DAYS = 365
 BACKDATE = dt.timedelta(hours=1)  # a diskless node's clock may lag the clock that issued
 KEY_MODE = 0o600
 CERT_MODE = 0o644
-
-SERVER = "server"
-CLIENT = "client"
-
-
-@dataclass(frozen=True)
-class CA:
-    name: str          # file stem under pki/, e.g. "etcd/ca"
-    common_name: str
-
-
-@dataclass(frozen=True)
-class Leaf:
-    name: str
-    ca: CA
-    common_name: str
-    organizations: tuple[str, ...] = ()
-    usages: tuple[str, ...] = (CLIENT,)
-    dns_names: tuple[str, ...] = ()
-    ip_addresses: tuple[str, ...] = ()
-    kubeconfig: str | None = None  # write <data-dir>/kubeconfig/<this>.conf for the identity
-
-    def sans(self) -> set[str]:
-        return {f"DNS:{d}" for d in self.dns_names} | {f"IP:{i}" for i in self.ip_addresses}
-
-
-CLUSTER_CA = CA("ca", "kubernetes-ca")
-ETCD_CA = CA("etcd/ca", "etcd-ca")
-FRONT_PROXY_CA = CA("front-proxy-ca", "front-proxy-ca")
-CAS = (CLUSTER_CA, ETCD_CA, FRONT_PROXY_CA)
-
-
-@dataclass(frozen=True)
-class Identity:
-    """What the certificates must name: derived from the Config and the node's address."""
-
-    node_name: str
-    node_ip: str
-    kubernetes_service_ip: str
-    cluster_domain: str
-    extra_sans: tuple[str, ...] = ()
-
-
-def leaves(ident: Identity) -> list[Leaf]:
-    def split(names: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        dns, ips = [], []
-        for n in names:
-            try:
-                ips.append(str(ipaddress.ip_address(n)))
-            except ValueError:
-                dns.append(n)
-        return tuple(dict.fromkeys(dns)), tuple(dict.fromkeys(ips))
-
-    api_dns, api_ips = split([
-        ident.node_name, "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-        f"kubernetes.default.svc.{ident.cluster_domain}",
-        ident.node_ip, "127.0.0.1", ident.kubernetes_service_ip, *ident.extra_sans,
-    ])
-    node_dns, node_ips = split([ident.node_name, "localhost", ident.node_ip, "127.0.0.1", "::1"])
-    both = (SERVER, CLIENT)
-    return [
-        Leaf("apiserver", CLUSTER_CA, "kube-apiserver", usages=(SERVER,), dns_names=api_dns, ip_addresses=api_ips),
-        Leaf("apiserver-kubelet-client", CLUSTER_CA, "kube-apiserver-kubelet-client"),
-        Leaf("apiserver-etcd-client", ETCD_CA, "kube-apiserver-etcd-client"),
-        Leaf("etcd/server", ETCD_CA, ident.node_name, usages=both, dns_names=node_dns, ip_addresses=node_ips),
-        Leaf("etcd/peer", ETCD_CA, ident.node_name, usages=both, dns_names=node_dns, ip_addresses=node_ips),
-        Leaf("front-proxy-client", FRONT_PROXY_CA, "front-proxy-client"),
-        Leaf("kubelet-server", CLUSTER_CA, ident.node_name, usages=(SERVER,), dns_names=node_dns, ip_addresses=node_ips),
-        Leaf("admin", CLUSTER_CA, "kubernetes-admin", ("system:masters",), kubeconfig="admin"),
-        Leaf("controller-manager", CLUSTER_CA, "system:kube-controller-manager", kubeconfig="controller-manager"),
-        Leaf("scheduler", CLUSTER_CA, "system:kube-scheduler", kubeconfig="scheduler"),
-        Leaf("kubelet", CLUSTER_CA, f"system:node:{ident.node_name}", ("system:nodes",), kubeconfig="kubelet"),
-        Leaf("kube-proxy", CLUSTER_CA, "system:kube-proxy", kubeconfig="kube-proxy"),
-    ]
-
 
 @dataclass
 class Result:
@@ -223,16 +153,16 @@ def _subject(cert: x509.Certificate) -> tuple[str, tuple[str, ...]]:
 class PKI:
     def __init__(self, pki_dir: Path, kubeconfig_dir: Path, renew_days: int = 90,
                  server: str = "https://127.0.0.1:6443") -> None:
+        self.files = Files(pki_dir, kubeconfig_dir)
         self.dir = pki_dir
-        self.kubeconfig_dir = kubeconfig_dir
         self.renew = dt.timedelta(days=renew_days)
         self.server = server
 
     def crt(self, name: str) -> Path:
-        return self.dir / f"{name}.crt"
+        return self.files.crt(name)
 
     def key(self, name: str) -> Path:
-        return self.dir / f"{name}.key"
+        return self.files.key(name)
 
     def _read_cert(self, name: str) -> x509.Certificate | None:
         try:
@@ -319,15 +249,15 @@ class PKI:
         return results
 
     def _ensure_service_account_keys(self) -> Result:
-        key = self._read_key("sa")
-        pub = self.dir / "sa.pub"
+        key = self._read_key(SERVICE_ACCOUNT)
+        pub = self.files.sa_pub
         if key is not None and pub.exists():
-            return Result("sa", "kept")
+            return Result(SERVICE_ACCOUNT, "kept")
         key = key or new_key()
-        write_atomic(self.key("sa"), key_pem(key), KEY_MODE)
+        write_atomic(self.files.sa_key, key_pem(key), KEY_MODE)
         write_atomic(pub, key.public_key().public_bytes(serialization.Encoding.PEM,
                                                         serialization.PublicFormat.SubjectPublicKeyInfo), CERT_MODE)
-        return Result("sa", "created")
+        return Result(SERVICE_ACCOUNT, "created")
 
     def kubeconfig_text(self, user: str, cert_pem_: bytes, key_pem_: bytes, ca_pem: bytes,
                         server: str | None = None) -> str:
@@ -350,7 +280,7 @@ class PKI:
         assert leaf.kubeconfig
         text = self.kubeconfig_text(leaf.kubeconfig, self.crt(leaf.name).read_bytes(),
                                     self.key(leaf.name).read_bytes(), cert_pem(ca_cert))
-        write_atomic(self.kubeconfig_dir / f"{leaf.kubeconfig}.conf", text, KEY_MODE)
+        write_atomic(self.files.kubeconfig(leaf.kubeconfig), text, KEY_MODE)
 
     def check(self, ident: Identity) -> list[Problem]:
         """Every certificate with its expiry and problems; CAs included."""
@@ -387,7 +317,7 @@ def _signed_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
 
 
 def identity_for(cfg: Config) -> Identity:
-    from k4s.netinfo import node_address
+    from k4s.cluster.netinfo import node_address
 
     _, node_ip = node_address(cfg.node_ip, cfg.interface)
     return Identity(cfg.node_name, node_ip, cfg.kubernetes_service_ip, cfg.cluster_domain, cfg.tls_san)

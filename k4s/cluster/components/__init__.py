@@ -1,0 +1,91 @@
+"""The upstream components: one module per component owns every fact about it.
+
+Each module defines:
+    BINARY         the upstream executable under bin-dir
+    HELPERS        other programs under bin-dir it runs (shims, CNI plugins): preflight
+                   checks them and mkimage packs them
+    NODE           True for the node part (skipped by --control-plane-only)
+    HOST           the component whose process it can run in (`component-processes:
+                   shared`, build/components/kube/embed.go), or None
+    READY_TIMEOUT  seconds from the start of its process to ready before the boot fails
+    ports(cfg)     the (address, port) pairs it listens on: preflight refuses a taken one
+    command(node)  writes its config files, returns its argv
+    ready(node)    its readiness probe (fast; an exception means not ready)
+
+What each waits for is in the service graph (k4s.cluster.services). A Kubernetes
+upgrade touches these modules and the Go build; a new component adds a module
+here and a line to the graph.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from types import ModuleType
+
+from k4s.cluster.node import Node
+from k4s.config import attr
+
+MODULES = {
+    "etcd": "k4s.cluster.components.etcd",
+    "containerd": "k4s.cluster.components.containerd",
+    "kube-apiserver": "k4s.cluster.components.apiserver",
+    "kube-controller-manager": "k4s.cluster.components.controller_manager",
+    "kube-scheduler": "k4s.cluster.components.scheduler",
+    "kubelet": "k4s.cluster.components.kubelet",
+    "kube-proxy": "k4s.cluster.components.proxy",
+}
+NAMES = tuple(MODULES)
+
+
+def module(name: str) -> ModuleType:
+    return importlib.import_module(MODULES[name])
+
+
+def binaries(names: list[str] | tuple[str, ...] = NAMES) -> list[str]:
+    """Every program under bin-dir the named components run, in order, once each."""
+    out = [b for n in names for b in (module(n).BINARY, *module(n).HELPERS)]
+    return list(dict.fromkeys(out))
+
+
+def argv(name: str, node: Node) -> list[str]:
+    """The component's command line: its module's flags, then the user's `<name>-arg` flags
+    (upstream flag parsing lets the last occurrence win)."""
+    extra = getattr(node.cfg, attr(f"{name}-arg"), ())
+    return [*module(name).command(node), *extra]
+
+
+EMBED_MARK = "+"  # kube kube-apiserver FLAGS + etcd FLAGS + kube-scheduler FLAGS
+
+
+def host_of(name: str, node: Node, names: list[str]) -> str | None:
+    """The component whose process runs `name`, or None for a process of its own. Shared only
+    with `component-processes: shared`, when both run and both are the same executable:
+    every Go process of the multicall carries ~14 MB of package-init state and a runtime."""
+    host = module(name).HOST
+    if host is None or host not in names or node.cfg.component_processes != "shared":
+        return None
+    exe = [os.path.realpath(node.bin(module(n).BINARY)) for n in (host, name)]
+    return host if exe[0] == exe[1] else None
+
+
+def group_argv(host: str, members: list[str], node: Node) -> list[str]:
+    """The host's command line with each member's flags after a "+" and its name."""
+    out = argv(host, node)
+    for m in members:
+        out += [EMBED_MARK, m, *argv(m, node)[1:]]
+    return out
+
+
+def delegated_auth_flags(kubeconfig: Path, port: int) -> list[str]:
+    """controller-manager and scheduler: one identity for the API and for checking their callers."""
+    return [
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={port}",
+        "--leader-elect=false",  # one node: no lease traffic
+        "--profiling=false",
+    ]

@@ -1,0 +1,42 @@
+"""kube-controller-manager: signs node CSRs, allocates the pod CIDR, runs the controllers."""
+
+from __future__ import annotations
+
+from k4s.cluster import certs, kubeapi
+from k4s.cluster.components import delegated_auth_flags
+from k4s.cluster.node import Node
+from k4s.config import Config
+
+BINARY = "kube-controller-manager"
+HELPERS: tuple[str, ...] = ()
+NODE = False
+HOST = "kube-apiserver"
+READY_TIMEOUT = 120.0
+PORT = 10257
+
+
+def ports(cfg: Config) -> list[tuple[str, int]]:
+    return [("127.0.0.1", PORT)]
+
+
+def command(node: Node) -> list[str]:
+    c, cfg = node.certs, node.cfg
+    return [
+        str(node.bin(BINARY)),
+        *delegated_auth_flags(c.kubeconfig(certs.CONTROLLER_MANAGER), PORT),
+        f"--client-ca-file={c.crt(certs.CLUSTER_CA)}",
+        f"--requestheader-client-ca-file={c.crt(certs.FRONT_PROXY_CA)}",
+        f"--cluster-signing-cert-file={c.crt(certs.CLUSTER_CA)}",
+        f"--cluster-signing-key-file={c.key(certs.CLUSTER_CA)}",
+        f"--root-ca-file={c.crt(certs.CLUSTER_CA)}",
+        f"--service-account-private-key-file={c.sa_key}",
+        "--use-service-account-credentials=true",
+        "--allocate-node-cidrs=true",
+        f"--cluster-cidr={cfg.cluster_cidr}",
+        "--node-cidr-mask-size=24",
+        f"--service-cluster-ip-range={cfg.service_cidr}",
+    ]
+
+
+def ready(node: Node) -> bool:
+    return kubeapi.says_ok(f"https://127.0.0.1:{PORT}/healthz", kubeapi.tls_context())

@@ -1,0 +1,71 @@
+"""Where the node's RAM goes: /proc/meminfo, anonymous memory by process, and the
+stats line the console prints every 30 s (what `make bench` reads)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from k4s import log
+from k4s.errors import K4sError
+from k4s.fsutil import write_atomic
+
+
+def meminfo(text: str | None = None) -> dict[str, int]:
+    """/proc/meminfo as {field: KiB}."""
+    if text is None:
+        text = Path("/proc/meminfo").read_text()
+    out = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if value := rest.split():
+            out[key] = int(value[0])
+    return out
+
+
+def memory_summary(mi: dict[str, int]) -> dict[str, int]:
+    """Where the used RAM goes, in MiB: used = MemTotal - MemAvailable (the idle-RAM figure),
+    anon (process heaps), shmem (tmpfs: the unpacked root, containerd's snapshots, etcd),
+    kernel (unreclaimable slab, stacks, page tables)."""
+    kernel = mi.get("SUnreclaim", 0) + mi.get("KernelStack", 0) + mi.get("PageTables", 0)
+    return {"mem_used_mib": (mi["MemTotal"] - mi["MemAvailable"]) >> 10, "anon_mib": mi.get("AnonPages", 0) >> 10,
+            "shmem_mib": mi.get("Shmem", 0) >> 10, "kernel_mib": kernel >> 10, "mem_total_mib": mi["MemTotal"] >> 10}
+
+
+def log_stats(stop: threading.Event, log_dir: Path | None = None, every: float = 30.0) -> None:
+    """A line of memory and load every `every` seconds."""
+    while not stop.wait(every):
+        try:
+            mi = meminfo()
+        except (OSError, ValueError):
+            continue  # no /proc: nothing to report
+        log.event("k4s", "stats", **memory_summary(mi), load1=f"{os.getloadavg()[0]:.2f}")
+        if log_dir is not None:
+            write_memory_report(log_dir / "memory.txt", mi)
+
+
+def anon_by_process() -> list[tuple[int, int, str]]:
+    """(RssAnon KiB, pid, name) of every process, biggest first: the part of a process's RSS that
+    page reclaim cannot drop (its text pages are file-backed and count as available)."""
+    rows = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = dict(line.split(":", 1) for line in (d / "status").read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        if "RssAnon" in fields:
+            rows.append((int(fields["RssAnon"].split()[0]), int(d.name), fields["Name"].strip()))
+    return sorted(rows, reverse=True)
+
+
+def write_memory_report(path: Path, mi: dict[str, int]) -> None:
+    """The memory summary and the processes by anonymous RSS: what `make bench` reads for the breakdown."""
+    summary = " ".join(f"{k}={v}" for k, v in memory_summary(mi).items())
+    lines = [f"{kib >> 10:>6} MiB  {pid:>6}  {name}" for kib, pid, name in anon_by_process()[:20]]
+    try:
+        write_atomic(path, summary + "\n\nRssAnon by process:\n" + "\n".join(lines) + "\n")
+    except K4sError:
+        pass

@@ -1,0 +1,87 @@
+"""Run the node: check the host, make the PKI, then supervise the service graph
+until a stop signal. Used by `k4s server` on a host and by init on the appliance.
+
+    Config -> Node (its facts) -> preflight -> PKI (in a child) -> services.build -> Supervisor.run
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+from k4s import log
+from k4s.cluster import components, services
+from k4s.cluster.memory import log_stats
+from k4s.cluster.node import Node
+from k4s.cluster.preflight import preflight
+from k4s.cluster.supervisor import Supervisor, call_in_child
+from k4s.cluster.tasks import ManifestWatcher
+from k4s.config import Config
+
+PKI_TIMEOUT = 120.0  # key generation under emulation takes seconds, not minutes
+
+
+def selected(control_plane_only: bool, cfg: Config) -> list[str]:
+    return [n for n in components.NAMES
+            if not (control_plane_only and components.module(n).NODE) and n not in cfg.disable]
+
+
+def _ensure_pki(cfg: Config) -> list[tuple[str, str, str]]:
+    from k4s.cluster import pki
+
+    return [(x.name, x.action, x.reason) for x in pki.for_config(cfg).ensure(pki.identity_for(cfg))]
+
+
+def ensure_pki(cfg: Config) -> list[tuple[str, str, str]]:
+    """Create or renew the certificates: (name, action, reason) for each. In a forked child:
+    importing cryptography for a once-per-start job would keep ~4 MiB in this long-lived
+    process (PID 1 on the appliance)."""
+    from k4s.errors import K4sError
+
+    try:
+        return [tuple(x) for x in call_in_child(lambda: _ensure_pki(cfg), PKI_TIMEOUT)]
+    except K4sError as e:
+        raise K4sError(f"PKI: {e.message}", hint=e.hint) from None
+
+
+def run_server(cfg: Config, control_plane_only: bool,
+               stop_signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> int:
+    """Bring the node up and supervise it until one of stop_signals arrives; return that signal.
+
+    Raises K4sError on a fatal failure, after stopping whatever had started. The caller has
+    set up logging (log.setup).
+    """
+    from k4s.boot import libc
+
+    node = Node.of(cfg)
+    names = selected(control_plane_only, cfg)
+    log.event("k4s", "starting", node=cfg.node_name, ip=node.node_ip, components=",".join(names))
+    preflight(node, names)
+    for name, action, reason in ensure_pki(cfg):
+        if action != "kept":
+            log.event("pki", action, cert=name, reason=reason or None)
+    try:
+        libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)  # container shims re-parent to us, so stop can end them
+    except OSError:
+        pass
+    watcher = ManifestWatcher(node, [node.paths.manifests]) if "manifests" not in cfg.disable else None
+    sup = Supervisor(services.build(node, names, watcher), node.paths.logs, node.paths.status)
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # Only flags here: the loop notices and stops everything in order.
+        received.append(signum)
+        sup.request_stop()
+
+    for sig in stop_signals:
+        signal.signal(sig, on_signal)
+    threading.Thread(target=log_stats, args=(sup.stop_requested, node.paths.logs), name="stats", daemon=True).start()
+    try:
+        sup.run()
+        if received:
+            log.event("k4s", "signal", signal=signal.Signals(received[0]).name)
+        return received[0] if received else 0
+    finally:
+        if watcher:
+            watcher.stop.set()
+        log.event("k4s", "stopped")

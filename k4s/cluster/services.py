@@ -1,0 +1,90 @@
+"""The node's service graph: every component and task, and what each waits for.
+
+This table is the one place the start order is written. The supervisor starts
+each entry once everything it waits for is ready and stops them in the reverse
+of that order: kube-proxy and the kubelet first (then the pods, by the
+apiserver's pre-stop), the controllers, the apiserver, etcd and containerd last.
+
+    etcd                                      containerd
+      |                                           |
+    kube-apiserver --> bootstrap               images (airgap import)
+      |       |                                   |
+      |   controller-manager, scheduler           |
+      +------------------+------------------------+
+                         |
+                      kubelet --> node-ready
+      kube-proxy (after kube-apiserver)
+
+With `component-processes: shared` a component runs inside its host's process
+(components.host_of): it starts and stops with the host, which then waits for
+whatever its members wait for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from k4s.cluster import components, tasks
+from k4s.cluster.node import Node
+from k4s.cluster.supervisor import Service, Supervisor
+from k4s.proc import child_env
+
+GRAPH: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("etcd", ()),
+    ("containerd", ()),
+    ("images", ("containerd",)),
+    ("kube-apiserver", ("etcd",)),
+    ("bootstrap", ("kube-apiserver",)),
+    ("kube-controller-manager", ("kube-apiserver",)),
+    ("kube-scheduler", ("kube-apiserver",)),
+    ("kubelet", ("containerd", "images", "kube-apiserver")),
+    ("kube-proxy", ("kube-apiserver",)),
+    ("node-ready", ("kubelet",)),
+)
+# Tasks: (what runs, how long it may take before the boot fails, tries before it is fatal).
+TASKS: dict[str, tuple[Callable[[Node, tasks.ManifestWatcher | None], Callable[[Supervisor], None]], float, int]] = {
+    "images": (lambda node, _: lambda sup: tasks.import_images(node, sup), 300.0, 3),
+    "bootstrap": (lambda node, watcher: lambda _: tasks.bootstrap(node, watcher), 120.0, 10),
+    "node-ready": (lambda node, _: lambda sup: tasks.wait_node_ready(node, sup), 600.0, 3),
+}
+# Before a component's process gets SIGTERM.
+PRE_STOP: dict[str, Callable[[Supervisor], None]] = {"kube-apiserver": tasks.stop_pods}
+
+
+def selected(names: list[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """The graph's entries that run with these components: a task runs when all it waits for does."""
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for name, after in GRAPH:
+        if name in names or (name in TASKS and all(a in names or a in dict(out) for a in after)):
+            out.append((name, after))
+    return out
+
+
+def build(node: Node, names: list[str], watcher: tasks.ManifestWatcher | None = None) -> list[Service]:
+    """The supervisor's services for these components, in graph order."""
+    env = child_env(node.bin_dir, node.cfg.component_gogc)
+    entries = selected(names)
+    hosts = {n: components.host_of(n, node, names) for n in names}
+    members = {n: [m for m in names if hosts[m] == n] for n in names}
+    out: list[Service] = []
+    for name, after in entries:
+        if name in TASKS:
+            make, timeout, tries = TASKS[name]
+            out.append(Service(name, after=after, task=make(node, watcher), ready_timeout=timeout,
+                               max_early_exits=tries))
+            continue
+        m = components.module(name)
+        host = hosts[name]
+        group = [name, *members[name]]
+        # a host waits for what its members wait for; a member starts with its host
+        waits = dict.fromkeys(a for e, deps in entries if e in group for a in deps)
+        waits_for = tuple(a for a in waits if a not in group and a != host and a in dict(entries))
+        own = m.READY_TIMEOUT
+        out.append(Service(
+            name, after=() if host else waits_for, host=host, env=env,
+            probe=lambda m=m: m.ready(node),
+            argv=None if host else lambda n=name, ms=members[name]: components.group_argv(n, ms, node),
+            # a member's clock starts with its host's process
+            ready_timeout=own + components.module(host).READY_TIMEOUT if host else own,
+            pre_stop=PRE_STOP.get(name)))
+    return out

@@ -1,0 +1,176 @@
+"""The node's tasks: Python steps the supervisor runs in threads, in the service
+graph beside the components (k4s.cluster.services). Each gets the supervisor."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import yaml
+
+from k4s import layout, log
+from k4s.cluster import addons, certs, kubeapi
+from k4s.cluster.components import containerd
+from k4s.cluster.node import Node
+from k4s.cluster.supervisor import Supervisor, renice
+from k4s.errors import K4sError
+from k4s.fsutil import write_atomic
+from k4s.image import oci
+from k4s.proc import child_env
+
+IMPORT_NICE = 15
+POD_STOP_GRACE = 10.0  # CoreDNS's lameduck is 5 s
+
+
+def api_client(node: Node) -> kubeapi.Client:
+    return kubeapi.Client.from_files(node.certs, node.cfg.apiserver_port)
+
+
+# --- images -------------------------------------------------------------------------------
+
+def image_tarballs(node: Node) -> list[Path]:
+    out = []
+    for d in (layout.IMAGES, node.paths.images):
+        if d.is_dir():
+            out += sorted(p for p in d.iterdir() if p.suffix == ".tar")
+    return out
+
+
+def import_images(node: Node, sup: Supervisor) -> None:
+    """Every airgap tarball into containerd's k8s.io namespace, pinned against image GC."""
+    env = child_env(node.bin_dir, node.cfg.component_gogc)
+    ctr = [str(node.bin(containerd.CTR)), f"--address={node.containerd_socket}", "--namespace=k8s.io"]
+    logf = node.paths.logs / "images.log"
+    # Unpacking competes with the apiserver's start for the CPU, and the apiserver is on the
+    # critical path to Ready: import at low priority (containerd unpacks, ctr streams).
+    containerd_pid = sup.services["containerd"].pid
+    renice(containerd_pid, IMPORT_NICE)
+    try:
+        for t in image_tarballs(node):
+            names = [m.get("annotations", {}).get("io.containerd.image.name") for m in oci.read_index(t)]
+            rc = sup.run_command([*ctr, "images", "import", "--local", "--discard-unpacked-layers", str(t)], env,
+                                 logf, nice=IMPORT_NICE)
+            if rc != 0:
+                raise K4sError(f"ctr images import {t} failed with exit code {rc}", hint=f"see {logf}")
+            for n in filter(None, names):
+                sup.run_command([*ctr, "images", "label", n, "io.cri-containerd.pinned=pinned"], env, logf)
+            log.event("images", "imported", file=t.name, images=",".join(filter(None, names)))
+    finally:
+        renice(containerd_pid, 0)
+
+
+# --- bootstrap and the auto-deploy manifests ---------------------------------------------------
+
+class ManifestWatcher:
+    """Applies every YAML in the auto-deploy directories at start and whenever one changes."""
+
+    def __init__(self, node: Node, dirs: list[Path], interval: float = 5.0) -> None:
+        self.node, self.dirs, self.interval = node, dirs, interval
+        self.seen: dict[Path, str] = {}
+        self.stop = threading.Event()
+
+    def files(self) -> list[Path]:
+        out = []
+        for d in self.dirs:
+            if d.is_dir():
+                out += sorted(p for p in d.iterdir() if p.suffix in (".yaml", ".yml", ".json") and p.is_file())
+        return out
+
+    def scan(self) -> int:
+        applied = 0
+        client = api_client(self.node)
+        for f in self.files():
+            try:
+                raw = f.read_bytes()
+            except OSError:
+                continue
+            digest = hashlib.sha256(raw).hexdigest()
+            if self.seen.get(f) == digest:
+                continue
+            try:
+                docs = [d for d in yaml.safe_load_all(raw) if d]
+                for d in docs:
+                    if not isinstance(d, dict):
+                        raise K4sError("a document is not a mapping", hint="each YAML document must be an object")
+                    items = d.get("items", []) if d.get("kind", "").endswith("List") else [d]
+                    for obj in items:
+                        client.apply(obj)
+                self.seen[f] = digest
+                applied += 1
+                log.event("manifests", "applied", file=f.name, objects=len(docs))
+            except (yaml.YAMLError, K4sError, OSError) as e:
+                self.seen[f] = digest  # retried when the file changes again
+                msg = e.message if isinstance(e, K4sError) else str(e).replace("\n", " ")
+                log.event("manifests", "error", level="error", file=f.name, error=msg)
+        return applied
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.scan()
+            except (OSError, K4sError) as e:
+                log.event("manifests", "scan-failed", level="warn", error=str(e))
+            self.stop.wait(self.interval)
+
+
+def bootstrap(node: Node, watcher: ManifestWatcher | None) -> None:
+    """RBAC and CoreDNS, server-side applied (idempotent, so every start re-asserts them);
+    then the user's kubeconfig, and the auto-deploy manifests kept applied."""
+    client = api_client(node)
+    objs = addons.rbac()
+    if "coredns" not in node.cfg.disable:
+        objs += addons.coredns(node.cfg, Path(os.path.realpath(node.bin(addons.COREDNS))))
+    for obj in objs:
+        client.apply(obj)
+    log.event("bootstrap", "applied", objects=len(objs))
+    dst = Path(node.cfg.write_kubeconfig)
+    write_atomic(dst, node.certs.kubeconfig(certs.ADMIN).read_bytes(), 0o600)
+    log.event("kubeconfig", "written", path=dst)
+    if watcher is not None:
+        threading.Thread(target=watcher.run, name="manifests", daemon=True).start()
+
+
+# --- readiness of the whole node ------------------------------------------------------------------
+
+def wait_node_ready(node: Node, sup: Supervisor) -> None:
+    """Block until the Node object reports Ready (a task: the supervisor retries it)."""
+    client = api_client(node)
+    stop = sup.stop_requested
+    while not stop.is_set():
+        try:
+            obj = client.json("GET", f"/api/v1/nodes/{node.cfg.node_name}")
+            conds = {c["type"]: c["status"] for c in obj.get("status", {}).get("conditions", [])}
+            if conds.get("Ready") == "True":
+                log.console(f"k4s: node {node.cfg.node_name} Ready")
+                log.record("node", "ready", node=node.cfg.node_name)
+                if "coredns" not in node.cfg.disable:
+                    threading.Thread(target=wait_coredns, args=(client, stop), name="coredns", daemon=True).start()
+                return
+        except (OSError, K4sError):
+            pass
+        stop.wait(1.0)
+    raise K4sError("stopped before the node was Ready")
+
+
+def wait_coredns(client: kubeapi.Client, stop: threading.Event) -> None:
+    """Log when CoreDNS is available: the last step of the boot timeline."""
+    while not stop.is_set():
+        try:
+            d = client.json("GET", "/apis/apps/v1/namespaces/kube-system/deployments/coredns")
+            if d.get("status", {}).get("availableReplicas", 0) >= 1:
+                log.event("coredns", "ready")
+                return
+        except (OSError, K4sError):
+            pass
+        stop.wait(1.0)
+
+
+def stop_pods(sup: Supervisor) -> None:
+    """Before the apiserver stops (the kubelet already has): the pods' processes get TERM, then
+    KILL, as Talos stops pods before the control plane. Their open watches (CoreDNS's) would
+    otherwise hold the apiserver's graceful shutdown until it is killed."""
+    n = sup.kill_descendants(POD_STOP_GRACE, spare_services=True)
+    if n:
+        log.event("pods", "stopped", processes=n)

@@ -1,0 +1,1 @@
+"""Tools for the build host: booting the appliance in QEMU (vm)."""

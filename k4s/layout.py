@@ -1,0 +1,117 @@
+"""Where everything lives: the appliance image's fixed layout, and the node's
+state under data-dir and run-dir. The image builder, init, the config
+defaults and the host tools all read these names from here.
+
+The image is merged-/usr, like Debian: /bin, /sbin, /lib and /lib64 are
+symlinks into /usr, so no later initramfs segment can replace them.
+
+    /init                          stage 0 (busybox sh): mounts the k4s part, execs k4s init
+    /etc/k4s/config.yaml           the embedded config (CONFIG_FILE)
+    /etc/k4s/modules.list          modules init loads (MODULES_LIST)
+    /usr/lib/k4s/k4s               the frozen k4s (BUNDLE); applet names link to it
+    /usr/lib/k4s/parts/P.squashfs  a part kept compressed in RAM, mounted at parts/P
+    /usr/libexec/k4s/              the upstream binaries (bin-dir, LIBEXEC)
+    /usr/libexec/k4s/images/       airgap OCI tarballs (IMAGES)
+    /var/lib/k4s/                  the node's state (data-dir, DATA_DIR): pki/, manifests/, ...
+    /run/k4s/                      sockets, logs, status (run-dir, RUN_DIR)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# --- the appliance image ------------------------------------------------------------------
+
+CONFIG_FILE = Path("/etc/k4s/config.yaml")
+MODULES_LIST = Path("/etc/k4s/modules.list")
+BUNDLE = Path("/usr/lib/k4s")
+K4S = BUNDLE / "k4s"
+PARTS_DIR = BUNDLE / "parts"
+LIBEXEC = Path("/usr/libexec/k4s")
+IMAGES = LIBEXEC / "images"
+DATA_DIR = Path("/var/lib/k4s")
+RUN_DIR = Path("/run/k4s")
+USER_KUBECONFIG = Path("/etc/k4s/k4s.yaml")
+LOG_LINK = Path("/var/log/k4s")  # -> run-dir/log: the kubelet serves /var/log (`.../proxy/logs/k4s/`)
+MERGED = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
+PATH = f"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{LIBEXEC}"
+
+# The image's parts, in segment order: one compressed cpio segment each, so the size
+# report is exact and an unchanged part reuses its cached segment.
+PARTS = ("base", "k4s", "libs", "tools", "kubernetes", "runtime", "images", "modules")
+# These become squashfs files that init mounts read-only through loop devices: their
+# bytes stay compressed in RAM instead of being unpacked into the RAM root.
+SQUASHFS_PARTS = ("k4s", "kubernetes", "runtime", "images")
+# Applets worth a name of their own; the rest run as `k4s NAME`. No kubectl on the node
+# (no shell either): it is driven from outside with the kubeconfig.
+APPLET_LINKS = {
+    "/usr/sbin": ("init", "poweroff", "reboot", "halt", "modprobe", "insmod", "lsmod"),
+    "/usr/bin": ("cpio",),
+}
+
+
+def member(path: Path | str) -> str:
+    """An absolute image path as an archive member name (no leading slash)."""
+    return str(path).lstrip("/")
+
+
+def part_squashfs(part: str) -> Path:
+    return PARTS_DIR / f"{part}.squashfs"
+
+
+def part_mount(part: str) -> Path:
+    return PARTS_DIR / part
+
+
+# --- the node's state ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Paths:
+    """The paths derived from data-dir and run-dir."""
+
+    data: Path
+    run: Path
+
+    @classmethod
+    def of(cls, data_dir: str | Path, run_dir: str | Path) -> Paths:
+        return cls(Path(data_dir), Path(run_dir))
+
+    @property
+    def pki(self) -> Path:
+        """Certificates and keys, laid out like kubeadm's /etc/kubernetes/pki."""
+        return self.data / "pki"
+
+    @property
+    def kubeconfigs(self) -> Path:
+        return self.data / "kubeconfig"
+
+    def kubeconfig(self, user: str) -> Path:
+        return self.kubeconfigs / f"{user}.conf"
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self.kubeconfig("admin")
+
+    @property
+    def manifests(self) -> Path:
+        """The auto-deploy directory, like k3s's server/manifests."""
+        return self.data / "manifests"
+
+    @property
+    def images(self) -> Path:
+        """Airgap tarballs a user drops in, beside the image's own (IMAGES)."""
+        return self.data / "images"
+
+    @property
+    def logs(self) -> Path:
+        return self.run / "log"
+
+    @property
+    def status(self) -> Path:
+        return self.run / "status.json"
+
+    @property
+    def events(self) -> Path:
+        """Every log event as a JSON line: what tools read (the console is for people)."""
+        return self.run / "events.jsonl"

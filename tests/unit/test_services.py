@@ -1,0 +1,49 @@
+"""The service graph: one table says what waits for what; start and stop order follow from it."""
+
+from __future__ import annotations
+
+import pytest
+
+from k4s.cluster import services
+from k4s.cluster.supervisor import Service, start_order
+from tests.unit.test_components import ALL, node
+
+
+def order(tmp_path, processes: str, names: list[str]) -> tuple[list[str], dict[str, Service]]:
+    svcs = services.build(node(tmp_path, processes), names)
+    return start_order(svcs), {s.name: s for s in svcs}
+
+
+def test_every_service_starts_after_what_it_waits_for_and_stops_before_it(tmp_path) -> None:
+    start, svcs = order(tmp_path, "separate", ALL)
+    assert set(start) == {n for n, _ in services.GRAPH}
+    for name, after in services.GRAPH:
+        for dep in after:
+            assert start.index(dep) < start.index(name), (dep, name)
+    stop = start[::-1]
+    assert stop.index("kubelet") < stop.index("kube-apiserver") < stop.index("etcd")
+    assert stop.index("kube-scheduler") < stop.index("kube-apiserver")
+    assert svcs["kube-apiserver"].pre_stop is not None  # the pods stop before the apiserver
+
+
+def test_shared_process_host_waits_for_its_members_dependencies(tmp_path) -> None:
+    _, svcs = order(tmp_path, "shared", ALL)
+    assert svcs["etcd"].host == "kube-apiserver" and svcs["kube-proxy"].host == "kubelet"
+    assert "etcd" not in svcs["kube-apiserver"].after  # it runs inside
+    assert svcs["kubelet"].after == ("containerd", "images", "kube-apiserver")
+    # a member's readiness clock starts with its host's process
+    assert svcs["etcd"].ready_timeout == 60.0 + 180.0
+
+
+def test_control_plane_only_drops_the_node_tasks(tmp_path) -> None:
+    names = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+    start, _ = order(tmp_path, "shared", names)
+    assert start[:2] == ["kube-apiserver", "etcd"] and "bootstrap" in start
+    assert not {"images", "node-ready", "kubelet", "containerd"} & set(start)
+
+
+def test_a_cycle_or_an_unknown_dependency_is_refused() -> None:
+    with pytest.raises(ValueError, match="wait for each other"):
+        start_order([Service("a", after=("b",)), Service("b", after=("a",))])
+    with pytest.raises(ValueError, match="unknown services"):
+        start_order([Service("a", after=("nope",))])
