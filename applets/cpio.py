@@ -1,7 +1,7 @@
 """cpio: list, extract or create newc archives (zstd, xz and gzip segments are unpacked).
 
     cpio -t ARCHIVE             list: mode, size, name
-    cpio -x ARCHIVE -C DIR      extract, refusing paths that escape DIR
+    cpio -x ARCHIVE -C DIR [--devices]   extract into a new (or empty) DIR, all or nothing
     cpio -c DIR -o ARCHIVE [--compression zstd|xz|gzip|none]   pack DIR deterministically
 """
 
@@ -31,15 +31,16 @@ def read_archive(path: Path) -> bytes:
 @click.option("-c", "--create", type=click.Path(path_type=Path), help="Pack this directory.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Archive to write with -c.")
 @click.option("--compression", type=click.Choice(["zstd", "xz", "gzip", "none"]), default="none")
+@click.option("--devices", is_flag=True, help="Create device nodes and FIFOs (as root); refused otherwise.")
 def cli(list_: Path | None, extract: Path | None, directory: Path, create: Path | None, output: Path | None,
-        compression: str) -> int:
+        compression: str, devices: bool) -> int:
     if list_:
         for m in cpio.read(read_archive(list_)):
             click.echo(f"{stat.filemode(m.mode)} {m.size:>10} {m.name}"
                        + (f" -> {m.data.decode(errors='replace')}" if stat.S_ISLNK(m.mode) else ""))
         return 0
     if extract:
-        n = cpio.extract(read_archive(extract), directory)
+        n = cpio.extract(read_archive(extract), directory, devices=devices)
         click.echo(f"extracted {n} entries into {directory}")
         return 0
     if create and output:

@@ -1,7 +1,7 @@
 """oci: build and list the airgap OCI image tarballs.
 
     k4s oci build --bin DIR [--busybox PATH] --out DIR
-    k4s oci ls TARBALL...
+    k4s oci ls TARBALL...      (every blob's digest and size is checked first)
 
 `build` writes pause.tar, scratch.tar and busybox.tar (OCI image layouts that
 `ctr images import` takes without a registry) from the components in DIR and
@@ -75,10 +75,10 @@ def build(bindir: Path, busybox: Path, outdir: Path) -> int:
     return run(bindir, busybox, outdir, click.get_text_stream("stdout"))
 
 
-@cli.command(help="List the image names and digests in OCI tarballs.")
+@cli.command(help="List the image names and digests in OCI tarballs, after checking every blob.")
 @click.argument("tarballs", nargs=-1, type=click.Path(path_type=Path), required=True)
 def ls(tarballs: tuple[Path, ...]) -> int:
     for t in tarballs:
-        for m in oci.read_index(t):
+        for m in oci.verify(t):
             click.echo(f"{m.get('annotations', {}).get('io.containerd.image.name', '?')} {m['digest']} {t}")
     return 0

@@ -5,7 +5,14 @@
 Keys are spelled the same everywhere (kebab-case, like k3s's config.yaml):
 `cluster-cidr: 10.42.0.0/16` in the file, `k4s.cluster-cidr=10.42.0.0/16` on
 the kernel command line, `--set cluster-cidr=10.42.0.0/16` as a flag. Lists
-are YAML lists in the file and comma-separated elsewhere.
+are YAML lists in the file; elsewhere comma-separated, or a YAML flow list
+when an item holds a comma: `--set 'kube-apiserver-arg=["--feature-gates=A=true,B=false"]'`.
+
+The kernel command line is untrusted input (anyone who can edit a boot entry,
+or answer a PXE request, writes it): it is parsed as the kernel parses it,
+and may set only the keys marked `cmdline` below. Keys that weaken security
+or point the node at other programs or paths come only from the config file
+inside the image.
 
 Every error names the key and the source it came from and is one line.
 """
@@ -16,7 +23,6 @@ import dataclasses
 import ipaddress
 import os
 import re
-import shlex
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,9 +34,11 @@ DEFAULT_CONFIG_FILE = str(layout.CONFIG_FILE)
 CMDLINE_PREFIX = "k4s."
 PROC_CMDLINE = "/proc/cmdline"
 
-_HOSTNAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
-_IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
-_SERIAL = re.compile(r"^(ttyS|ttyAMA|hvc)[0-9]{1,3}$")
+# whole-value patterns: always used with fullmatch (a `$` would let a trailing newline through)
+_HOSTNAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*")
+_IFNAME = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
+_SERIAL = re.compile(r"(ttyS|ttyAMA|hvc)[0-9]{1,3}")
+_PATH = re.compile(r"/[A-Za-z0-9._+@:/-]*")
 
 
 class Invalid(ValueError):
@@ -51,7 +59,7 @@ def _str(v: Any) -> str:
 
 def _dns_name(v: Any) -> str:
     s = _str(v).lower()
-    if not _HOSTNAME.match(s) or len(s) > 253:
+    if not _HOSTNAME.fullmatch(s) or len(s) > 253:
         raise Invalid(f"{s!r} is not a valid DNS name", "use lower-case letters, digits, '-' and '.', e.g. node-1")
     return s
 
@@ -65,14 +73,14 @@ def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 def _ifname(v: Any) -> str:
     s = _str(v)
-    if not _IFNAME.match(s):
+    if not _IFNAME.fullmatch(s):
         raise Invalid(f"{s!r} is not a network interface name", "e.g. eth0 or ens3")
     return s
 
 
 def _serial_port(v: Any) -> str:
     s = _str(v)
-    if not _SERIAL.match(s):
+    if not _SERIAL.fullmatch(s):
         raise Invalid(f"{s!r} is not a serial port", "name a port under /dev, e.g. ttyS1 or hvc1")
     return s
 
@@ -106,12 +114,14 @@ def _interface_address(v: Any) -> str:
 
 def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
     def p(v: Any) -> int:
-        if isinstance(v, bool):
-            raise Invalid(f"{v!r} is not an integer", f"write a number from {lo} to {hi}")
-        try:
+        hint = f"write a whole number from {lo} to {hi}"
+        if isinstance(v, int) and not isinstance(v, bool):
+            n = v
+        elif isinstance(v, str) and re.fullmatch(r"[0-9]{1,10}", v.strip()):
             n = int(v)
-        except (TypeError, ValueError):
-            raise Invalid(f"{v!r} is not an integer", f"write a number from {lo} to {hi}") from None
+        else:  # floats (6443.9), booleans, 5000-digit numbers, anything else
+            shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+            raise Invalid(f"{shown} is not an integer", hint)
         if not lo <= n <= hi:
             raise Invalid(f"{n} is out of range", f"write a number from {lo} to {hi}")
         return n
@@ -142,6 +152,15 @@ def _choice(*choices: str) -> Callable[[Any], str]:
 
 def _list_of(parse: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
     def p(v: Any) -> tuple[Any, ...]:
+        if isinstance(v, str) and v.lstrip().startswith("["):  # a YAML flow list keeps commas in items
+            import yaml
+
+            try:
+                v = yaml.safe_load(v)
+            except yaml.YAMLError:
+                raise Invalid(f"{v!r} is not a YAML list", 'write ["a", "b,c"] or a,b') from None
+            if not isinstance(v, list):
+                raise Invalid(f"{v!r} is not a list", 'write ["a", "b,c"] or a,b')
         if isinstance(v, str):
             items: Iterable[Any] = [i for i in (x.strip() for x in v.split(",")) if i]
         elif isinstance(v, list | tuple):
@@ -165,7 +184,7 @@ def _san(v: Any) -> str:
 
 def _flag(v: Any) -> str:
     s = _str(v)
-    if not re.fullmatch(r"--[a-z0-9][a-z0-9-]*(=.*)?", s):
+    if not re.fullmatch(r"--[a-z0-9][a-z0-9-]*(=[^\n\r\0]*)?", s):
         raise Invalid(f"{s!r} is not a --flag or --flag=value", "write flags in full, e.g. --v=2")
     return s
 
@@ -174,6 +193,9 @@ def _abs_path(v: Any) -> str:
     s = _str(v)
     if not s.startswith("/"):
         raise Invalid(f"{s!r} is not an absolute path", "write a path starting with /")
+    if not _PATH.fullmatch(s):  # paths go into other programs' config files (containerd's TOML)
+        raise Invalid(f"{s!r} has characters a k4s path may not hold",
+                      "use letters, digits and . _ + @ : / - only")
     return os.path.normpath(s)
 
 
@@ -189,16 +211,20 @@ class Key:
     parse: Callable[[Any], Any]
     default: Any
     help: str
+    cmdline: bool = False  # the kernel command line may set it: per-machine and harmless
+
+
+C = True  # marks the keys the kernel command line may set
 
 
 SCHEMA: tuple[Key, ...] = (
-    Key("node-name", _optional(_dns_name), "", "node name; empty means the host name"),
-    Key("node-ip", _optional(_ipv4), "", "the node's IPv4 address; empty means the address of `interface`"),
-    Key("interface", _optional(_ifname), "", "interface that carries node traffic; empty means the default route's"),
-    Key("ip", _interface_address, "dhcp", "boot-time address of `interface`: dhcp or CIDR (appliance only)"),
-    Key("gateway", _optional(_ipv4), "", "default gateway for a static `ip`"),
-    Key("dns", _list_of(_ipv4), (), "upstream DNS servers for a static `ip`"),
-    Key("hostname", _optional(_dns_name), "", "host name to set at boot; empty keeps the kernel's or uses node-name"),
+    Key("node-name", _optional(_dns_name), "", "node name; empty means the host name", cmdline=C),
+    Key("node-ip", _optional(_ipv4), "", "the node's IPv4 address; empty means the address of `interface`", cmdline=C),
+    Key("interface", _optional(_ifname), "", "interface that carries node traffic; empty means the default route's", cmdline=C),
+    Key("ip", _interface_address, "dhcp", "boot-time address of `interface`: dhcp or CIDR (appliance only)", cmdline=C),
+    Key("gateway", _optional(_ipv4), "", "default gateway for a static `ip`", cmdline=C),
+    Key("dns", _list_of(_ipv4), (), "upstream DNS servers for a static `ip`", cmdline=C),
+    Key("hostname", _optional(_dns_name), "", "host name to set at boot; empty keeps the kernel's or uses node-name", cmdline=C),
     Key("cluster-cidr", _cidr, "10.42.0.0/16", "pod network"),
     Key("service-cidr", _cidr, "10.43.0.0/16", "service ClusterIP network"),
     Key("cluster-dns", _optional(_ipv4), "", "CoreDNS ClusterIP; empty means the 10th address of service-cidr"),
@@ -207,23 +233,24 @@ SCHEMA: tuple[Key, ...] = (
     Key("run-dir", _abs_path, str(layout.RUN_DIR), "sockets, logs, status"),
     Key("bin-dir", _abs_path, str(layout.LIBEXEC), "where the upstream binaries are"),
     Key("write-kubeconfig", _abs_path, str(layout.USER_KUBECONFIG), "a copy of the admin kubeconfig for users (0600)"),
-    Key("tls-san", _list_of(_san), (), "extra names or addresses in the apiserver certificate"),
+    Key("tls-san", _list_of(_san), (), "extra names or addresses in the apiserver certificate", cmdline=C),
     Key("apiserver-port", _int_range(1, 65535), 6443, "kube-apiserver secure port"),
     Key("component-gogc", _int_range(10, 1000), 100,
         "GOGC of the Go components once started (start-up runs at Go's default 100, or this if higher): "
-        "lower trades idle CPU for RAM"),
+        "lower trades idle CPU for RAM", cmdline=C),
     Key("component-processes", _choice("shared", "separate"), "shared",
         "shared: etcd, controller-manager and scheduler run in the apiserver's process, kube-proxy in "
-        "the kubelet's (about 65 MiB less RAM); separate: one process each, with its own log"),
-    Key("log-level", _choice("debug", "info", "warn", "error"), "info", "k4s log level"),
+        "the kubelet's (about 65 MiB less RAM); separate: one process each, with its own log", cmdline=C),
+    Key("log-level", _choice("debug", "info", "warn", "error"), "info", "k4s log level", cmdline=C),
     Key("cert-renew-days", _int_range(1, 3650), 90, "re-issue leaf certificates expiring within this many days"),
-    Key("on-failure", _choice("poweroff", "reboot", "halt"), "poweroff", "what init does after a fatal error"),
+    Key("on-failure", _choice("poweroff", "reboot", "halt"), "poweroff", "what init does after a fatal error", cmdline=C),
     Key("events", _optional(_serial_port), "", "a serial port that gets every event as a JSON line, for tools "
-        "(k4s vm uses ttyS1); the console keeps the lines for people"),
+        "(k4s vm uses ttyS1); the console keeps the lines for people", cmdline=C),
     Key("disable", _list_of(_choice("coredns", "kube-proxy", "manifests")), (), "bundled parts to leave out"),
     *(Key(f"{c}-arg", _list_of(_flag), (), f"extra {c} flags, e.g. --v=2 (last one wins)") for c in ARG_COMPONENTS),
 )
 KEYS: dict[str, Key] = {k.name: k for k in SCHEMA}
+CMDLINE_KEYS = tuple(k.name for k in SCHEMA if k.cmdline)
 
 
 def attr(name: str) -> str:
@@ -281,23 +308,53 @@ class Config:
 
 # --- the layers -------------------------------------------------------------------------
 
-def parse_cmdline(text: str) -> list[tuple[str, str]]:
-    """The k4s.* parameters of a kernel command line as (key, raw value) pairs.
+def kernel_params(text: str) -> list[tuple[str, str | None]]:
+    """The command line split as the kernel splits it (lib/cmdline.c, next_arg): on
+    whitespace outside double quotes; a leading quote of the word or of its value is
+    dropped with the matching trailing one; there is no other quoting or escaping
+    (a ' or a \\ is plain text). (param, value), value None without '='. A lone `--`
+    ends the kernel's parameters: what follows is init's arguments."""
+    out: list[tuple[str, str | None]] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n:
+            return out
+        quoted = text[i] == '"'
+        if quoted:
+            i += 1
+        start, equals, in_quote = i, -1, quoted
+        while i < n and (in_quote or not text[i].isspace()):
+            if equals < 0 and text[i] == "=":
+                equals = i
+            if text[i] == '"':
+                in_quote = not in_quote
+            i += 1
+        word = text[start:i]
+        if equals < 0:
+            param, value = word, None
+        else:
+            param, value = text[start:equals], text[equals + 1:i]
+            if value.startswith('"'):
+                value = value[1:]
+                if value.endswith('"'):
+                    value = value[:-1]
+        if quoted and word.endswith('"'):
+            if value is None:
+                param = param[:-1]
+            elif value.endswith('"'):
+                value = value[:-1]
+        if param == "--" and value is None:
+            return out
+        out.append((param, value))
 
-    The kernel splits on spaces and honours double quotes; a bare `k4s.key`
-    means `k4s.key=true`.
-    """
-    try:
-        words = shlex.split(text, posix=True)
-    except ValueError as e:
-        raise ConfigError(f"kernel command line: cannot parse: {e}", hint="check for an unbalanced quote") from None
-    out: list[tuple[str, str]] = []
-    for w in words:
-        if not w.startswith(CMDLINE_PREFIX):
-            continue
-        key, sep, value = w[len(CMDLINE_PREFIX):].partition("=")
-        out.append((key, value if sep else "true"))
-    return out
+
+def parse_cmdline(text: str) -> list[tuple[str, str]]:
+    """The k4s.* parameters of a kernel command line as (key, raw value) pairs; a bare
+    `k4s.key` means `k4s.key=true`."""
+    return [(p[len(CMDLINE_PREFIX):], "true" if v is None else v)
+            for p, v in kernel_params(text) if p.startswith(CMDLINE_PREFIX)]
 
 
 def read_file_layer(path: str, required: bool) -> dict[str, Any]:
@@ -313,7 +370,13 @@ def read_file_layer(path: str, required: bool) -> dict[str, Any]:
     except (PermissionError, IsADirectoryError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path}: cannot read: {e}", hint="it must be a readable UTF-8 YAML file") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as e:
+        raise ConfigError(f"config file {path}: key {e.key!r} is set twice, at lines {e.first} and {e.second}",
+                          hint="keep one of them") from None
+    except ValueError:  # PyYAML's int() of a number with thousands of digits
+        raise ConfigError(f"config file {path}: a value is a number too long to read",
+                          hint="numbers in the config are small whole numbers") from None
     except yaml.YAMLError as e:
         where = ""
         mark = getattr(e, "problem_mark", None)
@@ -329,13 +392,43 @@ def read_file_layer(path: str, required: bool) -> dict[str, Any]:
     return data
 
 
-def _apply(values: dict[str, Any], sources: dict[str, str], layer: Iterable[tuple[Any, Any]], source: str) -> None:
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, first: int, second: int) -> None:
+        self.key, self.first, self.second = key, first, second
+
+
+def _unique_mapping(loader: Any, node: Any, deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    for k, _ in node.value:
+        key = loader.construct_object(k, deep=deep)
+        if key in seen:
+            raise _DuplicateKey(str(key), seen[key], k.start_mark.line + 1)
+        seen[key] = k.start_mark.line + 1
+    return loader.construct_mapping(node, deep)
+
+
+def _yaml_loader() -> type:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """SafeLoader that refuses a key set twice (PyYAML lets the last one win, silently)."""
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+    return Loader
+
+
+def _apply(values: dict[str, Any], sources: dict[str, str], layer: Iterable[tuple[Any, Any]], source: str,
+           allowed: tuple[str, ...] | None = None) -> None:
     for raw_key, raw_value in layer:
         key = str(raw_key)
         if key not in KEYS:
             near = [k for k in KEYS if k.replace("-", "") == key.replace("-", "").replace("_", "")]
             hint = f"did you mean '{near[0]}'?" if near else "run `k4s config show` for the known keys"
-            raise ConfigError(f"{source}: unknown key '{key}'", hint=hint)
+            raise ConfigError(f"{source}: unknown key '{key[:64]}'", hint=hint)
+        if allowed is not None and key not in allowed:
+            raise ConfigError(f"{source}: key '{key}' may not be set there (the command line is untrusted)",
+                              hint=f"set it in the config file in the image ({DEFAULT_CONFIG_FILE}); the command "
+                                   f"line may set {', '.join(allowed)}")
         try:
             values[key] = KEYS[key].parse(raw_value)
         except Invalid as e:
@@ -389,7 +482,7 @@ def load(
     required = config_file is not None or "K4S_CONFIG" in os.environ
     _apply(values, sources, read_file_layer(path, required).items(), f"config file {path}")
     if cmdline is not None:
-        _apply(values, sources, parse_cmdline(cmdline), "kernel command line")
+        _apply(values, sources, parse_cmdline(cmdline), "kernel command line", allowed=CMDLINE_KEYS)
     if overrides:
         _apply(values, sources, overrides.items(), "flags")
     _check(values, sources)

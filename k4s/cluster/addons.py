@@ -1,4 +1,5 @@
-"""The objects k4s applies at bootstrap: the RBAC the node needs and CoreDNS.
+"""The objects k4s applies at bootstrap: the RBAC the node needs, the operators'
+binding, kubeadm's `cluster-info` discovery document, and CoreDNS.
 
 Built as data from the Config, applied with server-side apply (k4s.kubeapi).
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from k4s.cluster.certs import OPERATORS_GROUP
 from k4s.config import Config
 from k4s.image import oci
 
@@ -18,14 +20,49 @@ COREDNS = "coredns"  # the node's program CoreDNS runs (under bin-dir)
 BINARIES = (COREDNS,)  # what the addons need under bin-dir: mkimage packs them
 
 
+RBAC = "rbac.authorization.k8s.io"
+OPERATORS_BINDING = "k4s:cluster-admins"
+
+
 def rbac() -> list[Obj]:
-    """The apiserver reaches kubelets (logs, exec, metrics) as kube-apiserver-kubelet-client."""
+    """The apiserver reaches kubelets (logs, exec, metrics) as kube-apiserver-kubelet-client;
+    the operators (certificates from the operator CA, in OPERATORS_GROUP) are cluster-admin
+    through a binding, so their access is withdrawn by deleting it (as kubeadm:cluster-admins)."""
     return [{
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "apiVersion": f"{RBAC}/v1", "kind": "ClusterRoleBinding",
         "metadata": {"name": "k4s:apiserver-kubelet-api-admin", "labels": LABELS},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:kubelet-api-admin"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "kube-apiserver-kubelet-client"}],
+        "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": "system:kubelet-api-admin"},
+        "subjects": [{"apiGroup": RBAC, "kind": "User", "name": "kube-apiserver-kubelet-client"}],
+    }, {
+        "apiVersion": f"{RBAC}/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": OPERATORS_BINDING, "labels": LABELS},
+        "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"apiGroup": RBAC, "kind": "Group", "name": OPERATORS_GROUP}],
     }]
+
+
+def cluster_info(server: str, ca_pem: bytes) -> list[Obj]:
+    """kubeadm's discovery document in kube-public, readable anonymously (and nothing else is):
+    the CA a client checks against the hash it pinned, and the server to reach."""
+    import base64
+
+    import yaml
+
+    kubeconfig = {"apiVersion": "v1", "kind": "Config", "preferences": {},
+                  "clusters": [{"name": "", "cluster": {"server": server,
+                                                        "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
+                  "contexts": None, "current-context": "", "users": None}
+    ns, name = "kube-public", "cluster-info"
+    role = "k4s:bootstrap-signer-clusterinfo"
+    return [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns, "labels": LABELS},
+         "data": {"kubeconfig": yaml.safe_dump(kubeconfig, sort_keys=False)}},
+        {"apiVersion": f"{RBAC}/v1", "kind": "Role", "metadata": {"name": role, "namespace": ns, "labels": LABELS},
+         "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [name], "verbs": ["get"]}]},
+        {"apiVersion": f"{RBAC}/v1", "kind": "RoleBinding", "metadata": {"name": role, "namespace": ns, "labels": LABELS},
+         "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": role},
+         "subjects": [{"apiGroup": RBAC, "kind": "User", "name": "system:anonymous"}]},
+    ]
 
 
 def corefile(cfg: Config) -> str:

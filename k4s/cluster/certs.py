@@ -65,6 +65,11 @@ KUBELET = "kubelet"
 KUBE_PROXY = "kube-proxy"
 SERVICE_ACCOUNT = "sa"  # a key pair, not a certificate: sa.key, sa.pub
 ENCRYPTION_CONFIG = "encryption-config.yaml"
+# The operator's CA: its certificate only (the key stays on the operator's host). Seeded
+# into the node, which then trusts it for client certificates beside its own CA.
+OPERATOR_CA = "operator-ca"
+CLIENT_CA_BUNDLE = "client-ca"  # the cluster CA + the operator CA: the apiserver's --client-ca-file
+OPERATORS_GROUP = "k4s:cluster-admins"  # bound to cluster-admin by bootstrap (as kubeadm:cluster-admins)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,7 +29,9 @@ from k4s.cluster.certs import (
     CA,
     CAS,
     CLIENT,
+    CLIENT_CA_BUNDLE,
     CLUSTER_CA,
+    OPERATOR_CA,
     SERVER,
     SERVICE_ACCOUNT,
     Files,
@@ -50,7 +53,7 @@ CERT_MODE = 0o644
 @dataclass
 class Result:
     name: str
-    action: str  # created | kept | renewed
+    action: str  # created | kept | renewed | recovered
     reason: str = ""
 
 
@@ -85,8 +88,9 @@ def _name(cn: str, orgs: Iterable[str] = ()) -> x509.Name:
     return x509.Name([*attrs, x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def issue_ca(ca: CA) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = new_key()
+def issue_ca(ca: CA, key: ec.EllipticCurvePrivateKey | None = None) -> tuple[ec.EllipticCurvePrivateKey,
+                                                                           x509.Certificate]:
+    key = key or new_key()
     now = _now()
     name = _name(ca.common_name)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
@@ -199,10 +203,17 @@ class PKI:
         return key, cert
 
     def _ensure_ca(self, ca: CA) -> Result:
+        key = self._read_key(ca.name)
         if not self.crt(ca.name).exists() and not self.key(ca.name).exists():
             key, cert = issue_ca(ca)
             self._write(ca.name, key, cert)
             return Result(ca.name, "created")
+        if key is not None and not self.crt(ca.name).exists():
+            # a crash between writing the key and the certificate (key first, see _write):
+            # the key is the CA's identity, so its certificate is made again from it
+            cert = issue_ca(ca, key)[1]
+            write_atomic(self.crt(ca.name), cert_pem(cert), CERT_MODE)
+            return Result(ca.name, "recovered", "certificate re-made from its key")
         self.load_ca(ca)
         return Result(ca.name, "kept")
 
@@ -232,6 +243,7 @@ class PKI:
 
     def ensure(self, ident: Identity) -> list[Result]:
         results = [self._ensure_ca(ca) for ca in CAS]
+        results.append(self._client_ca_bundle())
         cas = {ca.name: self.load_ca(ca) for ca in CAS}
         for leaf in leaves(ident):
             ca_key, ca_cert = cas[leaf.ca.name]
@@ -247,6 +259,24 @@ class PKI:
                 self.write_kubeconfig(leaf, cas[CLUSTER_CA.name][1])
         results.append(self._ensure_service_account_keys())
         return results
+
+    def _client_ca_bundle(self) -> Result:
+        """What the apiserver trusts for client certificates: the cluster CA, and the operator's
+        CA when one was seeded. The operator CA must be a CA certificate, nothing else."""
+        bundle = self.crt(CLUSTER_CA.name).read_bytes()
+        operator = self.crt(OPERATOR_CA)
+        if operator.exists():
+            try:
+                cert = x509.load_pem_x509_certificate(operator.read_bytes())
+                is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+            except (ValueError, x509.ExtensionNotFound, OSError):
+                is_ca = False
+            if not is_ca:
+                raise K4sError(f"{operator} is not a CA certificate",
+                               hint="seed the operator CA's certificate (k4s vm does), or remove it")
+            bundle += cert_pem(cert)
+        changed = write_atomic(self.crt(CLIENT_CA_BUNDLE), bundle, CERT_MODE)
+        return Result(CLIENT_CA_BUNDLE, "created" if changed else "kept")
 
     def _ensure_service_account_keys(self) -> Result:
         key = self._read_key(SERVICE_ACCOUNT)
@@ -301,6 +331,20 @@ class PKI:
             p.problems = self.leaf_problems(leaf, ca_cert) if ca_cert else ["its CA is missing"]
             out.append(p)
         return out
+
+
+def spki_hash(cert: x509.Certificate) -> str:
+    """kubeadm's pin of a CA: sha256 of its DER SubjectPublicKeyInfo, as `sha256:<hex>`
+    (--discovery-token-ca-cert-hash)."""
+    der = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def spki_hash_pem(pem: bytes) -> str:
+    try:
+        return spki_hash(x509.load_pem_x509_certificate(pem))
+    except ValueError:
+        raise K4sError("not a PEM certificate", hint="the CA data is corrupt") from None
 
 
 def _same_key(key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> bool:

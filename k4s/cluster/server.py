@@ -26,22 +26,25 @@ def selected(control_plane_only: bool, cfg: Config) -> list[str]:
             if not (control_plane_only and components.module(n).NODE) and n not in cfg.disable]
 
 
-def _ensure_pki(cfg: Config) -> list[tuple[str, str, str]]:
-    from k4s.cluster import pki
+def _ensure_pki(cfg: Config) -> dict:
+    from k4s.cluster import certs, pki
 
-    return [(x.name, x.action, x.reason) for x in pki.for_config(cfg).ensure(pki.identity_for(cfg))]
+    store = pki.for_config(cfg)
+    results = [(x.name, x.action, x.reason) for x in store.ensure(pki.identity_for(cfg))]
+    return {"results": results, "ca_hash": pki.spki_hash_pem(store.crt(certs.CLUSTER_CA.name).read_bytes())}
 
 
-def ensure_pki(cfg: Config) -> list[tuple[str, str, str]]:
-    """Create or renew the certificates: (name, action, reason) for each. In a forked child:
-    importing cryptography for a once-per-start job would keep ~4 MiB in this long-lived
-    process (PID 1 on the appliance)."""
+def ensure_pki(cfg: Config) -> tuple[list[tuple[str, str, str]], str]:
+    """Create or renew the certificates: (name, action, reason) for each, and the cluster CA's
+    hash. In a forked child: importing cryptography for a once-per-start job would keep ~4 MiB
+    in this long-lived process (PID 1 on the appliance)."""
     from k4s.errors import K4sError
 
     try:
-        return [tuple(x) for x in call_in_child(lambda: _ensure_pki(cfg), PKI_TIMEOUT)]
+        reply = call_in_child(lambda: _ensure_pki(cfg), PKI_TIMEOUT)
     except K4sError as e:
         raise K4sError(f"PKI: {e.message}", hint=e.hint) from None
+    return [tuple(x) for x in reply["results"]], reply["ca_hash"]
 
 
 def run_server(cfg: Config, control_plane_only: bool,
@@ -57,9 +60,13 @@ def run_server(cfg: Config, control_plane_only: bool,
     names = selected(control_plane_only, cfg)
     log.event("k4s", "starting", node=cfg.node_name, ip=node.node_ip, components=",".join(names))
     preflight(node, names)
-    for name, action, reason in ensure_pki(cfg):
+    results, ca_hash = ensure_pki(cfg)
+    for name, action, reason in results:
         if action != "kept":
             log.event("pki", action, cert=name, reason=reason or None)
+    # the pin a client checks the CA it is handed against (kubeadm's --discovery-token-ca-cert-hash)
+    log.console(f"k4s: cluster CA {ca_hash}")
+    log.record("pki", "ca", hash=ca_hash)
     try:
         libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)  # container shims re-parent to us, so stop can end them
     except OSError:

@@ -49,7 +49,7 @@ def import_images(node: Node, sup: Supervisor) -> None:
     renice(containerd_pid, IMPORT_NICE)
     try:
         for t in image_tarballs(node):
-            names = [m.get("annotations", {}).get("io.containerd.image.name") for m in oci.read_index(t)]
+            names = [(m.get("annotations") or {}).get("io.containerd.image.name") for m in oci.read_index(t)]
             rc = sup.run_command([*ctr, "images", "import", "--local", "--discard-unpacked-layers", str(t)], env,
                                  logf, nice=IMPORT_NICE)
             if rc != 0:
@@ -116,10 +116,11 @@ class ManifestWatcher:
 
 
 def bootstrap(node: Node, watcher: ManifestWatcher | None) -> None:
-    """RBAC and CoreDNS, server-side applied (idempotent, so every start re-asserts them);
+    """RBAC, cluster-info and CoreDNS, server-side applied (idempotent, so every start re-asserts them);
     then the user's kubeconfig, and the auto-deploy manifests kept applied."""
     client = api_client(node)
-    objs = addons.rbac()
+    server = f"https://{node.node_ip}:{node.cfg.apiserver_port}"
+    objs = addons.rbac() + addons.cluster_info(server, node.certs.crt(certs.CLUSTER_CA).read_bytes())
     if "coredns" not in node.cfg.disable:
         objs += addons.coredns(node.cfg, Path(os.path.realpath(node.bin(addons.COREDNS))))
     for obj in objs:

@@ -16,13 +16,14 @@ import gzip
 import io
 import lzma
 import os
+import re
 import stat
 import subprocess
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from k4s.errors import K4sError
 
@@ -157,6 +158,17 @@ class Tree:
 
 
 # --- reading -----------------------------------------------------------------------------
+#
+# The reader takes hostile input: a served payload, an archive from anywhere. Every header
+# field must be exactly 8 hex digits; every size is bounded by what is left of the input;
+# decompression stops at a cap (a few KB of zstd can expand to gigabytes); extraction is
+# all-or-nothing. Every refusal is one line naming the entry or the byte offset.
+
+HEX8 = re.compile(rb"[0-9A-Fa-f]{8}")
+MIN_UNPACKED_CAP = 64 << 20     # whatever the ratio, this much may always be unpacked
+UNPACKED_RATIO_CAP = 32         # an initramfs unpacks to ~4x; a decompression bomb to 1000x+
+CHUNK = 1 << 20
+
 
 @dataclass
 class Member:
@@ -168,6 +180,8 @@ class Member:
     gid: int
     rdev: tuple[int, int]
     data: bytes
+    ino: tuple[int, int, int] = (0, 0, 0)  # (dev major, dev minor, inode): hard links share it
+    nlink: int = 1
 
 
 class CpioError(K4sError):
@@ -175,9 +189,57 @@ class CpioError(K4sError):
         super().__init__(message, hint="the archive is corrupt or not a newc cpio (make image rebuilds it)")
 
 
-def decompress(raw: bytes) -> bytes:
-    """Undo zstd/xz/gzip on each concatenated segment; plain cpio passes through."""
-    out = bytearray()
+def unpacked_cap(compressed: int) -> int:
+    return max(MIN_UNPACKED_CAP, UNPACKED_RATIO_CAP * compressed)
+
+
+class _Sink:
+    """Decompressed bytes, refusing to grow past the cap."""
+
+    def __init__(self, cap: int) -> None:
+        self.buf, self.cap = bytearray(), cap
+
+    def add(self, data: bytes, what: str) -> None:
+        if len(self.buf) + len(data) > self.cap:
+            raise CpioError(f"{what} expands past {self.cap >> 20} MiB, more than an archive of this size may "
+                            "(a decompression bomb?)")
+        self.buf += data
+
+
+def _unzstd(data: bytes, out: _Sink, pos: int) -> None:
+    import threading
+
+    proc = subprocess.Popen(["zstd", "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdin and proc.stdout and proc.stderr
+
+    def feed() -> None:
+        try:
+            proc.stdin.write(data)  # type: ignore[union-attr]
+            proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass  # zstd stopped reading: it failed, or we killed it at the cap
+
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    try:
+        while chunk := proc.stdout.read(CHUNK):
+            out.add(chunk, f"zstd data at byte {pos}")
+    except CpioError:
+        proc.kill()
+        raise
+    finally:
+        t.join(5)
+        err = proc.stderr.read().decode(errors="replace").strip()
+        proc.wait()
+    if proc.returncode != 0:
+        raise CpioError(f"zstd data at byte {pos}: {err.splitlines()[-1] if err else 'corrupt'}")
+
+
+def decompress(raw: bytes, cap: int | None = None) -> bytes:
+    """Undo zstd/xz/gzip on each concatenated segment; plain cpio passes through. At most
+    `cap` bytes come out (default: unpacked_cap of the input's size)."""
+    out = _Sink(unpacked_cap(len(raw)) if cap is None else cap)
     pos = 0
     while pos < len(raw):
         while pos < len(raw) and raw[pos] == 0:  # padding between segments
@@ -189,35 +251,40 @@ def decompress(raw: bytes) -> bytes:
             end = pos
             while raw[end:end + 4] == ZSTD_MAGIC:  # consecutive frames: one zstd run
                 end = zstd_frame_end(raw, end)
-            r = subprocess.run(["zstd", "-dcq"], input=raw[pos:end], capture_output=True)
-            if r.returncode != 0:
-                raise CpioError(f"zstd: {r.stderr.decode(errors='replace').strip()}")
-            out += r.stdout
+            _unzstd(raw[pos:end], out, pos)
             pos = end
             continue
-        if head.startswith(XZ_MAGIC):
-            d = lzma.LZMADecompressor()
+        if head.startswith(XZ_MAGIC) or head.startswith(GZIP_MAGIC):
+            xz = head.startswith(XZ_MAGIC)
+            d: Any = lzma.LZMADecompressor() if xz else zlib.decompressobj(31)
+            what = f"{'xz' if xz else 'gzip'} data at byte {pos}"
             try:
-                out += d.decompress(raw[pos:])
-            except lzma.LZMAError as e:
-                raise CpioError(f"xz: {e}") from None
-            pos = len(raw) - len(d.unused_data)
-            continue
-        if head.startswith(GZIP_MAGIC):
-            d = zlib.decompressobj(31)
-            try:
-                out += d.decompress(raw[pos:])
-            except Exception as e:
-                raise CpioError(f"gzip: {e}") from None
-            pos = len(raw) - len(d.unused_data)
+                if xz:
+                    data = raw[pos:]
+                    while not d.eof:
+                        out.add(d.decompress(data, CHUNK), what)
+                        data = b""
+                        if d.needs_input and not d.eof:
+                            raise CpioError(f"{what} is truncated")
+                    pos = len(raw) - len(d.unused_data)
+                else:
+                    data = raw[pos:]
+                    while not d.eof:
+                        out.add(d.decompress(data, CHUNK), what)
+                        data = d.unconsumed_tail
+                        if not data and not d.eof:
+                            raise CpioError(f"{what} is truncated")
+                    pos = len(raw) - len(d.unused_data)
+            except (lzma.LZMAError, zlib.error) as e:
+                raise CpioError(f"{what}: {e}") from None
             continue
         if head == MAGIC:
             end = _plain_end(raw, pos)
-            out += raw[pos:end]
+            out.add(raw[pos:end], f"archive at byte {pos}")
             pos = end
             continue
         raise CpioError(f"unknown data at byte {pos}: {head!r}")
-    return bytes(out)
+    return bytes(out.buf)
 
 
 def zstd_frame_end(raw: bytes, pos: int) -> int:
@@ -262,21 +329,23 @@ def _walk(raw: bytes, pos: int) -> Iterator[tuple[Member, int]]:
             raise CpioError(f"truncated header at byte {pos}")
         if raw[pos:pos + 6] != MAGIC:
             raise CpioError(f"bad magic at byte {pos}: {raw[pos:pos + 6]!r}")
-        try:
-            f = [int(raw[pos + 6 + 8 * i: pos + 14 + 8 * i], 16) for i in range(13)]
-        except ValueError:
-            raise CpioError(f"non-hex header field at byte {pos}") from None
-        _, mode, uid, gid, _, mtime, size, _, _, rmaj, rmin, namesize, _ = f
-        if namesize == 0 or namesize > MAX_NAME:
-            raise CpioError(f"bad name size {namesize} at byte {pos}")
+        fields = [raw[pos + 6 + 8 * i: pos + 14 + 8 * i] for i in range(13)]
+        if not all(HEX8.fullmatch(f) for f in fields):
+            raise CpioError(f"non-hex header field at byte {pos}: each must be 8 hex digits")
+        ino, mode, uid, gid, nlink, mtime, size, dmaj, dmin, rmaj, rmin, namesize, _ = (int(f, 16) for f in fields)
         name_start = pos + HEADER
-        name = raw[name_start:name_start + namesize - 1].decode("utf-8", errors="replace")
+        if namesize == 0 or namesize > MAX_NAME or name_start + namesize > len(raw):
+            raise CpioError(f"bad name size {namesize} at byte {pos}")
+        raw_name = raw[name_start:name_start + namesize]
+        if raw_name[-1:] != b"\0" or b"\0" in raw_name[:-1]:
+            raise CpioError(f"name at byte {pos} is not NUL-terminated or holds a NUL")
+        name = raw_name[:-1].decode("utf-8", errors="replace")
         data_start = name_start + namesize + len(_pad(HEADER + namesize))
-        if data_start + size > len(raw):
+        if size > len(raw) - data_start:
             raise CpioError(f"{name!r}: data runs past the end of the archive")
         data = raw[data_start:data_start + size]
         end = data_start + size + len(_pad(size))
-        yield Member(name, mode, size, mtime, uid, gid, (rmaj, rmin), data), end
+        yield Member(name, mode, size, mtime, uid, gid, (rmaj, rmin), data, (dmaj, dmin, ino), nlink), end
         pos = end
         if name == TRAILER:
             # the next segment may start after zero padding
@@ -284,9 +353,9 @@ def _walk(raw: bytes, pos: int) -> Iterator[tuple[Member, int]]:
                 pos += 1
 
 
-def read(raw: bytes) -> Iterator[Member]:
+def read(raw: bytes, cap: int | None = None) -> Iterator[Member]:
     """Every member of every concatenated (possibly compressed) archive, trailers skipped."""
-    for m, _ in _walk(decompress(raw), 0):
+    for m, _ in _walk(decompress(raw, cap), 0):
         if m.name != TRAILER:
             yield m
 
@@ -299,39 +368,102 @@ def safe_relpath(name: str) -> str:
     return "/".join(parts)
 
 
-def extract(raw: bytes, dest: Path) -> int:
-    """Extract into dest (no device nodes, no writes through symlinks); number of members."""
-    dest = dest.resolve()
-    members = list(read(raw))  # validate everything before writing anything
-    for m in members:
-        safe_relpath(m.name)
-    count = 0
+def _refuse(name: str, why: str) -> K4sError:
+    return K4sError(f"refusing {name!r}: {why}", hint="the archive is hostile or broken; do not extract it")
+
+
+def plan(members: list[Member], devices: bool = False) -> list[tuple[str, Member, str | None]]:
+    """Check every member before anything is written: (path, member, hard-link target or None).
+    Paths stay inside; no entry goes through or over an entry of another kind; hard links
+    (same inode, nlink > 1) point at the member that carries the data."""
+    kinds: dict[str, int] = {}
+    out: list[tuple[str, Member, str | None]] = []
+    links: dict[tuple[int, int, int], list[int]] = {}
     for m in members:
         rel = safe_relpath(m.name)
         if not rel:
             continue
-        target = dest / rel
-        parent = target.parent
-        if os.path.realpath(parent) != str(parent) or not str(parent).startswith(str(dest)):
-            raise K4sError(f"refusing {m.name!r}: a symlink in its path leads out of {dest}",
-                           hint="the archive is hostile or broken; do not extract it")
-        parent.mkdir(parents=True, exist_ok=True)
-        if target.is_symlink() or (target.exists() and not target.is_dir()):
-            target.unlink()
         kind = stat.S_IFMT(m.mode)
-        if kind == stat.S_IFDIR:
-            target.mkdir(exist_ok=True)
-            os.chmod(target, stat.S_IMODE(m.mode))
-        elif kind == stat.S_IFLNK:
-            os.symlink(m.data.decode(), target)
-        elif kind == stat.S_IFREG:
-            with open(target, "wb") as f:
-                f.write(m.data)
-            os.chmod(target, stat.S_IMODE(m.mode) & 0o777)
-        else:
-            continue  # devices, fifos: not created by an unprivileged extract
-        count += 1
-    return count
+        if kind not in (stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK):
+            what = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO",
+                    stat.S_IFSOCK: "a socket"}.get(kind, f"of unknown type {kind:o}")
+            if not devices or kind not in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO):
+                raise _refuse(m.name, f"it is {what} (pass --devices, as root, to create device nodes)")
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            pk = kinds.get(parent, stat.S_IFDIR)
+            if pk == stat.S_IFLNK:
+                raise _refuse(m.name, f"{parent!r} is a symlink in this archive: a write through it could "
+                                      "land anywhere")
+            if pk != stat.S_IFDIR:
+                raise _refuse(m.name, f"{parent!r} is not a directory in this archive")
+        if rel in kinds and (kinds[rel] == stat.S_IFDIR) != (kind == stat.S_IFDIR):
+            raise _refuse(m.name, "a directory and a non-directory have this name")
+        kinds[rel] = kind
+        if kind == stat.S_IFREG and m.nlink > 1:
+            links.setdefault(m.ino, []).append(len(out))
+        out.append((rel, m, None))
+    for group in links.values():  # newc stores a hard link's data once, with the last of the group
+        owner = next((i for i in reversed(group) if out[i][1].size), group[-1])
+        for i in group:
+            if i != owner:
+                out[i] = (out[i][0], out[i][1], out[owner][0])
+    # the hard links after everything else, so the file they name exists
+    return [x for x in out if x[2] is None] + [x for x in out if x[2] is not None]
+
+
+def extract(raw: bytes, dest: Path, devices: bool = False, cap: int | None = None) -> int:
+    """Extract into dest, which must be missing or empty: everything is written into a
+    temporary directory beside it and renamed into place only when every entry was
+    accepted and written. No writes through symlinks (the tree is new, and every path is
+    checked before), no device nodes unless asked (as root). Number of entries."""
+    import shutil
+    import tempfile
+
+    dest = Path(os.path.abspath(dest))
+    members = list(read(raw, cap))  # validate the whole archive before writing anything
+    todo = plan(members, devices)
+    if dest.is_symlink() or (dest.exists() and (not dest.is_dir() or any(dest.iterdir()))):
+        raise K4sError(f"{dest} exists and is not an empty directory", hint="extract into a new directory")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    except OSError as e:
+        raise K4sError(f"cannot extract into {dest}: {e.strerror}", hint="choose a writable directory") from e
+    name = ""
+    try:
+        dirs: list[tuple[Path, int]] = []
+        for rel, m, link_to in todo:
+            name, target = m.name, tmp / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            kind = stat.S_IFMT(m.mode)
+            if kind == stat.S_IFDIR:
+                target.mkdir(exist_ok=True)
+                dirs.append((target, stat.S_IMODE(m.mode)))
+            elif kind == stat.S_IFLNK:
+                os.symlink(m.data.decode("utf-8", errors="surrogateescape"), target)
+            elif link_to is not None:
+                os.link(tmp / link_to, target)
+            elif kind == stat.S_IFREG:
+                with open(target, "wb") as f:
+                    f.write(m.data)
+                os.chmod(target, stat.S_IMODE(m.mode) & 0o777)
+            else:
+                os.mknod(target, m.mode, os.makedev(*m.rdev))
+        for d, mode in reversed(dirs):  # after their contents: a 0555 directory was still writable
+            os.chmod(d, mode)
+        if dest.exists():
+            dest.rmdir()  # empty, checked above
+        os.rename(tmp, dest)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise K4sError(f"cannot extract {name!r}: {e.strerror}", hint="check the target's space and permissions") \
+            from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return len(todo)
 
 
 def bytes_of(entries: list[Entry]) -> bytes:

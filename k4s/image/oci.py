@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -161,16 +162,96 @@ def write(image: Image, path: Path) -> str:
     return digest
 
 
-def read_index(path: Path) -> list[dict]:
-    """The manifests an image-layout tarball names (for listing and tests)."""
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+MAX_JSON = 4 << 20  # an index, manifest or config blob is a few KB; refuse to load more
+
+
+class OCIError(K4sError):
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(f"{path}: {message}", hint="not a valid OCI image layout; rebuild it with `k4s oci build`")
+
+
+def _member(tar: tarfile.TarFile, path: Path, name: str) -> tarfile.TarInfo:
     try:
-        with tarfile.open(path) as tar:
-            f = tar.extractfile("index.json")
-            if f is None:
-                raise KeyError("index.json")
-            return list(json.load(f)["manifests"])
-    except (OSError, KeyError, tarfile.TarError, ValueError) as e:
-        raise K4sError(f"{path} is not an OCI image-layout tarball: {e}", hint="rebuild it with `k4s oci build`") from e
+        info = tar.getmember(name)
+    except KeyError:
+        raise OCIError(path, f"{name} is missing") from None
+    if not info.isfile():
+        raise OCIError(path, f"{name} is not a regular file")
+    return info
+
+
+def _json(tar: tarfile.TarFile, path: Path, name: str) -> dict:
+    info = _member(tar, path, name)
+    if info.size > MAX_JSON:
+        raise OCIError(path, f"{name} is {info.size} bytes, too big for a JSON document here")
+    f = tar.extractfile(info)
+    assert f is not None
+    try:
+        doc = json.loads(f.read())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise OCIError(path, f"{name} is not JSON ({str(e).splitlines()[0][:80]})") from None
+    if not isinstance(doc, dict):
+        raise OCIError(path, f"{name} is not a JSON object")
+    return doc
+
+
+def _descriptors(doc: dict, key: str, path: Path, name: str) -> list[dict]:
+    items = doc.get(key)
+    if not isinstance(items, list) or not all(isinstance(d, dict) for d in items):
+        raise OCIError(path, f"{name}: '{key}' is not a list of descriptors")
+    for d in items:
+        if not isinstance(d.get("digest"), str) or not DIGEST.fullmatch(d["digest"]):
+            raise OCIError(path, f"{name}: a descriptor's digest {str(d.get('digest'))[:80]!r} is not sha256:<64 hex>")
+        if not isinstance(d.get("size"), int) or isinstance(d.get("size"), bool) or d["size"] < 0:
+            raise OCIError(path, f"{name}: {d['digest']} has no valid size")
+        if not isinstance(d.get("annotations", {}), dict):
+            raise OCIError(path, f"{name}: {d['digest']} has annotations that are not a mapping")
+    return items
+
+
+def _open(path: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(path)
+    except (OSError, tarfile.TarError) as e:
+        raise OCIError(path, f"cannot read it as a tar archive ({e})") from None
+
+
+def read_index(path: Path) -> list[dict]:
+    """The manifest descriptors the layout's index.json names; a malformed index is one line."""
+    with _open(path) as tar:
+        return _descriptors(_json(tar, path, "index.json"), "manifests", path, "index.json")
+
+
+def verify(path: Path) -> list[dict]:
+    """read_index, and every blob behind it (manifest, config, layers) present, of its size,
+    with its digest: what `oci ls` checks before it lists an image."""
+    with _open(path) as tar:
+        manifests = _descriptors(_json(tar, path, "index.json"), "manifests", path, "index.json")
+
+        def check(d: dict) -> str:
+            name = f"blobs/sha256/{d['digest'].split(':', 1)[1]}"
+            info = _member(tar, path, name)
+            if info.size != d["size"]:
+                raise OCIError(path, f"{name} is {info.size} bytes; its descriptor says {d['size']}")
+            f = tar.extractfile(info)
+            assert f is not None
+            h = hashlib.sha256()
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+            if f"sha256:{h.hexdigest()}" != d["digest"]:
+                raise OCIError(path, f"{name} does not match its digest (corrupt or altered)")
+            return name
+
+        for m in manifests:
+            manifest = _json(tar, path, check(m))
+            config = manifest.get("config")
+            if not isinstance(config, dict):
+                raise OCIError(path, f"manifest {m['digest']} has no config descriptor")
+            for d in [*_descriptors({"c": [config]}, "c", path, m["digest"]),
+                      *_descriptors(manifest, "layers", path, m["digest"])]:
+                check(d)
+    return manifests
 
 
 # --- the airgap images the node needs ---------------------------------------------------

@@ -58,7 +58,7 @@ def test_secrets_are_encrypted_at_rest(server: Server) -> None:
     r = subprocess.run([str(BIN / "etcdctl"), "--endpoints=https://127.0.0.1:2379", f"--cacert={pki}/etcd/ca.crt",
                         f"--cert={pki}/apiserver-etcd-client.crt", f"--key={pki}/apiserver-etcd-client.key",
                         "get", "/registry/secrets/default/s1"], capture_output=True, timeout=30)
-    assert r.returncode == 0 and b"k8s:enc:aescbc:v1:k4s-1" in r.stdout
+    assert r.returncode == 0 and b"k8s:enc:secretbox:v1:k4s-1:" in r.stdout
     assert b"hunter2-plaintext" not in r.stdout
 
 
@@ -98,3 +98,51 @@ def test_status_applet_reports_every_component(server: Server) -> None:
     for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"):
         line = next(ln for ln in r.stdout.splitlines() if ln.startswith(name + " "))
         assert " ready " in line and " yes " in line
+
+
+def _get(port: int, path: str, ctx: ssl.SSLContext) -> int:
+    import http.client
+
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_anonymous_requests_reach_cluster_info_and_nothing_else(server: Server) -> None:
+    import base64
+
+    import yaml
+
+    from k4s.cluster import pki
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    for path in ("/api", "/readyz", "/api/v1/namespaces/kube-system/configmaps",
+                 "/api/v1/namespaces/kube-public/configmaps"):
+        assert _get(6443, path, ctx) == 401, path
+    end = time.monotonic() + 60
+    while _get(6443, "/api/v1/namespaces/kube-public/configmaps/cluster-info", ctx) != 200:
+        assert time.monotonic() < end, "cluster-info is not published"
+        time.sleep(1)
+    # the CA in it is the node's: the pin the console prints matches it
+    info = yaml.safe_load(server.kubectl("get", "-n", "kube-public", "configmap", "cluster-info",
+                                         "-o", "jsonpath={.data.kubeconfig}").stdout)
+    ca = base64.b64decode(info["clusters"][0]["cluster"]["certificate-authority-data"])
+    assert ca == (server.data / "pki" / "ca.crt").read_bytes()
+    assert f"k4s: cluster CA {pki.spki_hash_pem(ca)}" in server.log.read_text()
+
+
+def test_a_client_certificate_from_another_ca_is_refused(server: Server, tmp_path) -> None:
+    from k4s.cluster import pki
+
+    key, ca = pki.issue_ca(pki.CA("evil", "evil-ca"))
+    leaf = pki.Leaf("x", pki.CA("evil", "evil-ca"), "kubernetes-admin", ("system:masters",))
+    lkey, lcert = pki.issue_leaf(leaf, key, ca)
+    (tmp_path / "c.crt").write_bytes(pki.cert_pem(lcert))
+    (tmp_path / "c.key").write_bytes(pki.key_pem(lkey))
+    ctx = ssl.create_default_context(cafile=str(server.data / "pki" / "ca.crt"))
+    ctx.load_cert_chain(tmp_path / "c.crt", tmp_path / "c.key")
+    assert _get(6443, "/api", ctx) == 401

@@ -97,7 +97,7 @@ def test_component_flags_name_only_files_the_pki_makes(tmp_path) -> None:
     ident = certs.Identity("n1", "10.0.2.15", "10.43.0.1", "cluster.local")
     made = {n.certs.crt(x) for x in [*certs.CAS, *(leaf.name for leaf in certs.leaves(ident))]}
     made |= {n.certs.key(x) for x in [*certs.CAS, *(leaf.name for leaf in certs.leaves(ident))]}
-    made |= {n.certs.sa_key, n.certs.sa_pub, n.certs.encryption_config}
+    made |= {n.certs.sa_key, n.certs.sa_pub, n.certs.encryption_config, n.certs.crt(certs.CLIENT_CA_BUNDLE)}
     made |= {n.certs.kubeconfig(leaf.kubeconfig) for leaf in certs.leaves(ident) if leaf.kubeconfig}
     named = set()
     for name in ALL:

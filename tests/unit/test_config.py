@@ -60,7 +60,7 @@ BAD = [
     ("node-name: [unclosed\n", None, None, "at line 2 column 1"),
     (None, "k4s.bogus=1", None, "kernel command line: unknown key 'bogus'"),
     (None, "k4s.ip=10.0.2.300/24", None, "kernel command line: key 'ip': '10.0.2.300/24' is neither 'dhcp' nor"),
-    (None, 'k4s.node-name="unbalanced', None, "kernel command line: cannot parse"),
+    (None, "k4s.bin-dir=/tmp/evil", None, "kernel command line: key 'bin-dir' may not be set there"),
     (None, None, {"log-level": "loud"}, "flags: key 'log-level': 'loud' is not one of debug, info, warn, error"),
     (None, None, {"gateway": "10.0.2.2"}, "gateway is set but ip is dhcp"),
     (None, "k4s.component-processes=one", None,
@@ -109,3 +109,57 @@ def test_show_origin_names_layer(tmp_path) -> None:
     assert "example.internal" in lines["cluster-domain"] and f"config file {f}" in lines["cluster-domain"]
     assert "7443" in lines["apiserver-port"] and "# flags" in lines["apiserver-port"]
     assert "n1" in lines["node-name"] and "# kernel command line" in lines["node-name"]
+
+
+# --- hostile or odd input -------------------------------------------------------------------
+
+@pytest.mark.parametrize("cmdline,expected", [
+    # as lib/cmdline.c splits it: double quotes only; ' and \ are plain text
+    ('k4s.a "k4s.b=x y" k4s.c=1', [("a", "true"), ("b", "x y"), ("c", "1")]),
+    ("k4s.node-name=it's k4s.x=a\\b", [("node-name", "it's"), ("x", "a\\b")]),
+    ('k4s.n="quoted value" k4s.m=a"b c"d', [("n", "quoted value"), ("m", 'a"b c"d')]),
+    ('k4s.u="unbalanced rest of line', [("u", "unbalanced rest of line")]),
+    ("BOOT_IMAGE=/vmlinuz k4s.a=1 -- k4s.b=2", [("a", "1")]),  # after --: init's arguments
+    ("k4s.a=1\tk4s.b=2\n", [("a", "1"), ("b", "2")]),
+])
+def test_cmdline_is_split_as_the_kernel_splits_it(cmdline, expected) -> None:
+    assert config.parse_cmdline(cmdline) == expected
+
+
+@pytest.mark.parametrize("key", ["kube-apiserver-arg", "kubelet-arg", "bin-dir", "data-dir", "run-dir",
+                                 "write-kubeconfig", "disable", "cluster-cidr"])
+def test_cmdline_may_not_set_keys_that_weaken_the_node(key) -> None:
+    with pytest.raises(ConfigError) as e:
+        config.load(os.devnull, cmdline=f"quiet k4s.{key}=--anonymous-auth=true")
+    assert f"key '{key}' may not be set there" in e.value.render() and "hint:" in e.value.render()
+    assert key not in config.CMDLINE_KEYS
+
+
+def test_a_quote_in_the_cmdline_is_a_clean_error_not_a_crash() -> None:
+    with pytest.raises(ConfigError) as e:
+        config.load(os.devnull, cmdline="k4s.node-name=it's")
+    assert "is not a valid DNS name" in e.value.render()
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("node-name: |\n  node-1\n", "'node-1\\n' is not a valid DNS name"),
+    ("apiserver-port: 6443.9\n", "6443.9 is not an integer"),
+    ("apiserver-port: true\n", "True is not an integer"),
+    ("apiserver-port: " + "9" * 5000 + "\n", "a number too long to read"),
+    ("node-name: a\nlog-level: warn\nnode-name: b\n", "key 'node-name' is set twice, at lines 1 and 3"),
+    ('data-dir: "/x\\"\\nimports = [1]"\n', "has characters a k4s path may not hold"),
+    ('kubelet-arg: ["--v=2\\n--x"]\n', "is not a --flag or --flag=value"),
+])
+def test_hostile_config_values_are_one_line(tmp_path, text, expected) -> None:
+    with pytest.raises(ConfigError) as e:
+        config.load(write(tmp_path, text))
+    line = e.value.render()
+    assert expected in line and "\n" not in line and "hint:" in line, line
+
+
+def test_list_items_keep_their_commas(tmp_path) -> None:
+    f = write(tmp_path, 'kube-apiserver-arg: ["--feature-gates=A=true,B=false"]\n')
+    assert config.load(f).kube_apiserver_arg == ("--feature-gates=A=true,B=false",)
+    flow = config.load(os.devnull, overrides={"kube-apiserver-arg": '["--feature-gates=A=true,B=false", "--v=2"]'})
+    assert flow.kube_apiserver_arg == ("--feature-gates=A=true,B=false", "--v=2")
+    assert config.load(os.devnull, overrides={"tls-san": "a.example,b.example"}).tls_san == ("a.example", "b.example")

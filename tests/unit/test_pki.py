@@ -189,8 +189,8 @@ from k4s import config
 from k4s.cluster import server as node
 cfg = config.load(config_file=None, cmdline="", overrides={{
     "data-dir": "{tmp_path}/data", "run-dir": "{tmp_path}/run", "node-name": "n1", "node-ip": "10.0.2.15"}})
-first = node.ensure_pki(cfg)
-again = node.ensure_pki(cfg)
+first, _ = node.ensure_pki(cfg)
+again, _ = node.ensure_pki(cfg)
 print(sorted({{a for _, a, _ in first}}), sorted({{a for _, a, _ in again}}), len(first) == len(again) > 5,
       any(m.startswith("cryptography") for m in sys.modules))
 """
@@ -213,3 +213,52 @@ def test_node_pki_error_is_one_line(tmp_path) -> None:
     with pytest.raises(K4sError) as e:
         node.ensure_pki(cfg)
     assert e.value.message.startswith("PKI: ") and "\n" not in e.value.message
+
+
+def test_a_crash_between_ca_key_and_certificate_is_recovered(tmp_path) -> None:
+    """pki init writes the key first: a crash before the certificate leaves a key alone."""
+    store, ident = make(tmp_path)
+    want = pki.spki_hash_pem(store.crt("ca").read_bytes())
+    store.crt("ca").unlink()
+    results = {r.name: r for r in store.ensure(ident)}
+    assert results["ca"].action == "recovered"
+    assert pki.spki_hash_pem(store.crt("ca").read_bytes()) == want  # the same identity: the same pin
+    assert openssl_verify(store.crt("ca"), store.crt("apiserver")).returncode == 0
+
+
+def test_ca_hash_is_kubeadms_spki_pin(tmp_path) -> None:
+    store, _ = make(tmp_path)
+    der = subprocess.run([tool("openssl"), "x509", "-in", str(store.crt("ca")), "-pubkey", "-noout"],
+                         capture_output=True, check=True).stdout
+    spki = subprocess.run([tool("openssl"), "pkey", "-pubin", "-outform", "der"], input=der, capture_output=True,
+                          check=True).stdout
+    import hashlib
+    assert pki.spki_hash_pem(store.crt("ca").read_bytes()) == "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+def test_operator_ca_joins_the_client_ca_bundle_and_must_be_a_ca(tmp_path) -> None:
+    store, ident = make(tmp_path)
+    op_key, op_cert = pki.issue_ca(pki.CA("operator", "k4s-operator-ca"))
+    store.crt(pki.OPERATOR_CA).write_bytes(pki.cert_pem(op_cert))
+    store.ensure(ident)
+    bundle = store.crt(pki.CLIENT_CA_BUNDLE).read_bytes()
+    assert bundle.count(b"BEGIN CERTIFICATE") == 2 and pki.cert_pem(op_cert) in bundle
+    leaf = next(x for x in pki.leaves(ident) if x.name == "admin")
+    store.crt(pki.OPERATOR_CA).write_bytes(pki.cert_pem(pki.issue_leaf(leaf, op_key, op_cert)[1]))
+    with pytest.raises(pki.K4sError, match="not a CA certificate"):
+        store.ensure(ident)
+
+
+def test_secrets_at_rest_use_secretbox_with_a_node_made_key(tmp_path) -> None:
+    import yaml
+
+    from k4s.cluster.components import apiserver
+    from tests.unit.test_components import node
+
+    n = node(tmp_path)
+    doc = yaml.safe_load(open(apiserver.encryption_config(n)).read())
+    providers = doc["resources"][0]["providers"]
+    assert list(providers[0]) == ["secretbox"] and providers[-1] == {"identity": {}}
+    assert len(__import__("base64").b64decode(providers[0]["secretbox"]["keys"][0]["secret"])) == 32
+    assert stat.S_IMODE(n.certs.encryption_config.stat().st_mode) == 0o600
+    assert apiserver.encryption_config(n) and yaml.safe_load(n.certs.encryption_config.read_text()) == doc  # kept

@@ -1,9 +1,11 @@
-"""kube-apiserver: secure by default (no anonymous auth, Node+RBAC, Secrets encrypted at rest)."""
+"""kube-apiserver: secure by default (no anonymous auth, Node+RBAC, Secrets encrypted at rest with secretbox)."""
 
 from __future__ import annotations
 
 import base64
 import os
+
+import yaml
 
 from k4s.cluster import certs, kubeapi
 from k4s.cluster.components import etcd
@@ -23,21 +25,36 @@ def ports(cfg: Config) -> list[tuple[str, int]]:
 
 
 def encryption_config(node: Node) -> str:
-    """Secrets at rest: AES-CBC with a key made once and kept with the PKI."""
+    """Secrets at rest: secretbox (XSalsa20-Poly1305), upstream's recommended local provider,
+    with a 32-byte key the node makes; kept with the PKI, never in the image. A config from
+    an older k4s (aescbc) gets a new secretbox key first and keeps its old key for reading."""
     path = node.certs.encryption_config
-    if not path.exists():
-        key = base64.b64encode(os.urandom(32)).decode()
-        write_atomic(path, f"""apiVersion: apiserver.config.k8s.io/v1
-kind: EncryptionConfiguration
-resources:
-  - resources: [secrets]
-    providers:
-      - aescbc:
-          keys:
-            - name: k4s-1
-              secret: {key}
-      - identity: {{}}
-""", 0o600)
+    try:
+        old = yaml.safe_load(path.read_text()) if path.exists() else None
+    except (OSError, yaml.YAMLError):
+        old = None
+    providers = old["resources"][0]["providers"] if isinstance(old, dict) and old.get("resources") else []
+    if not any("secretbox" in p for p in providers):
+        key = {"name": f"k4s-{len(providers) + 1}", "secret": base64.b64encode(os.urandom(32)).decode()}
+        keep = [p for p in providers if "identity" not in p]
+        doc = {"apiVersion": "apiserver.config.k8s.io/v1", "kind": "EncryptionConfiguration",
+               "resources": [{"resources": ["secrets"],
+                              "providers": [{"secretbox": {"keys": [key]}}, *keep, {"identity": {}}]}]}
+        write_atomic(path, yaml.safe_dump(doc, sort_keys=False), 0o600)
+    return str(path)
+
+
+CLUSTER_INFO_PATH = "/api/v1/namespaces/kube-public/configmaps/cluster-info"
+
+
+def authentication_config(node: Node) -> str:
+    """Anonymous requests are refused except for one: reading the `cluster-info` ConfigMap,
+    kubeadm's discovery document (the CA and the server; public, checked by the client
+    against the CA hash it pinned). RBAC grants system:anonymous that one object only."""
+    path = node.paths.data / "kube-apiserver" / "authentication-config.yaml"
+    doc = {"apiVersion": "apiserver.config.k8s.io/v1", "kind": "AuthenticationConfiguration",
+           "anonymous": {"enabled": True, "conditions": [{"path": CLUSTER_INFO_PATH}]}}
+    write_atomic(path, yaml.safe_dump(doc, sort_keys=False))
     return str(path)
 
 
@@ -52,14 +69,14 @@ def command(node: Node) -> list[str]:
         f"--etcd-cafile={c.crt(etcd.CA)}",
         f"--etcd-certfile={c.crt(etcd.CLIENT_CERT)}",
         f"--etcd-keyfile={c.key(etcd.CLIENT_CERT)}",
-        f"--client-ca-file={c.crt(certs.CLUSTER_CA)}",
+        f"--client-ca-file={c.crt(certs.CLIENT_CA_BUNDLE)}",  # the cluster CA, and the operator's
         f"--tls-cert-file={c.crt(certs.APISERVER)}",
         f"--tls-private-key-file={c.key(certs.APISERVER)}",
         f"--kubelet-client-certificate={c.crt(certs.APISERVER_KUBELET_CLIENT)}",
         f"--kubelet-client-key={c.key(certs.APISERVER_KUBELET_CLIENT)}",
         f"--kubelet-certificate-authority={c.crt(certs.CLUSTER_CA)}",
         "--kubelet-preferred-address-types=InternalIP,Hostname",
-        "--anonymous-auth=false",
+        f"--authentication-config={authentication_config(node)}",
         "--authorization-mode=Node,RBAC",
         "--enable-admission-plugins=NodeRestriction",
         "--allow-privileged=true",

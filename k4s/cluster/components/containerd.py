@@ -47,12 +47,19 @@ def cni_conflist(node: Node) -> str:
     }, indent=2) + "\n"
 
 
+def toml_str(value: object) -> str:
+    """A TOML basic string: JSON's string escapes are TOML's, so no value can end the
+    string and add a key (config values are validated too; this is the second fence)."""
+    return json.dumps(str(value))
+
+
 def config_toml(node: Node) -> str:
     run, data = node.paths.run / "containerd", node.paths.data / "containerd"
     snapshotter = "overlayfs" if overlay_supported() else "native"
+    q = toml_str
     return f"""version = 3
-root = "{data}"
-state = "{run}"
+root = {q(data)}
+state = {q(run)}
 # Plugins a single RAM-only node never uses: less memory, faster start.
 disabled_plugins = [
   "io.containerd.tracing.processor.v1.otlp",
@@ -63,21 +70,21 @@ disabled_plugins = [
 ]
 
 [grpc]
-  address = "{node.containerd_socket}"
+  address = {q(node.containerd_socket)}
 
 [plugins."io.containerd.cri.v1.images"]
-  snapshotter = "{snapshotter}"
+  snapshotter = {q(snapshotter)}
   [plugins."io.containerd.cri.v1.images".pinned_images]
-    sandbox = "{REGISTRY}/pause:{PAUSE_VERSION}"
+    sandbox = {q(f"{REGISTRY}/pause:{PAUSE_VERSION}")}
 
 [plugins."io.containerd.cri.v1.runtime"]
   [plugins."io.containerd.cri.v1.runtime".cni]
-    bin_dirs = ["{node.bin_dir}"]
-    conf_dir = "{node.cni_conf_dir}"
+    bin_dirs = [{q(node.bin_dir)}]
+    conf_dir = {q(node.cni_conf_dir)}
   [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
     runtime_type = "io.containerd.runc.v2"
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
-      BinaryName = "{node.bin(RUNC)}"
+      BinaryName = {q(node.bin(RUNC))}
       SystemdCgroup = false
       # The appliance's root is the initramfs (rootfs), where pivot_root(2) is
       # refused; runc then moves the container root and chroots instead.
