@@ -168,7 +168,7 @@ class PKI:
     def key(self, name: str) -> Path:
         return self.files.key(name)
 
-    def _read_cert(self, name: str) -> x509.Certificate | None:
+    def read_cert(self, name: str) -> x509.Certificate | None:
         try:
             return x509.load_pem_x509_certificate(self.crt(name).read_bytes())
         except FileNotFoundError:
@@ -189,14 +189,14 @@ class PKI:
             raise K4sError(f"cannot read {self.key(name)}: {e.strerror}", hint="run as root") from e
         return key if isinstance(key, ec.EllipticCurvePrivateKey) else None
 
-    def _write(self, name: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+    def write(self, name: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
         # Key first: a crash between the two leaves a cert whose key does not
         # match, which the next run detects and re-issues.
         write_atomic(self.key(name), key_pem(key), KEY_MODE)
         write_atomic(self.crt(name), cert_pem(cert), CERT_MODE)
 
     def load_ca(self, ca: CA) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-        cert, key = self._read_cert(ca.name), self._read_key(ca.name)
+        cert, key = self.read_cert(ca.name), self._read_key(ca.name)
         if cert is None or key is None or not _same_key(key, cert):
             raise K4sError(f"CA {self.crt(ca.name)} is missing, unreadable or does not match its key",
                            hint=f"restore it from a backup, or remove {self.dir} to start a new cluster identity")
@@ -206,7 +206,7 @@ class PKI:
         key = self._read_key(ca.name)
         if not self.crt(ca.name).exists() and not self.key(ca.name).exists():
             key, cert = issue_ca(ca)
-            self._write(ca.name, key, cert)
+            self.write(ca.name, key, cert)
             return Result(ca.name, "created")
         if key is not None and not self.crt(ca.name).exists():
             # a crash between writing the key and the certificate (key first, see _write):
@@ -218,7 +218,7 @@ class PKI:
         return Result(ca.name, "kept")
 
     def leaf_problems(self, leaf: Leaf, ca_cert: x509.Certificate) -> list[str]:
-        cert, key = self._read_cert(leaf.name), self._read_key(leaf.name)
+        cert, key = self.read_cert(leaf.name), self._read_key(leaf.name)
         if cert is None:
             return ["missing or unreadable certificate"]
         if key is None:
@@ -251,7 +251,7 @@ class PKI:
             problems = [] if fresh else self.leaf_problems(leaf, ca_cert)
             if fresh or problems:
                 key, cert = issue_leaf(leaf, ca_key, ca_cert)
-                self._write(leaf.name, key, cert)
+                self.write(leaf.name, key, cert)
                 results.append(Result(leaf.name, "created" if fresh else "renewed", "; ".join(problems)))
             else:
                 results.append(Result(leaf.name, "kept"))
@@ -315,7 +315,7 @@ class PKI:
     def check(self, ident: Identity) -> list[Problem]:
         """Every certificate with its expiry and problems; CAs included."""
         out = []
-        cas = {ca.name: self._read_cert(ca.name) for ca in CAS}
+        cas = {ca.name: self.read_cert(ca.name) for ca in CAS}
         for ca in CAS:
             cert = cas[ca.name]
             p = Problem(ca.name, cert.not_valid_after_utc if cert else None)
@@ -325,7 +325,7 @@ class PKI:
                 p.problems.append("CA expires within the renewal window; plan a CA rotation")
             out.append(p)
         for leaf in leaves(ident):
-            cert = self._read_cert(leaf.name)
+            cert = self.read_cert(leaf.name)
             ca_cert = cas[leaf.ca.name]
             p = Problem(leaf.name, cert.not_valid_after_utc if cert else None)
             p.problems = self.leaf_problems(leaf, ca_cert) if ca_cert else ["its CA is missing"]

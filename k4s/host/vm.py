@@ -1,11 +1,12 @@
 """Boot the appliance in QEMU from the build host: seed, start, wait for Ready, power off.
 
-The host keeps the cluster CA in out/cluster/pki and passes it to the
-appliance in a small extra initramfs segment (the kernel unpacks concatenated
-segments in order), so the appliance issues its own serving certificates from
-it and the host can mint its admin kubeconfig without ever reading secrets
-back from the machine. The same seed works for PXE (iPXE loads several
-initrds) and for a LinuxBoot payload.
+The seed is a small extra initramfs segment (the kernel unpacks concatenated
+segments in order) holding nothing secret: the operator CA's certificate
+(the node trusts it for client certificates) and the manifests to
+auto-deploy. The node makes its own keys and CAs at boot and prints its CA's
+pin; the host checks the CA it is served against that pin before it writes
+out/kubeconfig (k4s.host.operator). The same seed works for PXE (iPXE loads
+several initrds) and for a LinuxBoot payload.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from k4s import layout, log
-from k4s.cluster import pki
+from k4s.cluster import certs
 from k4s.errors import K4sError
-from k4s.fsutil import write_atomic
+from k4s.host.operator import NotYet, Operator
+from k4s.host.operator import write_kubeconfig as write_pinned_kubeconfig
 from k4s.image import cpio
 
 EVENTS_PORT = "ttyS1"  # the guest's second serial port: its events as JSON lines (log.py)
@@ -50,6 +50,8 @@ class VM:
     port: int = 6443              # host port forwarded to the apiserver
     append: str = ""
     manifests: list[Path] = field(default_factory=list)
+    operator_dir: Path | None = None  # default: out/operator
+    ca_hash: str = ""                 # the node's CA pin, read from its events
 
     @property
     def console(self) -> Path:
@@ -73,18 +75,17 @@ class VM:
 
     # --- the seed ----------------------------------------------------------------------
 
-    def cluster_pki(self) -> pki.PKI:
-        store = pki.PKI(self.out / "cluster" / "pki", self.out / "cluster" / "kubeconfig")
-        store.ensure(pki.Identity("k4s-host", "127.0.0.1", "10.43.0.1", "cluster.local"))
-        return store
+    @property
+    def operator(self) -> Operator:
+        return Operator(self.operator_dir or self.out / "operator")
 
     def seed(self) -> bytes:
-        """A zstd cpio segment: the cluster CA, and any manifests to auto-deploy."""
-        store = self.cluster_pki()
+        """A zstd cpio segment: the operator CA's certificate, and any manifests to auto-deploy.
+        Public: no key of any kind."""
+        self.operator.ensure()
         node = layout.Paths.of(layout.DATA_DIR, layout.RUN_DIR)
         t = cpio.Tree()
-        t.data(layout.member(node.pki / "ca.crt"), store.crt("ca").read_bytes(), "base", 0o644)
-        t.data(layout.member(node.pki / "ca.key"), store.key("ca").read_bytes(), "base", 0o600)
+        t.data(layout.member(node.pki / f"{certs.OPERATOR_CA}.crt"), self.operator.ca_crt.read_bytes(), "base", 0o644)
         for m in self.manifests:
             t.data(layout.member(node.manifests / m.name), m.read_bytes(), "base", 0o644)
         for e in t.entries.values():
@@ -93,11 +94,17 @@ class VM:
         return cpio.compress(cpio.bytes_of(t.segment("base")), "zstd", 3)
 
     def write_kubeconfig(self) -> None:
-        """The host's admin kubeconfig, minted from the seeded CA, pointing at the forwarded port."""
-        self.cluster_pki()
-        doc = yaml.safe_load((self.out / "cluster" / "kubeconfig" / "admin.conf").read_text())
-        doc["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{self.port}"
-        write_atomic(self.kubeconfig, yaml.safe_dump(doc, sort_keys=False), 0o600)
+        """The operator's kubeconfig for the forwarded port, trusting the node's CA once it matches the pin."""
+        if not self.ca_hash:
+            raise K4sError("the node's CA pin was not seen in its events", hint=f"see {self.events}")
+        end = time.monotonic() + 60
+        while True:
+            try:
+                return write_pinned_kubeconfig(self.kubeconfig, "127.0.0.1", self.port, self.ca_hash, self.operator)
+            except NotYet:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(1)
 
     # --- QEMU ----------------------------------------------------------------------------
 
@@ -169,6 +176,8 @@ class VM:
                         print(line, flush=True)
             events = log.read_events(self.events)
             for e in events[seen:]:
+                if e.get("component") == "pki" and e.get("event") == "ca":
+                    self.ca_hash = str(e.get("hash"))
                 if e.get("event") == "fatal":
                     hint = f" (hint: {e['hint']})" if e.get("hint") else ""
                     raise K4sError(f"the appliance failed: {e.get('error')}{hint}", hint=f"see {self.console}")

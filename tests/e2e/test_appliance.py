@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from tests.e2e.conftest import Cluster
 
@@ -80,6 +81,87 @@ def test_manifest_dropped_in_the_image_is_applied(cluster: Cluster) -> None:
     assert managed == "k4s"
 
 
+# --- what a served payload holds, and who gets in ---------------------------------------------
+
+# Key material, not the words: programs hold "PRIVATE KEY" as a PEM type name, but a key is
+# a PEM block with its base64 body; an encryption config holds a base64 32-byte secret.
+SECRET = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----\s*[A-Za-z0-9+/=\s]{40,}-----END"
+                    rb"|secret:\s*[A-Za-z0-9+/]{43}=")
+
+
+def secrets_in(blob: bytes, where: str, tmp) -> list[str]:  # type: ignore[no-untyped-def]
+    """Every member of every segment (and of every squashfs part inside) that holds key material."""
+    import subprocess
+
+    from k4s.image import cpio
+
+    found = []
+    for m in cpio.read(blob, cap=4 << 30):
+        if m.name.endswith(".key") or SECRET.search(m.data):
+            found.append(f"{where}:{m.name}")
+        if m.name.endswith(".squashfs"):
+            sq = tmp / m.name.replace("/", "_")
+            sq.write_bytes(m.data)
+            out = tmp / (sq.name + ".d")
+            subprocess.run(["unsquashfs", "-q", "-n", "-d", str(out), str(sq)], check=True, capture_output=True)
+            for f in out.rglob("*"):
+                if f.is_file() and not f.is_symlink() and (f.suffix == ".key" or SECRET.search(f.read_bytes())):
+                    found.append(f"{where}:{m.name}:{f.relative_to(out)}")
+    return found
+
+
+def test_no_private_key_in_the_payload_or_the_seed(cluster: Cluster, tmp_path) -> None:
+    """Everything the VM booted from (every initramfs segment, every squashfs part, the seed)
+    is public: no key, no encryption config. The node made its keys in RAM."""
+    boot = cluster.vm.out / "boot-initrd.img"  # the image followed by the seed, as QEMU was given it
+    assert boot.stat().st_size > (cluster.vm.initrd.stat().st_size)
+    assert secrets_in(boot.read_bytes(), "boot-initrd.img", tmp_path) == []
+    # and the node is up with keys it made itself, pinned by the host
+    assert cluster.vm.ca_hash.startswith("sha256:") and len(cluster.vm.ca_hash) == 71
+    assert f"k4s: cluster CA {cluster.vm.ca_hash}" in cluster.vm.console.read_text(errors="replace")
+
+
+def _status(cluster: Cluster, crt, key) -> int:  # type: ignore[no-untyped-def]
+    import http.client
+    import ssl
+
+    from tests.e2e.conftest import PORT
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.load_cert_chain(crt, key)
+    conn = http.client.HTTPSConnection("127.0.0.1", PORT, context=ctx, timeout=30)
+    try:
+        conn.request("GET", "/api/v1/namespaces/kube-system/pods")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_an_admin_certificate_from_another_ca_is_refused(cluster: Cluster, tmp_path) -> None:
+    from k4s.cluster import certs, pki
+
+    key, ca = pki.issue_ca(certs.CA("ca", "not-the-operator"))
+    leaf = certs.Leaf("admin", certs.CA("ca", "x"), "kubernetes-admin", ("system:masters", certs.OPERATORS_GROUP))
+    lkey, lcert = pki.issue_leaf(leaf, key, ca)
+    (tmp_path / "a.crt").write_bytes(pki.cert_pem(lcert))
+    (tmp_path / "a.key").write_bytes(pki.key_pem(lkey))
+    assert _status(cluster, tmp_path / "a.crt", tmp_path / "a.key") == 401
+    op = cluster.vm.operator
+    assert _status(cluster, op.admin_crt, op.admin_key) == 200
+
+
+def test_deleting_the_operators_binding_withdraws_access(cluster: Cluster) -> None:
+    """Last before the poweroff: after this the host has no access."""
+    from k4s.cluster import addons
+
+    cluster.kubectl("delete", "clusterrolebinding", addons.OPERATORS_BINDING)
+    op = cluster.vm.operator
+    cluster.wait_for("403 for the operator", lambda: (_status(cluster, op.admin_crt, op.admin_key) == 403, ""), 60)
+    r = cluster.kubectl("get", "pods", "-A", check=False)
+    assert r.returncode != 0 and "forbidden" in r.stderr.lower()
+
+
 def test_poweroff_stops_every_component_and_the_vm_exits(cluster: Cluster) -> None:
     assert cluster.vm.power_off(timeout=180), "QEMU did not exit by itself after the power button"
     console = cluster.vm.console.read_text(errors="replace")
@@ -88,3 +170,15 @@ def test_poweroff_stops_every_component_and_the_vm_exits(cluster: Cluster) -> No
         assert f"component={name} event=stopped" in console, name
     assert "k4s: poweroff" in console
     assert "Kernel panic" not in console
+
+
+def test_the_secret_scan_finds_a_key_when_there_is_one(tmp_path) -> None:
+    """The scan above can fail: a seed with a CA key in it is caught."""
+    import stat
+
+    from k4s.cluster import certs, pki
+    from k4s.image import cpio
+
+    key = pki.key_pem(pki.issue_ca(certs.CLUSTER_CA)[0])
+    seed = cpio.bytes_of([cpio.Entry("var/lib/k4s/pki/x", stat.S_IFREG | 0o600, key)])
+    assert secrets_in(seed, "seed", tmp_path) == ["seed:var/lib/k4s/pki/x"]

@@ -106,3 +106,18 @@ def test_component_flags_name_only_files_the_pki_makes(tmp_path) -> None:
             if value.startswith(str(n.paths.pki)) or value.startswith(str(n.paths.kubeconfigs)):
                 named.add(Path(value))
     assert named and named <= made, named - made
+
+
+def test_containerd_toml_values_cannot_add_keys(tmp_path) -> None:
+    """Config validation refuses such a path; the TOML writer escapes it anyway (two fences)."""
+    import dataclasses
+    import tomllib
+
+    from k4s.cluster.components import containerd
+    from k4s.layout import Paths
+
+    n = node(tmp_path)
+    evil = dataclasses.replace(n, paths=Paths(Path('/x"\nimports = ["/etc/evil.toml"]\n#'), n.paths.run))
+    doc = tomllib.loads(containerd.config_toml(evil))
+    assert "imports" not in doc and doc["root"].startswith('/x"\nimports')
+    assert set(doc) == set(tomllib.loads(containerd.config_toml(n)))

@@ -153,7 +153,7 @@ def test_expiring_leaf_is_renewed_and_check_reports_it(tmp_path) -> None:
     ca_key, ca_cert = store.load_ca(pki.CLUSTER_CA)
     leaf = next(leaf for leaf in pki.leaves(ident) if leaf.name == "scheduler")
     key, cert = pki.issue_leaf(leaf, ca_key, ca_cert, days=10)
-    store._write("scheduler", key, cert)
+    store.write("scheduler", key, cert)
     problems = {p.name: p.problems for p in store.check(ident)}
     assert problems["scheduler"] and "expires in" in problems["scheduler"][0]
     assert problems["admin"] == []

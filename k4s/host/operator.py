@@ -1,0 +1,136 @@
+"""The operator's side of trust, on the build host.
+
+The operator CA's key never leaves this host (0600 in a 0700 directory). A node
+is seeded with the CA's certificate only and trusts it for client
+certificates; the operator's admin certificate, minted here, is in the group
+bootstrap binds to cluster-admin (k4s:cluster-admins), so access is withdrawn
+by deleting that binding, not by rebuilding the cluster.
+
+The other direction: the node makes its own CA at boot and prints its pin
+(`sha256:` + hex of the SubjectPublicKeyInfo, kubeadm's format). The host
+fetches the CA from kubeadm's `cluster-info` document over TLS, checks it
+against the pin, and only then writes a kubeconfig that trusts it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import http.client
+import json
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from k4s.cluster import certs, pki
+from k4s.errors import K4sError
+from k4s.fsutil import write_atomic
+
+OPERATOR_CA = certs.CA("ca", "k4s-operator-ca")
+ADMIN = certs.Leaf("admin", OPERATOR_CA, "k4s-operator", (certs.OPERATORS_GROUP,))
+CLUSTER_INFO = "/api/v1/namespaces/kube-public/configmaps/cluster-info"
+
+
+class NotYet(K4sError):
+    """The node does not answer (yet): worth another try, unlike a CA that fails its pin."""
+
+
+@dataclass(frozen=True)
+class Operator:
+    dir: Path  # out/operator: ca.{crt,key}, admin.{crt,key}
+
+    @property
+    def ca_crt(self) -> Path:
+        return self.dir / "ca.crt"
+
+    @property
+    def admin_crt(self) -> Path:
+        return self.dir / "admin.crt"
+
+    @property
+    def admin_key(self) -> Path:
+        return self.dir / "admin.key"
+
+    def ensure(self, renew_days: int = 30) -> None:
+        """The operator CA (made once) and an admin certificate from it (re-made before it expires)."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.dir, 0o700)
+        except OSError as e:
+            raise K4sError(f"cannot make {self.dir}: {e.strerror}", hint="choose a writable --out") from e
+        store = pki.PKI(self.dir, self.dir)
+        if not self.ca_crt.exists() and not store.key(OPERATOR_CA.name).exists():
+            key, cert = pki.issue_ca(OPERATOR_CA)
+            store.write(OPERATOR_CA.name, key, cert)
+        ca_key, ca_cert = store.load_ca(OPERATOR_CA)
+        problems = store.leaf_problems(ADMIN, ca_cert)
+        left = store.read_cert(ADMIN.name)
+        if problems or left is None or left.not_valid_after_utc - dt.datetime.now(dt.UTC) < dt.timedelta(renew_days):
+            key, cert = pki.issue_leaf(ADMIN, ca_key, ca_cert)
+            store.write(ADMIN.name, key, cert)
+
+
+def _get(host: str, port: int, path: str, ctx: ssl.SSLContext) -> tuple[int, bytes]:
+    conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Accept": "application/json"})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def pinned_ca(host: str, port: int, pin: str) -> bytes:
+    """The cluster CA from the apiserver's cluster-info, as kubeadm's discovery does: fetched
+    before anything is trusted, then kept only if it matches the pin. Its PEM."""
+    insecure = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE
+    try:
+        status, body = _get(host, port, CLUSTER_INFO, insecure)
+    except (OSError, ssl.SSLError) as e:
+        raise NotYet(f"cannot fetch cluster-info from {host}:{port}: {e}", hint="is the node up?") from e
+    if status != 200:
+        raise NotYet(f"cluster-info from {host}:{port}: HTTP {status}", hint="is the node bootstrapped?")
+    try:
+        info = yaml.safe_load(json.loads(body)["data"]["kubeconfig"])
+        ca = base64.b64decode(info["clusters"][0]["cluster"]["certificate-authority-data"], validate=True)
+    except (ValueError, KeyError, IndexError, TypeError, yaml.YAMLError):
+        raise K4sError(f"cluster-info from {host}:{port} holds no CA", hint="is this a k4s or kubeadm node?") from None
+    got = pki.spki_hash_pem(ca)
+    if got != pin:
+        raise K4sError(f"the CA the node at {host}:{port} serves is {got}, not the pinned {pin}",
+                       hint="someone else may be answering on that address; nothing was written")
+    return ca
+
+
+def kubeconfig(server: str, ca_pem: bytes, op: Operator) -> str:
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    doc = {"apiVersion": "v1", "kind": "Config", "preferences": {},
+           "clusters": [{"name": "k4s", "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}],
+           "users": [{"name": ADMIN.common_name, "user": {"client-certificate-data": b64(op.admin_crt.read_bytes()),
+                                                          "client-key-data": b64(op.admin_key.read_bytes())}}],
+           "contexts": [{"name": "k4s", "context": {"cluster": "k4s", "user": ADMIN.common_name}}],
+           "current-context": "k4s"}
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def write_kubeconfig(path: Path, host: str, port: int, pin: str, op: Operator) -> None:
+    """Fetch and check the CA against the pin, check that the apiserver's certificate verifies
+    with it, then write the operator's kubeconfig (0600). Nothing is written on a mismatch."""
+    ca = pinned_ca(host, port, pin)
+    ctx = ssl.create_default_context(cadata=ca.decode())
+    ctx.load_cert_chain(op.admin_crt, op.admin_key)
+    try:
+        status, _ = _get(host, port, "/version", ctx)
+    except ssl.SSLCertVerificationError as e:
+        raise K4sError(f"the apiserver at {host}:{port} does not verify with its own pinned CA: {e.verify_message}",
+                       hint="nothing was written") from None
+    except (OSError, ssl.SSLError) as e:
+        raise NotYet(f"cannot reach the apiserver at {host}:{port}: {e}", hint="is the node up?") from e
+    if status != 200:
+        raise K4sError(f"the apiserver at {host}:{port} refused the operator's certificate (HTTP {status})",
+                       hint="was the node seeded with this host's operator CA (out/operator/ca.crt)?")
+    write_atomic(path, kubeconfig(f"https://{host}:{port}", ca, op), 0o600)
