@@ -39,6 +39,7 @@ _HOSTNAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 _IFNAME = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
 _SERIAL = re.compile(r"(ttyS|ttyAMA|hvc)[0-9]{1,3}")
 _PATH = re.compile(r"/[A-Za-z0-9._+@:/-]*")
+_URL = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/([A-Za-z0-9._~-]+/)*")
 
 
 class Invalid(ValueError):
@@ -82,6 +83,13 @@ def _serial_port(v: Any) -> str:
     s = _str(v)
     if not _SERIAL.fullmatch(s):
         raise Invalid(f"{s!r} is not a serial port", "name a port under /dev, e.g. ttyS1 or hvc1")
+    return s
+
+
+def _payload_url(v: Any) -> str:
+    s = _str(v)
+    if not _URL.fullmatch(s):
+        raise Invalid(f"{s!r} is not a payload directory URL", "write http://HOST[:PORT]/PATH/ (ending in /)")
     return s
 
 
@@ -246,6 +254,9 @@ SCHEMA: tuple[Key, ...] = (
     Key("on-failure", _choice("poweroff", "reboot", "halt"), "poweroff", "what init does after a fatal error", cmdline=C),
     Key("events", _optional(_serial_port), "", "a serial port that gets every event as a JSON line, for tools "
         "(k4s vm uses ttyS1); the console keeps the lines for people", cmdline=C),
+    Key("payload", _optional(_payload_url), "", "stage 1: where the signed stage 2 is (http://HOST/PATH/); "
+        "what it fetches is verified against the key built into stage 1, so the command line may point it "
+        "anywhere", cmdline=C),
     Key("disable", _list_of(_choice("coredns", "kube-proxy", "manifests")), (), "bundled parts to leave out"),
     *(Key(f"{c}-arg", _list_of(_flag), (), f"extra {c} flags, e.g. --v=2 (last one wins)") for c in ARG_COMPONENTS),
 )
@@ -284,6 +295,7 @@ class Config:
     cert_renew_days: int
     on_failure: str
     events: str
+    payload: str
     disable: tuple[str, ...]
     etcd_arg: tuple[str, ...]
     kube_apiserver_arg: tuple[str, ...]

@@ -95,8 +95,10 @@ def run_applet(name: str, args: list[str]) -> int:
     return rc if isinstance(rc, int) else 0
 
 
-def dispatch(argv: list[str]) -> int:
+def dispatch(argv: list[str], aliases: dict[str, str] | None = None) -> int:
+    """aliases: names this build answers with another applet (stage 1's /init runs `stage1`)."""
     name = os.path.basename(argv[0]) if argv else "k4s"
+    name = (aliases or {}).get(name, name)
     args = argv[1:]
     table = _applets()
     if name not in table and (name in MULTICALL_NAMES or name.startswith("k4s")):
@@ -130,5 +132,5 @@ def dispatch(argv: list[str]) -> int:
     return run_applet(name, args)
 
 
-def main() -> None:
-    sys.exit(dispatch(sys.argv))
+def main(aliases: dict[str, str] | None = None) -> None:
+    sys.exit(dispatch(sys.argv, aliases))

@@ -1,5 +1,5 @@
 """The one module that talks to libc through ctypes: mount, umount, finit_module,
-reboot, sethostname, prctl. Every call raises OSError with errno on failure."""
+kexec_file_load, reboot, sethostname, prctl. Every call raises OSError with errno on failure."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ _libc: ctypes.CDLL | None = None
 
 # finit_module(2) has no libc wrapper; its syscall number depends on the architecture.
 SYS_FINIT_MODULE = {"x86_64": 313, "aarch64": 273}
+SYS_KEXEC_FILE_LOAD = {"x86_64": 320, "aarch64": 294}
+KEXEC_FILE_NO_INITRAMFS = 4
 MODULE_INIT_COMPRESSED_FILE = 4
 
 MS_RDONLY = 1
@@ -28,6 +30,7 @@ MNT_DETACH = 2
 RB_AUTOBOOT = 0x01234567
 RB_HALT_SYSTEM = 0xCDEF0123
 RB_POWER_OFF = 0x4321FEDC
+RB_KEXEC = 0x45584543
 
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
@@ -62,6 +65,23 @@ def finit_module(fd: int, params: str = "", flags: int = 0) -> None:
         raise OSError(38, f"finit_module: unsupported architecture {platform.machine()}")
     _check(libc().syscall(ctypes.c_long(nr), ctypes.c_int(fd), ctypes.c_char_p(params.encode()),
                           ctypes.c_int(flags)), "finit_module")
+
+
+def _syscall_nr(table: dict[str, int], name: str) -> int:
+    nr = table.get(platform.machine())
+    if nr is None:
+        raise OSError(38, f"{name}: unsupported architecture {platform.machine()}")
+    return nr
+
+
+def kexec_file_load(kernel_fd: int, initrd_fd: int | None, cmdline: str) -> None:
+    """Load a kernel (and initrd) for reboot(RB_KEXEC); the kernel checks the image format
+    (and, with KEXEC_SIG_FORCE, its signature). The command line includes its NUL."""
+    raw = cmdline.encode() + b"\0"
+    flags = 0 if initrd_fd is not None else KEXEC_FILE_NO_INITRAMFS
+    _check(libc().syscall(ctypes.c_long(_syscall_nr(SYS_KEXEC_FILE_LOAD, "kexec_file_load")),
+                          ctypes.c_int(kernel_fd), ctypes.c_int(-1 if initrd_fd is None else initrd_fd),
+                          ctypes.c_ulong(len(raw)), ctypes.c_char_p(raw), ctypes.c_ulong(flags)), "kexec_file_load")
 
 
 def reboot(cmd: int) -> None:

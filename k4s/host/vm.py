@@ -51,6 +51,7 @@ class VM:
     append: str = ""
     manifests: list[Path] = field(default_factory=list)
     operator_dir: Path | None = None  # default: out/operator
+    pxe: Path | None = None           # boot from the NIC: QEMU's TFTP serves this dir's boot.ipxe
     ca_hash: str = ""                 # the node's CA pin, read from its events
 
     @property
@@ -114,26 +115,32 @@ class VM:
             raise K4sError("qemu-system-x86_64 not found", hint="run `make setup` (apt-get install qemu-system-x86)")
         # TCG by default: a /dev/kvm node can exist where KVM does not work (nested hosts).
         accel = os.environ.get("K4S_ACCEL", "tcg")
-        boot_initrd = self.out / "boot-initrd.img"
-        with open(boot_initrd, "wb") as f:
-            with open(self.initrd, "rb") as src:
-                shutil.copyfileobj(src, f, 1 << 20)
-            f.write(self.seed())
-        append = f"console=ttyS0 quiet panic=-1 k4s.events={EVENTS_PORT} {self.append}".strip()
+        netdev = f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:6443"
+        if self.pxe is not None:
+            # no kernel given: SeaBIOS boots the NIC's iPXE ROM, whose DHCP answer names boot.ipxe
+            boot = ["-boot", "n"]
+            netdev += f",tftp={self.pxe},bootfile=boot.ipxe"
+        else:
+            boot_initrd = self.out / "boot-initrd.img"
+            with open(boot_initrd, "wb") as f:
+                with open(self.initrd, "rb") as src:
+                    shutil.copyfileobj(src, f, 1 << 20)
+                f.write(self.seed())
+            append = f"console=ttyS0 quiet panic=-1 k4s.events={EVENTS_PORT} {self.append}".strip()
+            boot = ["-kernel", str(self.kernel), "-initrd", str(boot_initrd), "-append", append]
         return [
             qemu, "-machine", f"q35,accel={accel}", "-cpu", "max" if accel == "tcg" else "host",
-            "-smp", str(self.cpus), "-m", str(self.memory),
-            "-kernel", str(self.kernel), "-initrd", str(boot_initrd), "-append", append,
+            "-smp", str(self.cpus), "-m", str(self.memory), *boot,
             "-display", "none", "-serial", f"file:{self.console}", "-serial", f"file:{self.events}",
             "-monitor", "none",
             "-qmp", f"unix:{self.qmp},server,nowait",
-            "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:6443",
+            "-netdev", netdev,
             "-device", "virtio-net-pci,netdev=n0",
             "-no-reboot", "-pidfile", str(self.pidfile),
         ]
 
     def start(self) -> subprocess.Popen[bytes]:
-        for p in (self.kernel, self.initrd):
+        for p in (self.kernel, self.initrd) if self.pxe is None else (self.pxe / "boot.ipxe",):
             if not p.exists():
                 raise K4sError(f"{p} not found", hint="run `make image`")
         if self.running():

@@ -1,0 +1,72 @@
+"""netboot: prepare and serve a payload for PXE (iPXE) boot from this host.
+
+    k4s netboot prepare [--out out/netboot] [--kernel out/vmlinuz] [--initrd FILE]... [--seed]
+                        [--base-url URL] [--append ARGS] [--key out/keys/signing.key]
+    k4s netboot serve   [--dir out/netboot] [--address 127.0.0.1] [--port 8080]
+
+`prepare` puts the kernel, the initrds (the initramfs, then the seed with the
+operator CA's certificate) and boot.ipxe in one directory, and signs them when
+a signing key exists. `serve` serves that directory over HTTP until Ctrl-C.
+With QEMU's user network, `tftp=out/netboot,bootfile=boot.ipxe` hands the
+script to the NIC's iPXE ROM (`k4s vm run --pxe` does this).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+P = click.Path(path_type=Path)
+CMDLINE = "console=ttyS0 quiet panic=-1"
+
+
+@click.group(help=__doc__.split("\n\n")[0])
+def cli() -> None:
+    pass
+
+
+@cli.command(help="Put the kernel, initrds, seed and boot.ipxe in one directory, signed when a key exists.")
+@click.option("--out", type=P, default=Path("out/netboot"), show_default=True)
+@click.option("--kernel", type=P, default=Path("out/vmlinuz"), show_default=True)
+@click.option("--initrd", type=P, multiple=True, help="[default: out/initramfs.cpio.zst]")
+@click.option("--seed/--no-seed", default=True, show_default=True,
+              help="Add the seed (operator CA certificate) as the last initrd.")
+@click.option("--operator", type=P, default=Path("out/operator"), show_default=True)
+@click.option("--base-url", default="http://${next-server}:8080/", show_default=True,
+              help="Where iPXE fetches the files; ${next-server} is the TFTP server's address.")
+@click.option("--append", default="", help="More kernel command line.")
+@click.option("--key", type=P, default=Path("out/keys/signing.key"), show_default=True,
+              help="Sign with this key if it exists (k4s keygen).")
+def prepare(out: Path, kernel: Path, initrd: tuple[Path, ...], seed: bool, operator: Path, base_url: str,
+            append: str, key: Path) -> int:
+    from k4s.fsutil import write_atomic
+    from k4s.host import netboot
+    from k4s.host.vm import EVENTS_PORT, VM
+
+    initrds = list(initrd) or [Path("out/initramfs.cpio.zst")]
+    if seed:
+        path = out.parent / f"{out.name}-seed" / "seed.cpio.zst"
+        write_atomic(path, VM(out, kernel, initrds[0], operator_dir=operator).seed())
+        initrds.append(path)
+    cmdline = f"{CMDLINE} k4s.events={EVENTS_PORT} {append}".strip()
+    files = netboot.prepare(out, kernel, initrds, cmdline, base_url, key if key.exists() else None)
+    click.echo(f"{out}: {' '.join(files)}" + (" (signed)" if key.exists() else " (unsigned: no key)"))
+    return 0
+
+
+@cli.command(help="Serve a prepared directory over HTTP until Ctrl-C.")
+@click.option("--dir", "directory", type=P, default=Path("out/netboot"), show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8080, show_default=True)
+def serve(directory: Path, address: str, port: int) -> int:
+    from k4s import log
+    from k4s.host import netboot
+
+    srv = netboot.server(directory, address, port)
+    log.event("netboot", "serving", dir=directory, url=f"http://{address}:{srv.server_address[1]}/")
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0

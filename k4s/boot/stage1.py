@@ -1,0 +1,202 @@
+"""Stage 1, the LinuxBoot way: PID 1 of a small initramfs (in flash, or loaded by
+PXE) that brings the network up, fetches the signed stage 2, verifies it while
+it streams in, and boots it with kexec. Nothing unverified runs.
+
+    k4s.payload=http://HOST/PATH/   (the kernel command line; may point anywhere)
+      -> PATH/manifest.json + manifest.sig: checked with the public key built into stage 1
+      -> each artifact the manifest names (the kernel, the initrds in order): its size and
+         sha256 checked as it streams into RAM; one byte too many stops it there
+      -> kexec_file_load(kernel, the initrds concatenated, the signed command line)
+
+Network errors are retried with back-off, a console line per try; a payload that
+fails its check is one line naming the artifact and the reason, no kexec, and
+`k4s.on-failure` applies.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+from k4s import layout, log
+from k4s.boot import libc
+from k4s.config import Config
+from k4s.errors import K4sError
+from k4s.image import manifest
+
+PUBLIC_KEY = Path("/etc/k4s") / manifest.PUBLIC_KEY  # built into the stage-1 image
+TRIES = 8
+BACKOFF = (1.0, 30.0)
+TIMEOUT = 30.0
+
+
+class Fetch:
+    """HTTP GETs below one base URL, retried with back-off on network errors."""
+
+    def __init__(self, base: str) -> None:
+        u = urllib.parse.urlsplit(base)
+        if u.scheme != "http":
+            raise K4sError(f"payload {base}: only http:// is supported by this stage 1",
+                           hint="serve the payload over HTTP: it is verified anyway, and secret it is not")
+        self.host, self.port, self.path = u.hostname or "", u.port or 80, u.path
+
+    def _chunks(self, name: str) -> Iterator[bytes]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
+        try:
+            conn.request("GET", self.path + name)
+            r = conn.getresponse()
+            if r.status != 200:
+                raise OSError(f"HTTP {r.status}")
+            while chunk := r.read(1 << 20):
+                yield chunk
+        finally:
+            conn.close()
+
+    def get(self, name: str, consume):  # type: ignore[no-untyped-def]
+        """consume(chunks) for the file; a network error retries from the start (a VerifyError
+        does not: a payload that fails its check does not get better)."""
+        delay = BACKOFF[0]
+        for attempt in range(1, TRIES + 1):
+            try:
+                return consume(self._chunks(name))
+            except (OSError, http.client.HTTPException) as e:
+                if attempt == TRIES:
+                    raise K4sError(f"cannot fetch {self.path}{name} from {self.host}:{self.port} after {TRIES} "
+                                   f"tries: {e}", hint="check the network and k4s.payload=") from None
+                log.event("stage1", "retry", file=name, attempt=attempt, error=str(e) or type(e).__name__,
+                          retry_in=delay)
+                time.sleep(delay)
+                delay = min(delay * 2, BACKOFF[1])
+    # a failed artifact is never retried from the verified bytes: each try streams it again
+
+
+def fetch_verified(base: str, directory: Path, pub: bytes) -> manifest.Manifest:
+    """The signed manifest, then every kernel and initrd it names, each checked as it arrives."""
+    f = Fetch(base)
+    raw = f.get(manifest.MANIFEST, lambda cs: _bounded(cs, manifest.MAX_MANIFEST, manifest.MANIFEST))
+    sig = f.get(manifest.SIGNATURE, lambda cs: _bounded(cs, 4096, manifest.SIGNATURE))
+    m = manifest.parse(raw, sig, pub)
+    if len(m.by_role("kernel")) != 1:
+        raise manifest.VerifyError(f"{manifest.MANIFEST}: names {len(m.by_role('kernel'))} kernels, not one")
+    directory.mkdir(parents=True, exist_ok=True)
+    for art in [*m.by_role("kernel"), *m.by_role("initrd")]:
+        t0 = time.monotonic()
+
+        def consume(chunks: Iterator[bytes], art: manifest.Artifact = art) -> int:
+            with open(directory / art.name, "wb") as out:
+                return manifest.check_stream(art, chunks, out)
+
+        n = f.get(art.name, consume)
+        log.event("stage1", "verified", file=art.name, bytes=n, seconds=time.monotonic() - t0)
+    return m
+
+
+def _bounded(chunks: Iterator[bytes], limit: int, name: str) -> bytes:
+    out = b""
+    for c in chunks:
+        out += c
+        if len(out) > limit:
+            raise manifest.VerifyError(f"{name}: more than {limit} bytes")
+    return out
+
+
+def join_initrds(initrds: list[Path], out: Path, consume: bool = False) -> None:
+    """The initrds concatenated, each padded to 4 bytes as the kernel reads them; with
+    consume, each is removed once copied (RAM: keep one copy)."""
+    with open(out, "wb") as f:
+        for p in initrds:
+            with open(p, "rb") as src:
+                while chunk := src.read(1 << 20):
+                    f.write(chunk)
+            f.write(b"\0" * (-f.tell() % 4))
+            if consume:
+                p.unlink()
+
+
+def load(kernel: Path, initrd: Path | None, cmdline: str) -> None:
+    kfd = os.open(kernel, os.O_RDONLY | os.O_CLOEXEC)
+    ifd = os.open(initrd, os.O_RDONLY | os.O_CLOEXEC) if initrd else None
+    try:
+        libc.kexec_file_load(kfd, ifd, cmdline)
+    except OSError as e:
+        raise K4sError(f"kexec_file_load: {e.strerror}", hint="as root, on a kernel with CONFIG_KEXEC_FILE; a "
+                       "signed-kernel policy (KEXEC_SIG_FORCE, lockdown) refuses an unsigned kernel") from None
+    finally:
+        os.close(kfd)
+        if ifd is not None:
+            os.close(ifd)
+
+
+def execute() -> None:
+    log.console("k4s: booting the loaded kernel (kexec)")
+    os.sync()
+    libc.reboot(libc.RB_KEXEC)
+
+
+def kexec(kernel: Path, initrds: list[Path], cmdline: str) -> None:
+    """Load the kernel with the initrds, then reboot into it. Returns only by raising."""
+    initrd = kernel.with_name("initrd.img") if initrds else None
+    if initrd:
+        join_initrds(initrds, initrd, consume=True)
+    load(kernel, initrd, cmdline)
+    execute()
+
+
+def boot() -> str:
+    """Stage 1 as PID 1; the power action to take if it returns (it does not when kexec works)."""
+    from k4s import config
+    from k4s.boot import init, netconf
+
+    init.mount_all()
+    cfg: Config = config.load(cmdline=config.read_proc_cmdline())
+    paths = layout.Paths.of(cfg.data_dir, cfg.run_dir)
+    log.setup(paths.logs, cfg.log_level, events=paths.events, device=f"/dev/{cfg.events}" if cfg.events else None)
+    if not cfg.payload:
+        raise K4sError("no k4s.payload= on the kernel command line", hint="boot stage 1 with "
+                       "k4s.payload=http://HOST/PATH/ (the directory `k4s netboot prepare` writes)")
+    try:
+        pub = manifest.public_key(PUBLIC_KEY)
+    except K4sError as e:
+        raise K4sError(f"stage 1 has no public key: {e.message}", hint="rebuild stage 1 (make stage1)") from None
+    init.stage("modules", loaded=init.load_modules())
+    iface, ip = netconf.setup(cfg, paths.run)
+    log.event("stage1", "fetch", payload=cfg.payload)
+    t0 = time.monotonic()
+    stage2 = paths.run / "stage2"
+    m = fetch_verified(cfg.payload, stage2, pub)
+    total = sum(a.size for a in [*m.by_role("kernel"), *m.by_role("initrd")])
+    log.event("stage1", "payload-verified", bytes=total, seconds=time.monotonic() - t0)
+    kexec(stage2 / m.by_role("kernel")[0].name, [stage2 / a.name for a in m.by_role("initrd")], m.cmdline)
+    raise K4sError("reboot(RB_KEXEC) returned", hint="the kernel refused to kexec")
+
+
+def main() -> None:
+    """PID 1 of stage 1. Never returns: kexec, or the failure action."""
+    from k4s.boot import init
+
+    os.environ.clear()
+    os.environ.update({"PATH": layout.PATH, "HOME": "/root", "TERM": "linux", "LANG": "C.UTF-8"})
+    action = "poweroff"
+    try:
+        log.console(f"k4s stage1: starting (kernel {os.uname().release}, {log.uptime():.2f}s since boot)")
+        log.record("stage1", "start", kernel=os.uname().release)
+        boot()
+    except K4sError as e:
+        log.console(e.render("k4s stage1"))
+        log.record("stage1", "fatal", level="error", error=e.message, hint=e.hint)
+        action = init.on_failure_action()
+        log.console(f"k4s stage1: nothing was booted; will {action} (k4s.on-failure=poweroff|reboot|halt)")
+        time.sleep(1)
+    except BaseException as e:  # noqa: BLE001 - PID 1 must never die with a traceback
+        import traceback
+
+        traceback.print_exc()
+        log.console(f"k4s stage1: error: unexpected {type(e).__name__}: {e} (hint: this is a bug)")
+        log.record("stage1", "fatal", level="error", error=f"unexpected {type(e).__name__}: {e}")
+        action = init.on_failure_action()
+    finally:
+        init.shutdown(action)

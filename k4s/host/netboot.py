@@ -1,0 +1,106 @@
+"""Serving a payload over the network: a directory with the kernel, its initrds
+(the initramfs, then the seed), an iPXE script that loads them over HTTP, and
+the signed manifest; and a small HTTP server for it.
+
+    NIC's iPXE ROM --DHCP (+TFTP: boot.ipxe)--> iPXE --HTTP--> kernel + initrds --> k4s init
+
+Nothing that iPXE loads is verified by iPXE here (Debian's ROMs are built
+without `imgverify`): on plain PXE the root of trust is the network. The
+manifest is for what comes after a first stage that checks it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from k4s import log
+from k4s.errors import K4sError
+from k4s.fsutil import write_atomic
+from k4s.image import manifest
+
+SCRIPT = "boot.ipxe"
+KERNEL = "vmlinuz"
+DEFAULT_PORT = 8080
+
+
+def ipxe_script(base_url: str, kernel: str, initrds: list[str], cmdline: str) -> str:
+    """iPXE loads the kernel and every initrd in order (it concatenates them for Linux),
+    then boots; `${next-server}` in base_url is the DHCP server's next-server (TFTP) address."""
+    lines = ["#!ipxe", "echo k4s: fetching the payload from " + base_url,
+             f"kernel {base_url}{kernel} {cmdline}".rstrip()]
+    lines += [f"initrd {base_url}{name}" for name in initrds]
+    lines += ["boot", ""]
+    return "\n".join(lines)
+
+
+def _place(src: Path, dst: Path) -> None:
+    if not src.is_file():
+        raise K4sError(f"{src} not found", hint="run `make image` first")
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src.resolve(), tmp)  # no copy of 80 MB when out/ is one filesystem
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, dst)
+
+
+def prepare(directory: Path, kernel: Path, initrds: list[Path], cmdline: str,
+            base_url: str = f"http://${{next-server}}:{DEFAULT_PORT}/", key: Path | None = None) -> list[str]:
+    """The payload directory: the kernel as vmlinuz, the initrds under their own names,
+    boot.ipxe, and (with a signing key) manifest.json + manifest.sig. The file names."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.iterdir():  # the directory is the payload: nothing left from before
+        if stale.is_file():
+            stale.unlink()
+    _place(kernel, directory / KERNEL)
+    names = []
+    for p in initrds:
+        if p.name in names or p.name in (KERNEL, SCRIPT, manifest.MANIFEST, manifest.SIGNATURE):
+            raise K4sError(f"two payload files would be named {p.name}", hint="rename one of the initrds")
+        _place(p, directory / p.name)
+        names.append(p.name)
+    write_atomic(directory / SCRIPT, ipxe_script(base_url, KERNEL, names, cmdline))
+    if key is not None:
+        manifest.sign(directory, key, [(KERNEL, "kernel"), *((n, "initrd") for n in names)], cmdline)
+    return [KERNEL, *names, SCRIPT]
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        log.event("netboot", "sent", client=self.client_address[0], path=self.path, status=int(code))
+
+    def log_message(self, fmt: str, *args: object) -> None:
+        pass  # errors reach the client as a status, and log_request has the line
+
+    def list_directory(self, path: str):  # type: ignore[no-untyped-def]
+        self.send_error(403, "no listings")
+        return None
+
+
+def server(directory: Path, address: str = "127.0.0.1", port: int = DEFAULT_PORT) -> ThreadingHTTPServer:
+    """An HTTP server for the payload directory (files only, no listings); call serve_forever."""
+    if not (directory / SCRIPT).is_file():
+        raise K4sError(f"{directory} holds no {SCRIPT}", hint="run `k4s netboot prepare` (make netboot) first")
+
+    class Handler(_Handler):
+        def __init__(self, *a, **kw) -> None:  # type: ignore[no-untyped-def]
+            super().__init__(*a, directory=str(directory), **kw)
+
+    try:
+        srv = ThreadingHTTPServer((address, port), Handler)
+    except OSError as e:
+        raise K4sError(f"cannot listen on {address}:{port}: {e.strerror}", hint="pick another --port") from e
+    srv.daemon_threads = True
+    return srv
+
+
+def serve_in_thread(directory: Path, address: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+    srv = server(directory, address, port)
+    threading.Thread(target=srv.serve_forever, name="netboot", daemon=True).start()
+    return srv

@@ -1,0 +1,226 @@
+"""Signed boot manifests: every artifact of a payload with its size and sha256, and
+the kernel command line, signed with Ed25519.
+
+    manifest.json   {"k4s-manifest": 1, "cmdline": "...", "artifacts": [{name, role, size, sha256}]}
+    manifest.sig    the Ed25519 signature of manifest.json's exact bytes, base64
+
+Roles: kernel, initrd (in boot order), config, part (a squashfs part inside the
+initramfs). The signing key stays on the build host (0600); the public key is
+built into the first stage, which checks the signature and then every artifact
+while it streams in. Ed25519 comes from PyNaCl (libsodium): small enough for a
+first stage that must fit a flash part beside its kernel, where `cryptography`
+would not.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from k4s.errors import K4sError
+from k4s.fsutil import write_atomic
+
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+PUBLIC_KEY = "signing.pub"
+SECRET_KEY = "signing.key"
+ROLES = ("kernel", "initrd", "config", "part")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a file name in the payload directory, nothing else
+MAX_MANIFEST = 1 << 20
+CHUNK = 1 << 20
+
+
+class VerifyError(K4sError):
+    """A payload that must not run: one line naming the artifact and the reason."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, hint="the payload was altered, truncated or signed by another key; "
+                                       "nothing from it ran")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    role: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    cmdline: str
+    artifacts: tuple[Artifact, ...]
+
+    def by_role(self, role: str) -> list[Artifact]:
+        return [a for a in self.artifacts if a.role == role]
+
+    def get(self, name: str) -> Artifact:
+        for a in self.artifacts:
+            if a.name == name:
+                return a
+        raise VerifyError(f"{name}: not in the signed manifest")
+
+    def to_bytes(self) -> bytes:
+        doc = {"k4s-manifest": 1, "cmdline": self.cmdline, "artifacts": [asdict(a) for a in self.artifacts]}
+        return json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def keygen(directory: Path) -> tuple[Path, Path]:
+    """A new Ed25519 key pair: signing.key (0600, in a 0700 directory) and signing.pub."""
+    from nacl.signing import SigningKey
+
+    key, pub = directory / SECRET_KEY, directory / PUBLIC_KEY
+    if key.exists():
+        raise K4sError(f"{key} exists; refusing to replace a signing key",
+                       hint="remove it first if you mean to: payloads signed with it will no longer verify")
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        raise K4sError(f"cannot make {directory}: {e.strerror}", hint="choose a writable directory") from e
+    sk = SigningKey.generate()
+    write_atomic(key, f"k4s-ed25519-secret {_b64(bytes(sk))}\n", 0o600)
+    write_atomic(pub, f"k4s-ed25519 {_b64(bytes(sk.verify_key))}\n", 0o644)
+    return key, pub
+
+
+def _read_key(path: Path, kind: str) -> bytes:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise K4sError(f"cannot read {path}: {e.strerror}", hint="make a key pair with `k4s keygen`") from e
+    parts = text.split()
+    try:
+        if len(parts) == 2 and parts[0] == kind:
+            raw = base64.b64decode(parts[1], validate=True)
+            if len(raw) == 32:
+                return raw
+    except ValueError:
+        pass
+    raise K4sError(f"{path} is not a k4s {'signing' if 'secret' in kind else 'public'} key",
+                   hint="make a key pair with `k4s keygen`")
+
+
+def public_key(path: Path) -> bytes:
+    return _read_key(path, "k4s-ed25519")
+
+
+# --- signing and verifying -------------------------------------------------------------------
+
+def digest(path: Path) -> tuple[int, str]:
+    h, n = hashlib.sha256(), 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
+                n += len(chunk)
+    except OSError as e:
+        raise K4sError(f"cannot read {path}: {e.strerror}", hint="check the artifact exists") from e
+    return n, h.hexdigest()
+
+
+def sign(directory: Path, key_path: Path, artifacts: Iterable[tuple[str, str]], cmdline: str) -> Manifest:
+    """Hash each (name, role) in directory, write manifest.json and manifest.sig there."""
+    from nacl.signing import SigningKey
+
+    sk = SigningKey(_read_key(key_path, "k4s-ed25519-secret"))
+    items = []
+    for name, role in artifacts:
+        if not NAME.fullmatch(name) or role not in ROLES:
+            raise K4sError(f"cannot sign {name!r} as {role!r}", hint=f"a plain file name, one of the roles {ROLES}")
+        size, sha = digest(directory / name)
+        items.append(Artifact(name, role, size, sha))
+    m = Manifest(cmdline, tuple(items))
+    raw = m.to_bytes()
+    write_atomic(directory / MANIFEST, raw)
+    write_atomic(directory / SIGNATURE, _b64(sk.sign(raw).signature) + "\n")
+    return m
+
+
+def parse(raw: bytes, sig: bytes, pub: bytes) -> Manifest:
+    """The manifest, only if the signature over its exact bytes verifies with pub."""
+    from nacl.exceptions import BadSignatureError
+    from nacl.signing import VerifyKey
+
+    if len(raw) > MAX_MANIFEST:
+        raise VerifyError(f"{MANIFEST}: {len(raw)} bytes, too big for a manifest")
+    try:
+        signature = base64.b64decode(sig.strip(), validate=True)
+    except ValueError:
+        raise VerifyError(f"{SIGNATURE}: not base64") from None
+    if len(signature) != 64:
+        raise VerifyError(f"{SIGNATURE}: missing or not an Ed25519 signature")
+    try:
+        VerifyKey(pub).verify(raw, signature)
+    except BadSignatureError:
+        raise VerifyError(f"{MANIFEST}: the signature does not verify with the built-in public key") from None
+    try:  # signed, so ours; still checked, since a key can sign a mistake
+        doc = json.loads(raw)
+        items = tuple(Artifact(str(a["name"]), str(a["role"]), int(a["size"]), str(a["sha256"]))
+                      for a in doc["artifacts"])
+        m = Manifest(str(doc["cmdline"]), items)
+    except (ValueError, KeyError, TypeError):
+        raise VerifyError(f"{MANIFEST}: signed but malformed") from None
+    for a in m.artifacts:
+        if not NAME.fullmatch(a.name) or a.role not in ROLES or not re.fullmatch(r"[0-9a-f]{64}", a.sha256):
+            raise VerifyError(f"{MANIFEST}: signed but names a bad artifact {a.name[:80]!r}")
+    return m
+
+
+def check_stream(art: Artifact, chunks: Iterator[bytes], out: BinaryIO | None = None) -> int:
+    """Hash an artifact as it streams in (writing it to out); refuse it on the first byte too
+    many, or at the end when its size or sha256 differ. Bytes read."""
+    h, n = hashlib.sha256(), 0
+    for chunk in chunks:
+        n += len(chunk)
+        if n > art.size:
+            raise VerifyError(f"{art.name}: longer than the {art.size} bytes the manifest says")
+        h.update(chunk)
+        if out is not None:
+            out.write(chunk)
+    if n != art.size:
+        raise VerifyError(f"{art.name}: truncated ({n} of {art.size} bytes)")
+    if h.hexdigest() != art.sha256:
+        raise VerifyError(f"{art.name}: sha256 differs from the signed manifest")
+    return n
+
+
+def file_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+
+
+def verify_dir(directory: Path, pub: bytes) -> Manifest:
+    """An operator's check of a payload directory: the signature, every artifact, and no
+    file beside them that the manifest does not name."""
+    try:
+        raw = (directory / MANIFEST).read_bytes()
+    except OSError:
+        raise VerifyError(f"{MANIFEST}: missing in {directory}") from None
+    try:
+        sig = (directory / SIGNATURE).read_bytes()
+    except OSError:
+        raise VerifyError(f"{SIGNATURE}: missing in {directory}") from None
+    m = parse(raw, sig, pub)
+    for a in m.artifacts:
+        try:
+            check_stream(a, file_chunks(directory / a.name))
+        except FileNotFoundError:
+            raise VerifyError(f"{a.name}: missing") from None
+    known = {a.name for a in m.artifacts} | {MANIFEST, SIGNATURE, "boot.ipxe", PUBLIC_KEY}
+    extra = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name not in known)
+    if extra:
+        raise VerifyError(f"{extra[0]}: not in the signed manifest")
+    return m
