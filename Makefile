@@ -7,7 +7,7 @@ export K4S_CACHE := $(CACHE)
 
 PY_SOURCES := $(shell find k4s applets -name '*.py') build/k4s.spec build/k4s_entry.py pyproject.toml
 
-.PHONY: setup components components-lock components-download images k4s image run up down test test-unit bench clean
+.PHONY: setup components components-lock components-download images k4s image stage1 netboot run up down test test-unit bench clean
 
 setup:
 	bash build/setup.sh
@@ -30,6 +30,25 @@ images: components
 image: setup components images k4s
 	$(PYTHON) -m k4s mkimage --out $(OUT)/initramfs.cpio.zst --kernel-out $(OUT)/vmlinuz
 
+# The first stage (LinuxBoot / PXE): a lean frozen k4s that fetches, verifies and kexecs stage 2,
+# trusting out/keys/signing.pub (made once by `k4s keygen`; the private key never leaves out/keys).
+STAGE1_SOURCES := $(PY_SOURCES) build/stage1.spec build/stage1_entry.py build/stage1_shims/ssl.py
+out/keys/signing.key:
+	$(PYTHON) -m k4s keygen --dir out/keys
+
+$(OUT)/stage1/k4s/k4s: $(STAGE1_SOURCES)
+	@echo "k4s: freezing stage 1 with PyInstaller (onedir) -> $(OUT)/stage1"
+	$(PYTHON) -m PyInstaller --noconfirm --log-level WARN --workpath $(OUT)/.pyinstaller-stage1 --distpath $(OUT)/stage1 build/stage1.spec
+	@touch $@
+
+stage1: setup out/keys/signing.key $(OUT)/stage1/k4s/k4s
+	$(PYTHON) -m k4s mkimage --stage1 out/keys/signing.pub --bundle $(OUT)/stage1/k4s --out $(OUT)/stage1.cpio.xz
+
+# Serve the signed stage 2 over HTTP for PXE (boot.ipxe) and for stage 1 (k4s.payload=http://HOST:8080/).
+netboot: image stage1
+	$(PYTHON) -m k4s netboot prepare --out $(OUT)/netboot
+	$(PYTHON) -m k4s netboot serve --dir $(OUT)/netboot --address 0.0.0.0 --port 8080
+
 # The main job: build everything, boot it in QEMU to a Ready node, Ctrl-C powers off.
 run: image
 	$(PYTHON) -m k4s vm run
@@ -50,13 +69,13 @@ components-lock:
 	$(PYTHON) build/components/build.py --update-lock
 
 # The README's test command: installs, builds, then runs every tier.
-test: image
+test: image stage1
 	$(PYTHON) -m pytest -v -ra tests
 
 test-unit:
 	$(PYTHON) -m pytest -q tests/unit
 
-bench: image
+bench: image stage1
 	$(PYTHON) bench/run.py
 
 clean:

@@ -41,6 +41,22 @@ def run(inp: image.Inputs, out: Path, kernel_out: Path | None, method: str, leve
     return 0
 
 
+def run_stage1(bundle: Path, pubkey: Path, kernel_root: Path, out: Path, kernel_out: Path | None,
+               report: Path | None) -> int:
+    seg = image.build_stage1(bundle, pubkey, kernel_root, out)
+    kernel = kernel_root / "boot" / f"vmlinuz-{image.kernel_release(kernel_root)}"
+    if kernel_out:
+        kernel_out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(kernel, kernel_out)
+    total = seg.compressed + kernel.stat().st_size
+    click.echo(image.report([seg]))
+    click.echo(f"stage 1: kernel {kernel.stat().st_size / 2**20:.1f} MiB + initramfs {seg.compressed / 2**20:.1f} MiB"
+               f" = {total / 2**20:.1f} MiB of a 16 MiB flash part")
+    if report:
+        write_atomic(report, image.report_json([seg]))
+    return 0
+
+
 @click.command(help=__doc__.split("\n\n")[0])
 @click.option("--out", type=P, required=True, help="The initramfs to write.")
 @click.option("--kernel-out", type=P, help="Copy the kernel here.")
@@ -60,8 +76,12 @@ def run(inp: image.Inputs, out: Path, kernel_out: Path | None, method: str, leve
 @click.option("--cache", type=P, default=Path("/var/cache/k4s/segments"), show_default=True,
               help="Where compressed segments are kept for reuse.")
 @click.option("--report", type=P, help="Write the size table as JSON here.")
+@click.option("--stage1", "stage1_pubkey", type=P, metavar="PUBKEY",
+              help="Build the first stage instead (--bundle out/stage1/k4s), trusting this public key.")
 def cli(out: Path, kernel_out: Path | None, bundle: Path, components: Path, images: Path, rootfs: Path,
         overlay: tuple[Path, ...], kernel_root: Path, busybox: Path, compression: str, level: int | None,
-        payload: str, cache: Path, report: Path | None) -> int:
+        payload: str, cache: Path, report: Path | None, stage1_pubkey: Path | None) -> int:
+    if stage1_pubkey is not None:
+        return run_stage1(bundle, stage1_pubkey, kernel_root, out, kernel_out, report)
     inp = image.Inputs(bundle, components, images, rootfs, kernel_root, busybox, list(overlay))
     return run(inp, out, kernel_out, compression, level, cache, payload, report)

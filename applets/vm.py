@@ -1,6 +1,6 @@
 """vm: boot the appliance in QEMU on the build host (TCG when there is no KVM).
 
-    k4s vm run   [--memory MiB] [--cpus N] [--port P] [--append ARGS] [--manifest FILE]...
+    k4s vm run   [--memory MiB] [--cpus N] [--port P] [--append ARGS] [--manifest FILE]... [--pxe DIR]
     k4s vm up    (the same, in the background; returns once the node is Ready)
     k4s vm down  (power off through the ACPI power button; waits for a clean exit)
 
@@ -35,14 +35,17 @@ def vm_options(f):  # type: ignore[no-untyped-def]
         click.option("--append", default="", help="Extra kernel command line, e.g. k4s.node-name=edge-1."),
         click.option("--manifest", type=P, multiple=True, help="A manifest to auto-deploy (repeatable)."),
         click.option("--timeout", type=float, default=900, show_default=True, help="Seconds to wait for Ready."),
+        click.option("--pxe", type=P, help="Boot from the NIC: QEMU's TFTP hands iPXE DIR/boot.ipxe, which "
+                     "fetches the rest over HTTP (run `make netboot` to prepare and serve DIR)."),
     ]):
         f = opt(f)
     return f
 
 
 def make_vm(out: Path, kernel: Path, initrd: Path, memory: int, cpus: int, port: int, append: str,
-            manifest: tuple[Path, ...]) -> VM:
-    return VM(out.resolve(), kernel.resolve(), initrd.resolve(), memory, cpus, port, append, list(manifest))
+            manifest: tuple[Path, ...], pxe: Path | None = None) -> VM:
+    return VM(out.resolve(), kernel.resolve(), initrd.resolve(), memory, cpus, port, append, list(manifest),
+              pxe=pxe.resolve() if pxe else None)
 
 
 def kubectl_nodes(vm: VM) -> None:
@@ -93,15 +96,15 @@ def cli() -> None:
 @cli.command(help="Boot in the foreground; Ctrl-C powers off.")
 @vm_options
 def run(out: Path, kernel: Path, initrd: Path, memory: int, cpus: int, port: int, append: str,
-        manifest: tuple[Path, ...], timeout: float) -> int:
-    return run_foreground(make_vm(out, kernel, initrd, memory, cpus, port, append, manifest), timeout)
+        manifest: tuple[Path, ...], timeout: float, pxe: Path | None) -> int:
+    return run_foreground(make_vm(out, kernel, initrd, memory, cpus, port, append, manifest, pxe), timeout)
 
 
 @cli.command(help="Boot in the background and return once the node is Ready.")
 @vm_options
 def up(out: Path, kernel: Path, initrd: Path, memory: int, cpus: int, port: int, append: str,
-       manifest: tuple[Path, ...], timeout: float) -> int:
-    vm = make_vm(out, kernel, initrd, memory, cpus, port, append, manifest)
+       manifest: tuple[Path, ...], timeout: float, pxe: Path | None) -> int:
+    vm = make_vm(out, kernel, initrd, memory, cpus, port, append, manifest, pxe)
     bring_up(vm, timeout, echo=True)
     kubectl_nodes(vm)
     return 0

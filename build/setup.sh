@@ -8,6 +8,7 @@ CACHE=${K4S_CACHE:-/var/cache/k4s}
 PY=${PYTHON:-python3}
 APT_PACKAGES=(
   qemu-system-x86 qemu-utils        # boot the appliance under TCG
+  ipxe-qemu                         # the NIC ROMs that PXE-boot the appliance (iPXE)
   zstd xz-utils cpio                # initramfs compression and inspection
   squashfs-tools erofs-utils        # compressed read-only images (measured)
   libseccomp-dev pkg-config gcc     # runc links libseccomp through cgo

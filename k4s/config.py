@@ -370,8 +370,6 @@ def parse_cmdline(text: str) -> list[tuple[str, str]]:
 
 
 def read_file_layer(path: str, required: bool) -> dict[str, Any]:
-    import yaml
-
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -381,6 +379,8 @@ def read_file_layer(path: str, required: bool) -> dict[str, Any]:
         return {}
     except (PermissionError, IsADirectoryError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path}: cannot read: {e}", hint="it must be a readable UTF-8 YAML file") from None
+    import yaml  # here: stage 1 has no config file and carries no YAML
+
     try:
         data = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
     except _DuplicateKey as e:

@@ -53,6 +53,20 @@ def link_up(ipr: object, name: str) -> None:
     ipr.link("set", index=idx[0], state="up")  # type: ignore[attr-defined]
 
 
+def wait_for_carrier(name: str, timeout: float = 10.0) -> bool:
+    """After link up: a DISCOVER sent before the link has carrier is lost, and pyroute2's client
+    does not always send another (seen in stage 1, whose NIC driver loads just before)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if (SYS_NET / name / "carrier").read_text().strip() == "1":
+                return True
+        except OSError:
+            pass  # reading carrier of a down link is EINVAL
+        time.sleep(0.05)
+    return False
+
+
 def write_resolv_conf(servers: list[str], search: str = "") -> None:
     lines = [f"search {search}"] if search else []
     lines += [f"nameserver {s}" for s in servers]
@@ -143,6 +157,8 @@ class DHCP:
 
         with IPRoute() as ipr:
             link_up(ipr, self.iface)
+        if not wait_for_carrier(self.iface):
+            log.event("init", "no-carrier", level="warn", interface=self.iface)
         threading.Thread(target=self._run, name="dhcp", daemon=True).start()
         if not self.bound.wait(timeout) or self.error or not self.ip:
             raise K4sError(f"DHCP on {self.iface} got no lease: {self.error or 'timeout'}",

@@ -162,6 +162,10 @@ def boot() -> str:
         pub = manifest.public_key(PUBLIC_KEY)
     except K4sError as e:
         raise K4sError(f"stage 1 has no public key: {e.message}", hint="rebuild stage 1 (make stage1)") from None
+    if cfg.log_level == "debug":  # the libraries' own logs (pyroute2's DHCP client) on the console
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     init.stage("modules", loaded=init.load_modules())
     iface, ip = netconf.setup(cfg, paths.run)
     log.event("stage1", "fetch", payload=cfg.payload)

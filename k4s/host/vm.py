@@ -52,6 +52,7 @@ class VM:
     manifests: list[Path] = field(default_factory=list)
     operator_dir: Path | None = None  # default: out/operator
     pxe: Path | None = None           # boot from the NIC: QEMU's TFTP serves this dir's boot.ipxe
+    seeded: bool = True               # append the seed to the initrd (not for a stage 1)
     ca_hash: str = ""                 # the node's CA pin, read from its events
 
     @property
@@ -125,7 +126,8 @@ class VM:
             with open(boot_initrd, "wb") as f:
                 with open(self.initrd, "rb") as src:
                     shutil.copyfileobj(src, f, 1 << 20)
-                f.write(self.seed())
+                if self.seeded:
+                    f.write(self.seed())
             append = f"console=ttyS0 quiet panic=-1 k4s.events={EVENTS_PORT} {self.append}".strip()
             boot = ["-kernel", str(self.kernel), "-initrd", str(boot_initrd), "-append", append]
         return [

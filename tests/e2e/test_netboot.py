@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 from k4s.host import netboot
-from k4s.host.vm import EVENTS_PORT
+from k4s.host.vm import EVENTS_PORT, VM
+from tests.conftest import OUT, require
 from tests.e2e.conftest import KUBECTL, make_vm
 
 HTTP_PORT = 18080
@@ -50,3 +52,94 @@ def k4s_cmd_argv() -> list[str]:
     import sys
 
     return [sys.executable, "-m", "k4s"]
+
+
+# --- LinuxBoot: stage 1 (standing for the flash part) fetches, verifies and kexecs stage 2 -------------
+
+STAGE1 = OUT / "stage1.cpio.xz"
+KEYS = OUT / "keys"
+STATIC = "k4s.ip=10.0.2.15/24 k4s.gateway=10.0.2.2 k4s.dns=10.0.2.3"  # see the README: stage 1's DHCP
+
+
+def signed_payload(tmp: Path, key: Path) -> Path:
+    """Stage 2 as `k4s netboot prepare` lays it out: kernel, initramfs, seed, signed."""
+    require(STAGE1.exists() and (KEYS / "signing.key").exists(), "stage 1 and its key", "make stage1")
+    vm = make_vm(tmp / "stage2")
+    vm.out.mkdir(parents=True)
+    seed = tmp / "seed.cpio.zst"
+    seed.write_bytes(vm.seed())
+    payload = tmp / "payload"
+    netboot.prepare(payload, vm.kernel, [vm.initrd, seed],
+                    f"console=ttyS0 quiet panic=-1 k4s.events={EVENTS_PORT}", key=key)
+    return payload
+
+
+def stage1_vm(tmp: Path, port: int) -> VM:
+    vm = make_vm(tmp / "stage1", append=f"k4s.payload=http://10.0.2.2:{port}/ {STATIC}")
+    vm.initrd, vm.seeded, vm.operator_dir = STAGE1, False, tmp / "stage2" / "operator"
+    return vm
+
+
+def test_linuxboot_stage1_verifies_and_kexecs_stage2_to_a_ready_node(tmp_path) -> None:
+    payload = signed_payload(tmp_path, KEYS / "signing.key")
+    srv = netboot.serve_in_thread(payload)
+    vm = stage1_vm(tmp_path, srv.server_address[1])
+    proc = vm.start()
+    try:
+        vm.wait_ready(proc, timeout=600, echo=False)
+        vm.write_kubeconfig()
+        r = subprocess.run([str(KUBECTL), "--kubeconfig", str(vm.kubeconfig), "get", "nodes", "-o",
+                            "jsonpath={.items[0].status.conditions[?(@.type=='Ready')].status}"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.stdout == "True", r.stderr
+        console = vm.console.read_text(errors="replace")
+        for name in ("vmlinuz", "initramfs.cpio.zst", "seed.cpio.zst"):
+            assert f"component=stage1 event=verified file={name}" in console
+        assert console.index("(kexec)") < console.index("k4s init: starting")
+    finally:
+        vm.power_off(120)
+        if proc.poll() is None:
+            proc.kill()
+        srv.shutdown()
+
+
+def boot_until_exit(vm: VM, timeout: float = 300) -> str:
+    proc = vm.start()
+    try:
+        assert proc.wait(timeout=timeout) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return vm.console.read_text(errors="replace")
+
+
+def flip_a_byte(payload: Path) -> None:
+    f = payload / "initramfs.cpio.zst"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 3] ^= 0x40
+    f.unlink()  # a hard link into out/: replace, never write through it
+    f.write_bytes(bytes(data))
+
+
+def test_tampered_stage2_is_refused_and_nothing_runs(tmp_path) -> None:
+    """One flipped byte in the initramfs, then a manifest signed by another key: each time one
+    console line naming the artifact and the reason, no kexec, the VM powers off."""
+    from k4s.image import manifest
+
+    other = tmp_path / "other-key"
+    manifest.keygen(other)
+    cases = [(KEYS / "signing.key", flip_a_byte, "initramfs.cpio.zst: sha256 differs from the signed manifest"),
+             (other / "signing.key", lambda p: None,
+              "manifest.json: the signature does not verify with the built-in public key")]
+    for i, (key, tamper, message) in enumerate(cases):
+        payload = signed_payload(tmp_path / f"case{i}", key)
+        tamper(payload)
+        srv = netboot.serve_in_thread(payload)
+        try:
+            console = boot_until_exit(stage1_vm(tmp_path / f"case{i}", srv.server_address[1]))
+        finally:
+            srv.shutdown()
+        errors = [ln for ln in console.splitlines() if ln.startswith("k4s stage1: error:")]
+        assert len(errors) == 1 and message in errors[0] and "(hint: " in errors[0], console[-2000:]
+        assert "(kexec)" not in console and "k4s init: starting" not in console and "component=etcd" not in console
+        assert "k4s: poweroff" in console and "Kernel panic" not in console
