@@ -88,7 +88,7 @@ def _serial_port(v: Any) -> str:
 
 def _payload_url(v: Any) -> str:
     s = _str(v)
-    if not _URL.fullmatch(s):
+    if not _URL.fullmatch(s) or any(seg in (".", "..") for seg in s.split("/")[3:]):
         raise Invalid(f"{s!r} is not a payload directory URL", "write http://HOST[:PORT]/PATH/ (ending in /)")
     return s
 

@@ -74,7 +74,14 @@ def run_applet(name: str, args: list[str]) -> int:
     from k4s.errors import K4sError
 
     module_path, _ = _applets()[name]
-    module = importlib.import_module(module_path)
+    try:
+        module = importlib.import_module(module_path)
+    except ModuleNotFoundError as e:  # a lean build (stage 1) carries only some applets
+        if not getattr(sys, "frozen", False):
+            raise
+        print(f"k4s {name}: error: this build of k4s does not include it ({e.name} is missing) "
+              "(hint: stage 1 carries only stage1, kexec, modprobe, verify and the power applets)", file=sys.stderr)
+        return 127
     try:
         rc = module.cli.main(args=args, prog_name=name, standalone_mode=False)
     except K4sError as e:

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from k4s import layout, log
@@ -234,31 +235,38 @@ def on_failure_action() -> str:
         return "poweroff"
 
 
-def main() -> None:
-    """PID 1. Never returns."""
+def run_pid1(name: str, body: Callable[[], str], failed: str) -> None:
+    """PID 1's frame, for init and stage 1: an explicit environment, body() for the power action
+    to end with, and any failure as one line with a hint, then k4s.on-failure. Never returns,
+    never lets the kernel panic (it would if PID 1 exited)."""
     os.environ.clear()
     os.environ.update({"PATH": layout.PATH, "HOME": "/root", "TERM": "linux", "LANG": "C.UTF-8"})
     action = "poweroff"
     try:
-        log.console(f"k4s init: starting (kernel {os.uname().release}, {log.uptime():.2f}s since boot)")
-        log.record("init", "start", kernel=os.uname().release)
-        action = boot()
+        log.console(f"k4s {name}: starting (kernel {os.uname().release}, {log.uptime():.2f}s since boot)")
+        log.record(name, "start", kernel=os.uname().release)
+        action = body()
     except K4sError as e:
-        log.console(e.render("k4s init"))
-        log.record("init", "fatal", level="error", error=e.message, hint=e.hint)
+        log.console(e.render(f"k4s {name}"))
+        log.record(name, "fatal", level="error", error=e.message, hint=e.hint)
         action = on_failure_action()
-        log.console(f"k4s init: fatal error; will {action} (on-failure, k4s.on-failure=poweroff|reboot|halt)")
+        log.console(f"k4s {name}: {failed}; will {action} (k4s.on-failure=poweroff|reboot|halt)")
         time.sleep(1)
     except BaseException as e:  # noqa: BLE001: PID 1 must never die with a traceback
         import traceback
 
         traceback.print_exc()
-        log.console(f"k4s init: error: unexpected {type(e).__name__}: {e} (hint: this is a bug; "
+        log.console(f"k4s {name}: error: unexpected {type(e).__name__}: {e} (hint: this is a bug; "
                     "the traceback above says where)")
-        log.record("init", "fatal", level="error", error=f"unexpected {type(e).__name__}: {e}")
+        log.record(name, "fatal", level="error", error=f"unexpected {type(e).__name__}: {e}")
         action = on_failure_action()
     finally:
         shutdown(action)
+
+
+def main() -> None:
+    """PID 1 of the appliance. Never returns."""
+    run_pid1("init", boot, "fatal error")
 
 
 def shutdown(action: str) -> None:

@@ -60,9 +60,7 @@ def umount(target: str, flags: int = 0) -> None:
 
 
 def finit_module(fd: int, params: str = "", flags: int = 0) -> None:
-    nr = SYS_FINIT_MODULE.get(platform.machine())
-    if nr is None:
-        raise OSError(38, f"finit_module: unsupported architecture {platform.machine()}")
+    nr = _syscall_nr(SYS_FINIT_MODULE, "finit_module")
     _check(libc().syscall(ctypes.c_long(nr), ctypes.c_int(fd), ctypes.c_char_p(params.encode()),
                           ctypes.c_int(flags)), "finit_module")
 

@@ -147,7 +147,7 @@ def kexec(kernel: Path, initrds: list[Path], cmdline: str) -> None:
 
 
 def boot() -> str:
-    """Stage 1 as PID 1; the power action to take if it returns (it does not when kexec works)."""
+    """Stage 1 as PID 1: kexec into the verified stage 2, or raise."""
     from k4s import config
     from k4s.boot import init, netconf
 
@@ -182,25 +182,4 @@ def main() -> None:
     """PID 1 of stage 1. Never returns: kexec, or the failure action."""
     from k4s.boot import init
 
-    os.environ.clear()
-    os.environ.update({"PATH": layout.PATH, "HOME": "/root", "TERM": "linux", "LANG": "C.UTF-8"})
-    action = "poweroff"
-    try:
-        log.console(f"k4s stage1: starting (kernel {os.uname().release}, {log.uptime():.2f}s since boot)")
-        log.record("stage1", "start", kernel=os.uname().release)
-        boot()
-    except K4sError as e:
-        log.console(e.render("k4s stage1"))
-        log.record("stage1", "fatal", level="error", error=e.message, hint=e.hint)
-        action = init.on_failure_action()
-        log.console(f"k4s stage1: nothing was booted; will {action} (k4s.on-failure=poweroff|reboot|halt)")
-        time.sleep(1)
-    except BaseException as e:  # noqa: BLE001 - PID 1 must never die with a traceback
-        import traceback
-
-        traceback.print_exc()
-        log.console(f"k4s stage1: error: unexpected {type(e).__name__}: {e} (hint: this is a bug)")
-        log.record("stage1", "fatal", level="error", error=f"unexpected {type(e).__name__}: {e}")
-        action = init.on_failure_action()
-    finally:
-        init.shutdown(action)
+    init.run_pid1("stage1", boot, "nothing was booted")

@@ -32,6 +32,14 @@ def make_vm(tmp: Path, append: str = "", manifests: list[Path] | None = None, me
               manifests=manifests or [])
 
 
+def assert_node_ready(vm: VM) -> None:
+    """What a user checks first: kubectl, with the kubeconfig k4s vm wrote, shows the node Ready."""
+    r = subprocess.run([str(KUBECTL), "--kubeconfig", str(vm.kubeconfig), "get", "nodes", "-o",
+                        "jsonpath={.items[0].status.conditions[?(@.type=='Ready')].status}"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout == "True", r.stderr
+
+
 class Cluster:
     def __init__(self, vm: VM) -> None:
         self.vm = vm

@@ -9,7 +9,7 @@ from pathlib import Path
 from k4s.host import netboot
 from k4s.host.vm import EVENTS_PORT, VM
 from tests.conftest import OUT, require
-from tests.e2e.conftest import KUBECTL, make_vm
+from tests.e2e.conftest import assert_node_ready, make_vm
 
 HTTP_PORT = 18080
 
@@ -32,10 +32,7 @@ def test_pxe_boot_through_ipxe_to_a_ready_node(tmp_path) -> None:
         t0 = time.monotonic()
         vm.wait_ready(proc, timeout=600, echo=False)
         vm.write_kubeconfig()
-        r = subprocess.run([str(KUBECTL), "--kubeconfig", str(vm.kubeconfig), "get", "nodes", "-o",
-                            "jsonpath={.items[0].status.conditions[?(@.type=='Ready')].status}"],
-                           capture_output=True, text=True, timeout=60)
-        assert r.stdout == "True", r.stderr
+        assert_node_ready(vm)
         served = (tmp_path / "serve.log").read_text()
         for name in ("/vmlinuz", "/initramfs.cpio.zst", "/seed.cpio.zst"):
             assert f"path={name} status=200" in served, served
@@ -88,10 +85,7 @@ def test_linuxboot_stage1_verifies_and_kexecs_stage2_to_a_ready_node(tmp_path) -
     try:
         vm.wait_ready(proc, timeout=600, echo=False)
         vm.write_kubeconfig()
-        r = subprocess.run([str(KUBECTL), "--kubeconfig", str(vm.kubeconfig), "get", "nodes", "-o",
-                            "jsonpath={.items[0].status.conditions[?(@.type=='Ready')].status}"],
-                           capture_output=True, text=True, timeout=60)
-        assert r.stdout == "True", r.stderr
+        assert_node_ready(vm)
         console = vm.console.read_text(errors="replace")
         for name in ("vmlinuz", "initramfs.cpio.zst", "seed.cpio.zst"):
             assert f"component=stage1 event=verified file={name}" in console

@@ -163,3 +163,14 @@ def test_list_items_keep_their_commas(tmp_path) -> None:
     flow = config.load(os.devnull, overrides={"kube-apiserver-arg": '["--feature-gates=A=true,B=false", "--v=2"]'})
     assert flow.kube_apiserver_arg == ("--feature-gates=A=true,B=false", "--v=2")
     assert config.load(os.devnull, overrides={"tls-san": "a.example,b.example"}).tls_san == ("a.example", "b.example")
+
+
+@pytest.mark.parametrize("value,ok", [("http://10.0.2.2:8080/", True), ("http://boot.example/k4s/v1/", True),
+                                      ("file:///etc/", False), ("http://h/x", False), ("http://h/../etc/", False),
+                                      ("http://h/a b/", False)])
+def test_payload_url_from_the_command_line(value, ok) -> None:
+    if ok:
+        assert config.load(os.devnull, cmdline=f"k4s.payload={value}").payload == value
+    else:
+        with pytest.raises(ConfigError, match="is not a payload directory URL"):
+            config.load(os.devnull, cmdline=f'"k4s.payload={value}"')

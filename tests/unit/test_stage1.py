@@ -1,0 +1,109 @@
+"""Stage 1's fetch and verify, on the host against a local HTTP server: the code the flash runs."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from k4s.boot import stage1
+from k4s.errors import K4sError
+from k4s.host import netboot
+from k4s.image import manifest
+
+
+@pytest.fixture
+def signed(tmp_path):  # type: ignore[no-untyped-def]
+    manifest.keygen(tmp_path / "keys")
+    (tmp_path / "vmlinuz").write_bytes(b"K" * 5000)
+    (tmp_path / "initramfs").write_bytes(b"I" * 300_000)
+    (tmp_path / "seed").write_bytes(b"S" * 10)
+    payload = tmp_path / "payload"
+    netboot.prepare(payload, tmp_path / "vmlinuz", [tmp_path / "initramfs", tmp_path / "seed"], "console=ttyS0",
+                    "http://10.0.2.2:8080/", key=tmp_path / "keys" / "signing.key")
+    return payload, manifest.public_key(tmp_path / "keys" / "signing.pub")
+
+
+def flaky_server(directory: Path, failures: int) -> ThreadingHTTPServer:
+    """Serves directory, but drops the first `failures` connections (a network that is not up yet)."""
+    left = [failures]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            if left[0] > 0:
+                left[0] -= 1
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            path = directory / self.path.lstrip("/")
+            if not path.is_file():
+                self.send_error(404)
+                return
+            data = path.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def test_the_ipxe_script_loads_the_kernel_and_every_initrd_in_order(signed) -> None:
+    payload, _ = signed
+    script = (payload / "boot.ipxe").read_text().splitlines()
+    assert script[0] == "#!ipxe" and script[-1] == "boot"
+    assert "kernel http://10.0.2.2:8080/vmlinuz console=ttyS0" in script
+    assert [ln for ln in script if ln.startswith("initrd")] == ["initrd http://10.0.2.2:8080/initramfs",
+                                                               "initrd http://10.0.2.2:8080/seed"]
+
+
+def test_fetch_verified_retries_the_network_then_verifies(signed, tmp_path, monkeypatch, capsys) -> None:
+    payload, pub = signed
+    monkeypatch.setattr(stage1, "BACKOFF", (0.01, 0.05))
+    srv = flaky_server(payload, failures=2)
+    try:
+        m = stage1.fetch_verified(f"http://127.0.0.1:{srv.server_address[1]}/", tmp_path / "got", pub)
+    finally:
+        srv.shutdown()
+    assert [a.name for a in m.artifacts] == ["vmlinuz", "initramfs", "seed"] and m.cmdline == "console=ttyS0"
+    assert (tmp_path / "got" / "initramfs").read_bytes() == b"I" * 300_000
+    assert capsys.readouterr().err.count("event=retry") == 2  # a console line per try
+
+
+def test_a_tampered_artifact_is_refused_without_retrying(signed, tmp_path, monkeypatch) -> None:
+    payload, pub = signed
+    f = payload / "initramfs"
+    data = bytearray(f.read_bytes())
+    data[1234] ^= 1
+    f.unlink()
+    f.write_bytes(bytes(data))
+    fetched: list[str] = []
+    real = stage1.Fetch._chunks
+
+    def counting(self, name):  # type: ignore[no-untyped-def]
+        fetched.append(name)
+        return real(self, name)
+
+    monkeypatch.setattr(stage1.Fetch, "_chunks", counting)
+    srv = flaky_server(payload, failures=0)
+    try:
+        with pytest.raises(manifest.VerifyError, match="initramfs: sha256 differs from the signed manifest"):
+            stage1.fetch_verified(f"http://127.0.0.1:{srv.server_address[1]}/", tmp_path / "got", pub)
+    finally:
+        srv.shutdown()
+    assert fetched.count("initramfs") == 1 and "seed" not in fetched  # stopped there, not retried
+
+
+def test_only_http_payloads_and_a_bounded_number_of_tries(monkeypatch) -> None:
+    with pytest.raises(K4sError, match="only http://"):
+        stage1.Fetch("https://example.invalid/p/")
+    monkeypatch.setattr(stage1, "BACKOFF", (0.0, 0.0))
+    with pytest.raises(K4sError, match=f"after {stage1.TRIES} tries"):
+        stage1.Fetch("http://127.0.0.1:9/").get("manifest.json", lambda cs: b"".join(cs))
