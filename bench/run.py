@@ -334,9 +334,8 @@ def bench_netboot() -> dict:
                                   pxe=payload), srv)
         # LinuxBoot: stage 1 as -kernel/-initrd, stage 2 fetched, verified, kexec'd
         srv = netboot.serve_in_thread(payload)
-        static = "k4s.ip=10.0.2.15/24 k4s.gateway=10.0.2.2 k4s.dns=10.0.2.3"
         vm1 = VM(tmp / "st1", kernel, st1, port=16545, operator_dir=tmp / "operator", seeded=False,
-                 append=f"k4s.payload=http://10.0.2.2:{srv.server_address[1]}/ {static}")
+                 append=f"k4s.payload=http://10.0.2.2:{srv.server_address[1]}/")
         res["stage1"] = boot_wall(vm1, srv)
         if res["stage1"].get("stage1_verified_mb"):
             res["qemu_fetch_verify_s_per_100mb"] = round(

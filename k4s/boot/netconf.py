@@ -116,8 +116,21 @@ class DHCP:
         iproute()
         from pyroute2.dhcp import hooks
         from pyroute2.dhcp.client import AsyncDHCPClient, ClientConfig
+        from pyroute2.dhcp.dhcp4socket import AsyncDHCP4Socket
         from pyroute2.dhcp.fsm import State
         from pyroute2.dhcp.leases import JSONFileLease
+
+        put = AsyncDHCP4Socket.put
+
+        async def logged_put(sock: AsyncDHCP4Socket, msg: object) -> object:
+            # pyroute2 sends from a background task: an exception there ends DHCP silently
+            try:
+                return await put(sock, msg)  # type: ignore[arg-type]
+            except Exception as e:
+                log.event("init", "dhcp-send-failed", level="error", error=f"{type(e).__name__}: {e}")
+                raise
+
+        AsyncDHCP4Socket.put = logged_put  # type: ignore[method-assign]
 
         lease_dir = self.lease_dir
 

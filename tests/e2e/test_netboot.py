@@ -55,7 +55,6 @@ def k4s_cmd_argv() -> list[str]:
 
 STAGE1 = OUT / "stage1.cpio.xz"
 KEYS = OUT / "keys"
-STATIC = "k4s.ip=10.0.2.15/24 k4s.gateway=10.0.2.2 k4s.dns=10.0.2.3"  # see the README: stage 1's DHCP
 
 
 def signed_payload(tmp: Path, key: Path) -> Path:
@@ -72,7 +71,7 @@ def signed_payload(tmp: Path, key: Path) -> Path:
 
 
 def stage1_vm(tmp: Path, port: int) -> VM:
-    vm = make_vm(tmp / "stage1", append=f"k4s.payload=http://10.0.2.2:{port}/ {STATIC}")
+    vm = make_vm(tmp / "stage1", append=f"k4s.payload=http://10.0.2.2:{port}/")  # the address by DHCP
     vm.initrd, vm.seeded, vm.operator_dir = STAGE1, False, tmp / "stage2" / "operator"
     return vm
 

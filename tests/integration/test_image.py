@@ -35,7 +35,8 @@ def test_image_has_what_boot_needs(tmp_path) -> None:
         assert path in names, path
     assert names["usr/lib/k4s/k4s"].endswith("-> /usr/lib/k4s/parts/k4s/k4s")
     # stage 0: /init loads the modules it names from the image, mounts the bundle, execs k4s init
-    k4s_cmd("cpio", "-x", str(IMAGE), "-C", str(tmp_path), check=True, timeout=300)
+    k4s_cmd("cpio", "-x", str(IMAGE), "-C", str(tmp_path / "x"), "--devices", check=True, timeout=300)
+    tmp_path = tmp_path / "x"
     init = (tmp_path / "init").read_text()
     assert init.startswith("#!/usr/bin/busybox sh\n")
     kos = init.split("for ko in ", 1)[1].split(";", 1)[0].split()

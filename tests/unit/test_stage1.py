@@ -107,3 +107,20 @@ def test_only_http_payloads_and_a_bounded_number_of_tries(monkeypatch) -> None:
     monkeypatch.setattr(stage1, "BACKOFF", (0.0, 0.0))
     with pytest.raises(K4sError, match=f"after {stage1.TRIES} tries"):
         stage1.Fetch("http://127.0.0.1:9/").get("manifest.json", lambda cs: b"".join(cs))
+
+
+def test_the_stage1_ssl_placeholder_names_what_the_stdlib_touches() -> None:
+    """Stage 1 carries no OpenSSL; asyncio and http.client still name ssl attributes (asyncio checks
+    isinstance(sock, ssl.SSLSocket) on every send: a missing name killed stage 1's DHCP)."""
+    import re
+    import runpy
+    import sysconfig
+
+    shim = runpy.run_path(str(Path(__file__).parents[2] / "build" / "stage1_shims" / "ssl.py"))
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    used = set()
+    for f in [*stdlib.glob("asyncio/*.py"), stdlib / "http" / "client.py"]:
+        used |= set(re.findall(r"\bssl\.([A-Za-z_]+)", f.read_text()))
+    assert used and used <= set(shim), sorted(used - set(shim))
+    with pytest.raises(OSError, match="no TLS"):
+        shim["create_default_context"]()
