@@ -28,7 +28,7 @@ images: components
 
 # The appliance: initramfs + kernel. Compressed segments are cached by content.
 image: setup components images k4s
-	$(PYTHON) -m k4s mkimage --out $(OUT)/initramfs.cpio.zst --kernel-out $(OUT)/vmlinuz
+	$(PYTHON) -m k4s mkimage --out $(OUT)/initramfs.cpio.zst --kernel-out $(OUT)/vmlinuz --report $(OUT)/image-report.json
 
 # The first stage (LinuxBoot / PXE): a lean frozen k4s that fetches, verifies and kexecs stage 2,
 # trusting out/keys/signing.pub (made once by `k4s keygen`; the private key never leaves out/keys).

@@ -38,8 +38,10 @@ def cli() -> None:
 @click.option("--append", default="", help="More kernel command line.")
 @click.option("--key", type=P, default=Path("out/keys/signing.key"), show_default=True,
               help="Sign with this key if it exists (k4s keygen).")
+@click.option("--image-report", type=P, default=Path("out/image-report.json"), show_default=True,
+              help="mkimage's report: the squashfs parts to name in the manifest (if it exists).")
 def prepare(out: Path, kernel: Path, initrd: tuple[Path, ...], seed: bool, operator: Path, base_url: str,
-            append: str, key: Path) -> int:
+            append: str, key: Path, image_report: Path) -> int:
     from k4s.fsutil import write_atomic
     from k4s.host import netboot
     from k4s.host.vm import EVENTS_PORT, VM
@@ -50,7 +52,8 @@ def prepare(out: Path, kernel: Path, initrd: tuple[Path, ...], seed: bool, opera
         write_atomic(path, VM(out, kernel, initrds[0], operator_dir=operator).seed())
         initrds.append(path)
     cmdline = f"{CMDLINE} k4s.events={EVENTS_PORT} {append}".strip()
-    files = netboot.prepare(out, kernel, initrds, cmdline, base_url, key if key.exists() else None)
+    parts = netboot.parts_from_report(image_report) if image_report.exists() and not initrd else []
+    files = netboot.prepare(out, kernel, initrds, cmdline, base_url, key if key.exists() else None, parts)
     click.echo(f"{out}: {' '.join(files)}" + (" (signed)" if key.exists() else " (unsigned: no key)"))
     return 0
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 CONFIG_FILE = Path("/etc/k4s/config.yaml")
 MODULES_LIST = Path("/etc/k4s/modules.list")
+PARTS_CHECK = Path("/etc/k4s/parts.sha256")  # from stage 1: the signed hashes stage 0 checks the parts against
 BUNDLE = Path("/usr/lib/k4s")
 K4S = BUNDLE / "k4s"
 PARTS_DIR = BUNDLE / "parts"

@@ -6,7 +6,9 @@ it streams in, and boots it with kexec. Nothing unverified runs.
       -> PATH/manifest.json + manifest.sig: checked with the public key built into stage 1
       -> each artifact the manifest names (the kernel, the initrds in order): its size and
          sha256 checked as it streams into RAM; one byte too many stops it there
-      -> kexec_file_load(kernel, the initrds concatenated, the signed command line)
+      -> kexec_file_load(kernel, the initrds concatenated, the signed command line), with one
+         more segment last: the signed sha256 of each squashfs part, which stage 2's stage 0
+         checks before it mounts any (layout.PARTS_CHECK)
 
 Network errors are retried with back-off, a console line per try; a payload that
 fails its check is one line naming the artifact and the reason, no kexec, and
@@ -104,6 +106,19 @@ def _bounded(chunks: Iterator[bytes], limit: int, name: str) -> bytes:
     return out
 
 
+def handoff(m: manifest.Manifest, out: Path) -> Path:
+    """The last initrd segment: the signed hashes of stage 2's squashfs parts, for its stage 0
+    to check before it mounts them. Last, so no segment of the payload can replace it."""
+    import stat
+
+    from k4s.image import cpio
+
+    check = manifest.parts_check(m, str(layout.PARTS_DIR))
+    out.write_bytes(cpio.bytes_of([cpio.Entry(layout.member(layout.PARTS_CHECK), stat.S_IFREG | 0o444, check)]))
+    log.event("stage1", "handoff", parts=len(m.by_role("part")))
+    return out
+
+
 def join_initrds(initrds: list[Path], out: Path, consume: bool = False) -> None:
     """The initrds concatenated, each padded to 4 bytes as the kernel reads them; with
     consume, each is removed once copied (RAM: keep one copy)."""
@@ -174,7 +189,10 @@ def boot() -> str:
     m = fetch_verified(cfg.payload, stage2, pub)
     total = sum(a.size for a in [*m.by_role("kernel"), *m.by_role("initrd")])
     log.event("stage1", "payload-verified", bytes=total, seconds=time.monotonic() - t0)
-    kexec(stage2 / m.by_role("kernel")[0].name, [stage2 / a.name for a in m.by_role("initrd")], m.cmdline)
+    initrds = [stage2 / a.name for a in m.by_role("initrd")]
+    if m.by_role("part"):
+        initrds.append(handoff(m, stage2 / "handoff.cpio"))
+    kexec(stage2 / m.by_role("kernel")[0].name, initrds, m.cmdline)
     raise K4sError("reboot(RB_KEXEC) returned", hint="the kernel refused to kexec")
 
 

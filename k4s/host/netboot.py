@@ -37,6 +37,17 @@ def ipxe_script(base_url: str, kernel: str, initrds: list[str], cmdline: str) ->
     return "\n".join(lines)
 
 
+def parts_from_report(report: Path) -> list[manifest.Artifact]:
+    """The squashfs parts mkimage recorded (--report): name, size, sha256."""
+    import json
+
+    try:
+        doc = json.loads(report.read_text())
+        return [manifest.Artifact(p["name"], "part", int(p["size"]), p["sha256"]) for p in doc.get("parts", [])]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise K4sError(f"cannot read the parts from {report}: {e}", hint="run `make image` (it writes the report)") from e
+
+
 def _place(src: Path, dst: Path) -> None:
     if not src.is_file():
         raise K4sError(f"{src} not found", hint="run `make image` first")
@@ -51,9 +62,11 @@ def _place(src: Path, dst: Path) -> None:
 
 
 def prepare(directory: Path, kernel: Path, initrds: list[Path], cmdline: str,
-            base_url: str = f"http://${{next-server}}:{DEFAULT_PORT}/", key: Path | None = None) -> list[str]:
+            base_url: str = f"http://${{next-server}}:{DEFAULT_PORT}/", key: Path | None = None,
+            parts: list[manifest.Artifact] = ()) -> list[str]:  # type: ignore[assignment]
     """The payload directory: the kernel as vmlinuz, the initrds under their own names,
-    boot.ipxe, and (with a signing key) manifest.json + manifest.sig. The file names."""
+    boot.ipxe, and (with a signing key) manifest.json + manifest.sig, which also name the
+    squashfs parts inside the initramfs (`parts`, from mkimage's report). The file names."""
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.iterdir():  # the directory is the payload: nothing left from before
         if stale.is_file():
@@ -67,7 +80,7 @@ def prepare(directory: Path, kernel: Path, initrds: list[Path], cmdline: str,
         names.append(p.name)
     write_atomic(directory / SCRIPT, ipxe_script(base_url, KERNEL, names, cmdline))
     if key is not None:
-        manifest.sign(directory, key, [(KERNEL, "kernel"), *((n, "initrd") for n in names)], cmdline)
+        manifest.sign(directory, key, [(KERNEL, "kernel"), *((n, "initrd") for n in names)], cmdline, parts)
     return [KERNEL, *names, SCRIPT]
 
 

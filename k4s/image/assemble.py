@@ -263,19 +263,30 @@ def stage0_init(kernel_root: Path) -> bytes:
 b=/usr/bin/busybox
 $b mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev
 $b mount -t proc -o nosuid,nodev,noexec proc /proc
+fail() {{
+    echo "k4s stage 0: error: $1"
+    case " $($b cat /proc/cmdline) " in  # k4s.on-failure, as k4s init would read it
+        *" k4s.on-failure=reboot "*) exec $b reboot -f ;;
+        *" k4s.on-failure=halt "*) exec $b halt -f ;;
+    esac
+    exec $b poweroff -f
+}}
+# Booted by stage 1: it left the signed hash of every part (the last initrd segment).
+# Each part is checked before anything is mounted, the k4s bundle first of all.
+if [ -f {layout.PARTS_CHECK} ]; then
+    bad=$(cd / && $b sha256sum -c {layout.PARTS_CHECK} 2>&1 | $b grep -v ': OK$' | $b head -1)
+    [ -z "$bad" ] || fail "$bad: differs from the signed manifest (hint: the payload was altered after \
+stage 1 verified it; nothing was mounted)"
+    echo "k4s stage 0: $($b wc -l < {layout.PARTS_CHECK}) parts match the signed manifest"
+fi
 for ko in {" ".join(dict.fromkeys(kos))}; do
     $b insmod "$ko" 2>/dev/null
 done
 if $b mount -t squashfs -o loop,ro {bundle}.squashfs {bundle}; then
     exec {layout.K4S} init "$@"
 fi
-echo "k4s stage 0: error: cannot mount {bundle}.squashfs (hint: rebuild the image with make image; \
+fail "cannot mount {bundle}.squashfs (hint: rebuild the image with make image; \
 the kernel needs the loop and squashfs modules)"
-case " $($b cat /proc/cmdline) " in  # k4s.on-failure, as k4s init would read it
-    *" k4s.on-failure=reboot "*) exec $b reboot -f ;;
-    *" k4s.on-failure=halt "*) exec $b halt -f ;;
-esac
-exec $b poweroff -f
 """.encode()
 
 
@@ -308,8 +319,9 @@ def _same_fs(a: Path, b: Path) -> bool:
     return os.stat(a).st_dev == os.stat(b).st_dev
 
 
-def squash_part(tree: Tree, part: str, cache: Path | None) -> int:
-    """Replace a part's files by one squashfs file and symlinks into its mount point; unpacked bytes."""
+def squash_part(tree: Tree, part: str, cache: Path | None) -> tuple[int, Path]:
+    """Replace a part's files by one squashfs file and symlinks into its mount point; unpacked
+    bytes and the squashfs file."""
     entries = [e for e in tree.segment(part) if e.part == part and not stat.S_ISDIR(e.mode)]
     prefix = os.path.commonpath([os.path.dirname(e.name) for e in entries])
     unpacked = sum(e.length for e in entries)
@@ -334,7 +346,7 @@ def squash_part(tree: Tree, part: str, cache: Path | None) -> int:
             tree.symlink(link, f"{layout.part_mount(part)}/{top}", part)
     tree.file(layout.member(layout.part_squashfs(part)), out, part, 0o444)
     tree.dir(layout.member(layout.part_mount(part)), part)
-    return unpacked
+    return unpacked, out
 
 
 @dataclass
@@ -344,6 +356,8 @@ class Segment:
     unpacked: int
     compressed: int
     cached: bool
+    squashfs_sha256: str = ""  # a squashfs part: the file's hash and size, for the signed manifest
+    squashfs_size: int = 0
 
 
 def build(inp: Inputs, out: Path, method: str = "zstd", level: int | None = None,
@@ -352,9 +366,13 @@ def build(inp: Inputs, out: Path, method: str = "zstd", level: int | None = None
     with tempfile.TemporaryDirectory(prefix="k4s-image-") as tmp:
         tree = assemble(inp, Path(tmp))
         unpacked: dict[str, int] = {}
+        hashes: dict[str, tuple[int, str]] = {}
         if payload == "squashfs":
+            from k4s.image.manifest import digest
+
             for part in layout.SQUASHFS_PARTS:
-                unpacked[part] = squash_part(tree, part, cache)
+                unpacked[part], sq = squash_part(tree, part, cache)
+                hashes[part] = digest(sq)
             del tree.entries["init"]
             tree.data("init", stage0_init(inp.kernel_root), "base", 0o755)
         segs: list[Segment] = []
@@ -380,7 +398,8 @@ def build(inp: Inputs, out: Path, method: str = "zstd", level: int | None = None
             # and skips zero bytes between segments: pad every segment.
             blobs.append(blob + b"\0" * (-len(blob) % 4))
             files = sum(1 for e in entries if stat.S_ISREG(e.mode))
-            segs.append(Segment(part, files, unpacked.get(part, len(raw)), len(blob), hit))
+            size, sha = hashes.get(part, (0, ""))
+            segs.append(Segment(part, files, unpacked.get(part, len(raw)), len(blob), hit, sha, size))
         write_atomic(out, b"".join(blobs))
     return segs
 
@@ -445,7 +464,9 @@ def build_stage1(bundle: Path, pubkey: Path, kernel_root: Path, out: Path, metho
 
 def report_json(segs: list[Segment]) -> str:
     """The size table as data: what the bench reads (the text table is for people)."""
-    return json.dumps({"segments": [asdict(s) for s in segs],
+    parts = [{"name": layout.part_squashfs(s.part).name, "size": s.squashfs_size, "sha256": s.squashfs_sha256}
+             for s in segs if s.squashfs_sha256]
+    return json.dumps({"segments": [asdict(s) for s in segs], "parts": parts,
                        "total": {"files": sum(s.files for s in segs), "unpacked": sum(s.unpacked for s in segs),
                                  "compressed": sum(s.compressed for s in segs)}}, indent=1) + "\n"
 

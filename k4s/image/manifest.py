@@ -5,7 +5,8 @@ the kernel command line, signed with Ed25519.
     manifest.sig    the Ed25519 signature of manifest.json's exact bytes, base64
 
 Roles: kernel, initrd (in boot order), config, part (a squashfs part inside the
-initramfs). The signing key stays on the build host (0600); the public key is
+initramfs: stage 1 hands their hashes to stage 2, whose stage 0 checks each
+part before it mounts it). The signing key stays on the build host (0600); the public key is
 built into the first stage, which checks the signature and then every artifact
 while it streams in. Ed25519 comes from PyNaCl (libsodium): small enough for a
 first stage that must fit a flash part beside its kernel, where `cryptography`
@@ -29,6 +30,7 @@ from k4s.fsutil import write_atomic
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 PUBLIC_KEY = "signing.pub"
+PARTS_SHA256 = "parts.sha256"  # what stage 1 hands stage 2: `sha256sum -c` lines for its parts
 SECRET_KEY = "signing.key"
 ROLES = ("kernel", "initrd", "config", "part")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a file name in the payload directory, nothing else
@@ -130,8 +132,10 @@ def digest(path: Path) -> tuple[int, str]:
     return n, h.hexdigest()
 
 
-def sign(directory: Path, key_path: Path, artifacts: Iterable[tuple[str, str]], cmdline: str) -> Manifest:
-    """Hash each (name, role) in directory, write manifest.json and manifest.sig there."""
+def sign(directory: Path, key_path: Path, artifacts: Iterable[tuple[str, str]], cmdline: str,
+         hashed: Iterable[Artifact] = ()) -> Manifest:
+    """Hash each (name, role) in directory, add the `hashed` ones (the squashfs parts inside
+    the initramfs, hashed by mkimage), write manifest.json and manifest.sig there."""
     from nacl.signing import SigningKey
 
     sk = SigningKey(_read_key(key_path, "k4s-ed25519-secret"))
@@ -141,6 +145,7 @@ def sign(directory: Path, key_path: Path, artifacts: Iterable[tuple[str, str]], 
             raise K4sError(f"cannot sign {name!r} as {role!r}", hint=f"a plain file name, one of the roles {ROLES}")
         size, sha = digest(directory / name)
         items.append(Artifact(name, role, size, sha))
+    items += list(hashed)
     m = Manifest(cmdline, tuple(items))
     raw = m.to_bytes()
     write_atomic(directory / MANIFEST, raw)
@@ -176,6 +181,11 @@ def parse(raw: bytes, sig: bytes, pub: bytes) -> Manifest:
         if not NAME.fullmatch(a.name) or a.role not in ROLES or not re.fullmatch(r"[0-9a-f]{64}", a.sha256):
             raise VerifyError(f"{MANIFEST}: signed but names a bad artifact {a.name[:80]!r}")
     return m
+
+
+def parts_check(m: Manifest, parts_dir: str) -> bytes:
+    """The signed parts as `sha256sum -c` lines (the format busybox reads in stage 0)."""
+    return "".join(f"{a.sha256}  {parts_dir.strip('/')}/{a.name}\n" for a in m.by_role("part")).encode()
 
 
 def check_stream(art: Artifact, chunks: Iterator[bytes], out: BinaryIO | None = None) -> int:
@@ -215,11 +225,13 @@ def verify_dir(directory: Path, pub: bytes) -> Manifest:
         raise VerifyError(f"{SIGNATURE}: missing in {directory}") from None
     m = parse(raw, sig, pub)
     for a in m.artifacts:
+        if a.role == "part":
+            continue  # inside the initramfs: stage 0 checks it before it mounts it
         try:
             check_stream(a, file_chunks(directory / a.name))
         except FileNotFoundError:
             raise VerifyError(f"{a.name}: missing") from None
-    known = {a.name for a in m.artifacts} | {MANIFEST, SIGNATURE, "boot.ipxe", PUBLIC_KEY}
+    known = {a.name for a in m.artifacts if a.role != "part"} | {MANIFEST, SIGNATURE, "boot.ipxe", PUBLIC_KEY}
     extra = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name not in known)
     if extra:
         raise VerifyError(f"{extra[0]}: not in the signed manifest")

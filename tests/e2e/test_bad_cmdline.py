@@ -51,3 +51,24 @@ def test_broken_bundle_stops_in_stage0(tmp_path, append, ending) -> None:
     errors = [ln for ln in console.splitlines() if ln.startswith("k4s stage 0: error:")]
     assert len(errors) == 1 and "k4s.squashfs" in errors[0] and "(hint: " in errors[0], console[-2000:]
     assert ending in console and "Kernel panic" not in console
+
+
+def test_a_part_that_differs_from_the_signed_list_is_not_mounted(tmp_path) -> None:
+    """What stage 1 hands on: the signed sha256 of each squashfs part. A part swapped after
+    stage 1 (here: a list that does not match, as the last segment) stops stage 0 before it
+    mounts anything: one line naming the part, then a poweroff."""
+    from k4s.image import cpio
+    from tests.e2e.conftest import OUT
+
+    wrong = f"{'0' * 64}  usr/lib/k4s/parts/kubernetes.squashfs\n".encode()
+    handoff = cpio.Entry("etc/k4s/parts.sha256", 0o100444, data=wrong)
+    initrd = tmp_path / "altered.cpio"
+    initrd.write_bytes((OUT / "initramfs.cpio.zst").read_bytes() + cpio.bytes_of([handoff]))
+    vm = make_vm(tmp_path / "vm")
+    vm.initrd = initrd
+    rc, console = boot_until_exit(vm)
+    assert rc == 0
+    errors = [ln for ln in console.splitlines() if ln.startswith("k4s stage 0: error:")]
+    assert len(errors) == 1 and "kubernetes.squashfs: FAILED" in errors[0], console[-2000:]
+    assert "differs from the signed manifest" in errors[0] and "(hint: " in errors[0]
+    assert "k4s init: starting" not in console and "Kernel panic" not in console

@@ -66,7 +66,8 @@ def signed_payload(tmp: Path, key: Path) -> Path:
     seed.write_bytes(vm.seed())
     payload = tmp / "payload"
     netboot.prepare(payload, vm.kernel, [vm.initrd, seed],
-                    f"console=ttyS0 quiet panic=-1 k4s.events={EVENTS_PORT}", key=key)
+                    f"console=ttyS0 quiet panic=-1 k4s.events={EVENTS_PORT}", key=key,
+                    parts=netboot.parts_from_report(OUT / "image-report.json"))
     return payload
 
 
@@ -89,6 +90,8 @@ def test_linuxboot_stage1_verifies_and_kexecs_stage2_to_a_ready_node(tmp_path) -
         for name in ("vmlinuz", "initramfs.cpio.zst", "seed.cpio.zst"):
             assert f"component=stage1 event=verified file={name}" in console
         assert console.index("(kexec)") < console.index("k4s init: starting")
+        # stage 0 checked every squashfs part against the signed list stage 1 handed on
+        assert "k4s stage 0: 4 parts match the signed manifest" in console
     finally:
         vm.power_off(120)
         if proc.poll() is None:

@@ -44,7 +44,9 @@ def test_image_has_what_boot_needs(tmp_path) -> None:
     for ko in kos:
         assert ko.lstrip("/") in names, ko
     assert "mount -t squashfs -o loop,ro /usr/lib/k4s/parts/k4s.squashfs /usr/lib/k4s/parts/k4s" in init
-    assert "exec /usr/lib/k4s/k4s init" in init and init.rstrip().endswith("poweroff -f")
+    assert "exec /usr/lib/k4s/k4s init" in init and "exec $b poweroff -f" in init
+    # booted by stage 1: every part checked against the signed list before anything is mounted
+    assert init.index("sha256sum -c /etc/k4s/parts.sha256") < init.index("mount -t squashfs")
     assert any(n.endswith("/modules.dep") for n in names)
     assert any("ld-linux-x86-64.so.2" in n for n in names)
     assert any(n.endswith("/libc.so.6") for n in names)

@@ -70,3 +70,14 @@ def test_version_does_not_import_click() -> None:
     code = "import sys; from k4s.main import dispatch; dispatch(['k4s', '--version']); print('click' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert r.stdout.strip().endswith("False")
+
+
+def test_readme_lists_every_applet() -> None:
+    import re
+
+    from applets import APPLETS
+
+    text = (ROOT / "README.md").read_text()
+    table = text.split("<!-- applets:begin -->", 1)[1].split("<!-- applets:end -->", 1)[0]
+    listed = dict(re.findall(r"^\| `([a-z0-9-]+)` \| (.+) \|$", table, re.M))
+    assert listed == {n: summary for n, (_, summary) in APPLETS.items()}

@@ -87,3 +87,29 @@ def test_streaming_check_stops_at_the_first_byte_too_many(payload) -> None:
         manifest.check_stream(art, endless())
     with pytest.raises(VerifyError, match="not in the signed manifest"):
         m.get("evil.img")
+
+
+def test_parts_are_signed_by_hash_and_handed_on_as_sha256sum_lines(tmp_path) -> None:
+    manifest.keygen(tmp_path / "k")
+    d = tmp_path / "p"
+    d.mkdir()
+    (d / "vmlinuz").write_bytes(b"k")
+    part = manifest.Artifact("kubernetes.squashfs", "part", 3, "ab" * 32)
+    m = manifest.sign(d, tmp_path / "k" / "signing.key", [("vmlinuz", "kernel")], "", [part])
+    assert m.by_role("part") == [part]
+    # the part is inside the initramfs, not a file here: verify_dir does not look for it
+    v = manifest.verify_dir(d, manifest.public_key(tmp_path / "k" / "signing.pub"))
+    assert v.by_role("part") == [part]
+    assert manifest.parts_check(v, "/usr/lib/k4s/parts") == \
+        f"{'ab' * 32}  usr/lib/k4s/parts/kubernetes.squashfs\n".encode()
+
+
+def test_mkimage_report_names_each_squashfs_part_with_its_hash() -> None:
+    import json
+
+    from k4s.image import assemble
+
+    segs = [assemble.Segment("base", 3, 10, 5, False), assemble.Segment("kubernetes", 1, 100, 40, True, "cd" * 32, 38)]
+    doc = json.loads(assemble.report_json(segs))
+    assert doc["parts"] == [{"name": "kubernetes.squashfs", "size": 38, "sha256": "cd" * 32}]
+    assert [s["part"] for s in doc["segments"]] == ["base", "kubernetes"]
