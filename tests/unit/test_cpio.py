@@ -9,7 +9,7 @@ import pytest
 
 from k4s.errors import K4sError
 from k4s.image import cpio
-from tests.conftest import k4s_cmd
+from tests.conftest import k4s_cmd, require
 
 
 def entries() -> list[cpio.Entry]:
@@ -201,8 +201,7 @@ def test_an_unwritable_target_is_one_line_naming_the_entry(tmp_path) -> None:
     import subprocess
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k,nr_inodes=3", "tmpfs", str(full)], check=False)
     try:
-        if not os.path.ismount(full):
-            pytest.skip("needs root to mount a tiny tmpfs")
+        require(os.path.ismount(full), "root, to mount a tiny tmpfs", "run the tests as root")
         with pytest.raises(K4sError) as e:
             cpio.extract(raw, full / "out")
         assert "cannot extract" in e.value.message and "\n" not in e.value.render()
