@@ -70,17 +70,33 @@ def ldd(path: Path, library_path: str | None = None) -> list[str]:
     return [m.group(1) for ln in r.stdout.splitlines() if (m := _LDD.search(ln))]
 
 
-def add_closure(tree: Tree, elves: Iterable[tuple[Path, str | None]], skip_dir: Path | None = None) -> None:
+def add_closure(tree: Tree, elves: Iterable[tuple[Path, str | None]], skip_dir: Path | None = None,
+                part: str = "libs") -> None:
     for path, libpath in elves:
         for lib in ldd(path, libpath):
             if skip_dir and Path(lib).resolve().is_relative_to(skip_dir.resolve()):
                 continue  # the bundle carries it
             norm = tree.norm(lib)
             if norm not in tree.entries:
-                tree.file(lib, Path(lib).resolve(), "libs")
+                tree.file(lib, Path(lib).resolve(), part)
+
+
+def bundle_elves(bundle: Path) -> list[tuple[Path, str | None]]:
+    """A frozen k4s's ELF files for ldd: the launcher without LD_LIBRARY_PATH (it needs the
+    system libz before PyInstaller sets its paths), the bundle's .so files with it."""
+    internal = bundle / "_internal"
+    return [(bundle / "k4s", None), *((p, str(internal)) for p in sorted(internal.rglob("*.so*")) if is_elf(p))]
 
 
 # --- kernel modules ----------------------------------------------------------------------
+
+def add_modules(t: Tree, kernel_root: Path, wanted: list[str], workdir: Path, part: str) -> None:
+    """The wanted modules with their dependencies and depmod's output, under /usr/lib/modules."""
+    stage = workdir / "modules"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage_modules(kernel_root, kernel_release(kernel_root), wanted, stage)
+    t.tree(stage / "lib", "usr/lib", part)
+
 
 def stage_modules(kernel_root: Path, release: str, wanted: list[str], stage: Path) -> None:
     """Copy wanted modules with their dependencies into stage and run depmod there."""
@@ -167,24 +183,32 @@ def add_binaries(t: Tree, bindir: Path, names: list[str]) -> list[Path]:
     return real
 
 
-def assemble(inp: Inputs, workdir: Path) -> Tree:
-    inp = Inputs(*(p.resolve() for p in (inp.bundle, inp.components, inp.images, inp.rootfs, inp.kernel_root,
-                                          inp.busybox)), [p.resolve() for p in inp.extra])
+# The nodes /init needs before devtmpfs is mounted: without urandom Python dies at start.
+DEVICES = (("dev/console", 5, 1, 0o600), ("dev/null", 1, 3, 0o666), ("dev/urandom", 1, 9, 0o666),
+           ("dev/random", 1, 8, 0o666), ("dev/tty", 5, 0, 0o666), ("dev/kmsg", 1, 11, 0o644))
+
+
+def skeleton(dirs: Iterable[str | Path]) -> Tree:
+    """The root both images start from (part base): merged-/usr links, the directories, the
+    device nodes, an empty resolv.conf."""
     t = Tree(merged=dict(layout.MERGED))
     for name, target in layout.MERGED.items():
         t.symlink(name, target, "base")
-    for d in ("proc", "sys", "dev", "run", "tmp", "root", "etc", layout.DATA_DIR, "var/log", "usr/bin", "usr/sbin",
-              "usr/lib64", "mnt"):
-        t.dir(layout.member(d), "base", 0o1777 if d == "tmp" else 0o755)
+    for d in dirs:
+        t.dir(layout.member(d), "base", 0o1777 if str(d) == "tmp" else 0o755)
+    for path, major, minor, mode in DEVICES:
+        t.dev(path, major, minor, mode)
+    t.data("etc/resolv.conf", b"", "base")
+    return t
+
+
+def assemble(inp: Inputs, workdir: Path) -> Tree:
+    inp = Inputs(*(p.resolve() for p in (inp.bundle, inp.components, inp.images, inp.rootfs, inp.kernel_root,
+                                          inp.busybox)), [p.resolve() for p in inp.extra])
+    t = skeleton(("proc", "sys", "dev", "run", "tmp", "root", "etc", layout.DATA_DIR, "var/log", "usr/bin",
+                  "usr/sbin", "usr/lib64", "mnt"))
     t.symlink("var/run", "../run", "base")
     t.symlink(layout.member(layout.LOG_LINK), str(layout.Paths.of(layout.DATA_DIR, layout.RUN_DIR).logs), "base")
-    t.dev("dev/console", 5, 1, 0o600)
-    t.dev("dev/null", 1, 3, 0o666)
-    t.dev("dev/urandom", 1, 9, 0o666)
-    t.dev("dev/random", 1, 8, 0o666)
-    t.dev("dev/tty", 5, 0, 0o666)
-    t.dev("dev/kmsg", 1, 11, 0o644)
-    t.data("etc/resolv.conf", b"", "base")
     for overlay in [inp.rootfs, *inp.extra]:
         t.tree(overlay, "", "base")
 
@@ -228,21 +252,13 @@ def assemble(inp: Inputs, workdir: Path) -> Tree:
     for tar in tars:
         t.file(layout.member(layout.IMAGES / tar.name), tar, "images", 0o644)
 
-    # shared libraries: launcher without LD_LIBRARY_PATH, bundle .so with it, the rest plain
-    internal = inp.bundle / "_internal"
-    elves: list[tuple[Path, str | None]] = [(exe, None)]
-    elves += [(p, str(internal)) for p in sorted(internal.rglob("*.so*")) if is_elf(p)]
-    elves += [(p, None) for p in [*runtime, *tools] if is_elf(p)]
-    add_closure(t, elves, skip_dir=internal)
+    # shared libraries: the bundle's (bundle_elves), then the components' and tools' plain
+    elves = [*bundle_elves(inp.bundle), *((p, None) for p in [*runtime, *tools] if is_elf(p))]
+    add_closure(t, elves, skip_dir=inp.bundle / "_internal")
 
-    # kernel modules
-    release = kernel_release(inp.kernel_root)
     wanted = [ln.split("#")[0].strip()
               for ln in (inp.rootfs / layout.member(layout.MODULES_LIST)).read_text().splitlines()]
-    stage = workdir / "modules"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage_modules(inp.kernel_root, release, [w for w in wanted if w], stage)
-    t.tree(stage / "lib", "usr/lib", "modules")
+    add_modules(t, inp.kernel_root, [w for w in wanted if w], workdir, "modules")
     return t
 
 
@@ -420,34 +436,15 @@ def assemble_stage1(bundle: Path, pubkey: Path, kernel_root: Path, workdir: Path
     if not exe.exists():
         raise K4sError(f"frozen stage-1 k4s not found at {exe}", hint="run `make stage1`")
     manifest.public_key(pubkey)  # a key, not anything else
-    t = Tree(merged=dict(layout.MERGED))
-    for name, target in layout.MERGED.items():
-        t.symlink(name, target, "base")
-    for d in ("proc", "sys", "dev", "run", "tmp", "etc/k4s", "usr/bin", "usr/sbin", "usr/lib64"):
-        t.dir(d, "base", 0o1777 if d == "tmp" else 0o755)
-    t.dev("dev/console", 5, 1, 0o600)
-    t.dev("dev/null", 1, 3, 0o666)
-    t.dev("dev/urandom", 1, 9, 0o666)
-    t.dev("dev/kmsg", 1, 11, 0o644)
-    t.data("etc/resolv.conf", b"", "base")
+    t = skeleton(("proc", "sys", "dev", "run", "tmp", "etc/k4s", "usr/bin", "usr/sbin", "usr/lib64"))
     t.data(layout.member(layout.MODULES_LIST), "\n".join(STAGE1_MODULES).encode() + b"\n", "base")
     t.file(f"etc/k4s/{manifest.PUBLIC_KEY}", pubkey.resolve(), "base", 0o644)
     t.tree(bundle, layout.member(layout.BUNDLE), "base")
     t.symlink("init", str(layout.K4S), "base")
     for n in ("modprobe", "kexec", "poweroff", "reboot"):
         t.symlink(f"usr/sbin/{n}", str(layout.K4S), "base")
-    internal = bundle / "_internal"
-    elves: list[tuple[Path, str | None]] = [(exe, None)]
-    elves += [(p, str(internal)) for p in sorted(internal.rglob("*.so*")) if is_elf(p)]
-    add_closure(t, elves, skip_dir=internal)
-    for e in t.entries.values():
-        if e.part == "libs":
-            e.part = "base"
-    release = kernel_release(kernel_root)
-    stage = workdir / "modules"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage_modules(kernel_root, release, list(STAGE1_MODULES), stage)
-    t.tree(stage / "lib", "usr/lib", "base")
+    add_closure(t, bundle_elves(bundle), skip_dir=bundle / "_internal", part="base")
+    add_modules(t, kernel_root, list(STAGE1_MODULES), workdir, "base")
     return t
 
 

@@ -259,22 +259,14 @@ def decompress(raw: bytes, cap: int | None = None) -> bytes:
             d: Any = lzma.LZMADecompressor() if xz else zlib.decompressobj(31)
             what = f"{'xz' if xz else 'gzip'} data at byte {pos}"
             try:
-                if xz:
-                    data = raw[pos:]
-                    while not d.eof:
-                        out.add(d.decompress(data, CHUNK), what)
-                        data = b""
-                        if d.needs_input and not d.eof:
-                            raise CpioError(f"{what} is truncated")
-                    pos = len(raw) - len(d.unused_data)
-                else:
-                    data = raw[pos:]
-                    while not d.eof:
-                        out.add(d.decompress(data, CHUNK), what)
-                        data = d.unconsumed_tail
-                        if not data and not d.eof:
-                            raise CpioError(f"{what} is truncated")
-                    pos = len(raw) - len(d.unused_data)
+                data = raw[pos:]
+                while not d.eof:  # CHUNK bytes of output at a time, each counted against the cap
+                    out.add(d.decompress(data, CHUNK), what)
+                    # zlib hands back what it has not read yet; lzma keeps it and says if it needs more
+                    data = getattr(d, "unconsumed_tail", b"")
+                    if not data and not d.eof and getattr(d, "needs_input", True):
+                        raise CpioError(f"{what} is truncated")
+                pos = len(raw) - len(d.unused_data)
             except (lzma.LZMAError, zlib.error) as e:
                 raise CpioError(f"{what}: {e}") from None
             continue
