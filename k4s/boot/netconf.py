@@ -54,8 +54,8 @@ def link_up(ipr: object, name: str) -> None:
 
 
 def wait_for_carrier(name: str, timeout: float = 10.0) -> bool:
-    """After link up: a DISCOVER sent before the link has carrier is lost, and pyroute2's client
-    does not always send another (seen in stage 1, whose NIC driver loads just before)."""
+    """After link up, before DHCP: a DISCOVER sent before the link has carrier can be lost
+    (as systemd-networkd does, wait for it; a link without carrier is logged and tried anyway)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:

@@ -202,7 +202,7 @@ class PKI:
                            hint=f"restore it from a backup, or remove {self.dir} to start a new cluster identity")
         return key, cert
 
-    def _ensure_ca(self, ca: CA) -> Result:
+    def ensure_ca(self, ca: CA) -> Result:
         key = self._read_key(ca.name)
         if not self.crt(ca.name).exists() and not self.key(ca.name).exists():
             key, cert = issue_ca(ca)
@@ -242,7 +242,7 @@ class PKI:
         return problems
 
     def ensure(self, ident: Identity) -> list[Result]:
-        results = [self._ensure_ca(ca) for ca in CAS]
+        results = [self.ensure_ca(ca) for ca in CAS]
         results.append(self._client_ca_bundle())
         cas = {ca.name: self.load_ca(ca) for ca in CAS}
         for leaf in leaves(ident):
@@ -289,26 +289,9 @@ class PKI:
                                                         serialization.PublicFormat.SubjectPublicKeyInfo), CERT_MODE)
         return Result(SERVICE_ACCOUNT, "created")
 
-    def kubeconfig_text(self, user: str, cert_pem_: bytes, key_pem_: bytes, ca_pem: bytes,
-                        server: str | None = None) -> str:
-        import yaml
-
-        b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
-        doc = {
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "k4s", "cluster": {"server": server or self.server,
-                                                      "certificate-authority-data": b64(ca_pem)}}],
-            "users": [{"name": user, "user": {"client-certificate-data": b64(cert_pem_),
-                                              "client-key-data": b64(key_pem_)}}],
-            "contexts": [{"name": "k4s", "context": {"cluster": "k4s", "user": user}}],
-            "current-context": "k4s",
-            "preferences": {},
-        }
-        return yaml.safe_dump(doc, sort_keys=False)
-
     def write_kubeconfig(self, leaf: Leaf, ca_cert: x509.Certificate) -> None:
         assert leaf.kubeconfig
-        text = self.kubeconfig_text(leaf.kubeconfig, self.crt(leaf.name).read_bytes(),
+        text = kubeconfig_text(leaf.kubeconfig, self.server, self.crt(leaf.name).read_bytes(),
                                     self.key(leaf.name).read_bytes(), cert_pem(ca_cert))
         write_atomic(self.files.kubeconfig(leaf.kubeconfig), text, KEY_MODE)
 
@@ -331,6 +314,23 @@ class PKI:
             p.problems = self.leaf_problems(leaf, ca_cert) if ca_cert else ["its CA is missing"]
             out.append(p)
         return out
+
+
+def kubeconfig_text(user: str, server: str, cert_pem_: bytes, key_pem_: bytes, ca_pem: bytes) -> str:
+    """A kubeconfig for one client identity: its certificate and key, the CA it trusts."""
+    import yaml
+
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    doc = {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "k4s", "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}],
+        "users": [{"name": user, "user": {"client-certificate-data": b64(cert_pem_),
+                                          "client-key-data": b64(key_pem_)}}],
+        "contexts": [{"name": "k4s", "context": {"cluster": "k4s", "user": user}}],
+        "current-context": "k4s",
+        "preferences": {},
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
 
 
 def spki_hash(cert: x509.Certificate) -> str:

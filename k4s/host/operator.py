@@ -15,8 +15,6 @@ against the pin, and only then writes a kubeconfig that trusts it.
 from __future__ import annotations
 
 import base64
-import datetime as dt
-import http.client
 import json
 import os
 import ssl
@@ -25,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from k4s.cluster import certs, pki
+from k4s.cluster import certs, kubeapi, pki
 from k4s.errors import K4sError
 from k4s.fsutil import write_atomic
 
@@ -61,26 +59,11 @@ class Operator:
             os.chmod(self.dir, 0o700)
         except OSError as e:
             raise K4sError(f"cannot make {self.dir}: {e.strerror}", hint="choose a writable --out") from e
-        store = pki.PKI(self.dir, self.dir)
-        if not self.ca_crt.exists() and not store.key(OPERATOR_CA.name).exists():
-            key, cert = pki.issue_ca(OPERATOR_CA)
-            store.write(OPERATOR_CA.name, key, cert)
+        store = pki.PKI(self.dir, self.dir, renew_days)
+        store.ensure_ca(OPERATOR_CA)
         ca_key, ca_cert = store.load_ca(OPERATOR_CA)
-        problems = store.leaf_problems(ADMIN, ca_cert)
-        left = store.read_cert(ADMIN.name)
-        if problems or left is None or left.not_valid_after_utc - dt.datetime.now(dt.UTC) < dt.timedelta(renew_days):
-            key, cert = pki.issue_leaf(ADMIN, ca_key, ca_cert)
-            store.write(ADMIN.name, key, cert)
-
-
-def _get(host: str, port: int, path: str, ctx: ssl.SSLContext) -> tuple[int, bytes]:
-    conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=10)
-    try:
-        conn.request("GET", path, headers={"Accept": "application/json"})
-        r = conn.getresponse()
-        return r.status, r.read()
-    finally:
-        conn.close()
+        if store.leaf_problems(ADMIN, ca_cert):  # missing, expiring within renew_days, or not from this CA
+            store.write(ADMIN.name, *pki.issue_leaf(ADMIN, ca_key, ca_cert))
 
 
 def pinned_ca(host: str, port: int, pin: str) -> bytes:
@@ -89,7 +72,7 @@ def pinned_ca(host: str, port: int, pin: str) -> bytes:
     insecure = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE
     try:
-        status, body = _get(host, port, CLUSTER_INFO, insecure)
+        status, body = kubeapi.get(f"https://{host}:{port}{CLUSTER_INFO}", insecure, timeout=10)
     except (OSError, ssl.SSLError) as e:
         raise NotYet(f"cannot fetch cluster-info from {host}:{port}: {e}", hint="is the node up?") from e
     if status != 200:
@@ -106,17 +89,6 @@ def pinned_ca(host: str, port: int, pin: str) -> bytes:
     return ca
 
 
-def kubeconfig(server: str, ca_pem: bytes, op: Operator) -> str:
-    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
-    doc = {"apiVersion": "v1", "kind": "Config", "preferences": {},
-           "clusters": [{"name": "k4s", "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}],
-           "users": [{"name": ADMIN.common_name, "user": {"client-certificate-data": b64(op.admin_crt.read_bytes()),
-                                                          "client-key-data": b64(op.admin_key.read_bytes())}}],
-           "contexts": [{"name": "k4s", "context": {"cluster": "k4s", "user": ADMIN.common_name}}],
-           "current-context": "k4s"}
-    return yaml.safe_dump(doc, sort_keys=False)
-
-
 def write_kubeconfig(path: Path, host: str, port: int, pin: str, op: Operator) -> None:
     """Fetch and check the CA against the pin, check that the apiserver's certificate verifies
     with it, then write the operator's kubeconfig (0600). Nothing is written on a mismatch."""
@@ -124,7 +96,7 @@ def write_kubeconfig(path: Path, host: str, port: int, pin: str, op: Operator) -
     ctx = ssl.create_default_context(cadata=ca.decode())
     ctx.load_cert_chain(op.admin_crt, op.admin_key)
     try:
-        status, _ = _get(host, port, "/version", ctx)
+        status, _ = kubeapi.get(f"https://{host}:{port}/version", ctx, timeout=10)
     except ssl.SSLCertVerificationError as e:
         raise K4sError(f"the apiserver at {host}:{port} does not verify with its own pinned CA: {e.verify_message}",
                        hint="nothing was written") from None
@@ -133,4 +105,6 @@ def write_kubeconfig(path: Path, host: str, port: int, pin: str, op: Operator) -
     if status != 200:
         raise K4sError(f"the apiserver at {host}:{port} refused the operator's certificate (HTTP {status})",
                        hint="was the node seeded with this host's operator CA (out/operator/ca.crt)?")
-    write_atomic(path, kubeconfig(f"https://{host}:{port}", ca, op), 0o600)
+    text = pki.kubeconfig_text(ADMIN.common_name, f"https://{host}:{port}", op.admin_crt.read_bytes(),
+                               op.admin_key.read_bytes(), ca)
+    write_atomic(path, text, 0o600)
