@@ -37,15 +37,21 @@ def vm_options(f):  # type: ignore[no-untyped-def]
         click.option("--timeout", type=float, default=900, show_default=True, help="Seconds to wait for Ready."),
         click.option("--pxe", type=P, help="Boot from the NIC: QEMU's TFTP hands iPXE DIR/boot.ipxe, which "
                      "fetches the rest over HTTP (run `make netboot` to prepare and serve DIR)."),
+        click.option("--lan-listen", "lan_ports", type=int, multiple=True, metavar="PORT",
+                     help="Start a virtual L2 that another VM joins on this loopback port (repeatable: one per VM)."),
+        click.option("--lan-connect", type=int, default=0, metavar="PORT",
+                     help="Join the L2 of the VM listening on PORT, with no user network or forwarded port."),
+        click.option("--mac", default="", help="The NIC's MAC; each VM on a lan needs its own (e.g. 52:54:00:00:77:02)."),
     ]):
         f = opt(f)
     return f
 
 
 def make_vm(out: Path, kernel: Path, initrd: Path, memory: int, cpus: int, port: int, append: str,
-            manifest: tuple[Path, ...], pxe: Path | None = None) -> VM:
+            manifest: tuple[Path, ...], pxe: Path | None = None, lan_ports: tuple[int, ...] = (),
+            lan_connect: int = 0, mac: str = "") -> VM:
     return VM(out.resolve(), kernel.resolve(), initrd.resolve(), memory, cpus, port, append, list(manifest),
-              pxe=pxe.resolve() if pxe else None)
+              pxe=pxe.resolve() if pxe else None, lan_ports=tuple(lan_ports), lan_connect=lan_connect, mac=mac)
 
 
 def kubectl_nodes(vm: VM) -> None:
@@ -62,7 +68,8 @@ def bring_up(vm: VM, timeout: float, echo: bool) -> tuple[subprocess.Popen[bytes
     except BaseException:
         vm.power_off(30)
         raise
-    vm.write_kubeconfig()
+    if not vm.lan_only:  # a worker has no port of its own: reach the cluster through its server
+        vm.write_kubeconfig()
     click.echo(f"k4s: node {name} Ready after {time.monotonic() - t0:.1f}s (QEMU pid {proc.pid})")
     return proc, name
 
@@ -95,18 +102,17 @@ def cli() -> None:
 
 @cli.command(help="Boot in the foreground; Ctrl-C powers off.")
 @vm_options
-def run(out: Path, kernel: Path, initrd: Path, memory: int, cpus: int, port: int, append: str,
-        manifest: tuple[Path, ...], timeout: float, pxe: Path | None) -> int:
-    return run_foreground(make_vm(out, kernel, initrd, memory, cpus, port, append, manifest, pxe), timeout)
+def run(timeout: float, **opts: object) -> int:
+    return run_foreground(make_vm(**opts), timeout)  # type: ignore[arg-type]
 
 
 @cli.command(help="Boot in the background and return once the node is Ready.")
 @vm_options
-def up(out: Path, kernel: Path, initrd: Path, memory: int, cpus: int, port: int, append: str,
-       manifest: tuple[Path, ...], timeout: float, pxe: Path | None) -> int:
-    vm = make_vm(out, kernel, initrd, memory, cpus, port, append, manifest, pxe)
+def up(timeout: float, **opts: object) -> int:
+    vm = make_vm(**opts)  # type: ignore[arg-type]
     bring_up(vm, timeout, echo=True)
-    kubectl_nodes(vm)
+    if not vm.lan_only:
+        kubectl_nodes(vm)
     return 0
 
 

@@ -39,6 +39,9 @@ _HOSTNAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 _IFNAME = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
 _SERIAL = re.compile(r"(ttyS|ttyAMA|hvc)[0-9]{1,3}")
 _PATH = re.compile(r"/[A-Za-z0-9._+@:/-]*")
+_SERVER_URL = re.compile(r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+_TOKEN = re.compile(r"[a-z0-9]{6}\.[a-z0-9]{16}")  # kubeadm's bootstrap token: <id>.<secret>
+_CA_HASH = re.compile(r"sha256:[0-9a-f]{64}")
 _URL = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/([A-Za-z0-9._~-]+/)*")
 
 
@@ -90,6 +93,28 @@ def _payload_url(v: Any) -> str:
     s = _str(v)
     if not _URL.fullmatch(s) or any(seg in (".", "..") for seg in s.split("/")[3:]):
         raise Invalid(f"{s!r} is not a payload directory URL", "write http://HOST[:PORT]/PATH/ (ending in /)")
+    return s
+
+
+def _server_url(v: Any) -> str:
+    s = _str(v)
+    if not _SERVER_URL.fullmatch(s):
+        raise Invalid(f"{s!r} is not an apiserver URL", "write https://HOST:6443, as `k4s token create` prints it")
+    return s
+
+
+def _token(v: Any) -> str:
+    s = _str(v)
+    if not _TOKEN.fullmatch(s):
+        # never echo a token back: the console is not a place for secrets
+        raise Invalid("the value is not a bootstrap token", "write <6 of [a-z0-9]>.<16 of [a-z0-9]>, as `k4s token create` prints it")
+    return s
+
+
+def _ca_hash(v: Any) -> str:
+    s = _str(v).lower()
+    if not _CA_HASH.fullmatch(s):
+        raise Invalid(f"{s!r} is not a CA hash", "write sha256:<64 hex digits>, as the server's console or `k4s token create` prints it")
     return s
 
 
@@ -232,7 +257,16 @@ SCHEMA: tuple[Key, ...] = (
     Key("ip", _interface_address, "dhcp", "boot-time address of `interface`: dhcp or CIDR (appliance only)", cmdline=C),
     Key("gateway", _optional(_ipv4), "", "default gateway for a static `ip`", cmdline=C),
     Key("dns", _list_of(_ipv4), (), "upstream DNS servers for a static `ip`", cmdline=C),
+    Key("mgmt-interface", _optional(_ifname), "", "a second interface, brought up by DHCP, for the operator's "
+        "access (its default route and DNS); the node's traffic stays on `interface`", cmdline=C),
     Key("hostname", _optional(_dns_name), "", "host name to set at boot; empty keeps the kernel's or uses node-name", cmdline=C),
+    Key("role", _choice("server", "agent"), "server", "server: the control plane and a node; agent: a worker "
+        "that joins `server` with a bootstrap token (kubeadm's protocol)", cmdline=C),
+    Key("server", _optional(_server_url), "", "agent: the apiserver to join, https://HOST:PORT", cmdline=C),
+    Key("token", _optional(_token), "", "agent: a bootstrap token <id>.<secret> from `k4s token create`; "
+        "short-lived, it can only ask for the node's certificate", cmdline=C),
+    Key("ca-hash", _optional(_ca_hash), "", "agent: sha256 of the cluster CA's public key, pinned before "
+        "anything from the server is trusted", cmdline=C),
     Key("cluster-cidr", _cidr, "10.42.0.0/16", "pod network"),
     Key("service-cidr", _cidr, "10.43.0.0/16", "service ClusterIP network"),
     Key("cluster-dns", _optional(_ipv4), "", "CoreDNS ClusterIP; empty means the 10th address of service-cidr"),
@@ -257,7 +291,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("payload", _optional(_payload_url), "", "stage 1: where the signed stage 2 is (http://HOST/PATH/); "
         "what it fetches is verified against the key built into stage 1, so the command line may point it "
         "anywhere", cmdline=C),
-    Key("disable", _list_of(_choice("coredns", "kube-proxy", "manifests")), (), "bundled parts to leave out"),
+    Key("disable", _list_of(_choice("coredns", "kube-proxy", "flannel", "manifests")), (), "bundled parts to leave "
+        "out; without flannel, pods get a bridge on this node only"),
     *(Key(f"{c}-arg", _list_of(_flag), (), f"extra {c} flags, e.g. --v=2 (last one wins)") for c in ARG_COMPONENTS),
 )
 KEYS: dict[str, Key] = {k.name: k for k in SCHEMA}
@@ -278,7 +313,12 @@ class Config:
     ip: str
     gateway: str
     dns: tuple[str, ...]
+    mgmt_interface: str
     hostname: str
+    role: str
+    server: str
+    token: str
+    ca_hash: str
     cluster_cidr: str
     service_cidr: str
     cluster_dns: str
@@ -472,6 +512,21 @@ def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
                               hint=f"pick an address inside {service} other than {service[1]}")
     else:
         values["cluster-dns"] = str(service[10])
+    join = ("server", "token", "ca-hash")
+    if values["role"] == "agent":
+        missing = [k for k in join if not values[k]]
+        if missing:
+            raise ConfigError(f"role agent needs {', '.join(missing)} (role from {sources['role']})",
+                              hint="boot with the line `k4s token create` prints on the operator's host")
+    elif any(values[k] for k in join):
+        raise ConfigError(f"server, token and ca-hash are for role agent ({where('role')})",
+                          hint="add k4s.role=agent, or drop them to run a server")
+    if values["mgmt-interface"] and values["mgmt-interface"] == values["interface"]:
+        raise ConfigError(f"mgmt-interface is the node interface ({where('mgmt-interface', 'interface')})",
+                          hint="name a second interface, or drop mgmt-interface")
+    if values["mgmt-interface"] and (values["ip"] == "dhcp" or not values["interface"]):
+        raise ConfigError(f"with mgmt-interface, the node interface needs a static ip ({where('mgmt-interface', 'ip')})",
+                          hint="e.g. k4s.interface=eth1 k4s.ip=10.77.0.1/24 k4s.mgmt-interface=eth0")
     if values["ip"] == "dhcp" and values["gateway"]:
         raise ConfigError(f"gateway is set but ip is dhcp ({where('gateway', 'ip')})",
                           hint="set a static ip like 10.0.2.15/24 or drop the gateway")

@@ -191,4 +191,8 @@ def setup(cfg: Config, run_dir: Path) -> tuple[str, str]:
     else:
         ip = static(cfg, iface)
     log.event("init", "network", interface=iface, ip=ip, mode="dhcp" if cfg.ip == "dhcp" else "static")
+    if cfg.mgmt_interface:  # after the static node interface: its DHCP lease sets the default route and DNS
+        mgmt = wait_for_interface(cfg.mgmt_interface)
+        mip = DHCP(mgmt, cfg.hostname or cfg.node_name, run_dir / "dhcp-mgmt").start()
+        log.event("init", "network", interface=mgmt, ip=mip, mode="dhcp", role="management")
     return iface, ip

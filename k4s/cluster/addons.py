@@ -41,6 +41,40 @@ def rbac() -> list[Obj]:
     }]
 
 
+BOOTSTRAPPERS = "system:bootstrappers"  # every bootstrap token's group
+NODES = "system:nodes"
+# what a node's own daemons (flannel) read and write beside the kubelet
+FLANNEL_RULES = [
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+]
+
+
+def _binding(name: str, role: str, group: str) -> Obj:
+    return {"apiVersion": f"{RBAC}/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name, "labels": LABELS},
+            "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": RBAC, "kind": "Group", "name": group}]}
+
+
+def join_rbac() -> list[Obj]:
+    """kubeadm's bootstrap RBAC: a bootstrap token may create CSRs and have its node-client
+    CSR approved (and nothing else); a node may have its renewal approved. The node's
+    daemons run as the node (NodeRestriction still holds them to their own Node): kube-proxy's
+    role and flannel's, bound to system:nodes."""
+    return [
+        _binding("k4s:kubelet-bootstrap", "system:node-bootstrapper", BOOTSTRAPPERS),
+        _binding("k4s:node-autoapprove-bootstrap",
+                 "system:certificates.k8s.io:certificatesigningrequests:nodeclient", BOOTSTRAPPERS),
+        _binding("k4s:node-autoapprove-certificate-rotation",
+                 "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", NODES),
+        _binding("k4s:node-proxier", "system:node-proxier", NODES),
+        {"apiVersion": f"{RBAC}/v1", "kind": "ClusterRole", "metadata": {"name": "k4s:flannel", "labels": LABELS},
+         "rules": FLANNEL_RULES},
+        _binding("k4s:flannel", "k4s:flannel", NODES),
+    ]
+
+
 def cluster_info(server: str, ca_pem: bytes) -> list[Obj]:
     """kubeadm's discovery document in kube-public, readable anonymously (and nothing else is):
     the CA a client checks against the hash it pinned, and the server to reach."""

@@ -67,6 +67,7 @@ class Client:
     port: int
     ctx: ssl.SSLContext
     timeout: float = 10.0
+    bearer: str = ""  # a bearer token (a bootstrap token), when the TLS context has no client certificate
     _resources: dict[str, dict[str, tuple[str, bool]]] = field(default_factory=dict)
 
     @classmethod
@@ -74,11 +75,44 @@ class Client:
         """As one of the node's own identities, trusting the node's CA."""
         return cls(host, port, tls_context(files.crt(CLUSTER_CA), files.crt(user), files.key(user)))
 
+    @classmethod
+    def from_kubeconfig(cls, path: Path) -> Client:
+        """As the current context's user of a kubeconfig with embedded data (what k4s writes)."""
+        import base64
+        import os
+        import tempfile
+
+        import yaml
+
+        try:
+            kc = yaml.safe_load(path.read_text())
+            ctx_name = kc["current-context"]
+            ctx = next(c["context"] for c in kc["contexts"] if c["name"] == ctx_name)
+            cluster = next(c["cluster"] for c in kc["clusters"] if c["name"] == ctx["cluster"])
+            user = next(u["user"] for u in kc["users"] if u["name"] == ctx["user"])
+            ca = base64.b64decode(cluster["certificate-authority-data"]).decode()
+            pem = base64.b64decode(user["client-certificate-data"]) + b"\n" + base64.b64decode(user["client-key-data"])
+            u = urllib.parse.urlsplit(cluster["server"])
+        except OSError as e:
+            raise K4sError(f"cannot read kubeconfig {path}: {e.strerror}", hint="run `make up` (it writes out/kubeconfig)") from None
+        except (yaml.YAMLError, KeyError, TypeError, StopIteration, ValueError, AttributeError):
+            raise K4sError(f"{path} is not a kubeconfig with embedded certificates",
+                           hint="use the one `k4s vm` writes (out/kubeconfig)") from None
+        tls = ssl.create_default_context(cadata=ca)
+        with tempfile.TemporaryDirectory() as d:  # ssl loads a key from a file only; 0700, removed at once
+            f = os.path.join(d, "client.pem")
+            with open(os.open(f, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as out:
+                out.write(pem)
+            tls.load_cert_chain(f)
+        return cls(u.hostname or "", u.port or 443, tls)
+
     def request(self, method: str, path: str, body: bytes | None = None,
                 content_type: str = "application/json") -> tuple[int, bytes]:
         conn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=self.timeout)
         try:
             headers = {"Accept": "application/json"}
+            if self.bearer:
+                headers["Authorization"] = f"Bearer {self.bearer}"
             if body is not None:
                 headers["Content-Type"] = content_type
             conn.request(method, path, body=body, headers=headers)

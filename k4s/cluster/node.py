@@ -42,8 +42,8 @@ class Node:
 
     @property
     def apiserver_url(self) -> str:
-        """How the node's own clients reach the apiserver."""
-        return f"https://127.0.0.1:{self.cfg.apiserver_port}"
+        """How the node's own clients reach the apiserver: its own, or the server an agent joined."""
+        return self.cfg.server if self.cfg.role == "agent" else f"https://127.0.0.1:{self.cfg.apiserver_port}"
 
     @property
     def containerd_socket(self) -> Path:

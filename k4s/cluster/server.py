@@ -10,7 +10,7 @@ import signal
 import threading
 
 from k4s import log
-from k4s.cluster import components, services
+from k4s.cluster import components, services, tasks
 from k4s.cluster.memory import log_stats
 from k4s.cluster.node import Node
 from k4s.cluster.preflight import preflight
@@ -19,11 +19,14 @@ from k4s.cluster.tasks import ManifestWatcher
 from k4s.config import Config
 
 PKI_TIMEOUT = 120.0  # key generation under emulation takes seconds, not minutes
+JOIN_DEADLINE = 600.0  # a worker may boot before its server is up
 
 
 def selected(control_plane_only: bool, cfg: Config) -> list[str]:
-    return [n for n in components.NAMES
-            if not (control_plane_only and components.module(n).NODE) and n not in cfg.disable]
+    """The components this node runs: an agent only the node's part."""
+    agent = cfg.role == "agent"
+    return [n for n in components.NAMES if n not in cfg.disable
+            and not (control_plane_only and components.module(n).NODE) and not (agent and not components.module(n).NODE)]
 
 
 def _ensure_pki(cfg: Config) -> dict:
@@ -47,6 +50,16 @@ def ensure_pki(cfg: Config) -> tuple[list[tuple[str, str, str]], str]:
     return [tuple(x) for x in reply["results"]], reply["ca_hash"]
 
 
+def join_cluster(node: Node) -> str:
+    """An agent's discovery and TLS bootstrap (k4s.cluster.join), in a child; the CA's hash."""
+    from k4s.cluster import join
+    from k4s.cluster.components import kubelet
+
+    cfg = node.cfg
+    return call_in_child(lambda: join.join(cfg.server, cfg.token, cfg.ca_hash, cfg.node_name, node.certs,
+                                           kubelet.cert_dir(node), JOIN_DEADLINE), JOIN_DEADLINE + 60)
+
+
 def run_server(cfg: Config, control_plane_only: bool,
                stop_signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> int:
     """Bring the node up and supervise it until one of stop_signals arrives; return that signal.
@@ -60,10 +73,13 @@ def run_server(cfg: Config, control_plane_only: bool,
     names = selected(control_plane_only, cfg)
     log.event("k4s", "starting", node=cfg.node_name, ip=node.node_ip, components=",".join(names))
     preflight(node, names)
-    results, ca_hash = ensure_pki(cfg)
-    for name, action, reason in results:
-        if action != "kept":
-            log.event("pki", action, cert=name, reason=reason or None)
+    if cfg.role == "agent":
+        ca_hash = join_cluster(node)
+    else:
+        results, ca_hash = ensure_pki(cfg)
+        for name, action, reason in results:
+            if action != "kept":
+                log.event("pki", action, cert=name, reason=reason or None)
     # the pin a client checks the CA it is handed against (kubeadm's --discovery-token-ca-cert-hash)
     log.console(f"k4s: cluster CA {ca_hash}")
     log.record("pki", "ca", hash=ca_hash)
@@ -71,8 +87,11 @@ def run_server(cfg: Config, control_plane_only: bool,
         libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)  # container shims re-parent to us, so stop can end them
     except OSError:
         pass
-    watcher = ManifestWatcher(node, [node.paths.manifests]) if "manifests" not in cfg.disable else None
+    watcher = (ManifestWatcher(node, [node.paths.manifests])
+               if "manifests" not in cfg.disable and cfg.role == "server" else None)
     sup = Supervisor(services.build(node, names, watcher), node.paths.logs, node.paths.status)
+    if cfg.role == "agent":
+        sup.before_stop = lambda: tasks.drain(node)  # a worker leaving hands its pods back first
     received: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:

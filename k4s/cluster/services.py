@@ -13,7 +13,13 @@ apiserver's pre-stop), the controllers, the apiserver, etcd and containerd last.
       +------------------+------------------------+
                          |
                       kubelet --> node-ready
+                         |
+                  node-registered --> flannel --> pod-network
       kube-proxy (after kube-apiserver)
+
+An agent (a worker) runs only the node's part: containerd, images, the kubelet,
+kube-proxy, flannel and the tasks that wait for them; it has joined the cluster
+before any of them start (k4s.cluster.join).
 
 With `component-processes: shared` a component runs inside its host's process
 (components.host_of): it starts and stops with the host, which then waits for
@@ -39,12 +45,17 @@ GRAPH: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("kube-scheduler", ("kube-apiserver",)),
     ("kubelet", ("containerd", "images", "kube-apiserver")),
     ("kube-proxy", ("kube-apiserver",)),
+    ("node-registered", ("kubelet",)),
+    ("flannel", ("node-registered",)),
+    ("pod-network", ("flannel",)),
     ("node-ready", ("kubelet",)),
 )
 # Tasks: (what runs, how long it may take before the boot fails, tries before it is fatal).
 TASKS: dict[str, tuple[Callable[[Node, tasks.ManifestWatcher | None], Callable[[Supervisor], None]], float, int]] = {
     "images": (lambda node, _: lambda sup: tasks.import_images(node, sup), 300.0, 3),
-    "bootstrap": (lambda node, watcher: lambda _: tasks.bootstrap(node, watcher), 120.0, 10),
+    "bootstrap": (lambda node, watcher: lambda sup: tasks.bootstrap(node, watcher, sup), 120.0, 10),
+    "node-registered": (lambda node, _: lambda sup: tasks.node_registered(node, sup), 300.0, 3),
+    "pod-network": (lambda node, _: lambda sup: tasks.pod_network(node, sup), 30.0, 3),
     "node-ready": (lambda node, _: lambda sup: tasks.wait_node_ready(node, sup), 600.0, 3),
 }
 # Before a component's process gets SIGTERM.
@@ -63,6 +74,7 @@ def selected(names: list[str]) -> list[tuple[str, tuple[str, ...]]]:
 def build(node: Node, names: list[str], watcher: tasks.ManifestWatcher | None = None) -> list[Service]:
     """The supervisor's services for these components, in graph order."""
     env = child_env(node.bin_dir, node.cfg.component_gogc)
+    env["NODE_NAME"] = node.cfg.node_name  # how flanneld's subnet manager finds its Node
     entries = selected(names)
     hosts = {n: components.host_of(n, node, names) for n in names}
     members = {n: [m for m in names if hosts[m] == n] for n in names}

@@ -118,6 +118,8 @@ class Supervisor:
         self._waiters: dict[int, tuple[threading.Event, list[int]]] = {}
         self._spawn_lock = threading.Lock()
         self._dirty = True
+        # run once at the start of a stop, while everything still runs (a worker's drain)
+        self.before_stop: Callable[[], None] | None = None
         for s in services:
             if s.host is not None and (s.host not in self.services or self.services[s.host].argv is None):
                 raise ValueError(f"{s.name} is hosted by {s.host!r}, which is not a process service")
@@ -160,6 +162,19 @@ class Supervisor:
             raise K4sError(f"{os.path.basename(argv[0])} did not finish within {timeout:.0f}s",
                            hint=f"see {log_path}")
         return box[0]
+
+    def call_in_child(self, fn: Callable[[], Any], timeout: float = 60) -> Any:
+        """call_in_child from a task thread while the supervisor runs: the reaper reaps it."""
+        done, box = threading.Event(), []
+        with self._spawn_lock:
+            pid, r = _fork_reply(fn)
+            self._waiters[pid] = (done, box)
+
+        def wait() -> int:
+            done.wait(10)
+            return box[0] if box else -1
+
+        return _read_reply(pid, r, timeout, wait)
 
     def reap(self) -> None:
         while True:
@@ -353,6 +368,12 @@ class Supervisor:
 
     def stop_all(self, deadline: float = 60.0) -> None:
         self.stop_requested.set()
+        hook, self.before_stop = self.before_stop, None
+        if hook is not None and self.fatal is None:
+            try:
+                hook()
+            except Exception as e:  # the stop goes on whatever happens
+                log.event("k4s", "before-stop-failed", level="error", error=str(e))
         end = time.monotonic() + deadline
         for name in reversed(self.order):
             s = self.services[name]
@@ -473,13 +494,9 @@ def renice(pid: int | None, nice: int) -> None:
             pass  # the thread (or process) is gone
 
 
-def call_in_child(fn: Callable[[], Any], timeout: float) -> Any:
-    """fn() in a forked child; its JSON-able result, or its K4sError raised here.
-
-    For a one-off job whose imports should not stay in this long-lived process (PID 1
-    never imports cryptography). Call it before the supervisor starts children, so this
-    waitpid steals no one's exit status. The child only imports, computes, and writes to
-    a pipe (no lock another thread might hold), and the timeout bounds the wait."""
+def _fork_reply(fn: Callable[[], Any]) -> tuple[int, int]:
+    """Fork a child that runs fn() and writes its JSON reply to a pipe; (pid, read end).
+    The child only imports, computes, and writes (no lock another thread might hold)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns
@@ -498,6 +515,11 @@ def call_in_child(fn: Callable[[], Any], timeout: float) -> Any:
             code = 1
         os._exit(code)
     os.close(w)
+    return pid, r
+
+
+def _read_reply(pid: int, r: int, timeout: float, wait: Callable[[], int]) -> Any:
+    """The child's result, or its K4sError raised here; killed at the timeout."""
     raw, end = b"", time.monotonic() + timeout
     with os.fdopen(r, "rb") as f:
         while time.monotonic() < end and select.select([f], [], [], end - time.monotonic())[0]:
@@ -507,15 +529,24 @@ def call_in_child(fn: Callable[[], Any], timeout: float) -> Any:
             raw += chunk
         else:
             os.kill(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
+    code = wait()
     try:
         reply = json.loads(raw)
     except ValueError:
-        raise K4sError(f"the child died ({os.waitstatus_to_exitcode(status)})", hint="run the step on its own to see "
-                       "its error") from None
+        raise K4sError(f"the child died ({code})", hint="run the step on its own to see its error") from None
     if "error" in reply:
         raise K4sError(reply["error"], hint=reply.get("hint"))
     return reply["result"]
+
+
+def call_in_child(fn: Callable[[], Any], timeout: float) -> Any:
+    """fn() in a forked child; its JSON-able result, or its K4sError raised here.
+
+    For a one-off job whose imports should not stay in this long-lived process (PID 1
+    never imports cryptography). Before the supervisor runs; once it does, use
+    Supervisor.call_in_child, whose reaper hands the exit status over."""
+    pid, r = _fork_reply(fn)
+    return _read_reply(pid, r, timeout, lambda: os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 
 
 def kill_all(grace: float = 3.0) -> None:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from pathlib import Path
 
 import yaml
 
 from k4s import layout, log
-from k4s.cluster import addons, certs, kubeapi
-from k4s.cluster.components import containerd
+from k4s.cluster import addons, approver, certs, kubeapi
+from k4s.cluster.components import containerd, flannel, kubelet
 from k4s.cluster.node import Node
 from k4s.cluster.supervisor import Supervisor, renice
 from k4s.errors import K4sError
@@ -25,6 +26,13 @@ POD_STOP_GRACE = 10.0  # CoreDNS's lameduck is 5 s
 
 
 def api_client(node: Node) -> kubeapi.Client:
+    """A server's tasks act as its admin; an agent's as the node itself (NodeRestriction holds them)."""
+    if node.cfg.role == "agent":
+        from urllib.parse import urlsplit
+
+        u, pem = urlsplit(node.cfg.server), kubelet.client_pem(node)
+        return kubeapi.Client(u.hostname or "", u.port or 443,
+                              kubeapi.tls_context(node.certs.crt(certs.CLUSTER_CA), pem, pem))
     return kubeapi.Client.from_files(node.certs, node.cfg.apiserver_port)
 
 
@@ -115,12 +123,13 @@ class ManifestWatcher:
             self.stop.wait(self.interval)
 
 
-def bootstrap(node: Node, watcher: ManifestWatcher | None) -> None:
+def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor) -> None:
     """RBAC, cluster-info and CoreDNS, server-side applied (idempotent, so every start re-asserts them);
-    then the user's kubeconfig, and the auto-deploy manifests kept applied."""
+    then the user's kubeconfig, the auto-deploy manifests kept applied, and workers' serving
+    certificates approved (k4s.cluster.approver)."""
     client = api_client(node)
     server = f"https://{node.node_ip}:{node.cfg.apiserver_port}"
-    objs = addons.rbac() + addons.cluster_info(server, node.certs.crt(certs.CLUSTER_CA).read_bytes())
+    objs = addons.rbac() + addons.join_rbac() + addons.cluster_info(server, node.certs.crt(certs.CLUSTER_CA).read_bytes())
     if "coredns" not in node.cfg.disable:
         objs += addons.coredns(node.cfg, Path(os.path.realpath(node.bin(addons.COREDNS))))
     for obj in objs:
@@ -131,19 +140,58 @@ def bootstrap(node: Node, watcher: ManifestWatcher | None) -> None:
     log.event("kubeconfig", "written", path=dst)
     if watcher is not None:
         threading.Thread(target=watcher.run, name="manifests", daemon=True).start()
+    threading.Thread(target=approver.run, args=(client, sup.call_in_child, sup.stop_requested),
+                     name="approver", daemon=True).start()
+
+
+# --- the pod network ----------------------------------------------------------------------------
+
+def node_registered(node: Node, sup: Supervisor) -> None:
+    """Block until the kubelet has registered the Node and the controller-manager has given it
+    a podCIDR: flannel's lease is that podCIDR."""
+    client = api_client(node)
+    while not sup.stop_requested.is_set():
+        try:
+            obj = client.json("GET", f"/api/v1/nodes/{node.cfg.node_name}")
+            if obj.get("spec", {}).get("podCIDR"):
+                log.event("node", "registered", node=node.cfg.node_name, pod_cidr=obj["spec"]["podCIDR"])
+                if DRAINED_ANNOTATION in (obj["metadata"].get("annotations") or {}):
+                    # a worker back from its own shutdown: schedulable again (not a cordon an operator made)
+                    client.json("PATCH", f"/api/v1/nodes/{node.cfg.node_name}",
+                                {"metadata": {"annotations": {DRAINED_ANNOTATION: None}}, "spec": {"unschedulable": None}},
+                                content_type="application/strategic-merge-patch+json")
+                    log.event("node", "uncordoned", node=node.cfg.node_name, reason="rejoined after its drain")
+                return
+        except (OSError, K4sError):
+            pass
+        sup.stop_requested.wait(0.5)
+    raise K4sError("stopped before the node was registered")
+
+
+def pod_network(node: Node, sup: Supervisor) -> None:
+    """The CNI network from flannel's lease: the kubelet reports the node Ready once it exists."""
+    subnet = flannel.write_cni_conf(node)
+    log.event("flannel", "network", subnet=subnet, backend=flannel.BACKEND)
 
 
 # --- readiness of the whole node ------------------------------------------------------------------
 
 def wait_node_ready(node: Node, sup: Supervisor) -> None:
     """Block until the Node object reports Ready (a task: the supervisor retries it)."""
+    import datetime as dt
+
     client = api_client(node)
     stop = sup.stop_requested
+    # a Node object from an earlier boot (a worker rejoining) can still say Ready: only a status
+    # this boot's kubelet posted counts (its own clock wrote the heartbeat)
+    started = dt.datetime.fromtimestamp(int(time.time() - (time.monotonic() - sup.t0)), dt.UTC)
     while not stop.is_set():
         try:
             obj = client.json("GET", f"/api/v1/nodes/{node.cfg.node_name}")
-            conds = {c["type"]: c["status"] for c in obj.get("status", {}).get("conditions", [])}
-            if conds.get("Ready") == "True":
+            conds = {c["type"]: c for c in obj.get("status", {}).get("conditions", [])}
+            ready = conds.get("Ready", {})
+            beat = dt.datetime.fromisoformat(ready.get("lastHeartbeatTime", "1970-01-01T00:00:00Z").replace("Z", "+00:00"))
+            if ready.get("status") == "True" and beat >= started:
                 log.console(f"k4s: node {node.cfg.node_name} Ready")
                 log.record("node", "ready", node=node.cfg.node_name)
                 if "coredns" not in node.cfg.disable:
@@ -166,6 +214,54 @@ def wait_coredns(client: kubeapi.Client, stop: threading.Event) -> None:
         except (OSError, K4sError):
             pass
         stop.wait(1.0)
+
+
+DRAIN_DEADLINE = 40.0  # past the default 30 s grace period of a pod
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+DRAINED_ANNOTATION = "k4s.dev/drained"  # cordoned by its own shutdown: uncordoned when it joins again
+
+
+def drain(node: Node, deadline: float = DRAIN_DEADLINE) -> None:
+    """A worker leaving (the power button): cordon its Node, evict its pods (DaemonSet and
+    static pods stay, as `kubectl drain` does) and wait for them to go, within deadline,
+    while the kubelet still runs to stop them gracefully. As the node itself: NodeRestriction
+    lets it cordon and evict only what is its own."""
+    client, name = api_client(node), node.cfg.node_name
+    end = time.monotonic() + deadline
+    client.json("PATCH", f"/api/v1/nodes/{name}",
+                {"metadata": {"annotations": {DRAINED_ANNOTATION: "shutdown"}}, "spec": {"unschedulable": True}},
+                content_type="application/strategic-merge-patch+json")
+    pods = client.json("GET", f"/api/v1/pods?fieldSelector=spec.nodeName%3D{name}")["items"]
+
+    def evictable(p: dict) -> bool:
+        owners = p["metadata"].get("ownerReferences") or []
+        return (p.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+                and MIRROR_ANNOTATION not in (p["metadata"].get("annotations") or {})
+                and not any(o.get("kind") == "DaemonSet" for o in owners))
+
+    pending = {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in pods if evictable(p)}
+    log.event("drain", "started", node=name, pods=len(pending))
+    asked: set[tuple[str, str]] = set()
+    while pending and time.monotonic() < end:
+        for ns, pod in sorted(pending - asked):
+            try:
+                client.json("POST", f"/api/v1/namespaces/{ns}/pods/{pod}/eviction",
+                            {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod, "namespace": ns}})
+                asked.add((ns, pod))
+            except kubeapi.APIError as e:
+                if e.status == 404:
+                    asked.add((ns, pod))
+                elif e.status != 429:  # 429: a PodDisruptionBudget says not yet; asked again
+                    raise
+        left = {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in
+                client.json("GET", f"/api/v1/pods?fieldSelector=spec.nodeName%3D{name}")["items"]}
+        pending &= left
+        if pending:
+            time.sleep(0.5)
+    if pending:
+        log.event("drain", "timeout", level="warn", node=name, left=len(pending), deadline=f"{deadline:.0f}s")
+    else:
+        log.event("drain", "done", node=name, evicted=len(asked))
 
 
 def stop_pods(sup: Supervisor) -> None:

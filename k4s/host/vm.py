@@ -54,6 +54,9 @@ class VM:
     pxe: Path | None = None           # boot from the NIC: QEMU's TFTP serves this dir's boot.ipxe
     seeded: bool = True               # append the seed to the initrd (not for a stage 1)
     ca_hash: str = ""                 # the node's CA pin, read from its events
+    lan_ports: tuple[int, ...] = ()   # the first VM of a lan: loopback ports other VMs connect to
+    lan_connect: int = 0              # a VM that joins a lan: the first VM's port (no user network of its own)
+    mac: str = ""                     # the NIC's MAC (VMs on one lan need their own; the node name derives from it)
 
     @property
     def console(self) -> Path:
@@ -116,7 +119,7 @@ class VM:
             raise K4sError("qemu-system-x86_64 not found", hint="run `make setup` (apt-get install qemu-system-x86)")
         # TCG by default: a /dev/kvm node can exist where KVM does not work (nested hosts).
         accel = os.environ.get("K4S_ACCEL", "tcg")
-        netdev = f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:6443"
+        netdev = f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:6443"  # to the first DHCP address
         if self.pxe is not None:
             # no kernel given: SeaBIOS boots the NIC's iPXE ROM, whose DHCP answer names boot.ipxe
             boot = ["-boot", "n"]
@@ -136,10 +139,31 @@ class VM:
             "-display", "none", "-serial", f"file:{self.console}", "-serial", f"file:{self.events}",
             "-monitor", "none",
             "-qmp", f"unix:{self.qmp},server,nowait",
-            "-netdev", netdev,
-            "-device", "virtio-net-pci,netdev=n0",
+            *self.network(netdev),
             "-no-reboot", "-pidfile", str(self.pidfile),
         ]
+
+    @property
+    def lan_only(self) -> bool:
+        return bool(self.lan_connect)
+
+    def network(self, user: str) -> list[str]:
+        """NICs. Alone: one, on QEMU's user network (DHCP, the host's forwarded port). The first
+        VM of a lan keeps that one (boot it with k4s.mgmt-interface=eth0) and gets a second, in a
+        QEMU hub with one listening socket per other VM: the hub is the lan's switch. A VM that
+        joins has one NIC, on the lan. The user network stays off the lan: it would take every
+        frame between VMs for its own outbound traffic."""
+        mac = f",mac={self.mac}" if self.mac else ""
+        if self.lan_connect:
+            return ["-netdev", f"socket,id=lan,connect=127.0.0.1:{self.lan_connect}",
+                    "-device", f"virtio-net-pci,netdev=lan{mac}"]
+        out = ["-netdev", user, "-device", f"virtio-net-pci,netdev=n0{mac}"]
+        for i, port in enumerate(self.lan_ports):
+            out += ["-netdev", f"socket,id=lan{i},listen=127.0.0.1:{port}",
+                    "-netdev", f"hubport,id=hub-lan{i},hubid=0,netdev=lan{i}"]
+        if self.lan_ports:
+            out += ["-netdev", "hubport,id=hub-nic,hubid=0", "-device", "virtio-net-pci,netdev=hub-nic"]
+        return out
 
     def start(self) -> subprocess.Popen[bytes]:
         for p in (self.kernel, self.initrd) if self.pxe is None else (self.pxe / "boot.ipxe",):
@@ -148,13 +172,14 @@ class VM:
         if self.running():
             raise K4sError(f"a VM is already running (pid {self.pidfile.read_text().strip()})",
                            hint="stop it with `make down`")
-        with socket.socket() as s:
-            # as QEMU's hostfwd binds: the last session's TIME_WAIT sockets do not own the port
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", self.port))
-            except OSError:
-                raise K4sError(f"host port {self.port} is in use", hint="free it, or pass --port") from None
+        if not self.lan_only:  # a lan-only VM forwards nothing
+            with socket.socket() as s:
+                # as QEMU's hostfwd binds: the last session's TIME_WAIT sockets do not own the port
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(("127.0.0.1", self.port))
+                except OSError:
+                    raise K4sError(f"host port {self.port} is in use", hint="free it, or pass --port") from None
         self.out.mkdir(parents=True, exist_ok=True)
         self.console.write_bytes(b"")
         self.events.write_bytes(b"")

@@ -174,3 +174,29 @@ def test_payload_url_from_the_command_line(value, ok) -> None:
     else:
         with pytest.raises(ConfigError, match="is not a payload directory URL"):
             config.load(os.devnull, cmdline=f'"k4s.payload={value}"')
+
+
+AGENT = "k4s.role=agent k4s.server=https://10.77.0.1:6443 k4s.token=abcdef.0123456789abcdef k4s.ca-hash=sha256:" + "a" * 64
+
+
+def test_an_agent_line_from_token_create_loads() -> None:
+    cfg = config.load(os.devnull, cmdline=AGENT)
+    assert (cfg.role, cfg.server, cfg.token) == ("agent", "https://10.77.0.1:6443", "abcdef.0123456789abcdef")
+
+
+@pytest.mark.parametrize("cmdline, message", [
+    ("k4s.role=agent k4s.server=https://10.77.0.1:6443", "role agent needs token, ca-hash"),
+    ("k4s.token=abcdef.0123456789abcdef", "are for role agent"),
+    (AGENT.replace("https://", "http://"), "is not an apiserver URL"),
+    (AGENT.replace("sha256:a", "sha1:a"), "is not a CA hash"),
+    ("k4s.mgmt-interface=eth0", "needs a static ip"),
+])
+def test_join_keys_are_checked(cmdline: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config.load(os.devnull, cmdline=cmdline)
+
+
+def test_a_malformed_token_is_not_echoed() -> None:
+    with pytest.raises(ConfigError) as e:
+        config.load(os.devnull, cmdline=AGENT.replace("abcdef.0123456789abcdef", "abcdef.0123456789ABCDEF"))
+    assert "0123456789ABCDEF" not in str(e.value) + (e.value.hint or "")

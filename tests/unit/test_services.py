@@ -47,3 +47,21 @@ def test_a_cycle_or_an_unknown_dependency_is_refused() -> None:
         start_order([Service("a", after=("b",)), Service("b", after=("a",))])
     with pytest.raises(ValueError, match="unknown services"):
         start_order([Service("a", after=("nope",))])
+
+
+def test_an_agent_runs_the_node_part_and_its_pod_network(tmp_path) -> None:
+    from k4s import config
+    from k4s.cluster.server import selected
+
+    cfg = config.load(config_file=None, cmdline="k4s.role=agent k4s.server=https://10.77.0.1:6443 "
+                      "k4s.token=abcdef.0123456789abcdef k4s.ca-hash=sha256:" + "a" * 64)
+    names = selected(False, cfg)
+    assert names == ["containerd", "kubelet", "kube-proxy", "flannel"]
+    start, svcs = order(tmp_path, "shared", names)
+    assert start.index("kubelet") < start.index("node-registered") < start.index("flannel") < start.index("pod-network")
+    assert "bootstrap" not in start and svcs["kubelet"].after == ("containerd", "images")
+
+
+def test_without_flannel_there_is_no_pod_network_task(tmp_path) -> None:
+    start, _ = order(tmp_path, "shared", [n for n in ALL if n != "flannel"])
+    assert "pod-network" not in start and "node-ready" in start

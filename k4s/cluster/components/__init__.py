@@ -35,6 +35,7 @@ MODULES = {
     "kube-scheduler": "k4s.cluster.components.scheduler",
     "kubelet": "k4s.cluster.components.kubelet",
     "kube-proxy": "k4s.cluster.components.proxy",
+    "flannel": "k4s.cluster.components.flannel",
 }
 NAMES = tuple(MODULES)
 

@@ -78,6 +78,7 @@ def command(node: Node) -> list[str]:
         "--kubelet-preferred-address-types=InternalIP,Hostname",
         f"--authentication-config={authentication_config(node)}",
         "--authorization-mode=Node,RBAC",
+        "--enable-bootstrap-token-auth=true",  # workers join with a token (k4s.cluster.join)
         "--enable-admission-plugins=NodeRestriction",
         "--allow-privileged=true",
         f"--service-cluster-ip-range={cfg.service_cidr}",

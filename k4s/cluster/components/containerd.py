@@ -34,7 +34,7 @@ def overlay_supported() -> bool:
 
 
 def cni_conflist(node: Node) -> str:
-    """A bridge network for the node's pod /24, with portmap for hostPort."""
+    """Without flannel: a bridge network for the node's pod /24 on this node only, with portmap for hostPort."""
     return json.dumps({
         "cniVersion": "1.0.0",
         "name": CNI_NETWORK,
@@ -108,7 +108,12 @@ def _root_is_rootfs() -> bool:
 def command(node: Node) -> list[str]:
     etc = node.paths.data / "containerd-config"
     write_atomic(etc / "config.toml", config_toml(node))
-    write_atomic(node.cni_conf_dir / "10-k4s.conflist", cni_conflist(node))
+    bridge = node.cni_conf_dir / "10-k4s.conflist"
+    if "flannel" in node.cfg.disable:
+        write_atomic(bridge, cni_conflist(node))
+    else:  # flannel's lease decides the node's subnet (components.flannel writes the network)
+        for stale in (bridge, node.cni_conf_dir / "10-flannel.conflist"):
+            stale.unlink(missing_ok=True)
     node.containerd_socket.parent.mkdir(parents=True, exist_ok=True)
     return [str(node.bin(BINARY)), f"--config={etc / 'config.toml'}", "--log-level=warn"]
 

@@ -31,6 +31,8 @@ def command(node: Node) -> list[str]:
         f"--root-ca-file={c.crt(certs.CLUSTER_CA)}",
         f"--service-account-private-key-file={c.sa_key}",
         "--use-service-account-credentials=true",
+        # bootstrapsigner signs cluster-info for each token; tokencleaner deletes expired ones
+        "--controllers=*,bootstrapsigner,tokencleaner",
         "--allocate-node-cidrs=true",
         f"--cluster-cidr={cfg.cluster_cidr}",
         "--node-cidr-mask-size=24",

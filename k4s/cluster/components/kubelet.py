@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 
 from k4s.cluster import certs, kubeapi
@@ -21,8 +23,30 @@ def ports(cfg: Config) -> list[tuple[str, int]]:
     return [("127.0.0.1", HEALTHZ_PORT), ("0.0.0.0", PORT)]
 
 
+CLIENT_PEM = "kubelet-client-current.pem"  # the kubelet's certificate manager's name for it
+
+
+def root(node: Node) -> Path:
+    return node.paths.data / "kubelet"
+
+
+def cert_dir(node: Node) -> Path:
+    return root(node) / "pki"
+
+
+def client_pem(node: Node) -> Path:
+    """An agent's node identity (certificate and key): made by the join, rotated by the kubelet."""
+    return cert_dir(node) / CLIENT_PEM
+
+
 def kubelet_config(node: Node) -> dict:
+    """A server's kubelet has certificates from the node's own PKI; an agent's client
+    certificate comes from the join and its serving certificate from a CSR the server
+    approves (k4s.cluster.approver), and it rotates both."""
     c, cfg = node.certs, node.cfg
+    agent = cfg.role == "agent"
+    tls = {} if agent else {"tlsCertFile": str(c.crt(certs.KUBELET_SERVER)),
+                            "tlsPrivateKeyFile": str(c.key(certs.KUBELET_SERVER))}
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
@@ -33,13 +57,11 @@ def kubelet_config(node: Node) -> dict:
         "containerRuntimeEndpoint": f"unix://{node.containerd_socket}",
         "clusterDNS": [cfg.cluster_dns],
         "clusterDomain": cfg.cluster_domain,
-        "tlsCertFile": str(c.crt(certs.KUBELET_SERVER)),
-        "tlsPrivateKeyFile": str(c.key(certs.KUBELET_SERVER)),
+        **tls,
         "healthzBindAddress": "127.0.0.1",
         "healthzPort": HEALTHZ_PORT,
         "readOnlyPort": 0,
         "failSwapOn": False,
-        "podCIDR": node.pod_subnet,
         "resolvConf": "/etc/resolv.conf",
         "serializeImagePulls": False,
         # Everything is in RAM: evict on memory, not on disk percentages of a tmpfs.
@@ -49,25 +71,24 @@ def kubelet_config(node: Node) -> dict:
         "enforceNodeAllocatable": ["pods"],
         "shutdownGracePeriod": "20s",
         "shutdownGracePeriodCriticalPods": "5s",
-        "rotateCertificates": False,  # k4s re-issues the kubelet's certificates itself
-        "serverTLSBootstrap": False,
+        "rotateCertificates": agent,  # a server's are re-issued by k4s itself
+        "serverTLSBootstrap": agent,
         "containerLogMaxSize": "5Mi",
         "containerLogMaxFiles": 2,
     }
 
 
 def command(node: Node) -> list[str]:
-    root = node.paths.data / "kubelet"
-    conf = root / "config.yaml"
+    conf = root(node) / "config.yaml"
     write_atomic(conf, yaml.safe_dump(kubelet_config(node), sort_keys=False))
     return [
         str(node.bin(BINARY)),
         f"--config={conf}",
         f"--kubeconfig={node.certs.kubeconfig(certs.KUBELET)}",
-        f"--root-dir={root}",
+        f"--root-dir={root(node)}",
         f"--hostname-override={node.cfg.node_name}",
         f"--node-ip={node.node_ip}",
-        f"--cert-dir={root / 'pki'}",
+        f"--cert-dir={cert_dir(node)}",
     ]
 
 

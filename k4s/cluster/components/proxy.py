@@ -25,7 +25,9 @@ def proxy_config(node: Node) -> dict:
     return {
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
         "kind": "KubeProxyConfiguration",
-        "clientConnection": {"kubeconfig": str(node.certs.kubeconfig(certs.KUBE_PROXY))},
+        # an agent's kube-proxy runs as the node (system:node-proxier is bound to system:nodes)
+        "clientConnection": {"kubeconfig": str(node.certs.kubeconfig(
+            certs.KUBE_PROXY if node.cfg.role == "server" else certs.KUBELET))},
         "mode": "nftables",
         "clusterCIDR": node.cfg.cluster_cidr,
         "hostnameOverride": node.cfg.node_name,

@@ -1,0 +1,105 @@
+"""Bootstrap tokens, as `kubeadm token` makes them: a Secret `bootstrap-token-<id>` in
+kube-system that the apiserver authenticates as system:bootstrap:<id> (group
+system:bootstrappers), and for which the controller-manager signs cluster-info. It
+expires (the tokencleaner deletes it) and can only read cluster-info and ask for a
+node certificate: a worker's only secret.
+
+Made from the operator's host through the apiserver: the appliance has no shell.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import secrets
+import string
+from dataclasses import dataclass
+
+import yaml
+
+from k4s.cluster import kubeapi
+from k4s.cluster.components.apiserver import CLUSTER_INFO_PATH
+from k4s.errors import K4sError
+
+NAMESPACE = "kube-system"
+SECRETS = f"/api/v1/namespaces/{NAMESPACE}/secrets"
+TYPE = "bootstrap.kubernetes.io/token"
+EXTRA_GROUP = "system:bootstrappers:k4s:worker"
+ALPHABET = string.ascii_lowercase + string.digits
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    id: str
+    expires: str
+    description: str
+
+
+def new_token() -> tuple[str, str]:
+    """(id, secret): 6 and 16 characters of [a-z0-9], from the OS's CSPRNG."""
+    return ("".join(secrets.choice(ALPHABET) for _ in range(6)),
+            "".join(secrets.choice(ALPHABET) for _ in range(16)))
+
+
+def parse_ttl(text: str) -> dt.timedelta:
+    """kubeadm's --ttl: 30m, 24h, 1h30m, 45s (0 is refused: a worker's token must expire)."""
+    import re
+
+    m = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text.strip())
+    if not text.strip() or not m:
+        raise K4sError(f"--ttl {text!r} is not a duration", hint="write it like 24h, 30m or 1h30m")
+    h, mi, s = (int(x or 0) for x in m.groups())
+    ttl = dt.timedelta(hours=h, minutes=mi, seconds=s)
+    if ttl <= dt.timedelta(0):
+        raise K4sError("--ttl must be positive", hint="a token that never expires is a standing secret; use e.g. 24h")
+    return ttl
+
+
+def secret_for(token_id: str, token_secret: str, ttl: dt.timedelta, description: str,
+               now: dt.datetime | None = None) -> dict:
+    expires = (now or dt.datetime.now(dt.UTC)) + ttl
+    data = {
+        "token-id": token_id, "token-secret": token_secret,
+        "expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true",
+        "auth-extra-groups": EXTRA_GROUP, "description": description,
+    }
+    return {"apiVersion": "v1", "kind": "Secret", "type": TYPE,
+            "metadata": {"name": f"bootstrap-token-{token_id}", "namespace": NAMESPACE},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+
+
+def create(client: kubeapi.Client, ttl: dt.timedelta, description: str) -> tuple[str, str]:
+    token_id, token_secret = new_token()
+    client.json("POST", SECRETS, secret_for(token_id, token_secret, ttl, description))
+    return token_id, token_secret
+
+
+def listed(client: kubeapi.Client) -> list[TokenInfo]:
+    items = client.json("GET", f"{SECRETS}?fieldSelector=type%3D{TYPE.replace('/', '%2F')}")["items"]
+    out = []
+    for s in items:
+        d = {k: base64.b64decode(v).decode(errors="replace") for k, v in (s.get("data") or {}).items()}
+        out.append(TokenInfo(d.get("token-id", "?"), d.get("expiration", "never"), d.get("description", "")))
+    return out
+
+
+def delete(client: kubeapi.Client, token_id: str) -> None:
+    try:
+        client.json("DELETE", f"{SECRETS}/bootstrap-token-{token_id}")
+    except kubeapi.APIError as e:
+        if e.status == 404:
+            raise K4sError(f"no token {token_id}", hint="`k4s token list` shows them") from None
+        raise
+
+
+def cluster_server_and_ca(client: kubeapi.Client) -> tuple[str, bytes]:
+    """The server address workers use and the CA, from cluster-info (what discovery reads)."""
+    data = client.json("GET", CLUSTER_INFO_PATH)["data"]
+    kc = yaml.safe_load(data["kubeconfig"])
+    cluster = kc["clusters"][0]["cluster"]
+    return cluster["server"], base64.b64decode(cluster["certificate-authority-data"])
+
+
+def join_line(server: str, token: str, ca_hash: str) -> str:
+    return f"k4s.role=agent k4s.server={server} k4s.token={token} k4s.ca-hash={ca_hash}"
