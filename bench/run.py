@@ -12,7 +12,10 @@ Measures, on this machine, in one run (ratios side by side where a baseline exis
   - `k4s server --control-plane-only`: time to apiserver ready, per-component
     start times, RSS of each component and of k4s at idle;
   - the appliance in QEMU (TCG): boot timeline, memory used at idle, the smallest
-    -m that still reaches Ready, initramfs size by part.
+    -m that still reaches Ready, initramfs size by part;
+  - network and firmware boot: PXE and LinuxBoot to Ready, stage-1 size, fetch + verify;
+  - a fleet of two: worker boot to Ready, worker idle memory, pod-to-pod round trip and
+    throughput across nodes next to the same node.
 """
 
 from __future__ import annotations
@@ -347,6 +350,83 @@ def bench_netboot() -> dict:
 
 # --- report ------------------------------------------------------------------------------
 
+# --- a fleet of two: worker boot, idle memory, pod network across nodes -------------------------
+
+FLEET_PODS = """apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  nodeName: {node}
+  containers:
+  - name: c
+    image: k4s.local/busybox:1.36
+    imagePullPolicy: Never
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do nc -l -p 9000 > /dev/null; done"]
+"""
+THROUGHPUT_MB = 64
+
+
+def bench_fleet() -> dict:
+    """A server and a worker joined with `k4s token create`'s line on a QEMU lan: the worker's
+    boot to Ready and idle memory; pod-to-pod round trip and throughput, same node and across."""
+    from k4s import log
+    from k4s.host.vm import VM
+
+    tmp = Path(tempfile.mkdtemp())
+    kernel, initrd = OUT / "vmlinuz", OUT / "initramfs.cpio.zst"
+    port = 17790
+    server = VM(tmp / "server", kernel, initrd, memory=1536, port=16544, lan_ports=(port,),
+                append="k4s.interface=eth1 k4s.ip=10.77.0.1/24 k4s.mgmt-interface=eth0")
+    procs = [server.start()]
+    worker: VM | None = None
+    out: dict = {}
+    try:
+        server.wait_ready(procs[0], timeout=900, echo=False)
+        server.write_kubeconfig()
+        line = sh(sys.executable, "-m", "k4s", "token", "create", "--kubeconfig", str(server.kubeconfig), cwd=ROOT).strip()
+        worker = VM(tmp / "worker", kernel, initrd, memory=1024, lan_connect=port, mac="52:54:00:00:77:02",
+                    seeded=False, append=f"k4s.ip=10.77.0.2/24 k4s.gateway=10.77.0.1 {line}")
+        t0 = time.monotonic()
+        procs.append(worker.start())
+        name = worker.wait_ready(procs[1], timeout=600, echo=False)
+        out["worker_ready_wall_s"] = round(time.monotonic() - t0, 1)
+        ready = next(e for e in log.read_events(worker.events) if e.get("component") == "node" and e.get("event") == "ready")
+        out["worker_ready_s"] = ready["t"]
+
+        def kubectl(*args: str, stdin: str | None = None) -> str:
+            return subprocess.run([str(BIN / "kubectl"), "--kubeconfig", str(server.kubeconfig), *args], input=stdin,
+                                  capture_output=True, text=True, check=True, timeout=300).stdout
+
+        server_node = next(n for n in kubectl("get", "nodes", "-o", "name").split() if not n.endswith(name))
+        server_node = server_node.split("/", 1)[1]
+        pods = {"a": server_node, "b": server_node, "c": name}  # a sends to b (same node) and to c (across)
+        kubectl("apply", "-f", "-", stdin="---\n".join(FLEET_PODS.format(name=p, node=n) for p, n in pods.items()))
+        kubectl("wait", "--for=condition=Ready", *(f"pod/{p}" for p in pods), "--timeout=300s")
+        ips = {p: kubectl("get", "pod", p, "-o", "jsonpath={.status.podIP}") for p in pods}
+        for label, dst in (("same_node", "b"), ("cross_node", "c")):
+            ping = kubectl("exec", "a", "--", "ping", "-c", "20", "-i", "0.2", ips[dst])
+            m = re.search(r"min/avg/max = [\d.]+/([\d.]+)/", ping)
+            out[f"{label}_rtt_ms"] = float(m.group(1)) if m else None
+            dd = kubectl("exec", "a", "--", "sh", "-c", f"dd if=/dev/zero bs=65536 count={THROUGHPUT_MB * 16} 2>/tmp/dd | "
+                         f"nc -w 3 {ips[dst]} 9000; cat /tmp/dd")
+            m = re.search(r"copied, ([\d.]+) seconds", dd)
+            out[f"{label}_mb_s"] = round(THROUGHPUT_MB * 1.048576 / float(m.group(1)), 1) if m else None
+        time.sleep(60)  # the worker idle, then its last stats line
+        stats = [e for e in log.read_events(worker.events) if e.get("event") == "stats"]
+        if stats:
+            out["worker_idle_mem_used_mib"] = int(stats[-1]["mem_used_mib"])
+            out["worker_idle_mem_mib"] = {k: int(v) for k, v in stats[-1].items() if k.endswith("_mib")}
+    except Exception as e:  # noqa: BLE001 - a failed bench is reported, not raised
+        out["error"] = str(e)[:500]
+    finally:
+        for vm in [v for v in (worker, server) if v is not None]:
+            vm.power_off(120)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return out
+
+
 def markdown(r: dict) -> str:
     L = [f"Measured {r['date']} on {r['machine']} (`make bench`; raw numbers in out/bench/results.json).", ""]
     if "startup" in r:
@@ -400,6 +480,20 @@ def markdown(r: dict) -> str:
               "| part | unpacked MB | in the initramfs MB |", "|---|---|---|"]
         L += [f"| {k} | {v['unpacked_mb']} | {v['compressed_mb']} |" for k, v in a["image_parts"].items()]
         L += [""]
+    if "fleet" in r:
+        f = r["fleet"]
+        L += ["**A fleet of two** (same run; a server and a worker that joins it with `k4s token create`'s line, "
+              "on a QEMU lan; TCG, the two VMs share the 2 host cores):", "",
+              f"Worker from QEMU start to node Ready: **{f.get('worker_ready_wall_s')} s** (node Ready "
+              f"{f.get('worker_ready_s')} s after its kernel started; the join itself is part of it). Worker memory used "
+              f"at idle: **{f.get('worker_idle_mem_used_mib')} MiB**"
+              + (" (" + ", ".join(f"{k.removesuffix('_mib')} {v}" for k, v in f.get("worker_idle_mem_mib", {}).items()
+                                  if k not in ("mem_used_mib", "mem_total_mib")) + " MiB)"
+                 if f.get("worker_idle_mem_mib") else "") + ".", "",
+              "| pod to pod | round trip ms | throughput MB/s |", "|---|---|---|",
+              f"| same node (bridge) | {f.get('same_node_rtt_ms')} | {f.get('same_node_mb_s')} |",
+              f"| across nodes (flannel vxlan over the lan) | {f.get('cross_node_rtt_ms')} | {f.get('cross_node_mb_s')} |",
+              ""] + ([f"Fleet bench error: {f['error']}", ""] if f.get("error") else [])
     if "netboot" in r:
         n, direct = r["netboot"], r.get("appliance", {}).get("boot_1024", {}).get("ready_wall_s")
         L += ["**Network and firmware boot** (same run; wall clock from QEMU start to node Ready):", "",
@@ -428,6 +522,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--skip-boot", action="store_true")
     ap.add_argument("--skip-components", action="store_true")
+    ap.add_argument("--only", choices=["fleet", "netboot", "appliance"],
+                    help="measure one section again, keeping the others from the last results.json")
     args = ap.parse_args()
     BENCH.mkdir(parents=True, exist_ok=True)
     path = BENCH / "results.json"
@@ -435,6 +531,13 @@ def main() -> int:
     r["date"] = time.strftime("%Y-%m-%d")
     r["machine"] = f"{os.cpu_count()} cores, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, " \
                    f"{platform.platform()}"
+    if args.only:
+        print(f"bench: {args.only} only", flush=True)
+        r[args.only] = {"fleet": bench_fleet, "netboot": bench_netboot, "appliance": bench_appliance}[args.only]()
+        path.write_text(json.dumps(r, indent=2) + "\n")
+        update_readme(markdown(r))
+        print(markdown(r))
+        return 0
     print("bench: start-up", flush=True)
     r["startup"] = bench_startup()
     r["bundle"] = bench_bundle()
@@ -448,6 +551,8 @@ def main() -> int:
         r["appliance"] = bench_appliance()
         print("bench: netboot (PXE and LinuxBoot boots)", flush=True)
         r["netboot"] = bench_netboot()
+        print("bench: a fleet of two (server and worker)", flush=True)
+        r["fleet"] = bench_fleet()
     path.write_text(json.dumps(r, indent=2) + "\n")
     update_readme(markdown(r))
     print(markdown(r))

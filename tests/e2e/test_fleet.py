@@ -1,0 +1,296 @@
+"""A fleet of two in QEMU: a server, and a worker that joins it with the line `k4s token create`
+prints, on a virtual L2 this test makes (the server VM's QEMU hub, other VMs on loopback
+sockets). Then what users check: both Ready, pods talk across nodes, a Service and DNS work
+from either side, bad joins are refused with one line, and a worker powered off hands its pods
+back and comes back when it boots again."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from k4s.host.vm import VM
+from tests.conftest import k4s_cmd
+from tests.e2e.conftest import KUBECTL, Cluster, make_vm
+
+SERVER_LAN = "k4s.interface=eth1 k4s.ip=10.77.0.1/24 k4s.mgmt-interface=eth0"
+WORKER_MAC = "52:54:00:00:77:02"
+WORKER_NAME = "k4s-007702"  # the node name derives from the MAC
+BAD_JOINS = 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def worker_vm(tmp: Path, port: int, join_line: str, mac: str, ip: str, memory: int = 1024) -> VM:
+    """A lan-only VM: no user network, no forwarded port, no seed; its only secret is the token."""
+    vm = make_vm(tmp, append=f"k4s.ip={ip}/24 k4s.gateway=10.77.0.1 {join_line}", memory=memory)
+    vm.lan_connect, vm.mac, vm.seeded = port, mac, False
+    return vm
+
+
+@dataclass
+class Fleet:
+    server: Cluster
+    worker: VM
+    worker_proc: subprocess.Popen[bytes]
+    join_line: str
+    ports: list[int]
+    tmp: Path
+
+    def kubectl(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return self.server.kubectl(*args, check=check, timeout=timeout)
+
+    def wait_for(self, what: str, probe, timeout: float = 300) -> str:  # type: ignore[no-untyped-def]
+        return self.server.wait_for(what, probe, timeout)
+
+
+def token_create(server: VM, ttl: str = "1h") -> str:
+    r = k4s_cmd("token", "create", "--kubeconfig", str(server.kubeconfig), "--ttl", ttl)
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.strip()
+    assert line.startswith("k4s.role=agent k4s.server=https://10.77.0.1:6443 k4s.token="), line
+    return line
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory) -> Iterator[Fleet]:
+    tmp = tmp_path_factory.mktemp("fleet")
+    ports = [free_port() for _ in range(1 + BAD_JOINS)]
+    server = make_vm(tmp / "server", append=SERVER_LAN, memory=1536)
+    server.lan_ports = tuple(ports)
+    procs = [server.start()]
+    workers: list[VM] = []
+    try:
+        server.wait_ready(procs[0], timeout=900, echo=False)
+        server.write_kubeconfig()
+        line = token_create(server)
+        worker = worker_vm(tmp / "worker", ports[0], line, WORKER_MAC, "10.77.0.2")
+        workers.append(worker)
+        procs.append(worker.start())
+        worker.wait_ready(procs[1], timeout=600, echo=False)
+        yield Fleet(Cluster(server), worker, procs[1], line, ports, tmp)
+    finally:
+        for vm in [*workers, server]:
+            if vm.running():
+                vm.power_off(120)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+def nodes(fleet: Fleet) -> dict[str, dict]:
+    return {n["metadata"]["name"]: n for n in json.loads(fleet.kubectl("get", "nodes", "-o", "json").stdout)["items"]}
+
+
+def ready(node: dict) -> str:
+    return {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
+
+
+def test_both_nodes_are_ready_and_the_worker_joined_through_csrs(fleet: Fleet) -> None:
+    ns = nodes(fleet)
+    assert len(ns) == 2 and all(ready(n) == "True" for n in ns.values()), ns.keys()
+    worker = ns[WORKER_NAME]
+    assert {a["address"] for a in worker["status"]["addresses"] if a["type"] == "InternalIP"} == {"10.77.0.2"}
+    csrs = json.loads(fleet.kubectl("get", "csr", "-o", "json").stdout)["items"]
+    token_id = token_of(fleet.join_line).split(".")[0]
+
+    def approved(c: dict) -> bool:
+        return any(x["type"] == "Approved" for x in c["status"].get("conditions", [])) and bool(c["status"].get("certificate"))
+    # TLS bootstrap: the node's client certificate asked for with the token, approved by the controller-manager
+    client = [c for c in csrs if c["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet"
+              and c["spec"]["username"] == f"system:bootstrap:{token_id}"]
+    assert client and all(approved(c) for c in client), csrs
+    # its serving certificate asked for by the node itself, approved by the server's approver
+    serving = [c for c in csrs if c["spec"]["signerName"] == "kubernetes.io/kubelet-serving"
+               and c["spec"]["username"] == f"system:node:{WORKER_NAME}"]
+    assert serving and all(approved(c) for c in serving), csrs
+
+
+def test_the_token_can_only_ask_for_a_node_certificate(fleet: Fleet, tmp_path: Path) -> None:
+    kc = yaml.safe_load(fleet.server.vm.kubeconfig.read_text())
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(base64.b64decode(kc["clusters"][0]["cluster"]["certificate-authority-data"]))
+    token = token_of(fleet.join_line)
+
+    def can_i(*what: str) -> str:
+        r = subprocess.run([str(KUBECTL), "--kubeconfig=/dev/null", f"--server=https://127.0.0.1:{fleet.server.vm.port}",
+                            f"--certificate-authority={ca}", f"--token={token}", "auth", "can-i", *what],
+                           capture_output=True, text=True, timeout=60)
+        return r.stdout.strip()
+    assert can_i("create", "certificatesigningrequests.certificates.k8s.io") == "yes"
+    assert can_i("get", "secrets", "-n", "kube-system") == "no"
+    assert can_i("list", "nodes") == "no"
+    assert can_i("create", "pods") == "no"
+
+
+POD = """apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: {app}}}}}
+spec:
+  nodeName: {node}
+  containers:
+  - name: web
+    image: k4s.local/busybox:1.36
+    imagePullPolicy: Never
+    command: ["sh", "-c", "mkdir -p /www && echo hello-from-{name} > /www/index.html && exec httpd -f -p 8080 -h /www"]
+"""
+SERVICE = """apiVersion: v1
+kind: Service
+metadata: {name: on-worker}
+spec:
+  selector: {app: on-worker}
+  ports: [{port: 80, targetPort: 8080}]
+"""
+
+
+def http_get(fleet: Fleet, pod: str, host: str, port: int) -> str:
+    # Debian's static busybox wget crashes without the NSS libraries; nc does plain HTTP fine
+    r = fleet.kubectl("exec", pod, "--", "sh", "-c",
+                      f'printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 5 {host} {port} | tail -1', check=False)
+    return r.stdout.strip() + r.stderr.strip()
+
+
+@pytest.fixture(scope="module")
+def web(fleet: Fleet) -> dict[str, str]:
+    """An httpd pod pinned to each node (and a Service for the worker's); name -> pod IP."""
+    server_node = next(n for n in nodes(fleet) if n != WORKER_NAME)
+    docs = POD.format(name="web-server", app="on-server", node=server_node) + "---\n" + \
+        POD.format(name="web-worker", app="on-worker", node=WORKER_NAME) + "---\n" + SERVICE
+    subprocess.run([str(KUBECTL), "--kubeconfig", str(fleet.server.vm.kubeconfig), "apply", "-f", "-"],
+                   input=docs, text=True, check=True, capture_output=True, timeout=120)
+    fleet.kubectl("wait", "--for=condition=Ready", "pod/web-server", "pod/web-worker", "--timeout=300s", timeout=330)
+    pods = json.loads(fleet.kubectl("get", "pods", "-o", "json").stdout)["items"]
+    return {p["metadata"]["name"]: p["status"]["podIP"] for p in pods if p["metadata"]["name"].startswith("web-")}
+
+
+def test_pods_reach_each_other_across_nodes(fleet: Fleet, web: dict[str, str]) -> None:
+    assert web["web-server"].startswith("10.42.") and web["web-worker"].startswith("10.42.")
+    assert web["web-server"].rsplit(".", 1)[0] != web["web-worker"].rsplit(".", 1)[0]  # a /24 per node
+    assert http_get(fleet, "web-server", web["web-worker"], 8080) == "hello-from-web-worker"
+    assert http_get(fleet, "web-worker", web["web-server"], 8080) == "hello-from-web-server"
+
+
+def test_a_service_reached_from_the_server_is_served_on_the_worker(fleet: Fleet, web: dict[str, str]) -> None:
+    ip = fleet.kubectl("get", "svc", "on-worker", "-o", "jsonpath={.spec.clusterIP}").stdout
+    assert http_get(fleet, "web-server", ip, 80) == "hello-from-web-worker"
+    assert http_get(fleet, "web-server", "on-worker.default.svc.cluster.local", 80) == "hello-from-web-worker"
+
+
+def test_a_pod_on_the_worker_resolves_cluster_dns(fleet: Fleet, web: dict[str, str]) -> None:
+    # exec and logs both go through the worker's kubelet, checked against the cluster CA
+    r = fleet.kubectl("exec", "web-worker", "--", "nslookup", "on-worker.default.svc.cluster.local")
+    ip = fleet.kubectl("get", "svc", "on-worker", "-o", "jsonpath={.spec.clusterIP}").stdout
+    assert ip in r.stdout, r.stdout
+    assert "httpd" not in fleet.kubectl("logs", "web-worker").stdout  # the log is readable (and quiet)
+
+
+def with_key(line: str, key: str, value: str) -> str:
+    return " ".join(f"{key}={value}" if w.startswith(f"{key}=") else w for w in line.split())
+
+
+def token_of(line: str) -> str:
+    return line.split("k4s.token=")[1].split()[0]
+
+
+# the worker's line, changed: what its one console line must say
+BAD = {
+    "wrong-ca-hash": ("is not the pinned k4s.ca-hash", lambda line, _: with_key(line, "k4s.ca-hash", "sha256:" + "0" * 64)),
+    "wrong-secret": ("does not match the token's secret",
+                     lambda line, _: with_key(line, "k4s.token", token_of(line)[:7] + "0" * 16)),
+    "expired-token": ("expired", lambda _, expired: expired),
+}
+
+
+def test_bad_joins_are_refused_with_one_line_and_no_credentials(fleet: Fleet) -> None:
+    expired = token_create(fleet.server.vm, ttl="1s")
+    time.sleep(3)
+    vms: dict[str, tuple[VM, subprocess.Popen[bytes]]] = {}
+    for i, (name, (_, line_of)) in enumerate(BAD.items()):
+        vm = worker_vm(fleet.tmp / name, fleet.ports[1 + i], line_of(fleet.join_line, expired),
+                       f"52:54:00:00:77:{0x10 + i:02x}", f"10.77.0.{10 + i}", memory=512)
+        vms[name] = (vm, vm.start())
+    try:
+        for name, (vm, proc) in vms.items():
+            proc.wait(timeout=600)  # on-failure=poweroff: QEMU exits by itself
+            console = vm.console.read_text(errors="replace")
+            errors = [ln for ln in console.splitlines() if ln.startswith("k4s init: error:")]
+            assert len(errors) == 1 and BAD[name][0] in errors[0], (name, errors, console[-2000:])
+            assert "component=kubelet event=start" not in console, name
+            assert "reboot: Power down" in console, name
+    finally:
+        for _vm, proc in vms.values():
+            if proc.poll() is None:
+                proc.kill()
+    assert len(nodes(fleet)) == 2  # none of them registered
+    csrs = json.loads(fleet.kubectl("get", "csr", "-o", "json").stdout)["items"]
+    assert not [c for c in csrs if c["spec"]["username"] == f"system:bootstrap:{token_of(expired).split('.')[0]}"]
+
+
+MOVER = f"""apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: mover}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: mover}}}}
+  template:
+    metadata: {{labels: {{app: mover}}}}
+    spec:
+      terminationGracePeriodSeconds: 5
+      affinity:
+        nodeAffinity:
+          preferredDuringSchedulingIgnoredDuringExecution:
+          - weight: 100
+            preference: {{matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [{WORKER_NAME}]}}]}}
+      containers:
+      - name: m
+        image: k4s.local/busybox:1.36
+        imagePullPolicy: Never
+        command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+"""
+
+
+def mover_node(fleet: Fleet) -> str:
+    pods = json.loads(fleet.kubectl("get", "pods", "-l", "app=mover", "-o", "json").stdout)["items"]
+    running = [p for p in pods if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
+    return running[0]["spec"]["nodeName"] if len(running) == 1 else ""
+
+
+def test_a_worker_powered_off_drains_and_its_pods_move(fleet: Fleet) -> None:
+    subprocess.run([str(KUBECTL), "--kubeconfig", str(fleet.server.vm.kubeconfig), "apply", "-f", "-"],
+                   input=MOVER, text=True, check=True, capture_output=True, timeout=120)
+    fleet.wait_for("mover running on the worker", lambda: (mover_node(fleet) == WORKER_NAME, mover_node(fleet)))
+    fleet.kubectl("delete", "pod", "web-worker", "--wait=false", check=False)  # httpd ignores TERM: not this test's
+    assert fleet.worker.power_off(180), "the worker did not power itself off"
+    console = fleet.worker.console.read_text(errors="replace")
+    assert "component=drain event=done" in console, console[-3000:]
+    node = nodes(fleet)[WORKER_NAME]
+    assert node["spec"].get("unschedulable") is True
+    where = fleet.wait_for("mover running on the server", lambda: (mover_node(fleet) not in ("", WORKER_NAME),
+                                                                  mover_node(fleet)), timeout=120)
+    assert where != WORKER_NAME
+    fleet.wait_for("the worker NotReady", lambda: (ready(nodes(fleet)[WORKER_NAME]) != "True", "still Ready"), timeout=180)
+
+
+def test_the_worker_rejoins_after_a_reboot(fleet: Fleet) -> None:
+    vm = fleet.worker
+    proc = vm.start()  # the same machine and token: a new kubelet identity, the same Node
+    try:
+        vm.wait_ready(proc, timeout=600, echo=False)
+        node = nodes(fleet)[WORKER_NAME]
+        assert ready(node) == "True" and not node["spec"].get("unschedulable"), node["spec"]
+        assert "event=uncordoned" in vm.console.read_text(errors="replace")
+    finally:
+        vm.power_off(180)
