@@ -32,7 +32,7 @@ image: setup components images k4s
 
 # The first stage (LinuxBoot / PXE): a lean frozen k4s that fetches, verifies and kexecs stage 2,
 # trusting out/keys/signing.pub (made once by `k4s keygen`; the private key never leaves out/keys).
-STAGE1_SOURCES := $(PY_SOURCES) build/stage1.spec build/stage1_entry.py build/stage1_shims/ssl.py
+STAGE1_SOURCES := $(PY_SOURCES) build/stage1.spec build/stage1_entry.py
 out/keys/signing.key:
 	$(PYTHON) -m k4s keygen --dir out/keys
 
@@ -42,7 +42,8 @@ $(OUT)/stage1/k4s/k4s: $(STAGE1_SOURCES)
 	@touch $@
 
 stage1: setup out/keys/signing.key $(OUT)/stage1/k4s/k4s
-	$(PYTHON) -m k4s mkimage --stage1 out/keys/signing.pub --bundle $(OUT)/stage1/k4s --out $(OUT)/stage1.cpio.xz
+	$(PYTHON) -m k4s mkimage --stage1 out/keys/signing.pub --bundle $(OUT)/stage1/k4s --out $(OUT)/stage1.cpio.xz \
+		$(if $(PAYLOAD_CA),--payload-ca $(PAYLOAD_CA))
 
 # Serve the signed stage 2 over HTTP for PXE (boot.ipxe) and for stage 1 (k4s.payload=http://HOST:8080/).
 netboot: image stage1

@@ -2,7 +2,7 @@
 
     k4s netboot prepare [--out out/netboot] [--kernel out/vmlinuz] [--initrd FILE]... [--seed]
                         [--base-url URL] [--append ARGS] [--key out/keys/signing.key]
-    k4s netboot serve   [--dir out/netboot] [--address 127.0.0.1] [--port 8080]
+    k4s netboot serve   [--dir out/netboot] [--address 127.0.0.1] [--port 8080] [--tls-cert C --tls-key K]
 
 `prepare` puts the kernel, the initrds (the initramfs, then the seed with the
 operator CA's certificate) and boot.ipxe in one directory, and signs them when
@@ -58,16 +58,21 @@ def prepare(out: Path, kernel: Path, initrd: tuple[Path, ...], seed: bool, opera
     return 0
 
 
-@cli.command(help="Serve a prepared directory over HTTP until Ctrl-C.")
+@cli.command(help="Serve a prepared directory over HTTP (or HTTPS) until Ctrl-C.")
 @click.option("--dir", "directory", type=P, default=Path("out/netboot"), show_default=True)
 @click.option("--address", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8080, show_default=True)
-def serve(directory: Path, address: str, port: int) -> int:
+@click.option("--tls-cert", type=P, help="Serve HTTPS with this PEM certificate (for a stage 1 built with --payload-ca).")
+@click.option("--tls-key", type=P, help="The certificate's PEM private key (stays on this host).")
+def serve(directory: Path, address: str, port: int, tls_cert: Path | None, tls_key: Path | None) -> int:
     from k4s import log
     from k4s.host import netboot
 
-    srv = netboot.server(directory, address, port)
-    log.event("netboot", "serving", dir=directory, url=f"http://{address}:{srv.server_address[1]}/")
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    srv = netboot.server(directory, address, port, (tls_cert, tls_key) if tls_cert and tls_key else None)
+    scheme = "https" if tls_cert else "http"
+    log.event("netboot", "serving", dir=directory, url=f"{scheme}://{address}:{srv.server_address[1]}/")
     try:
         srv.serve_forever()
     except KeyboardInterrupt:

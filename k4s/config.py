@@ -75,46 +75,32 @@ def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return p
 
 
-def _ifname(v: Any) -> str:
-    s = _str(v)
-    if not _IFNAME.fullmatch(s):
-        raise Invalid(f"{s!r} is not a network interface name", "e.g. eth0 or ens3")
-    return s
+def _pattern(regex: re.Pattern[str], what: str, hint: str, secret: bool = False,
+             lower: bool = False) -> Callable[[Any], str]:
+    """A string that matches regex whole; a secret is never echoed back (the console is not a
+    place for one)."""
+    def p(v: Any) -> str:
+        s = _str(v).lower() if lower else _str(v)
+        if not regex.fullmatch(s):
+            raise Invalid(f"{'the value' if secret else repr(s)} is not {what}", hint)
+        return s
+
+    return p
 
 
-def _serial_port(v: Any) -> str:
-    s = _str(v)
-    if not _SERIAL.fullmatch(s):
-        raise Invalid(f"{s!r} is not a serial port", "name a port under /dev, e.g. ttyS1 or hvc1")
-    return s
+_ifname = _pattern(_IFNAME, "a network interface name", "e.g. eth0 or ens3")
+_serial_port = _pattern(_SERIAL, "a serial port", "name a port under /dev, e.g. ttyS1 or hvc1")
+_server_url = _pattern(_SERVER_URL, "an apiserver URL", "write https://HOST:6443, as `k4s token create` prints it")
+_token = _pattern(_TOKEN, "a bootstrap token", "write <6 of [a-z0-9]>.<16 of [a-z0-9]>, as `k4s token create` "
+                  "prints it", secret=True)
+_ca_hash = _pattern(_CA_HASH, "a CA hash", "write sha256:<64 hex digits>, as the server's console or "
+                    "`k4s token create` prints it", lower=True)
 
 
 def _payload_url(v: Any) -> str:
     s = _str(v)
     if not _URL.fullmatch(s) or any(seg in (".", "..") for seg in s.split("/")[3:]):
         raise Invalid(f"{s!r} is not a payload directory URL", "write http://HOST[:PORT]/PATH/ (ending in /)")
-    return s
-
-
-def _server_url(v: Any) -> str:
-    s = _str(v)
-    if not _SERVER_URL.fullmatch(s):
-        raise Invalid(f"{s!r} is not an apiserver URL", "write https://HOST:6443, as `k4s token create` prints it")
-    return s
-
-
-def _token(v: Any) -> str:
-    s = _str(v)
-    if not _TOKEN.fullmatch(s):
-        # never echo a token back: the console is not a place for secrets
-        raise Invalid("the value is not a bootstrap token", "write <6 of [a-z0-9]>.<16 of [a-z0-9]>, as `k4s token create` prints it")
-    return s
-
-
-def _ca_hash(v: Any) -> str:
-    s = _str(v).lower()
-    if not _CA_HASH.fullmatch(s):
-        raise Invalid(f"{s!r} is not a CA hash", "write sha256:<64 hex digits>, as the server's console or `k4s token create` prints it")
     return s
 
 

@@ -3,6 +3,8 @@ PXE) that brings the network up, fetches the signed stage 2, verifies it while
 it streams in, and boots it with kexec. Nothing unverified runs.
 
     k4s.payload=http://HOST/PATH/   (the kernel command line; may point anywhere)
+    k4s.payload=https://HOST/PATH/  (when a CA bundle is built in: the server's certificate must
+                                     verify with it and name HOST)
       -> PATH/manifest.json + manifest.sig: checked with the public key built into stage 1
       -> each artifact the manifest names (the kernel, the initrds in order): its size and
          sha256 checked as it streams into RAM; one byte too many stops it there
@@ -31,25 +33,53 @@ from k4s.errors import K4sError
 from k4s.image import manifest
 
 PUBLIC_KEY = Path("/etc/k4s") / manifest.PUBLIC_KEY  # built into the stage-1 image
+PAYLOAD_CA = Path("/etc/k4s") / manifest.PAYLOAD_CA  # built in with `mkimage --stage1 --payload-ca`
 TRIES = 8
 BACKOFF = (1.0, 30.0)
 TIMEOUT = 30.0
 
 
-class Fetch:
-    """HTTP GETs below one base URL, retried with back-off on network errors."""
+class CertificateError(K4sError):
+    """The payload server's certificate does not verify: retrying cannot help."""
 
-    def __init__(self, base: str) -> None:
+
+class Fetch:
+    """GETs below one base URL (HTTP, or HTTPS checked against the built-in CA bundle),
+    retried with back-off on network errors."""
+
+    def __init__(self, base: str, ca: Path = PAYLOAD_CA) -> None:
         u = urllib.parse.urlsplit(base)
-        if u.scheme != "http":
-            raise K4sError(f"payload {base}: only http:// is supported by this stage 1",
-                           hint="serve the payload over HTTP: it is verified anyway, and secret it is not")
-        self.host, self.port, self.path = u.hostname or "", u.port or 80, u.path
+        self.host, self.path = u.hostname or "", u.path
+        self.ctx = None
+        if u.scheme == "https":
+            if not ca.is_file():
+                raise K4sError(f"payload {base} is https, but this stage 1 has no CA bundle to check it with",
+                               hint="build stage 1 with `mkimage --stage1 --payload-ca FILE`, or serve over http:// "
+                                    "(the payload is verified either way)")
+            import ssl
+
+            self.ctx = ssl.create_default_context(cafile=str(ca))  # the server's name is checked too
+        elif u.scheme != "http":
+            raise K4sError(f"payload {base}: not http:// or https://", hint="write k4s.payload=http://HOST/PATH/")
+        self.port = u.port or (443 if self.ctx else 80)
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.ctx is not None:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=TIMEOUT, context=self.ctx)
+        return http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
 
     def _chunks(self, name: str) -> Iterator[bytes]:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
+        conn = self._connection()
         try:
-            conn.request("GET", self.path + name)
+            try:
+                conn.request("GET", self.path + name)
+            except OSError as e:
+                if type(e).__name__ == "SSLCertVerificationError":
+                    raise CertificateError(f"payload server {self.host}:{self.port}: its certificate does not "
+                                           f"verify with the built-in CA bundle ({getattr(e, 'verify_message', e)})",
+                                           hint="serve the payload with a certificate from the CA stage 1 was "
+                                                "built with (mkimage --payload-ca)") from None
+                raise
             r = conn.getresponse()
             if r.status != 200:
                 raise OSError(f"HTTP {r.status}")

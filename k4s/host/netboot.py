@@ -96,8 +96,10 @@ class _Handler(SimpleHTTPRequestHandler):
         return None
 
 
-def server(directory: Path, address: str = "127.0.0.1", port: int = DEFAULT_PORT) -> ThreadingHTTPServer:
-    """An HTTP server for the payload directory (files only, no listings); call serve_forever."""
+def server(directory: Path, address: str = "127.0.0.1", port: int = DEFAULT_PORT,
+           tls: tuple[Path, Path] | None = None) -> ThreadingHTTPServer:
+    """An HTTP server for the payload directory (files only, no listings); call serve_forever.
+    With tls=(certificate, key): HTTPS, for a stage 1 built with a payload CA."""
     if not (directory / SCRIPT).is_file():
         raise K4sError(f"{directory} holds no {SCRIPT}", hint="run `k4s netboot prepare` (make netboot) first")
 
@@ -110,10 +112,22 @@ def server(directory: Path, address: str = "127.0.0.1", port: int = DEFAULT_PORT
     except OSError as e:
         raise K4sError(f"cannot listen on {address}:{port}: {e.strerror}", hint="pick another --port") from e
     srv.daemon_threads = True
+    if tls is not None:
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+        except (OSError, ssl.SSLError) as e:
+            srv.server_close()
+            raise K4sError(f"cannot load the TLS certificate {tls[0]} and key {tls[1]}: {e}",
+                           hint="pass a PEM certificate and its PEM private key") from None
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     return srv
 
 
-def serve_in_thread(directory: Path, address: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
-    srv = server(directory, address, port)
+def serve_in_thread(directory: Path, address: str = "127.0.0.1", port: int = 0,
+                    tls: tuple[Path, Path] | None = None) -> ThreadingHTTPServer:
+    srv = server(directory, address, port, tls)
     threading.Thread(target=srv.serve_forever, name="netboot", daemon=True).start()
     return srv

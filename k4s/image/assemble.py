@@ -425,9 +425,27 @@ def build(inp: Inputs, out: Path, method: str = "zstd", level: int | None = None
 STAGE1_MODULES = ("virtio_pci", "virtio_net", "e1000", "e1000e")  # the NIC; DHCP needs AF_PACKET (built in)
 
 
-def assemble_stage1(bundle: Path, pubkey: Path, kernel_root: Path, workdir: Path) -> Tree:
+def check_ca_bundle(path: Path) -> None:
+    """A PEM bundle of CA certificates that TLS can load (public: it goes into the image)."""
+    import ssl
+
+    try:
+        text = path.read_text()
+        ctx = ssl.create_default_context(cafile=str(path))
+    except (OSError, UnicodeDecodeError, ssl.SSLError) as e:
+        raise K4sError(f"{path} is not a PEM CA bundle: {e}", hint="pass the CA certificate(s) that sign the "
+                       "payload server's certificate, PEM") from None
+    if "PRIVATE KEY" in text:
+        raise K4sError(f"{path} holds a private key", hint="pass only the CA's certificate: the image is public")
+    if not ctx.get_ca_certs():
+        raise K4sError(f"{path} holds no CA certificate", hint="a CA certificate has basicConstraints CA:TRUE")
+
+
+def assemble_stage1(bundle: Path, pubkey: Path, kernel_root: Path, workdir: Path,
+                    payload_ca: Path | None = None) -> Tree:
     """The first stage: the lean frozen k4s (build/stage1.spec) as /init, its shared
-    libraries, the NIC modules and the public key that every payload must verify with.
+    libraries, the NIC modules and the public key that every payload must verify with
+    (and, for https payloads, the CA bundle their server must verify with).
     No busybox, no components, no shell."""
     from k4s.image import manifest
 
@@ -439,6 +457,9 @@ def assemble_stage1(bundle: Path, pubkey: Path, kernel_root: Path, workdir: Path
     t = skeleton(("proc", "sys", "dev", "run", "tmp", "etc/k4s", "usr/bin", "usr/sbin", "usr/lib64"))
     t.data(layout.member(layout.MODULES_LIST), "\n".join(STAGE1_MODULES).encode() + b"\n", "base")
     t.file(f"etc/k4s/{manifest.PUBLIC_KEY}", pubkey.resolve(), "base", 0o644)
+    if payload_ca is not None:
+        check_ca_bundle(payload_ca)
+        t.file(f"etc/k4s/{manifest.PAYLOAD_CA}", payload_ca.resolve(), "base", 0o644)
     t.tree(bundle, layout.member(layout.BUNDLE), "base")
     t.symlink("init", str(layout.K4S), "base")
     for n in ("modprobe", "kexec", "poweroff", "reboot"):
@@ -448,10 +469,11 @@ def assemble_stage1(bundle: Path, pubkey: Path, kernel_root: Path, workdir: Path
     return t
 
 
-def build_stage1(bundle: Path, pubkey: Path, kernel_root: Path, out: Path, method: str = "xz") -> Segment:
+def build_stage1(bundle: Path, pubkey: Path, kernel_root: Path, out: Path, method: str = "xz",
+                 payload_ca: Path | None = None) -> Segment:
     """Write the stage-1 initramfs (one segment; xz by default: it must fit beside the kernel)."""
     with tempfile.TemporaryDirectory(prefix="k4s-stage1-") as tmp:
-        t = assemble_stage1(bundle, pubkey, kernel_root, Path(tmp))
+        t = assemble_stage1(bundle, pubkey, kernel_root, Path(tmp), payload_ca)
         entries = t.segment("base")
         raw = cpio.bytes_of(entries)
         blob = cpio.compress(raw, method)

@@ -30,6 +30,7 @@ from k4s.fsutil import write_atomic
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 PUBLIC_KEY = "signing.pub"
+PAYLOAD_CA = "payload-ca.pem"  # stage 1: the CA bundle an https:// payload server is checked against
 PARTS_SHA256 = "parts.sha256"  # what stage 1 hands stage 2: `sha256sum -c` lines for its parts
 SECRET_KEY = "signing.key"
 ROLES = ("kernel", "initrd", "config", "part")

@@ -71,16 +71,32 @@ def signed_payload(tmp: Path, key: Path) -> Path:
     return payload
 
 
-def stage1_vm(tmp: Path, port: int) -> VM:
-    vm = make_vm(tmp / "stage1", append=f"k4s.payload=http://10.0.2.2:{port}/")  # the address by DHCP
-    vm.initrd, vm.seeded, vm.operator_dir = STAGE1, False, tmp / "stage2" / "operator"
+def stage1_vm(tmp: Path, port: int, scheme: str = "http", initrd: Path = STAGE1) -> VM:
+    vm = make_vm(tmp / "stage1", append=f"k4s.payload={scheme}://10.0.2.2:{port}/")  # the host, from the guest
+    vm.initrd, vm.seeded, vm.operator_dir = initrd, False, tmp / "stage2" / "operator"
     return vm
 
 
+def https_stage1(tmp: Path) -> tuple[Path, tuple[Path, Path]]:
+    """Stage 1 built with a payload CA, and a server certificate from that CA for 10.0.2.2."""
+    from tests.conftest import k4s_cmd
+    from tests.unit.test_stage1 import tls_pair
+
+    ca, crt, key = tls_pair(tmp, "payload", ip="10.0.2.2")
+    out = tmp / "stage1-https.cpio.xz"
+    r = k4s_cmd("mkimage", "--stage1", str(KEYS / "signing.pub"), "--bundle", str(OUT / "stage1" / "k4s"),
+                "--out", str(out), "--payload-ca", str(ca), timeout=600)
+    assert r.returncode == 0, r.stderr
+    return out, (crt, key)
+
+
 def test_linuxboot_stage1_verifies_and_kexecs_stage2_to_a_ready_node(tmp_path) -> None:
+    """Over HTTPS: stage 1 checks the payload server against the CA built into it, then the
+    signed manifest and every artifact (over plain HTTP the tamper test below covers the path)."""
     payload = signed_payload(tmp_path, KEYS / "signing.key")
-    srv = netboot.serve_in_thread(payload)
-    vm = stage1_vm(tmp_path, srv.server_address[1])
+    initrd, tls = https_stage1(tmp_path)
+    srv = netboot.serve_in_thread(payload, tls=tls)
+    vm = stage1_vm(tmp_path, srv.server_address[1], "https", initrd)
     proc = vm.start()
     try:
         vm.wait_ready(proc, timeout=600, echo=False)
@@ -118,21 +134,29 @@ def flip_a_byte(payload: Path) -> None:
 
 
 def test_tampered_stage2_is_refused_and_nothing_runs(tmp_path) -> None:
-    """One flipped byte in the initramfs, then a manifest signed by another key: each time one
-    console line naming the artifact and the reason, no kexec, the VM powers off."""
+    """One flipped byte in the initramfs, a manifest signed by another key, an https server whose
+    certificate is not from the CA stage 1 holds: each time one console line naming the artifact
+    and the reason, no kexec, the VM powers off."""
     from k4s.image import manifest
+    from tests.unit.test_stage1 import tls_pair
 
     other = tmp_path / "other-key"
     manifest.keygen(other)
-    cases = [(KEYS / "signing.key", flip_a_byte, "initramfs.cpio.zst: sha256 differs from the signed manifest"),
+    initrd, _ = https_stage1(tmp_path)
+    _, *impostor = tls_pair(tmp_path, "impostor", ip="10.0.2.2")
+    cases = [(KEYS / "signing.key", flip_a_byte, "initramfs.cpio.zst: sha256 differs from the signed manifest", None),
              (other / "signing.key", lambda p: None,
-              "manifest.json: the signature does not verify with the built-in public key")]
-    for i, (key, tamper, message) in enumerate(cases):
+              "manifest.json: the signature does not verify with the built-in public key", None),
+             (KEYS / "signing.key", lambda p: None, "its certificate does not verify with the built-in CA bundle",
+              tuple(impostor))]
+    for i, (key, tamper, message, tls) in enumerate(cases):
         payload = signed_payload(tmp_path / f"case{i}", key)
         tamper(payload)
-        srv = netboot.serve_in_thread(payload)
+        srv = netboot.serve_in_thread(payload, tls=tls)
         try:
-            console = boot_until_exit(stage1_vm(tmp_path / f"case{i}", srv.server_address[1]))
+            vm = stage1_vm(tmp_path / f"case{i}", srv.server_address[1], "https" if tls else "http",
+                           initrd if tls else STAGE1)
+            console = boot_until_exit(vm)
         finally:
             srv.shutdown()
         errors = [ln for ln in console.splitlines() if ln.startswith("k4s stage1: error:")]

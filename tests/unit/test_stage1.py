@@ -102,25 +102,57 @@ def test_a_tampered_artifact_is_refused_without_retrying(signed, tmp_path, monke
 
 
 def test_only_http_payloads_and_a_bounded_number_of_tries(monkeypatch) -> None:
-    with pytest.raises(K4sError, match="only http://"):
-        stage1.Fetch("https://example.invalid/p/")
+    with pytest.raises(K4sError, match="has no CA bundle"):
+        stage1.Fetch("https://example.invalid/p/", ca=Path("/nonexistent/payload-ca.pem"))
     monkeypatch.setattr(stage1, "BACKOFF", (0.0, 0.0))
     with pytest.raises(K4sError, match=f"after {stage1.TRIES} tries"):
         stage1.Fetch("http://127.0.0.1:9/").get("manifest.json", lambda cs: b"".join(cs))
 
 
-def test_the_stage1_ssl_placeholder_names_what_the_stdlib_touches() -> None:
-    """Stage 1 carries no OpenSSL; asyncio and http.client still name ssl attributes (asyncio checks
-    isinstance(sock, ssl.SSLSocket) on every send: a missing name killed stage 1's DHCP)."""
-    import re
-    import runpy
-    import sysconfig
+def tls_pair(tmp: Path, name: str, ip: str = "127.0.0.1") -> tuple[Path, Path, Path]:
+    """A CA and a server certificate from it for ip: (ca.crt, server.crt, server.key)."""
+    from k4s.cluster import certs, pki
 
-    shim = runpy.run_path(str(Path(__file__).parents[2] / "build" / "stage1_shims" / "ssl.py"))
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    used = set()
-    for f in [*stdlib.glob("asyncio/*.py"), stdlib / "http" / "client.py"]:
-        used |= set(re.findall(r"\bssl\.([A-Za-z_]+)", f.read_text()))
-    assert used and used <= set(shim), sorted(used - set(shim))
-    with pytest.raises(OSError, match="no TLS"):
-        shim["create_default_context"]()
+    ca = certs.CA(f"{name}-ca", f"{name} payload CA")
+    leaf = certs.Leaf(f"{name}-server", ca, "payload-server", usages=(certs.SERVER,), ip_addresses=(ip,))
+    ca_key, ca_cert = pki.issue_ca(ca)
+    key, cert = pki.issue_leaf(leaf, ca_key, ca_cert)
+    paths = tmp / f"{name}-ca.crt", tmp / f"{name}.crt", tmp / f"{name}.key"
+    paths[0].write_bytes(pki.cert_pem(ca_cert))
+    paths[1].write_bytes(pki.cert_pem(cert))
+    paths[2].write_bytes(pki.key_pem(key))
+    return paths
+
+
+def test_https_payloads_verify_the_server_against_the_built_in_ca(tmp_path, monkeypatch) -> None:
+    from k4s.host import netboot
+
+    ca, crt, key = tls_pair(tmp_path, "good")
+    other_ca, _, _ = tls_pair(tmp_path, "other")
+    d = tmp_path / "payload"
+    d.mkdir()
+    (d / netboot.SCRIPT).write_text("#!ipxe\n")
+    (d / "manifest.json").write_text("{}")
+    srv = netboot.serve_in_thread(d, tls=(crt, key))
+    try:
+        url = f"https://127.0.0.1:{srv.server_address[1]}/"
+        assert stage1.Fetch(url, ca=ca).get("manifest.json", lambda cs: b"".join(cs)) == b"{}"
+        monkeypatch.setattr(stage1, "BACKOFF", (0.0, 0.0))
+        tries = []
+        with pytest.raises(stage1.CertificateError, match="does not verify with the built-in CA bundle"):
+            stage1.Fetch(url, ca=other_ca).get("manifest.json", lambda cs: tries.append(1) or b"".join(cs))
+        assert len(tries) == 1  # refused at once, not retried
+    finally:
+        srv.shutdown()
+
+
+def test_a_payload_ca_bundle_is_checked_before_it_goes_into_the_image(tmp_path) -> None:
+    from k4s.image.assemble import check_ca_bundle
+
+    ca, crt, key = tls_pair(tmp_path, "b")
+    check_ca_bundle(ca)
+    mixed = tmp_path / "mixed.pem"
+    mixed.write_bytes(ca.read_bytes() + key.read_bytes())
+    for bad, why in ((mixed, "holds a private key"), (key, "not a PEM CA bundle"), (tmp_path / "none", "not a PEM")):
+        with pytest.raises(K4sError, match=why):
+            check_ca_bundle(bad)
