@@ -14,6 +14,7 @@ from k4s.cluster import components, services, tasks
 from k4s.cluster.memory import log_stats
 from k4s.cluster.node import Node
 from k4s.cluster.preflight import preflight
+from k4s.cluster.protect import Protector
 from k4s.cluster.supervisor import Supervisor, call_in_child
 from k4s.cluster.tasks import ManifestWatcher
 from k4s.config import Config
@@ -92,6 +93,7 @@ def run_server(cfg: Config, control_plane_only: bool,
     sup = Supervisor(services.build(node, names, watcher), node.paths.logs, node.paths.status)
     if cfg.role == "agent":
         sup.before_stop = lambda: tasks.drain(node)  # a worker leaving hands its pods back first
+    sup.adopt = Protector(cfg.role).adopt  # workloads cannot take the node's own processes down
     received: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -120,6 +120,8 @@ class Supervisor:
         self._dirty = True
         # run once at the start of a stop, while everything still runs (a worker's drain)
         self.before_stop: Callable[[], None] | None = None
+        # given each component process as it starts (k4s.cluster.protect)
+        self.adopt: Callable[[int], None] | None = None
         for s in services:
             if s.host is not None and (s.host not in self.services or self.services[s.host].argv is None):
                 raise ValueError(f"{s.name} is hosted by {s.host!r}, which is not a process service")
@@ -260,6 +262,8 @@ class Supervisor:
         try:
             argv = s.argv()
             s.pid = self.spawn(argv, s.env, self.log_path(s))
+            if self.adopt is not None:
+                self.adopt(s.pid)
         except K4sError as e:
             self._fail(s, f"{s.name}: {e.message}")
             if e.hint and self.fatal:

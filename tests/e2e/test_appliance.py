@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 
-from tests.e2e.conftest import Cluster
+from tests.e2e.conftest import KUBECTL, Cluster, assert_node_ready
 
 
 def test_node_is_ready(cluster: Cluster) -> None:
@@ -149,6 +150,44 @@ def test_an_admin_certificate_from_another_ca_is_refused(cluster: Cluster, tmp_p
     assert _status(cluster, tmp_path / "a.crt", tmp_path / "a.key") == 401
     op = cluster.vm.operator
     assert _status(cluster, op.admin_crt, op.admin_key) == 200
+
+
+HOG = """apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: hog
+    image: k4s.local/busybox:1.36
+    imagePullPolicy: Never
+    command: ["sh", "-c", "echo allocating without limit; tail /dev/zero"]
+"""
+NODE_PROCESSES = ("etcd", "kube-apiserver", "kubelet", "containerd")
+
+
+def test_a_pod_that_allocates_without_limit_takes_only_itself_down(cluster: Cluster) -> None:
+    """No limit on the pod, so the whole VM runs out of memory: the kernel must choose the pod,
+    not the control plane (k4s.cluster.protect), and the node stays Ready."""
+    def starts() -> dict[str, int]:
+        console = cluster.vm.console.read_text(errors="replace")
+        return {n: console.count(f"component={n} event=start pid=") for n in NODE_PROCESSES}
+    before = starts()
+    assert all(v == 1 for v in before.values()), before
+    subprocess.run([str(KUBECTL), "--kubeconfig", str(cluster.vm.kubeconfig), "apply", "-f", "-"], input=HOG,
+                   text=True, check=True, capture_output=True, timeout=120)
+
+    def ended():  # type: ignore[no-untyped-def]
+        pod = json.loads(cluster.kubectl("get", "pod", "hog", "-o", "json").stdout)
+        term = ((pod["status"].get("containerStatuses") or [{}])[0].get("state") or {}).get("terminated") or {}
+        reason = term.get("reason") or pod["status"].get("reason") or ""
+        return pod["status"].get("phase") == "Failed", reason
+    reason = cluster.wait_for("the hog pod killed", ended, timeout=300)
+    assert reason in ("OOMKilled", "Evicted"), reason
+    assert starts() == before  # etcd, the apiserver, the kubelet and containerd kept their pids
+    assert_node_ready(cluster.vm)
+    console = cluster.vm.console.read_text(errors="replace")
+    assert "component=protect event=cgroup" in console and "event=adopt-failed" not in console
 
 
 def test_deleting_the_operators_binding_withdraws_access(cluster: Cluster) -> None:
