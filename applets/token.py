@@ -24,31 +24,47 @@ def cli() -> None:
     pass
 
 
+def with_client(kubeconfig: Path, fn):  # type: ignore[no-untyped-def]
+    """fn(client), with an apiserver that cannot be reached as one line, not a traceback."""
+    from k4s.cluster import kubeapi
+    from k4s.errors import K4sError
+
+    client = kubeapi.Client.from_kubeconfig(kubeconfig)
+    try:
+        return fn(client)
+    except OSError as e:
+        raise K4sError(f"cannot reach the apiserver at {client.host}:{client.port}: {e.strerror or e}",
+                       hint="is the server up (make up)? is --kubeconfig its kubeconfig?") from None
+
+
 @cli.command(help="Make a token and print the worker's join line.")
 @click.option("--ttl", default="24h", show_default=True, help="How long the token lives (e.g. 30m, 24h).")
 @click.option("--server", default="", help="The apiserver URL workers use [default: the one cluster-info names].")
 @click.option("--description", default="k4s worker join", show_default=True)
 @KUBECONFIG
 def create(ttl: str, server: str, description: str, kubeconfig: Path) -> int:
-    from k4s.cluster import kubeapi
     from k4s.cluster.pki import spki_hash_pem
     from k4s.host import tokens
 
-    client = kubeapi.Client.from_kubeconfig(kubeconfig)
-    published, ca = tokens.cluster_server_and_ca(client)
-    token_id, secret = tokens.create(client, tokens.parse_ttl(ttl), description)
-    click.echo(tokens.join_line(server or published, f"{token_id}.{secret}", spki_hash_pem(ca)))
+    lifetime = tokens.parse_ttl(ttl)  # checked before anything is asked of the server
+
+    def make(client):  # type: ignore[no-untyped-def]
+        published, ca = tokens.cluster_server_and_ca(client)
+        token_id, secret = tokens.create(client, lifetime, description)
+        return tokens.join_line(server or published, f"{token_id}.{secret}", spki_hash_pem(ca))
+
+    click.echo(with_client(kubeconfig, make))
     return 0
 
 
 @cli.command(name="list", help="List the bootstrap tokens (ids and expiry; never the secrets).")
 @KUBECONFIG
 def list_(kubeconfig: Path) -> int:
-    from k4s.cluster import kubeapi
     from k4s.host import tokens
 
+    listed = with_client(kubeconfig, tokens.listed)
     click.echo(f"{'ID':<8} {'EXPIRES':<22} DESCRIPTION")
-    for t in tokens.listed(kubeapi.Client.from_kubeconfig(kubeconfig)):
+    for t in listed:
         click.echo(f"{t.id:<8} {t.expires:<22} {t.description}")
     return 0
 
@@ -57,9 +73,8 @@ def list_(kubeconfig: Path) -> int:
 @click.argument("token_id")
 @KUBECONFIG
 def delete(token_id: str, kubeconfig: Path) -> int:
-    from k4s.cluster import kubeapi
     from k4s.host import tokens
 
-    tokens.delete(kubeapi.Client.from_kubeconfig(kubeconfig), token_id.split(".")[0])
+    with_client(kubeconfig, lambda client: tokens.delete(client, token_id.split(".")[0]))
     click.echo(f"deleted token {token_id.split('.')[0]}")
     return 0

@@ -25,7 +25,7 @@ SIGNER = "kubernetes.io/kubelet-serving"
 CSR_API = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 USAGES = frozenset({"digital signature", "key encipherment", "server auth"})
 NODE_PREFIX = "system:node:"
-INTERVAL = 2.0
+INTERVAL = 5.0  # a worker waits at most this for its serving certificate; each look is a TLS handshake
 
 
 def read_request(request_b64: str) -> dict[str, Any]:

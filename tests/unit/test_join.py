@@ -164,3 +164,31 @@ def test_token_secret_is_what_the_apiserver_reads() -> None:
     assert data["expiration"] == "2026-11-23T14:00:00Z"
     assert data["usage-bootstrap-authentication"] == data["usage-bootstrap-signing"] == "true"
     assert data["auth-extra-groups"].startswith("system:bootstrappers:")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["create", "--kubeconfig", "/nonexistent/kubeconfig"], "cannot read kubeconfig /nonexistent/kubeconfig"),
+    (["create", "--ttl", "never", "--kubeconfig", "/nonexistent/kubeconfig"], "--ttl 'never' is not a duration"),
+    (["list", "--kubeconfig", "/dev/null"], "is not a kubeconfig with embedded certificates"),
+])
+def test_token_errors_are_one_line(args: list[str], message: str) -> None:
+    from tests.conftest import k4s_cmd
+
+    r = k4s_cmd("token", *args)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and message in r.stderr and "(hint: " in r.stderr, r.stderr
+
+
+def test_an_unreachable_apiserver_is_one_line(tmp_path: Path) -> None:
+    """A kubeconfig for a port nothing listens on."""
+    from k4s.cluster import certs, pki
+    from tests.conftest import k4s_cmd
+
+    ca = certs.CA("ca", "test-ca")
+    ca_key, ca_cert = pki.issue_ca(ca)
+    key, cert = pki.issue_leaf(certs.Leaf("admin", ca, "admin"), ca_key, ca_cert)
+    kc = tmp_path / "kubeconfig"
+    kc.write_text(pki.kubeconfig_text("admin", "https://127.0.0.1:9", pki.cert_pem(cert), pki.key_pem(key),
+                                      pki.cert_pem(ca_cert)))
+    r = k4s_cmd("token", "list", "--kubeconfig", str(kc))
+    assert r.returncode == 1 and "cannot reach the apiserver at 127.0.0.1:9" in r.stderr, r.stderr
