@@ -91,8 +91,11 @@ def decide(client: kubeapi.Client, csr: dict[str, Any], call_in_child: Any) -> N
         return
     name = csr["metadata"]["name"]
     user = csr.get("spec", {}).get("username", "")
+    addresses = node_addresses(client, user[len(NODE_PREFIX):]) if user.startswith(NODE_PREFIX) else set()
+    if user.startswith(NODE_PREFIX) and not addresses:
+        return  # its Node has no addresses yet: decided on a later look, not denied for being early
     names = call_in_child(lambda: read_request(csr["spec"]["request"]), 30)
-    why = refusal(csr, names, node_addresses(client, user[len(NODE_PREFIX):]) if user.startswith(NODE_PREFIX) else set())
+    why = refusal(csr, names, addresses)
     verdict = "Denied" if why else "Approved"
     csr.setdefault("status", {}).setdefault("conditions", []).append({
         "type": verdict, "status": "True", "reason": "K4sServingApprover",

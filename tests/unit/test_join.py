@@ -192,3 +192,14 @@ def test_an_unreachable_apiserver_is_one_line(tmp_path: Path) -> None:
                                       pki.cert_pem(ca_cert)))
     r = k4s_cmd("token", "list", "--kubeconfig", str(kc))
     assert r.returncode == 1 and "cannot reach the apiserver at 127.0.0.1:9" in r.stderr, r.stderr
+
+
+def test_a_serving_csr_from_a_node_not_yet_registered_waits() -> None:
+    class NoNode:
+        def json(self, method: str, path: str, obj: object = None) -> dict:
+            raise approver.kubeapi.APIError(404, "not found")
+
+    def never(*_: object) -> dict:
+        raise AssertionError("decided too early")
+
+    approver.decide(NoNode(), {"metadata": {"name": "csr-1"}, **csr()}, never)  # type: ignore[arg-type]
