@@ -9,6 +9,7 @@ import pytest
 from k4s import config
 from k4s.cluster import components
 from k4s.cluster.node import Node
+from k4s.errors import K4sError
 from k4s.layout import Paths
 
 ALL = list(components.NAMES)
@@ -121,3 +122,22 @@ def test_containerd_toml_values_cannot_add_keys(tmp_path) -> None:
     doc = tomllib.loads(containerd.config_toml(evil))
     assert "imports" not in doc and doc["root"].startswith('/x"\nimports')
     assert set(doc) == set(tomllib.loads(containerd.config_toml(n)))
+
+
+def test_the_pod_network_comes_from_flannels_lease(tmp_path) -> None:
+    import json
+
+    from k4s.cluster.components import flannel
+
+    n = node(tmp_path)
+    env = flannel.subnet_env(n)
+    env.parent.mkdir(parents=True)
+    env.write_text("FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
+    assert flannel.write_cni_conf(n) == "10.42.3.1/24"
+    conf = json.loads((n.cni_conf_dir / flannel.CNI_CONF).read_text())
+    bridge = conf["plugins"][0]
+    assert bridge["ipam"]["ranges"] == [[{"subnet": "10.42.3.0/24"}]]
+    assert bridge["mtu"] == 1450 and bridge["ipMasq"] is False  # flanneld masquerades
+    env.write_text("FLANNEL_NETWORK=10.42.0.0/16\n")
+    with pytest.raises(K4sError, match="has no FLANNEL_SUBNET"):
+        flannel.write_cni_conf(n)
