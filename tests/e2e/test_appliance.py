@@ -187,7 +187,7 @@ def test_a_pod_that_allocates_without_limit_takes_only_itself_down(cluster: Clus
     assert starts() == before  # etcd, the apiserver, the kubelet and containerd kept their pids
     assert_node_ready(cluster.vm)
     console = cluster.vm.console.read_text(errors="replace")
-    assert "component=protect event=cgroup" in console and "event=adopt-failed" not in console
+    assert "component=protect event=oom-score" in console and "event=adopt-failed" not in console
 
 
 def test_deleting_the_operators_binding_withdraws_access(cluster: Cluster) -> None:
