@@ -99,6 +99,19 @@ def cluster_info(server: str, ca_pem: bytes) -> list[Obj]:
     ]
 
 
+def read_cluster_info(kubeconfig: str) -> tuple[str, bytes]:
+    """cluster_info's kubeconfig read back: (server, CA PEM). ValueError when it is not one."""
+    import base64
+
+    import yaml
+
+    try:
+        cluster = yaml.safe_load(kubeconfig)["clusters"][0]["cluster"]
+        return str(cluster["server"]), base64.b64decode(cluster["certificate-authority-data"], validate=True)
+    except (yaml.YAMLError, KeyError, IndexError, TypeError, ValueError) as e:
+        raise ValueError(f"not a cluster-info kubeconfig: {e}") from None
+
+
 def corefile(cfg: Config) -> str:
     return f""".:53 {{
     errors

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from k4s import log
-from k4s.cluster import certs, kubeapi
-from k4s.cluster.components import apiserver
+from k4s.cluster import addons, certs, kubeapi
+from k4s.cluster.components import apiserver, kubelet
 from k4s.errors import K4sError
 from k4s.fsutil import write_atomic
 
@@ -109,8 +109,6 @@ def _cluster_info(server: str, ctx: ssl.SSLContext) -> dict[str, str]:
 
 def discover(server: str, token: Token, ca_hash: str) -> bytes:
     """The cluster CA (PEM), once cluster-info is signed with the token and its CA matches the pin."""
-    import yaml
-
     from k4s.cluster.pki import spki_hash_pem
 
     data = _cluster_info(server, kubeapi.tls_context(None))  # unverified: the content is checked below
@@ -121,9 +119,8 @@ def discover(server: str, token: Token, ca_hash: str) -> bytes:
         raise Refused(f"token {token.id}: cluster-info's signature does not match the token's secret "
                       "(a mistyped token, or a server that is not the one it claims)", hint=HINT_NEW_TOKEN)
     try:
-        kc = yaml.safe_load(data["kubeconfig"])
-        ca_pem = base64.b64decode(kc["clusters"][0]["cluster"]["certificate-authority-data"], validate=True)
-    except (yaml.YAMLError, KeyError, IndexError, TypeError, ValueError):
+        _, ca_pem = addons.read_cluster_info(data["kubeconfig"])
+    except ValueError:
         raise Refused(f"{server}'s cluster-info kubeconfig has no CA", hint="is k4s.server a k4s server?") from None
     got = spki_hash_pem(ca_pem)
     if not hmac.compare_digest(got, ca_hash):
@@ -210,15 +207,13 @@ def write_credentials(files: certs.Files, cert_dir: Path, server: str, ca_pem: b
     stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime())
     pem = cert_dir / f"kubelet-client-{stamp}.pem"
     write_atomic(pem, cert + key, 0o600)
-    current = cert_dir / CLIENT_PEM
+    current = cert_dir / kubelet.CLIENT_PEM
     tmp = current.with_name(current.name + ".tmp")
     tmp.unlink(missing_ok=True)
     os.symlink(pem.name, tmp)
     os.replace(tmp, current)
     write_atomic(files.kubeconfig(certs.KUBELET), node_kubeconfig(server, files.crt(certs.CLUSTER_CA), current), 0o600)
 
-
-CLIENT_PEM = "kubelet-client-current.pem"
 
 
 def join(server: str, token_text: str, ca_hash: str, node_name: str, files: certs.Files, cert_dir: Path,

@@ -14,22 +14,19 @@ against the pin, and only then writes a kubeconfig that trusts it.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from k4s.cluster import certs, kubeapi, pki
+from k4s.cluster import addons, certs, kubeapi, pki
+from k4s.cluster.components.apiserver import CLUSTER_INFO_PATH
 from k4s.errors import K4sError
 from k4s.fsutil import write_atomic
 
 OPERATOR_CA = certs.CA("ca", "k4s-operator-ca")
 ADMIN = certs.Leaf("admin", OPERATOR_CA, "k4s-operator", (certs.OPERATORS_GROUP,))
-CLUSTER_INFO = "/api/v1/namespaces/kube-public/configmaps/cluster-info"
 
 
 class NotYet(K4sError):
@@ -69,18 +66,15 @@ class Operator:
 def pinned_ca(host: str, port: int, pin: str) -> bytes:
     """The cluster CA from the apiserver's cluster-info, as kubeadm's discovery does: fetched
     before anything is trusted, then kept only if it matches the pin. Its PEM."""
-    insecure = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE
-    try:
-        status, body = kubeapi.get(f"https://{host}:{port}{CLUSTER_INFO}", insecure, timeout=10)
+    try:  # unverified: the CA it holds is checked against the pin below
+        status, body = kubeapi.get(f"https://{host}:{port}{CLUSTER_INFO_PATH}", kubeapi.tls_context(None), timeout=10)
     except (OSError, ssl.SSLError) as e:
         raise NotYet(f"cannot fetch cluster-info from {host}:{port}: {e}", hint="is the node up?") from e
     if status != 200:
         raise NotYet(f"cluster-info from {host}:{port}: HTTP {status}", hint="is the node bootstrapped?")
     try:
-        info = yaml.safe_load(json.loads(body)["data"]["kubeconfig"])
-        ca = base64.b64decode(info["clusters"][0]["cluster"]["certificate-authority-data"], validate=True)
-    except (ValueError, KeyError, IndexError, TypeError, yaml.YAMLError):
+        _, ca = addons.read_cluster_info(json.loads(body)["data"]["kubeconfig"])
+    except (ValueError, KeyError, TypeError):
         raise K4sError(f"cluster-info from {host}:{port} holds no CA", hint="is this a k4s or kubeadm node?") from None
     got = pki.spki_hash_pem(ca)
     if got != pin:

@@ -15,9 +15,7 @@ import secrets
 import string
 from dataclasses import dataclass
 
-import yaml
-
-from k4s.cluster import kubeapi
+from k4s.cluster import addons, kubeapi
 from k4s.cluster.components.apiserver import CLUSTER_INFO_PATH
 from k4s.errors import K4sError
 
@@ -96,9 +94,10 @@ def delete(client: kubeapi.Client, token_id: str) -> None:
 def cluster_server_and_ca(client: kubeapi.Client) -> tuple[str, bytes]:
     """The server address workers use and the CA, from cluster-info (what discovery reads)."""
     data = client.json("GET", CLUSTER_INFO_PATH)["data"]
-    kc = yaml.safe_load(data["kubeconfig"])
-    cluster = kc["clusters"][0]["cluster"]
-    return cluster["server"], base64.b64decode(cluster["certificate-authority-data"])
+    try:
+        return addons.read_cluster_info(data["kubeconfig"])
+    except (ValueError, KeyError, TypeError):
+        raise K4sError("the server's cluster-info holds no CA", hint="is this a k4s or kubeadm server?") from None
 
 
 def join_line(server: str, token: str, ca_hash: str) -> str:

@@ -8,11 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from k4s.cluster import approver, join
+from k4s.cluster import addons, approver, join
 from k4s.cluster.pki import spki_hash_pem
 from k4s.errors import K4sError
 from k4s.host import tokens
@@ -24,8 +23,7 @@ TOKEN = join.Token.parse("gdyooh.7bzi3j4aj68nsd46")
 
 
 def ca_of(info: dict) -> bytes:
-    kc = yaml.safe_load(info["kubeconfig"])
-    return base64.b64decode(kc["clusters"][0]["cluster"]["certificate-authority-data"])
+    return addons.read_cluster_info(info["kubeconfig"])[1]
 
 
 def test_upstream_signature_verifies() -> None:
