@@ -41,6 +41,9 @@ def vm_options(f):  # type: ignore[no-untyped-def]
                      help="Start a virtual L2 that another VM joins on this loopback port (repeatable: one per VM)."),
         click.option("--lan-connect", type=int, default=0, metavar="PORT",
                      help="Join the L2 of the VM listening on PORT, with no user network or forwarded port."),
+        click.option("--disk", type=P, help="A qcow2 data disk, created blank if missing; boot with "
+                     "--append 'k4s.data=LABEL=K4SDATA k4s.data-format=1' the first time."),
+        click.option("--disk-size", default="4G", show_default=True, help="The size a new --disk gets."),
         click.option("--mac", default="", help="The NIC's MAC; each VM on a lan needs its own (e.g. 52:54:00:00:77:02)."),
     ]):
         f = opt(f)
@@ -49,9 +52,10 @@ def vm_options(f):  # type: ignore[no-untyped-def]
 
 def make_vm(out: Path, kernel: Path, initrd: Path, memory: int, cpus: int, port: int, append: str,
             manifest: tuple[Path, ...], pxe: Path | None = None, lan_ports: tuple[int, ...] = (),
-            lan_connect: int = 0, mac: str = "") -> VM:
+            lan_connect: int = 0, mac: str = "", disk: Path | None = None, disk_size: str = "4G") -> VM:
     return VM(out.resolve(), kernel.resolve(), initrd.resolve(), memory, cpus, port, append, list(manifest),
-              pxe=pxe.resolve() if pxe else None, lan_ports=tuple(lan_ports), lan_connect=lan_connect, mac=mac)
+              pxe=pxe.resolve() if pxe else None, lan_ports=tuple(lan_ports), lan_connect=lan_connect, mac=mac,
+              disk=disk.resolve() if disk else None, disk_size=disk_size)
 
 
 def kubectl_nodes(vm: VM) -> None:

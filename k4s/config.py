@@ -40,6 +40,7 @@ _IFNAME = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
 _SERIAL = re.compile(r"(ttyS|ttyAMA|hvc)[0-9]{1,3}")
 _PATH = re.compile(r"/[A-Za-z0-9._+@:/-]*")
 _SERVER_URL = re.compile(r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+_DATA_DEVICE = re.compile(r"LABEL=[A-Za-z0-9_.-]{1,16}|/dev/[a-z][a-z0-9/_-]{0,63}")
 _TOKEN = re.compile(r"[a-z0-9]{6}\.[a-z0-9]{16}")  # kubeadm's bootstrap token: <id>.<secret>
 _CA_HASH = re.compile(r"sha256:[0-9a-f]{64}")
 _URL = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/([A-Za-z0-9._~-]+/)*")
@@ -90,6 +91,8 @@ def _pattern(regex: re.Pattern[str], what: str, hint: str, secret: bool = False,
 
 _ifname = _pattern(_IFNAME, "a network interface name", "e.g. eth0 or ens3")
 _serial_port = _pattern(_SERIAL, "a serial port", "name a port under /dev, e.g. ttyS1 or hvc1")
+_data_device = _pattern(_DATA_DEVICE, "a data disk", "write LABEL=K4SDATA (an ext4 label, up to 16 characters) "
+                        "or a device path such as /dev/vdb")
 _server_url = _pattern(_SERVER_URL, "an apiserver URL", "write https://HOST:6443, as `k4s token create` prints it")
 _token = _pattern(_TOKEN, "a bootstrap token", "write <6 of [a-z0-9]>.<16 of [a-z0-9]>, as `k4s token create` "
                   "prints it", secret=True)
@@ -257,6 +260,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("service-cidr", _cidr, "10.43.0.0/16", "service ClusterIP network"),
     Key("cluster-dns", _optional(_ipv4), "", "CoreDNS ClusterIP; empty means the 10th address of service-cidr"),
     Key("cluster-domain", _dns_name, "cluster.local", "cluster DNS domain"),
+    Key("data", _optional(_data_device), "", "a disk for the node's state (etcd, PKI, images, kubelet, volumes), "
+        "mounted at data-dir: LABEL=K4SDATA or /dev/vdb; empty: the state lives in RAM", cmdline=C),
+    Key("data-format", _bool, False, "format `data` as ext4 when it is blank (never a disk that holds anything); "
+        "LABEL=NAME formats the only blank disk with that label", cmdline=C),
     Key("data-dir", _abs_path, str(layout.DATA_DIR), "state: PKI, datastore, images, manifests"),
     Key("run-dir", _abs_path, str(layout.RUN_DIR), "sockets, logs, status"),
     Key("bin-dir", _abs_path, str(layout.LIBEXEC), "where the upstream binaries are"),
@@ -309,6 +316,8 @@ class Config:
     service_cidr: str
     cluster_dns: str
     cluster_domain: str
+    data: str
+    data_format: bool
     data_dir: str
     run_dir: str
     bin_dir: str
@@ -513,6 +522,9 @@ def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
     if values["mgmt-interface"] and (values["ip"] == "dhcp" or not values["interface"]):
         raise ConfigError(f"with mgmt-interface, the node interface needs a static ip ({where('mgmt-interface', 'ip')})",
                           hint="e.g. k4s.interface=eth1 k4s.ip=10.77.0.1/24 k4s.mgmt-interface=eth0")
+    if values["data-format"] and not values["data"]:
+        raise ConfigError(f"data-format is set but no data disk is named ({where('data-format')})",
+                          hint="add k4s.data=LABEL=K4SDATA (or a device such as /dev/vdb)")
     if values["ip"] == "dhcp" and values["gateway"]:
         raise ConfigError(f"gateway is set but ip is dhcp ({where('gateway', 'ip')})",
                           hint="set a static ip like 10.0.2.15/24 or drop the gateway")

@@ -210,6 +210,10 @@ def boot() -> str:
     stage("modules", loaded=n)
     grow_root()
     stage("payload", mounted=mount_parts())
+    if cfg.data:
+        from k4s.boot import datadisk
+
+        datadisk.mount(cfg.data, cfg.data_format, paths.data, paths.run / "data-disk")
     sysctls()
     cfg = default_node_name(cfg)
     try:
@@ -270,11 +274,15 @@ def main() -> None:
 
 
 def shutdown(action: str) -> None:
-    from k4s.boot import power
+    from k4s.boot import datadisk, power
     from k4s.cluster.supervisor import kill_all
 
     try:
         kill_all()
+    except Exception:
+        pass
+    try:
+        datadisk.release()
     except Exception:
         pass
     try:

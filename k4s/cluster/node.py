@@ -52,3 +52,9 @@ class Node:
     @property
     def cni_conf_dir(self) -> Path:
         return self.paths.data / "cni" / "net.d"
+
+    @property
+    def cni_ipam_dir(self) -> Path:
+        """host-local's address leases: this boot's pods only, so in run-dir (on a data disk
+        they would outlive the pods and leak the /24 away reboot by reboot)."""
+        return self.paths.run / "cni" / "ipam"

@@ -57,6 +57,8 @@ class VM:
     lan_ports: tuple[int, ...] = ()   # the first VM of a lan: loopback ports other VMs connect to
     lan_connect: int = 0              # a VM that joins a lan: the first VM's port (no user network of its own)
     mac: str = ""                     # the NIC's MAC (VMs on one lan need their own; the node name derives from it)
+    disk: Path | None = None          # a qcow2 data disk (/dev/vdb in the guest; boot with k4s.data=...)
+    disk_size: str = "4G"             # the size `ensure_disk` creates it with
 
     @property
     def console(self) -> Path:
@@ -140,6 +142,7 @@ class VM:
             "-monitor", "none",
             "-qmp", f"unix:{self.qmp},server,nowait",
             *self.network(netdev),
+            *(["-drive", f"file={self.disk},if=virtio,format=qcow2,discard=unmap"] if self.disk else []),
             "-no-reboot", "-pidfile", str(self.pidfile),
         ]
 
@@ -165,6 +168,19 @@ class VM:
             out += ["-netdev", "hubport,id=hub-nic,hubid=0", "-device", "virtio-net-pci,netdev=hub-nic"]
         return out
 
+    def ensure_disk(self) -> None:
+        """Create the data disk (a sparse, blank qcow2) if it is not there."""
+        if self.disk is None or self.disk.exists():
+            return
+        img = shutil.which("qemu-img")
+        if not img:
+            raise K4sError("qemu-img not found", hint="run `make setup` (apt-get install qemu-utils)")
+        self.disk.parent.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run([img, "create", "-q", "-f", "qcow2", str(self.disk), self.disk_size],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise K4sError(f"qemu-img create {self.disk}: {r.stderr.strip()}", hint="check the path and --disk-size")
+
     def start(self) -> subprocess.Popen[bytes]:
         for p in (self.kernel, self.initrd) if self.pxe is None else (self.pxe / "boot.ipxe",):
             if not p.exists():
@@ -181,6 +197,7 @@ class VM:
                 except OSError:
                     raise K4sError(f"host port {self.port} is in use", hint="free it, or pass --port") from None
         self.out.mkdir(parents=True, exist_ok=True)
+        self.ensure_disk()
         self.console.write_bytes(b"")
         self.events.write_bytes(b"")
         argv = self.argv()
@@ -234,6 +251,16 @@ class VM:
                 f.write(json.dumps({"execute": cmd}) + "\n")
                 f.flush()
                 f.readline()
+
+    def pull_plug(self) -> None:
+        """A power cut: QEMU killed at once, nothing flushed by the guest."""
+        pid = self.running()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGKILL)
+        end = time.monotonic() + 30
+        while alive(pid) and time.monotonic() < end:
+            time.sleep(0.2)
 
     def power_off(self, timeout: float = 120) -> bool:
         """ACPI power button, then wait for QEMU to exit; True if the guest powered itself off."""

@@ -3,7 +3,7 @@ compressed newc cpio segments (the kernel unpacks them in order).
 
 Parts, in segment order (layout.PARTS): base (symlinks, /dev nodes, the rootfs
 overlay, stage 0), k4s (the frozen bundle), libs (the ldd closure of every ELF),
-tools (busybox, nft, iptables, conntrack), kubernetes (the kube multicall),
+tools (busybox, nft, iptables, conntrack, mke2fs), kubernetes (the kube multicall),
 runtime (containerd, shim, runc, CNI), images (airgap OCI tarballs), modules
 (kernel modules with depmod output). One segment per part makes the size
 report exact and lets an unchanged part reuse its compressed segment from the
@@ -38,6 +38,7 @@ HOST_TOOLS = {  # host path -> extra names (links) in the image
     "/usr/sbin/xtables-nft-multi": ("iptables", "iptables-save", "iptables-restore", "ip6tables",
                                     "ip6tables-save", "ip6tables-restore"),
     "/usr/sbin/conntrack": (),
+    "/usr/sbin/mke2fs": ("mkfs.ext4",),  # formats a blank data disk (k4s.boot.datadisk)
 }
 XTABLES = Path("/usr/lib/x86_64-linux-gnu/xtables")  # iptables loads its matches and targets from here
 
@@ -229,6 +230,7 @@ def assemble(inp: Inputs, workdir: Path) -> Tree:
     # tools the node execs: busybox for mount/umount/sh and friends, nft, iptables-nft, conntrack
     t.file("usr/bin/busybox", inp.busybox.resolve(), "tools", 0o755)
     ours = {n for names in layout.APPLET_LINKS.values() for n in names}
+    ours |= {n for host, links in HOST_TOOLS.items() for n in (os.path.basename(host), *links)}  # the real ones
     for applet in run([str(inp.busybox), "--list-full"]).split():
         if os.path.basename(applet) not in ours and t.norm(applet) not in t.entries:
             t.symlink(applet, "/usr/bin/busybox", "tools")
@@ -258,7 +260,9 @@ def assemble(inp: Inputs, workdir: Path) -> Tree:
 
     wanted = [ln.split("#")[0].strip()
               for ln in (inp.rootfs / layout.member(layout.MODULES_LIST)).read_text().splitlines()]
-    add_modules(t, inp.kernel_root, [w for w in wanted if w], workdir, "modules")
+    from k4s.boot import datadisk
+
+    add_modules(t, inp.kernel_root, [*(w for w in wanted if w), *datadisk.MODULES], workdir, "modules")
     return t
 
 

@@ -34,16 +34,21 @@ def overlay_supported() -> bool:
 
 
 def cni_conflist(node: Node) -> str:
-    """Without flannel: a bridge network for the node's pod /24 on this node only, with portmap for hostPort."""
+    """Without flannel: a bridge network for the node's pod /24 on this node only."""
+    return bridge_conflist(node, node.pod_subnet)
+
+
+def bridge_conflist(node: Node, subnet: str, ip_masq: bool = True, mtu: int | None = None) -> str:
+    """The pods' bridge on subnet with host-local addresses, and portmap for hostPort."""
+    bridge = {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": ip_masq, "hairpinMode": True}
+    if mtu:
+        bridge["mtu"] = mtu
+    bridge["ipam"] = {"type": "host-local", "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}],
+                      "dataDir": str(node.cni_ipam_dir)}
     return json.dumps({
         "cniVersion": "1.0.0",
         "name": CNI_NETWORK,
-        "plugins": [
-            {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": True, "hairpinMode": True,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": node.pod_subnet}]],
-                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(node.paths.data / "cni" / "ipam")}},
-            {"type": "portmap", "capabilities": {"portMappings": True}},
-        ],
+        "plugins": [bridge, {"type": "portmap", "capabilities": {"portMappings": True}}],
     }, indent=2) + "\n"
 
 

@@ -82,17 +82,8 @@ def cni_conflist(node: Node, env: dict[str, str]) -> str:
     import ipaddress
 
     subnet = ipaddress.IPv4Interface(env["FLANNEL_SUBNET"]).network
-    return json.dumps({
-        "cniVersion": "1.0.0",
-        "name": containerd.CNI_NETWORK,
-        "plugins": [
-            {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": env.get("FLANNEL_IPMASQ") != "true",
-             "hairpinMode": True, "mtu": int(env["FLANNEL_MTU"]),
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": str(subnet)}]],
-                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(node.paths.data / "cni" / "ipam")}},
-            {"type": "portmap", "capabilities": {"portMappings": True}},
-        ],
-    }, indent=2) + "\n"
+    return containerd.bridge_conflist(node, str(subnet), ip_masq=env.get("FLANNEL_IPMASQ") != "true",
+                                      mtu=int(env["FLANNEL_MTU"]))
 
 
 def write_cni_conf(node: Node) -> str:

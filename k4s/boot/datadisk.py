@@ -1,0 +1,222 @@
+"""The node's optional data disk: where its state lives when the machine has a disk.
+
+    k4s.data=LABEL=K4SDATA      the ext4 filesystem with that label
+    k4s.data=/dev/vdb           that device (ext4, any label)
+    k4s.data-format=1           format it first if, and only if, it is blank
+
+Without k4s.data the node is RAM-only, as it always was. With it, init mounts
+the filesystem at data-dir before anything writes there: etcd, the PKI,
+containerd's content and snapshots, the kubelet's state and local volumes then
+survive a reboot and a power cut (etcd fsyncs what it acknowledges; ext4's
+journal replays at the next mount).
+
+Formatting is never destructive: only a disk whose first MiB is all zeros (no
+partition table, no filesystem) is formatted, so a wrong device name or label
+on the (untrusted) command line cannot wipe anything. A disk that holds
+something else is an error line, as is a label that no disk carries.
+
+The boot media's own files under data-dir (the operator CA's certificate and
+the manifests from the seed, the image's manifests) are inputs for this boot:
+they are copied over the disk's copies before the disk takes data-dir's place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from k4s import log
+from k4s.boot import libc
+from k4s.errors import K4sError
+
+DEFAULT_LABEL = "K4SDATA"  # what a device path formats with
+PROBE_BYTES = 1 << 20      # a disk is blank when this much of its start is zeros
+EXT_SUPERBLOCK, EXT_MAGIC = 1024, 0xEF53
+SETTLE = 15.0              # how long a named disk may take to appear (disk drivers probe asynchronously)
+FORMAT_TIMEOUT = 600.0
+SKIP = ("loop", "ram", "zram", "sr", "fd", "nbd", "dm-", "md")  # not data disks
+MOUNT_FLAGS = libc.MS_NOSUID
+MKFS = "mke2fs"
+# Shipped in the image's modules part, loaded only for a data disk: the disk drivers
+# of QEMU and of common servers, and ext4 (its checksums need crc32c).
+MODULES = ("virtio_blk", "virtio_scsi", "sd_mod", "ahci", "nvme", "crc32c_generic", "ext4")
+
+_mounted: list[str] = []  # what release() unmounts at poweroff
+
+
+class NotYet(K4sError):
+    """The disk is not there (yet): worth waiting for while devices settle."""
+
+
+@dataclass(frozen=True)
+class Disk:
+    dev: Path
+    kind: str          # "ext4" (ext2/3/4), "blank", or "other"
+    label: str = ""
+    whole: bool = True  # a whole disk, not a partition
+
+    @property
+    def name(self) -> str:
+        return str(self.dev)
+
+
+def classify(head: bytes) -> tuple[str, str]:
+    """(kind, label) from a device's first bytes."""
+    sb = head[EXT_SUPERBLOCK:EXT_SUPERBLOCK + 1024]
+    if len(sb) >= 136 and struct.unpack_from("<H", sb, 56)[0] == EXT_MAGIC:
+        return "ext4", sb[120:136].split(b"\0", 1)[0].decode("utf-8", "replace")
+    if not head.strip(b"\0"):
+        return "blank", ""
+    return "other", ""
+
+
+def probe(dev: Path, whole: bool = True) -> Disk:
+    try:
+        with open(dev, "rb") as f:
+            head = f.read(PROBE_BYTES)
+    except OSError as e:
+        raise K4sError(f"data disk {dev}: cannot read it: {e.strerror}",
+                       hint="check the device name (k4s.data=/dev/vdb) and that the disk is attached") from None
+    kind, label = classify(head)
+    return Disk(dev, kind, label, whole)
+
+
+def block_devices(sys_block: Path = Path("/sys/class/block"), dev: Path = Path("/dev")) -> list[Disk]:
+    """Every disk and partition the kernel knows, probed."""
+    out = []
+    for entry in sorted(sys_block.iterdir()) if sys_block.is_dir() else []:
+        if entry.name.startswith(SKIP) or not (dev / entry.name).exists():
+            continue
+        try:
+            if (entry / "size").read_text().strip() == "0":
+                continue
+        except OSError:
+            continue
+        try:
+            out.append(probe(dev / entry.name, whole=not (entry / "partition").exists()))
+        except K4sError:
+            continue
+    return out
+
+
+def choose(spec: str, fmt: bool, disks: list[Disk]) -> tuple[Disk, str]:
+    """The disk k4s.data names, and the label to format it with ("" to mount it as it is)."""
+    if spec.startswith("LABEL="):
+        label = spec[len("LABEL="):]
+        found = [d for d in disks if d.kind == "ext4" and d.label == label]
+        if len(found) > 1:
+            raise K4sError(f"data disk: {len(found)} filesystems are labelled {label} "
+                           f"({', '.join(d.name for d in found)})",
+                           hint="relabel one (e2label), or name the device: k4s.data=/dev/vdb")
+        if found:
+            return found[0], ""
+        blank = [d for d in disks if d.kind == "blank" and d.whole]
+        if not fmt:
+            raise NotYet(f"data disk: no filesystem is labelled {label}",
+                         hint="attach the disk; format a blank one by adding k4s.data-format=1")
+        if len(blank) > 1:
+            raise K4sError(f"data disk: no filesystem is labelled {label}, and {len(blank)} disks are blank "
+                           f"({', '.join(d.name for d in blank)})",
+                           hint="name the one to format: k4s.data=/dev/vdb k4s.data-format=1")
+        if not blank:
+            raise NotYet(f"data disk: no filesystem is labelled {label}, and no disk is blank to format",
+                         hint="attach an empty disk; k4s formats only disks whose first MiB is zeros")
+        return blank[0], label
+    found = [d for d in disks if d.dev == Path(spec)]
+    if not found:
+        raise NotYet(f"data disk: {spec} does not exist", hint="check the device name, e.g. /dev/vdb")
+    disk = found[0]
+    if disk.kind == "ext4":
+        return disk, ""
+    if disk.kind == "blank" and fmt:
+        return disk, DEFAULT_LABEL
+    if disk.kind == "blank":
+        raise K4sError(f"data disk: {spec} is blank", hint="add k4s.data-format=1 to format it as ext4")
+    raise K4sError(f"data disk: {spec} holds something other than an ext4 filesystem",
+                   hint="k4s formats only blank disks; clear it first (wipefs -a), or name another device")
+
+
+def find(spec: str, fmt: bool, settle: float = SETTLE) -> tuple[Disk, str]:
+    """choose() over the devices, waiting up to settle seconds for a missing one to appear."""
+    end = time.monotonic() + settle
+    while True:
+        try:
+            return choose(spec, fmt, block_devices())
+        except NotYet:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.5)
+
+
+def load_modules() -> None:
+    from k4s.boot import kmod
+
+    idx = kmod.Index.load()
+    for name in MODULES:
+        try:
+            kmod.modprobe(idx, name)
+        except K4sError as e:
+            log.event("data", "module-failed", level="warn", module=name, error=e.message)
+
+
+def make_filesystem(disk: Disk, label: str) -> None:
+    """ext4 with the image's mke2fs: no blocks reserved for root (the node is the only user)."""
+    argv = [MKFS, "-q", "-F", "-t", "ext4", "-L", label, "-m", "0", str(disk.dev)]
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=FORMAT_TIMEOUT, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise K4sError(f"data disk: {MKFS} is not in the image", hint="rebuild the image (make image)") from None
+    except subprocess.TimeoutExpired:
+        raise K4sError(f"data disk: formatting {disk.name} took over {FORMAT_TIMEOUT:.0f}s",
+                       hint="the disk is too slow or too large to format at boot; format it beforehand") from None
+    if r.returncode != 0:
+        err = (r.stderr.strip().splitlines() or ["no message"])[-1]
+        raise K4sError(f"data disk: formatting {disk.name} failed: {err}", hint="check the disk")
+
+
+def mount(spec: str, fmt: bool, data_dir: Path, staging: Path) -> Disk:
+    """Find (and if asked, format) the data disk and mount it at data_dir, with this boot's
+    inputs from data_dir copied onto it."""
+    load_modules()
+    disk, label = find(spec, fmt)
+    if label:
+        log.event("data", "format", device=disk.name, label=label)
+        t0 = time.monotonic()
+        make_filesystem(disk, label)
+        log.event("data", "formatted", device=disk.name, seconds=round(time.monotonic() - t0, 1))
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        libc.mount(disk.name, str(staging), "ext4", MOUNT_FLAGS, "")
+    except OSError as e:
+        raise K4sError(f"data disk: cannot mount {disk.name}: {e.strerror}",
+                       hint="the kernel needs the ext4 module; check the filesystem (e2fsck)") from None
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(data_dir, staging, symlinks=True, dirs_exist_ok=True)
+        libc.mount(str(staging), str(data_dir), "", libc.MS_MOVE)
+    except OSError as e:
+        libc.umount(str(staging))
+        raise K4sError(f"data disk: cannot put {disk.name} at {data_dir}: {e.strerror or e}",
+                       hint="the disk may be full or read-only; check it (e2fsck)") from None
+    _mounted.append(str(data_dir))
+    used = shutil.disk_usage(data_dir)
+    log.event("data", "mounted", device=disk.name, label=label or disk.label, at=str(data_dir),
+              size_mib=used.total >> 20, used_mib=used.used >> 20)
+    return disk
+
+
+def release() -> None:
+    """At poweroff, once every process is gone: detach the disk (with what the kubelet and
+    containerd mounted under it) and write everything out."""
+    while _mounted:
+        target = _mounted.pop()
+        try:
+            libc.umount(target, libc.MNT_DETACH)
+        except OSError:
+            pass
+    os.sync()
