@@ -34,7 +34,7 @@ APPLETS: dict[str, tuple[str, str]] = {
     "server": ("applets.server", "run the single-node cluster under the k4s supervisor"),
     "sign": ("applets.sign", "write the signed manifest of a payload directory"),
     "stage1": ("applets.stage1", "PID 1 of the first stage: network, fetch, verify, kexec (LinuxBoot)"),
-    "status": ("applets.status", "show each component's state, pid, restarts and readiness"),
+    "status": ("applets.status", "show each component's state and readiness, memory and certificates, here or --remote"),
     "token": ("applets.token", "make, list and delete the bootstrap tokens workers join with"),
     "verify": ("applets.verify", "check a payload directory against its signed manifest"),
     "vm": ("applets.vm", "boot the appliance in QEMU on the build host (run, up, down)"),

@@ -1,51 +1,116 @@
-"""status: show each component's state, pid, restarts and readiness.
+"""status: show each component's state and readiness, memory and certificates, here or --remote.
 
     k4s status [--json] [--config PATH] [--set KEY=VALUE]...
+    k4s status --remote https://NODE:10270 [--kubeconfig out/kubeconfig] [--json]
 
-Reads <run-dir>/status.json, which `k4s server` keeps current. Exit 0 when
-every component is ready, 1 when some are not, 3 when no server is running.
+Locally it reads what `k4s server` keeps current under run-dir (the same data
+the metrics endpoint serves). --remote asks a node's metrics endpoint (its
+/status) with the kubeconfig's client certificate, trusting the kubeconfig's CA:
+an appliance has no shell. Exit 0 when every component is ready, 1 when some
+are not, 3 when no server is running or the node cannot be reached.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-from typing import TextIO
+import time
+from pathlib import Path
+from typing import Any, TextIO
 
 import click
 
 from applets._options import config_options
 from k4s import config as configmod
-from k4s.config import Config
+from k4s.cluster import metrics
 from k4s.layout import Paths
 
 
-def run(cfg: Config, as_json: bool, out: TextIO) -> int:
+def _secs(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}s"
+
+
+def render(doc: dict[str, Any], out: TextIO) -> None:
+    out.write(f"{'COMPONENT':<24} {'STATE':<9} {'PID':>7} {'RESTARTS':>8} {'READY':<5} {'STARTED':>8} {'READY-IN':>8}\n")
+    for name, c in doc.get("components", {}).items():
+        out.write(f"{name:<24} {c['state']:<9} {c['pid'] or '-':>7} {c['restarts']:>8} "
+                  f"{'yes' if c['ready'] else 'no':<5} {_secs(c['started_after']):>8} {_secs(c['ready_after']):>8}\n")
+    if mem := doc.get("memory"):
+        out.write(f"\nmemory: {mem['mem_used_mib']} MiB used of {mem['mem_total_mib']} ({mem['mem_available_mib']} "
+                  f"available): anon {mem['anon_mib']}, shmem {mem['shmem_mib']}, kernel {mem['kernel_mib']}\n")
+    if certs := doc.get("certificates"):
+        out.write(f"\n{'CERTIFICATE':<26} {'EXPIRES':<17} LEFT\n")
+        now = time.time()
+        for name, c in certs.items():
+            when = dt.datetime.fromtimestamp(c["expires"], dt.UTC).strftime("%Y-%m-%d %H:%M")
+            left = (c["expires"] - now) / 86400
+            out.write(f"{name + (' (CA)' if c.get('ca') else ''):<26} {when:<17} "
+                      f"{f'{left:.0f} days' if left >= 2 else f'{left * 24:.1f} hours'}\n")
+        out.write(f"renewed while running: {doc.get('renewals', 0)}\n")
+
+
+def local(paths: Paths) -> tuple[dict[str, Any] | None, bool]:
     import psutil
 
-    path = Paths.of(cfg.data_dir, cfg.run_dir).status
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        out.write(f"k4s: no server status at {path} (is `k4s server` running?)\n")
-        return 3
-    alive = psutil.pid_exists(doc.get("supervisor_pid", -1))
+    if not paths.status.exists():
+        return None, False
+    doc = metrics.snapshot(paths)
+    return doc, psutil.pid_exists(doc.get("supervisor_pid") or -1)
+
+
+def remote(url: str, kubeconfig: Path) -> dict[str, Any]:
+    """GET <url>/status with the kubeconfig's client certificate; the kubeconfig's CA must
+    have signed the node's serving certificate."""
+    import base64
+    import tempfile
+    import urllib.request
+
+    import yaml
+
+    kc = yaml.safe_load(kubeconfig.read_text())
+    user, cluster = kc["users"][0]["user"], kc["clusters"][0]["cluster"]
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {}
+        for key in ("certificate-authority-data", "client-certificate-data", "client-key-data"):
+            p = Path(tmp) / key
+            p.write_bytes(base64.b64decode(cluster[key] if key.startswith("certificate-authority") else user[key]))
+            files[key] = p
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=str(files["certificate-authority-data"]))
+        ctx.check_hostname = False  # the node's certificate names its IP and name, not the forwarded address
+        ctx.load_cert_chain(str(files["client-certificate-data"]), str(files["client-key-data"]))
+    with urllib.request.urlopen(url.rstrip("/") + "/status", context=ctx, timeout=30) as r:
+        return json.loads(r.read())
+
+
+@click.command(help=__doc__.split("\n\n")[0])
+@click.option("--json", "as_json", is_flag=True, help="Print the status document.")
+@click.option("--remote", "remote_url", metavar="URL", help="A node's metrics endpoint, e.g. https://10.0.0.5:10270.")
+@click.option("--kubeconfig", type=click.Path(path_type=Path, dir_okay=False), default=Path("out/kubeconfig"),
+              show_default=True, help="With --remote: whose client certificate to present.")
+@config_options
+def cli(as_json: bool, remote_url: str | None, kubeconfig: Path, config_file: str | None, cmdline: str | None,
+        set_: tuple[str, ...]) -> int:
+    out = click.get_text_stream("stdout")
+    if remote_url:
+        try:
+            doc, alive = remote(remote_url, kubeconfig), True
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            out.write(f"k4s: cannot read {remote_url}/status: {e}\n")
+            return 3
+    else:
+        cfg = configmod.load_for_applet(config_file, cmdline, set_)
+        paths = Paths.of(cfg.data_dir, cfg.run_dir)
+        doc, alive = local(paths)
+        if doc is None:
+            out.write(f"k4s: no server status at {paths.status} (is `k4s server` running?)\n")
+            return 3
     if as_json:
         out.write(json.dumps({**doc, "running": alive}, indent=1) + "\n")
     else:
         out.write(f"supervisor pid {doc.get('supervisor_pid')} {'running' if alive else 'NOT RUNNING'}\n")
-        out.write(f"{'COMPONENT':<24} {'STATE':<9} {'PID':>7} {'RESTARTS':>8} {'READY':<5} {'STARTED':>8} {'READY-IN':>8}\n")
-        for name, c in doc.get("components", {}).items():
-            def secs(v: float | None) -> str:
-                return "-" if v is None else f"{v:.1f}s"
-            out.write(f"{name:<24} {c['state']:<9} {c['pid'] or '-':>7} {c['restarts']:>8} "
-                      f"{'yes' if c['ready'] else 'no':<5} {secs(c['started_after']):>8} {secs(c['ready_after']):>8}\n")
+        render(doc, out)
     if not alive:
         return 3
     return 0 if all(c["ready"] for c in doc.get("components", {}).values()) else 1
-
-
-@click.command(help=__doc__.split("\n\n")[0])
-@click.option("--json", "as_json", is_flag=True, help="Print the raw status document.")
-@config_options
-def cli(as_json: bool, config_file: str | None, cmdline: str | None, set_: tuple[str, ...]) -> int:
-    return run(configmod.load_for_applet(config_file, cmdline, set_), as_json, click.get_text_stream("stdout"))

@@ -32,6 +32,8 @@ def vm_options(f):  # type: ignore[no-untyped-def]
         click.option("--memory", type=int, default=1024, show_default=True, help="MiB of RAM."),
         click.option("--cpus", type=int, default=2, show_default=True),
         click.option("--port", type=int, default=6443, show_default=True, help="Host port for the apiserver."),
+        click.option("--metrics-port", type=int, default=10270, show_default=True,
+                     help="Host port for the node's metrics endpoint (`k4s status --remote https://127.0.0.1:PORT`)."),
         click.option("--append", default="", help="Extra kernel command line, e.g. k4s.node-name=edge-1."),
         click.option("--manifest", type=P, multiple=True, help="A manifest to auto-deploy (repeatable)."),
         click.option("--timeout", type=float, default=900, show_default=True, help="Seconds to wait for Ready."),
@@ -50,12 +52,12 @@ def vm_options(f):  # type: ignore[no-untyped-def]
     return f
 
 
-def make_vm(out: Path, kernel: Path, initrd: Path, memory: int, cpus: int, port: int, append: str,
+def make_vm(out: Path, kernel: Path, initrd: Path, memory: int, cpus: int, port: int, metrics_port: int, append: str,
             manifest: tuple[Path, ...], pxe: Path | None = None, lan_ports: tuple[int, ...] = (),
             lan_connect: int = 0, mac: str = "", disk: Path | None = None, disk_size: str = "4G") -> VM:
     return VM(out.resolve(), kernel.resolve(), initrd.resolve(), memory, cpus, port, append, list(manifest),
               pxe=pxe.resolve() if pxe else None, lan_ports=tuple(lan_ports), lan_connect=lan_connect, mac=mac,
-              disk=disk.resolve() if disk else None, disk_size=disk_size)
+              disk=disk.resolve() if disk else None, disk_size=disk_size, metrics_port=metrics_port)
 
 
 def kubectl_nodes(vm: VM) -> None:

@@ -211,13 +211,13 @@ STAGES = [("/init", "init", "start"), ("mounts", "init", "mounts"), ("modules", 
           ("CoreDNS Ready", "coredns", "ready")]
 
 
-def boot(memory: int, wait_idle: float = 0, append: str = "") -> dict:
+def boot(memory: int, wait_idle: float = 0, append: str = "", disk: Path | None = None) -> dict:
     from k4s import log
     from k4s.errors import K4sError
     from k4s.host.vm import VM
 
     tmp = Path(tempfile.mkdtemp())
-    vm = VM(tmp, OUT / "vmlinuz", OUT / "initramfs.cpio.zst", memory=memory, port=16543, append=append)
+    vm = VM(tmp, OUT / "vmlinuz", OUT / "initramfs.cpio.zst", memory=memory, port=16543, append=append, disk=disk)
     t0 = time.monotonic()
     proc = vm.start()
     result: dict = {"memory_mib": memory}
@@ -270,6 +270,19 @@ def bench_appliance() -> dict:
             break
     res["smallest_ready_mib"] = min([1024] + [m for m in (768, 640, 512) if res.get(f"boot_{m}", {}).get("ready")])
     return res
+
+
+def bench_datadisk() -> dict:
+    """The same 1 GiB boot with a data disk: first on a blank one (formatted at boot), then again
+    on the state the first left (etcd, PKI, images already there)."""
+    disk = Path(tempfile.mkdtemp()) / "data.qcow2"
+    first = boot(1024, wait_idle=60, append="k4s.data=LABEL=K4SDATA k4s.data-format=1", disk=disk)
+    again = boot(1024, wait_idle=60, append="k4s.data=LABEL=K4SDATA", disk=disk)
+    keep = ("ready", "ready_wall_s", "error", "idle_mem_used_mib", "idle_mem_mib")
+    return {"first": {k: first.get(k) for k in keep}, "again": {k: again.get(k) for k in keep},
+            "node_ready_s": {"first": first.get("timeline_s", {}).get("node Ready"),
+                             "again": again.get("timeline_s", {}).get("node Ready")},
+            "disk_mib_used": round(disk.stat().st_size / 2**20, 1)}
 
 
 # --- netboot: stage-1 size, fetch + verify speed, PXE and LinuxBoot to Ready ---------------------
@@ -487,6 +500,20 @@ def markdown(r: dict) -> str:
                   f"{sep['idle_mem_used_mib']} MiB (anon {sep['idle_mem_mib'].get('anon_mib')} MiB) vs "
                   f"{b.get('idle_mem_used_mib')} MiB shared: "
                   f"**{b.get('idle_mem_used_mib', 0) / sep['idle_mem_used_mib']:.2f}x**.", ""]
+        d = r.get("datadisk")
+        if d and d["first"].get("ready"):
+            def mem(x: dict) -> str:
+                m = x.get("idle_mem_mib") or {}
+                return f"{x.get('idle_mem_used_mib')} MiB (shmem {m.get('shmem_mib')})"
+            L += ["With a data disk (`k4s.data=LABEL=K4SDATA`, same run, 1 GiB):", "",
+                  "| boot | node Ready s | wall s | used at idle |", "|---|---|---|---|",
+                  f"| RAM only (above) | {b.get('timeline_s', {}).get('node Ready')} | {b.get('ready_wall_s')} | "
+                  f"{b.get('idle_mem_used_mib')} MiB (shmem {b.get('idle_mem_mib', {}).get('shmem_mib')}) |",
+                  f"| blank disk, formatted at boot | {d['node_ready_s']['first']} | {d['first'].get('ready_wall_s')} | "
+                  f"{mem(d['first'])} |",
+                  f"| again, on the state it left | {d['node_ready_s']['again']} | {d['again'].get('ready_wall_s')} | "
+                  f"{mem(d['again'])} |", "",
+                  f"The qcow2 holds {d['disk_mib_used']} MiB after the two boots.", ""]
         L += [
               "| part | unpacked MB | in the initramfs MB |", "|---|---|---|"]
         L += [f"| {k} | {v['unpacked_mb']} | {v['compressed_mb']} |" for k, v in a["image_parts"].items()]
@@ -533,7 +560,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--skip-boot", action="store_true")
     ap.add_argument("--skip-components", action="store_true")
-    ap.add_argument("--only", choices=["fleet", "netboot", "appliance"],
+    ap.add_argument("--only", choices=["fleet", "netboot", "appliance", "datadisk"],
                     help="measure one section again, keeping the others from the last results.json")
     args = ap.parse_args()
     BENCH.mkdir(parents=True, exist_ok=True)
@@ -544,7 +571,8 @@ def main() -> int:
                    f"{platform.platform()}"
     if args.only:
         print(f"bench: {args.only} only", flush=True)
-        r[args.only] = {"fleet": bench_fleet, "netboot": bench_netboot, "appliance": bench_appliance}[args.only]()
+        r[args.only] = {"fleet": bench_fleet, "netboot": bench_netboot, "appliance": bench_appliance,
+                        "datadisk": bench_datadisk}[args.only]()
         path.write_text(json.dumps(r, indent=2) + "\n")
         update_readme(markdown(r))
         print(markdown(r))
@@ -560,6 +588,8 @@ def main() -> int:
     if not args.skip_boot:
         print("bench: appliance boots (several minutes under TCG)", flush=True)
         r["appliance"] = bench_appliance()
+        print("bench: a data disk (two boots)", flush=True)
+        r["datadisk"] = bench_datadisk()
         print("bench: netboot (PXE and LinuxBoot boots)", flush=True)
         r["netboot"] = bench_netboot()
         print("bench: a fleet of two (server and worker)", flush=True)

@@ -151,6 +151,24 @@ def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
     return p
 
 
+_DURATION = re.compile(r"([0-9]{1,6})([smhd])")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(lo: int, hi: int) -> Callable[[Any], int]:
+    """A duration as seconds, written 90s, 10m, 12h or 365d."""
+    def p(v: Any) -> int:
+        m = _DURATION.fullmatch(_str(v).strip())
+        if not m:
+            raise Invalid(f"{v!r} is not a duration", "write a number with a unit: 10m, 12h or 365d")
+        n = int(m.group(1)) * _UNIT[m.group(2)]
+        if not lo <= n <= hi:
+            raise Invalid(f"{v} is out of range", f"write a duration from {lo // 60}m to {hi // 86400}d")
+        return n
+
+    return p
+
+
 def _bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -277,15 +295,21 @@ SCHEMA: tuple[Key, ...] = (
         "shared: etcd, controller-manager and scheduler run in the apiserver's process, kube-proxy in "
         "the kubelet's (about 65 MiB less RAM); separate: one process each, with its own log", cmdline=C),
     Key("log-level", _choice("debug", "info", "warn", "error"), "info", "k4s log level", cmdline=C),
-    Key("cert-renew-days", _int_range(1, 3650), 90, "re-issue leaf certificates expiring within this many days"),
+    Key("cert-renew-days", _int_range(1, 3650), 90, "re-issue leaf certificates expiring within this many days "
+        "(or a third of their validity, if that is shorter), while the node runs"),
+    Key("cert-validity", _duration(1800, 3650 * 86400), 365 * 86400, "how long a leaf certificate the node issues "
+        "is valid: 365d, 12h, 30m"),
+    Key("metrics-port", _int_range(0, 65535), 10270, "k4s's Prometheus endpoint on the node IP (HTTPS, client "
+        "certificates of the cluster's client CAs, authorized by the apiserver); 0 turns it off"),
     Key("on-failure", _choice("poweroff", "reboot", "halt"), "poweroff", "what init does after a fatal error", cmdline=C),
     Key("events", _optional(_serial_port), "", "a serial port that gets every event as a JSON line, for tools "
         "(k4s vm uses ttyS1); the console keeps the lines for people", cmdline=C),
     Key("payload", _optional(_payload_url), "", "stage 1: where the signed stage 2 is (http://HOST/PATH/); "
         "what it fetches is verified against the key built into stage 1, so the command line may point it "
         "anywhere", cmdline=C),
-    Key("disable", _list_of(_choice("coredns", "kube-proxy", "flannel", "manifests")), (), "bundled parts to leave "
-        "out; without flannel, pods get a bridge on this node only"),
+    Key("disable", _list_of(_choice("coredns", "kube-proxy", "flannel", "local-path", "manifests")), (),
+        "bundled parts to leave out; without flannel, pods get a bridge on this node only; without local-path, "
+        "no default StorageClass"),
     *(Key(f"{c}-arg", _list_of(_flag), (), f"extra {c} flags, e.g. --v=2 (last one wins)") for c in ARG_COMPONENTS),
 )
 KEYS: dict[str, Key] = {k.name: k for k in SCHEMA}
@@ -328,6 +352,8 @@ class Config:
     component_processes: str
     log_level: str
     cert_renew_days: int
+    cert_validity: int
+    metrics_port: int
     on_failure: str
     events: str
     payload: str

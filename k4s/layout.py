@@ -105,12 +105,22 @@ class Paths:
         return self.data / "images"
 
     @property
+    def storage(self) -> Path:
+        """Local volumes (local-path-provisioner): on the data disk when the node has one."""
+        return self.data / "storage"
+
+    @property
     def logs(self) -> Path:
         return self.run / "log"
 
     @property
     def status(self) -> Path:
         return self.run / "status.json"
+
+    @property
+    def certs(self) -> Path:
+        """Every certificate's expiry and the renewals so far (k4s.cluster.renew)."""
+        return self.run / "certs.json"
 
     @property
     def events(self) -> Path:

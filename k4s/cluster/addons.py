@@ -1,5 +1,6 @@
 """The objects k4s applies at bootstrap: the RBAC the node needs, the operators'
-binding, kubeadm's `cluster-info` discovery document, and CoreDNS.
+binding, kubeadm's `cluster-info` discovery document, CoreDNS, and rancher's
+local-path-provisioner with the default StorageClass.
 
 Built as data from the Config, applied with server-side apply (k4s.kubeapi).
 """
@@ -17,7 +18,9 @@ Obj = dict[str, Any]
 LABELS = {"app.kubernetes.io/managed-by": "k4s"}
 NODE_BIN = "/k4s-node-bin"  # where pods that run a node program see its directory
 COREDNS = "coredns"  # the node's program CoreDNS runs (under bin-dir)
-BINARIES = (COREDNS,)  # what the addons need under bin-dir: mkimage packs them
+LOCAL_PATH = "local-path-provisioner"  # the node's program the default StorageClass runs
+BINARIES = (COREDNS, LOCAL_PATH)  # what the addons need under bin-dir: mkimage packs them
+BUSYBOX = Path("/usr/bin/busybox")  # the node's shell tools, which local-path's helper pods run
 
 
 RBAC = "rbac.authorization.k8s.io"
@@ -136,14 +139,22 @@ def corefile(cfg: Config) -> str:
 """
 
 
+def node_program(binary: Path, name: str) -> tuple[list[str], Obj, Obj]:
+    """How a pod runs one of the node's own programs, from an empty image: its command (a
+    multicall named by argv[1] when it is not called by that name), and the read-only
+    volumeMount and hostPath volume of its directory."""
+    command = [f"{NODE_BIN}/{binary.name}", *([] if binary.name == name else [name])]
+    return (command, {"name": "node-bin", "mountPath": NODE_BIN, "readOnly": True},
+            {"name": "node-bin", "hostPath": {"path": str(binary.parent), "type": "Directory"}})
+
+
 def coredns(cfg: Config, binary: Path) -> list[Obj]:
     """CoreDNS as upstream deploys it, except where its program comes from: the node's own
     coredns (the kube multicall, or a separate binary), mounted read-only into an empty image.
     On a RAM-only node an image's layers are unpacked into RAM; this way CoreDNS costs nothing
     beyond its heap, and there is no 50 MB layer to import at boot."""
     ns, name = "kube-system", "coredns"
-    # the multicall picks the component from argv[1] when it is not called as coredns
-    command = [f"{NODE_BIN}/{binary.name}", *([] if binary.name == COREDNS else [COREDNS])]
+    command, bin_mount, bin_volume = node_program(binary, COREDNS)
     labels = {"k8s-app": "kube-dns", **LABELS}
     meta = {"name": name, "namespace": ns, "labels": labels}
     return [
@@ -180,7 +191,7 @@ def coredns(cfg: Config, binary: Path) -> list[Obj]:
                         "env": [{"name": "GOGC", "value": str(cfg.component_gogc)}],
                         "resources": {"limits": {"memory": "100Mi"}, "requests": {"cpu": "50m", "memory": "40Mi"}},
                         "volumeMounts": [{"name": "config-volume", "mountPath": "/etc/coredns", "readOnly": True},
-                                         {"name": "node-bin", "mountPath": NODE_BIN, "readOnly": True}],
+                                         bin_mount],
                         "ports": [{"containerPort": 53, "name": "dns", "protocol": "UDP"},
                                   {"containerPort": 53, "name": "dns-tcp", "protocol": "TCP"},
                                   {"containerPort": 9153, "name": "metrics", "protocol": "TCP"}],
@@ -193,7 +204,7 @@ def coredns(cfg: Config, binary: Path) -> list[Obj]:
                     "dnsPolicy": "Default",
                     "volumes": [{"name": "config-volume", "configMap": {"name": name,
                                                                          "items": [{"key": "Corefile", "path": "Corefile"}]}},
-                                {"name": "node-bin", "hostPath": {"path": str(binary.parent), "type": "Directory"}}],
+                                bin_volume],
                 },
             },
         }},
@@ -204,4 +215,102 @@ def coredns(cfg: Config, binary: Path) -> list[Obj]:
                   "ports": [{"name": "dns", "port": 53, "protocol": "UDP"},
                             {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
                             {"name": "metrics", "port": 9153, "protocol": "TCP"}]}},
+    ]
+
+
+STORAGE_CLASS = "local-path"
+LOCAL_PATH_NS = "local-path-storage"
+DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
+
+
+def local_path(cfg: Config, binary: Path, storage: Path) -> list[Obj]:
+    """rancher's local-path-provisioner as upstream deploys it (deploy/local-path-storage.yaml),
+    the default StorageClass, as in k3s. Its program is the node's own (the kube multicall), and
+    so is the shell its helper pods run to make and remove a volume's directory: the node's
+    busybox, mounted into the same empty image. No image to import or unpack. Volumes live
+    under storage: on the data disk when the node has one, else in RAM."""
+    ns, sa, name = LOCAL_PATH_NS, "local-path-provisioner-service-account", "local-path-provisioner"
+    command, bin_mount, bin_volume = node_program(binary, LOCAL_PATH)
+    labels = {"app": name, **LABELS}
+    config = {"nodePathMap": [{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": [str(storage)]}]}
+    tools = str(BUSYBOX.parent)
+    helper = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "helper-pod"},
+        "spec": {
+            "priorityClassName": "system-node-critical",
+            "tolerations": [{"key": "node.kubernetes.io/disk-pressure", "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [{
+                "name": "helper-pod", "image": oci.SCRATCH, "imagePullPolicy": "Never",
+                # /bin/sh for the provisioner's command, /usr/bin for busybox's absolute links
+                "volumeMounts": [{"name": "node-tools", "mountPath": "/bin", "readOnly": True},
+                                 {"name": "node-tools", "mountPath": tools, "readOnly": True}],
+                "resources": {"limits": {"memory": "32Mi"}},
+            }],
+            "volumes": [{"name": "node-tools", "hostPath": {"path": tools, "type": "Directory"}}],
+        },
+    }
+    import json
+
+    import yaml
+
+    meta = {"namespace": ns, "labels": labels}
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": LABELS}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, **meta}},
+        {"apiVersion": f"{RBAC}/v1", "kind": "Role", "metadata": {"name": "local-path-provisioner-role", **meta},
+         "rules": [{"apiGroups": [""], "resources": ["pods"],
+                    "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"]}]},
+        {"apiVersion": f"{RBAC}/v1", "kind": "ClusterRole",
+         "metadata": {"name": "local-path-provisioner-role", "labels": labels},
+         "rules": [
+             {"apiGroups": [""], "resources": ["nodes", "persistentvolumeclaims", "configmaps", "pods", "pods/log"],
+              "verbs": ["get", "list", "watch"]},
+             {"apiGroups": [""], "resources": ["persistentvolumes"],
+              "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"]},
+             {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+             {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["get", "list", "watch"]},
+         ]},
+        {"apiVersion": f"{RBAC}/v1", "kind": "RoleBinding", "metadata": {"name": "local-path-provisioner-bind", **meta},
+         "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": "local-path-provisioner-role"},
+         "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]},
+        {"apiVersion": f"{RBAC}/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "local-path-provisioner-bind", "labels": labels},
+         "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": "local-path-provisioner-role"},
+         "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "local-path-config", **meta}, "data": {
+            "config.json": json.dumps(config, indent=2),
+            "setup": '#!/bin/sh\nset -eu\nmkdir -m 0777 -p "$VOL_DIR"\n',
+            "teardown": '#!/bin/sh\nset -eu\nrm -rf "$VOL_DIR"\n',
+            "helperPod.yaml": yaml.safe_dump(helper, sort_keys=False),
+        }},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, **meta}, "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "priorityClassName": "system-cluster-critical",
+                    "serviceAccountName": sa,
+                    "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"},
+                                    {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}],
+                    "containers": [{
+                        "name": name, "image": oci.SCRATCH, "imagePullPolicy": "Never",
+                        "command": [*command, "start", "--config", "/etc/config/config.json"],
+                        "env": [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                                {"name": "CONFIG_MOUNT_PATH", "value": "/etc/config/"},
+                                {"name": "GOGC", "value": str(cfg.component_gogc)}],
+                        "resources": {"limits": {"memory": "64Mi"}, "requests": {"cpu": "10m", "memory": "16Mi"}},
+                        "volumeMounts": [{"name": "config-volume", "mountPath": "/etc/config/", "readOnly": True},
+                                         bin_mount],
+                        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}},
+                    }],
+                    "volumes": [{"name": "config-volume", "configMap": {"name": "local-path-config"}}, bin_volume],
+                },
+            },
+        }},
+        {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+         "metadata": {"name": STORAGE_CLASS, "labels": LABELS, "annotations": {DEFAULT_CLASS: "true"}},
+         "provisioner": "rancher.io/local-path", "volumeBindingMode": "WaitForFirstConsumer",
+         "reclaimPolicy": "Delete"},
     ]

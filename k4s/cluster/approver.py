@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from k4s import log
@@ -104,10 +105,12 @@ def decide(client: kubeapi.Client, csr: dict[str, Any], call_in_child: Any) -> N
     log.event("approver", verdict.lower(), csr=name, requester=user, reason=why)
 
 
-def run(client: kubeapi.Client, call_in_child: Any, stop: threading.Event) -> None:
-    """Until stop: every pending kubelet-serving request decided, within INTERVAL seconds."""
+def run(connect: Callable[[], kubeapi.Client], call_in_child: Any, stop: threading.Event) -> None:
+    """Until stop: every pending kubelet-serving request decided, within INTERVAL seconds. A new
+    client each round: it picks up the admin certificate after a renewal."""
     while not stop.is_set():
         try:
+            client = connect()
             items = client.json("GET", f"{CSR_API}?fieldSelector=spec.signerName%3D{SIGNER}").get("items", [])
             for csr in items:
                 decide(client, csr, call_in_child)

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from k4s.cluster.certs import (
+    ADMIN,
     CA,
     CAS,
     CLIENT,
@@ -46,6 +47,8 @@ from k4s.layout import Paths
 
 CA_DAYS = 3650
 LEAF_DAYS = 365
+RENEW_MIN = dt.timedelta(minutes=10)
+CA_WARN = dt.timedelta(days=365)  # `pki check` and the metrics warn this long before a CA expires
 BACKDATE = dt.timedelta(hours=1)  # a diskless node's clock may lag the clock that issued
 KEY_MODE = 0o600
 CERT_MODE = 0o644
@@ -110,7 +113,7 @@ def issue_ca(ca: CA, key: ec.EllipticCurvePrivateKey | None = None) -> tuple[ec.
 
 
 def issue_leaf(leaf: Leaf, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate,
-               days: int = LEAF_DAYS) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+               days: float = LEAF_DAYS) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = new_key()
     now = _now()
     eku = []
@@ -156,10 +159,14 @@ def _subject(cert: x509.Certificate) -> tuple[str, tuple[str, ...]]:
 
 class PKI:
     def __init__(self, pki_dir: Path, kubeconfig_dir: Path, renew_days: int = 90,
-                 server: str = "https://127.0.0.1:6443") -> None:
+                 server: str = "https://127.0.0.1:6443", validity: dt.timedelta = dt.timedelta(days=LEAF_DAYS)) -> None:
         self.files = Files(pki_dir, kubeconfig_dir)
         self.dir = pki_dir
-        self.renew = dt.timedelta(days=renew_days)
+        self.validity = validity
+        # a leaf is renewed within renew_days of its expiry, or a third of its validity when that is
+        # shorter (a leaf valid for 30 minutes is renewed after 20), but never later than 10 minutes
+        # before it expires: client-go re-reads certificate files every 5 minutes
+        self.renew = max(min(dt.timedelta(days=renew_days), validity / 3), RENEW_MIN)
         self.server = server
 
     def crt(self, name: str) -> Path:
@@ -232,7 +239,7 @@ class PKI:
         if left <= dt.timedelta(0):
             problems.append("expired")
         elif left <= self.renew:
-            problems.append(f"expires in {left.days} days")
+            problems.append(f"expires in {_span(left)}")
         have, want = cert_sans(cert), leaf.sans()
         if have != want:
             diff = sorted(f"+{s}" for s in want - have) + sorted(f"-{s}" for s in have - want)
@@ -250,7 +257,7 @@ class PKI:
             fresh = not self.crt(leaf.name).exists()
             problems = [] if fresh else self.leaf_problems(leaf, ca_cert)
             if fresh or problems:
-                key, cert = issue_leaf(leaf, ca_key, ca_cert)
+                key, cert = issue_leaf(leaf, ca_key, ca_cert, self.validity / dt.timedelta(days=1))
                 self.write(leaf.name, key, cert)
                 results.append(Result(leaf.name, "created" if fresh else "renewed", "; ".join(problems)))
             else:
@@ -290,9 +297,16 @@ class PKI:
         return Result(SERVICE_ACCOUNT, "created")
 
     def write_kubeconfig(self, leaf: Leaf, ca_cert: x509.Certificate) -> None:
+        """The admin's with the certificate and key inside (users copy it elsewhere); the
+        components' naming the files, which client-go re-reads when they change: a renewed
+        leaf reaches the controllers, the kubelet and kube-proxy without a restart."""
         assert leaf.kubeconfig
-        text = kubeconfig_text(leaf.kubeconfig, self.server, self.crt(leaf.name).read_bytes(),
-                                    self.key(leaf.name).read_bytes(), cert_pem(ca_cert))
+        if leaf.name == ADMIN:
+            text = kubeconfig_text(leaf.kubeconfig, self.server, self.crt(leaf.name).read_bytes(),
+                                   self.key(leaf.name).read_bytes(), cert_pem(ca_cert))
+        else:
+            text = kubeconfig_files(leaf.kubeconfig, self.server, self.crt(leaf.name), self.key(leaf.name),
+                                    self.crt(CLUSTER_CA.name))
         write_atomic(self.files.kubeconfig(leaf.kubeconfig), text, KEY_MODE)
 
     def check(self, ident: Identity) -> list[Problem]:
@@ -304,8 +318,8 @@ class PKI:
             p = Problem(ca.name, cert.not_valid_after_utc if cert else None)
             if cert is None or self._read_key(ca.name) is None:
                 p.problems.append("missing or unreadable")
-            elif cert.not_valid_after_utc - _now() <= self.renew:
-                p.problems.append("CA expires within the renewal window; plan a CA rotation")
+            elif (left := cert.not_valid_after_utc - _now()) <= max(self.renew, CA_WARN):
+                p.problems.append(f"CA expires in {_span(left)}; plan a CA rotation")
             out.append(p)
         for leaf in leaves(ident):
             cert = self.read_cert(leaf.name)
@@ -316,16 +330,53 @@ class PKI:
         return out
 
 
+def _span(d: dt.timedelta) -> str:
+    """A time left, as a person reads it: 41 days, 7 hours, 12 minutes."""
+    secs = max(0, int(d.total_seconds()))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if secs >= 2 * size or (unit == "minute" and secs >= size):
+            return f"{secs // size} {unit}s"
+    return f"{secs} seconds"
+
+
+def expiries(store: PKI, ident: Identity) -> dict[str, float]:
+    """notAfter of every CA and leaf that exists, as a Unix time: for the metrics and `k4s status`."""
+    out = {}
+    for name in [ca.name for ca in CAS] + [leaf.name for leaf in leaves(ident)]:
+        cert = store.read_cert(name)
+        if cert is not None:
+            out[name] = cert.not_valid_after_utc.timestamp()
+    return out
+
+
+def pem_expiry(path: Path) -> float | None:
+    """notAfter of the first certificate in a PEM file (a kubelet's rotated pair), or None."""
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc.timestamp()
+    except (OSError, ValueError):
+        return None
+
+
 def kubeconfig_text(user: str, server: str, cert_pem_: bytes, key_pem_: bytes, ca_pem: bytes) -> str:
     """A kubeconfig for one client identity: its certificate and key, the CA it trusts."""
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return _kubeconfig(user, {"server": server, "certificate-authority-data": b64(ca_pem)},
+                       {"client-certificate-data": b64(cert_pem_), "client-key-data": b64(key_pem_)})
+
+
+def kubeconfig_files(user: str, server: str, cert: Path, key: Path, ca: Path) -> str:
+    """A kubeconfig that names the certificate, key and CA files instead of holding them."""
+    return _kubeconfig(user, {"server": server, "certificate-authority": str(ca)},
+                       {"client-certificate": str(cert), "client-key": str(key)})
+
+
+def _kubeconfig(user: str, cluster: dict[str, str], credentials: dict[str, str]) -> str:
     import yaml
 
-    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
     doc = {
         "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "k4s", "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}],
-        "users": [{"name": user, "user": {"client-certificate-data": b64(cert_pem_),
-                                          "client-key-data": b64(key_pem_)}}],
+        "clusters": [{"name": "k4s", "cluster": cluster}],
+        "users": [{"name": user, "user": credentials}],
         "contexts": [{"name": "k4s", "context": {"cluster": "k4s", "user": user}}],
         "current-context": "k4s",
         "preferences": {},
@@ -369,4 +420,5 @@ def identity_for(cfg: Config) -> Identity:
 
 def for_config(cfg: Config) -> PKI:
     p = Paths.of(cfg.data_dir, cfg.run_dir)
-    return PKI(p.pki, p.kubeconfigs, cfg.cert_renew_days, f"https://127.0.0.1:{cfg.apiserver_port}")
+    return PKI(p.pki, p.kubeconfigs, cfg.cert_renew_days, f"https://127.0.0.1:{cfg.apiserver_port}",
+               dt.timedelta(seconds=cfg.cert_validity))

@@ -1,31 +1,68 @@
 """Workloads cannot take the node's own components down.
 
 A pod that allocates without limit must take only itself down (Talos's issue 10671
-is the failure to avoid: the OOM killer chose the control plane). Every process the
-supervisor starts gets oom_score_adj -999: below every pod's (a Guaranteed pod's is
--997, a BestEffort pod's 1000), so when memory runs out the kernel kills a workload
-first. Its children (containerd's shims, the kubelet's helpers) inherit it; the
-containers themselves get the kubelet's per-QoS scores.
+is the failure to avoid: the OOM killer chose the control plane). Two fences:
 
-Not here yet: a cgroup of their own with memory.min. A first version moved each
-component into /sys/fs/cgroup/k4s as it started; one boot in about forty then hung
-with both vCPUs in soft lockups (a k4s thread and the kubelet's iptables) right
-after the kubelet was moved. Until that is understood it stays out.
+  - oom_score_adj -999 on every process the supervisor starts: below every pod's (a
+    Guaranteed pod's is -997, a BestEffort pod's 1000), so when memory runs out the
+    kernel kills a workload first. Its children (containerd's shims, the kubelet's
+    helpers) inherit it; the containers get the kubelet's per-QoS scores.
+  - on the appliance, a cgroup of their own, /sys/fs/cgroup/k4s, with memory.min: their
+    memory, and the pages of their binaries (mapped from squashfs: cheap to drop, dear
+    to read back), are not reclaimed for a pod's sake, so a pod filling the machine meets
+    the OOM killer instead of a control plane thrashing on its own code. PID 1 enters it
+    before it starts anything and every component is born there (containers are moved
+    to the kubelet's kubepods by runc). Moving running components in instead (the first
+    version) hung one boot in about forty: migrating a multithreaded Go process while
+    it forks (the kubelet's iptables) stalled both vCPUs in soft lockups.
+    The size is from the bench's idle figures: what the node's own processes use at idle
+    on a server or an agent, capped at 40% of the machine.
+
+A host running `k4s server` keeps its service manager's cgroups (only PID 1 enters
+ours), and a host without cgroup v2's memory controller gets the first fence only.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from k4s import log
 
 OOM_SCORE_ADJ = -999
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_NAME = "k4s"
+MIN_MIB = {"server": 256, "agent": 96}  # idle anonymous memory of the node's own processes (README)
+MAX_SHARE = 0.4
+
+
+def memory_min_mib(role: str, total_mib: int) -> int:
+    return min(MIN_MIB[role], int(total_mib * MAX_SHARE))
 
 
 class Protector:
     def __init__(self, role: str, proc: Path = Path("/proc")) -> None:
         self.role, self.proc = role, proc
-        log.event("protect", "oom-score", oom_score_adj=OOM_SCORE_ADJ)
+        self.cgroup: Path | None = None
+
+    def enter_cgroup(self, total_mib: int, root: Path = CGROUP_ROOT) -> int:
+        """Make the node's cgroup with memory.min and move this process into it, so that every
+        component is born there; the memory.min in MiB, 0 when there is no cgroup v2 memory
+        controller (the oom_score_adj fence still holds)."""
+        try:
+            if "memory" not in (root / "cgroup.subtree_control").read_text().split():
+                raise OSError("the memory controller is not enabled below the root")
+            group = root / CGROUP_NAME
+            group.mkdir(exist_ok=True)
+            mib = memory_min_mib(self.role, total_mib)
+            (group / "memory.min").write_text(str(mib << 20))
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError as e:
+            log.event("protect", "no-cgroup", level="warn", reason=str(e), oom_score_adj=OOM_SCORE_ADJ)
+            return 0
+        self.cgroup = group
+        log.event("protect", "cgroup", path=group, memory_min_mib=mib, oom_score_adj=OOM_SCORE_ADJ)
+        return mib
 
     def adopt(self, pid: int) -> None:
         """Put a just-started component below every pod in the OOM killer's order."""

@@ -6,12 +6,13 @@ until a stop signal. Used by `k4s server` on a host and by init on the appliance
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
 from k4s import log
-from k4s.cluster import components, services, tasks
-from k4s.cluster.memory import log_stats
+from k4s.cluster import components, metrics, renew, services, tasks
+from k4s.cluster.memory import log_stats, meminfo
 from k4s.cluster.node import Node
 from k4s.cluster.preflight import preflight
 from k4s.cluster.protect import Protector
@@ -35,10 +36,11 @@ def _ensure_pki(cfg: Config) -> dict:
 
     store = pki.for_config(cfg)
     results = [(x.name, x.action, x.reason) for x in store.ensure(pki.identity_for(cfg))]
-    return {"results": results, "ca_hash": pki.spki_hash_pem(store.crt(certs.CLUSTER_CA.name).read_bytes())}
+    return {"results": results, "ca_hash": pki.spki_hash_pem(store.crt(certs.CLUSTER_CA.name).read_bytes()),
+            "expires": pki.expiries(store, pki.identity_for(cfg))}
 
 
-def ensure_pki(cfg: Config) -> tuple[list[tuple[str, str, str]], str]:
+def ensure_pki(cfg: Config) -> tuple[list[tuple[str, str, str]], str, dict[str, float]]:
     """Create or renew the certificates: (name, action, reason) for each, and the cluster CA's
     hash. In a forked child: importing cryptography for a once-per-start job would keep ~4 MiB
     in this long-lived process (PID 1 on the appliance)."""
@@ -48,7 +50,7 @@ def ensure_pki(cfg: Config) -> tuple[list[tuple[str, str, str]], str]:
         reply = call_in_child(lambda: _ensure_pki(cfg), PKI_TIMEOUT)
     except K4sError as e:
         raise K4sError(f"PKI: {e.message}", hint=e.hint) from None
-    return [tuple(x) for x in reply["results"]], reply["ca_hash"]
+    return [tuple(x) for x in reply["results"]], reply["ca_hash"], reply["expires"]
 
 
 def join_cluster(node: Node) -> str:
@@ -77,10 +79,11 @@ def run_server(cfg: Config, control_plane_only: bool,
     if cfg.role == "agent":
         ca_hash = join_cluster(node)
     else:
-        results, ca_hash = ensure_pki(cfg)
+        results, ca_hash, expires = ensure_pki(cfg)
         for name, action, reason in results:
             if action != "kept":
                 log.event("pki", action, cert=name, reason=reason or None)
+        renew.write_status(node.paths.certs, expires, 0)
     # the pin a client checks the CA it is handed against (kubeadm's --discovery-token-ca-cert-hash)
     log.console(f"k4s: cluster CA {ca_hash}")
     log.record("pki", "ca", hash=ca_hash)
@@ -93,7 +96,13 @@ def run_server(cfg: Config, control_plane_only: bool,
     sup = Supervisor(services.build(node, names, watcher), node.paths.logs, node.paths.status)
     if cfg.role == "agent":
         sup.before_stop = lambda: tasks.drain(node)  # a worker leaving hands its pods back first
-    sup.adopt = Protector(cfg.role).adopt  # workloads cannot take the node's own processes down
+    protector = Protector(cfg.role)  # workloads cannot take the node's own processes down
+    if os.getpid() == 1:  # the appliance: every component is born in the node's cgroup
+        protector.enter_cgroup(meminfo()["MemTotal"] >> 10)
+    sup.adopt = protector.adopt
+    renewer = renew.Renewer(node, sup)
+    renewer.start()
+    metrics.start(node, lambda: tasks.api_client(node), sup.stop_requested)
     received: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -103,6 +112,7 @@ def run_server(cfg: Config, control_plane_only: bool,
 
     for sig in stop_signals:
         signal.signal(sig, on_signal)
+    signal.signal(signal.SIGHUP, lambda *_: renewer.wake.set())  # check the certificates now
     threading.Thread(target=log_stats, args=(sup.stop_requested, node.paths.logs), name="stats", daemon=True).start()
     try:
         sup.run()

@@ -70,6 +70,7 @@ class Service:
     started_at: float | None = None
     first_started: float | None = None
     ready_at: float | None = None
+    first_ready: float | None = None  # the boot timeline: when it was ready the first time
     ever_ready: bool = False
     next_start: float = 0.0
     backoff: float = BACKOFF_MIN
@@ -112,6 +113,7 @@ class Supervisor:
         self.log_dir = log_dir
         self.status_path = status_path
         self.t0 = time.monotonic()
+        self.started = round(log.uptime(), 2)
         self.stop_requested = threading.Event()
         self.fatal: Fatal | None = None
         self.pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="k4s")
@@ -278,6 +280,8 @@ class Supervisor:
     def _became_ready(self, s: Service) -> None:
         now = time.monotonic()
         s.state, s.ready_at, s.ever_ready = "ready", now, True
+        if s.first_ready is None:
+            s.first_ready = now
         s.early_exits = 0
         self._dirty = True
         log.event(s.name, "ready", after=now - (s.started_at or now), at=now - self.t0)
@@ -464,12 +468,14 @@ class Supervisor:
         doc = {
             "supervisor_pid": os.getpid(),
             "updated": time.time(),
+            "started": self.started,  # seconds since the machine booted (the boot timeline's zero)
             "components": {
                 s.name: {
                     "state": s.state, "pid": s.pid, "restarts": s.restarts, "ready": s.state == "ready",
                     "started_after": None if s.first_started is None else round(s.first_started - self.t0, 2),
                     "ready_after": None if s.ready_at is None or s.started_at is None
                     else round(s.ready_at - s.started_at, 2),
+                    "ready_at": None if s.first_ready is None else round(s.first_ready - self.t0, 2),
                     "up": None if s.started_at is None or s.pid is None else round(now - s.started_at, 1),
                     "last_exit": s.last_exit,
                 } for s in (self.services[n] for n in self.order)

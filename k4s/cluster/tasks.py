@@ -124,7 +124,7 @@ class ManifestWatcher:
 
 
 def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor) -> None:
-    """RBAC, cluster-info and CoreDNS, server-side applied (idempotent, so every start re-asserts them);
+    """RBAC, cluster-info, CoreDNS and the default StorageClass, server-side applied (idempotent, so every start re-asserts them);
     then the user's kubeconfig, the auto-deploy manifests kept applied, and workers' serving
     certificates approved (k4s.cluster.approver)."""
     client = api_client(node)
@@ -132,6 +132,8 @@ def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor) -> N
     objs = addons.rbac() + addons.join_rbac() + addons.cluster_info(server, node.certs.crt(certs.CLUSTER_CA).read_bytes())
     if "coredns" not in node.cfg.disable:
         objs += addons.coredns(node.cfg, Path(os.path.realpath(node.bin(addons.COREDNS))))
+    if "local-path" not in node.cfg.disable:
+        objs += addons.local_path(node.cfg, Path(os.path.realpath(node.bin(addons.LOCAL_PATH))), node.paths.storage)
     for obj in objs:
         client.apply(obj)
     log.event("bootstrap", "applied", objects=len(objs))
@@ -140,7 +142,7 @@ def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor) -> N
     log.event("kubeconfig", "written", path=dst)
     if watcher is not None:
         threading.Thread(target=watcher.run, name="manifests", daemon=True).start()
-    threading.Thread(target=approver.run, args=(client, sup.call_in_child, sup.stop_requested),
+    threading.Thread(target=approver.run, args=(lambda: api_client(node), sup.call_in_child, sup.stop_requested),
                      name="approver", daemon=True).start()
 
 

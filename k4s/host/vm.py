@@ -24,11 +24,13 @@ from pathlib import Path
 
 from k4s import layout, log
 from k4s.cluster import certs
+from k4s.config import KEYS
 from k4s.errors import K4sError
 from k4s.host.operator import NotYet, Operator
 from k4s.host.operator import write_kubeconfig as write_pinned_kubeconfig
 from k4s.image import cpio
 
+METRICS_PORT = KEYS["metrics-port"].default  # the node's metrics endpoint
 EVENTS_PORT = "ttyS1"  # the guest's second serial port: its events as JSON lines (log.py)
 
 
@@ -57,6 +59,7 @@ class VM:
     lan_ports: tuple[int, ...] = ()   # the first VM of a lan: loopback ports other VMs connect to
     lan_connect: int = 0              # a VM that joins a lan: the first VM's port (no user network of its own)
     mac: str = ""                     # the NIC's MAC (VMs on one lan need their own; the node name derives from it)
+    metrics_port: int = 0             # a host port forwarded to the node's metrics endpoint (10270)
     disk: Path | None = None          # a qcow2 data disk (/dev/vdb in the guest; boot with k4s.data=...)
     disk_size: str = "4G"             # the size `ensure_disk` creates it with
 
@@ -122,6 +125,8 @@ class VM:
         # TCG by default: a /dev/kvm node can exist where KVM does not work (nested hosts).
         accel = os.environ.get("K4S_ACCEL", "tcg")
         netdev = f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:6443"  # to the first DHCP address
+        if self.metrics_port:
+            netdev += f",hostfwd=tcp:127.0.0.1:{self.metrics_port}-:{METRICS_PORT}"
         if self.pxe is not None:
             # no kernel given: SeaBIOS boots the NIC's iPXE ROM, whose DHCP answer names boot.ipxe
             boot = ["-boot", "n"]
@@ -188,14 +193,17 @@ class VM:
         if self.running():
             raise K4sError(f"a VM is already running (pid {self.pidfile.read_text().strip()})",
                            hint="stop it with `make down`")
-        if not self.lan_only:  # a lan-only VM forwards nothing
+        for port in () if self.lan_only else (self.port, self.metrics_port):  # a lan-only VM forwards nothing
+            if not port:
+                continue
             with socket.socket() as s:
                 # as QEMU's hostfwd binds: the last session's TIME_WAIT sockets do not own the port
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
-                    s.bind(("127.0.0.1", self.port))
+                    s.bind(("127.0.0.1", port))
                 except OSError:
-                    raise K4sError(f"host port {self.port} is in use", hint="free it, or pass --port") from None
+                    flag = "--port" if port == self.port else "--metrics-port"
+                    raise K4sError(f"host port {port} is in use", hint=f"free it, or pass {flag}") from None
         self.out.mkdir(parents=True, exist_ok=True)
         self.ensure_disk()
         self.console.write_bytes(b"")
@@ -207,10 +215,9 @@ class VM:
     def running(self) -> int | None:
         try:
             pid = int(self.pidfile.read_text().strip())
-            os.kill(pid, 0)
-            return pid
         except (OSError, ValueError):
             return None
+        return pid if alive(pid) else None  # a QEMU killed -9 leaves its pidfile (and maybe a zombie)
 
     def wait_ready(self, proc: subprocess.Popen[bytes] | None, timeout: float, echo: bool = True) -> str:
         """Follow the boot until the node is Ready; its name. Raises on a fatal error or exit.
@@ -261,6 +268,7 @@ class VM:
         end = time.monotonic() + 30
         while alive(pid) and time.monotonic() < end:
             time.sleep(0.2)
+        self.pidfile.unlink(missing_ok=True)
 
     def power_off(self, timeout: float = 120) -> bool:
         """ACPI power button, then wait for QEMU to exit; True if the guest powered itself off."""

@@ -14,6 +14,7 @@ from tests.conftest import OUT, require, tool
 
 KUBECTL = OUT / "components" / "bin" / "kubectl"
 PORT = 16443
+METRICS_PORT = 16470  # the shared boot's metrics endpoint, forwarded
 MANIFEST = """apiVersion: v1
 kind: ConfigMap
 metadata:
@@ -72,6 +73,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
     manifest = tmp / "e2e-autodeploy.yaml"
     manifest.write_text(MANIFEST)
     vm = make_vm(tmp, manifests=[manifest])
+    vm.metrics_port = METRICS_PORT
     proc = vm.start()
     try:
         vm.wait_ready(proc, timeout=900, echo=False)

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 
+from tests.conftest import k4s_cmd
 from tests.e2e.conftest import KUBECTL, Cluster, assert_node_ready
 
 
@@ -188,6 +189,41 @@ def test_a_pod_that_allocates_without_limit_takes_only_itself_down(cluster: Clus
     assert_node_ready(cluster.vm)
     console = cluster.vm.console.read_text(errors="replace")
     assert "component=protect event=oom-score" in console and "event=adopt-failed" not in console
+
+
+def test_the_operator_reads_metrics_and_status_and_no_one_else_does(cluster: Cluster) -> None:
+    """k4s's endpoint on the node, forwarded: the operator's certificate gets the Prometheus series
+    and `k4s status --remote`; a client without one gets 401."""
+    import http.client
+    import ssl
+
+    url = f"https://127.0.0.1:{cluster.vm.metrics_port}"
+    r = k4s_cmd("status", "--remote", url, "--kubeconfig", str(cluster.vm.kubeconfig))
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name in ("etcd", "kube-apiserver", "kubelet", "flannel"):
+        assert any(ln.startswith(name + " ") and " yes " in ln for ln in r.stdout.splitlines()), name
+    assert "memory:" in r.stdout and "ca (CA)" in r.stdout and "kubelet-server" in r.stdout
+
+    def get(ctx: ssl.SSLContext) -> tuple[int, str]:
+        conn = http.client.HTTPSConnection("127.0.0.1", cluster.vm.metrics_port, context=ctx, timeout=30)
+        try:
+            conn.request("GET", "/metrics")
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode()
+        finally:
+            conn.close()
+
+    anonymous = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    anonymous.check_hostname, anonymous.verify_mode = False, ssl.CERT_NONE
+    assert get(anonymous)[0] == 401
+    operator = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    operator.check_hostname, operator.verify_mode = False, ssl.CERT_NONE
+    operator.load_cert_chain(cluster.vm.operator.admin_crt, cluster.vm.operator.admin_key)
+    status, body = get(operator)
+    assert status == 200, body
+    for series in ('k4s_component_up{component="kubelet"} 1.0', 'k4s_memory_bytes{kind="used"}',
+                   'k4s_process_anon_bytes{', 'k4s_boot_component_ready_seconds{component="node-ready"}'):
+        assert series in body, series
 
 
 def test_deleting_the_operators_binding_withdraws_access(cluster: Cluster) -> None:

@@ -197,6 +197,30 @@ def test_a_pod_on_the_worker_resolves_cluster_dns(fleet: Fleet, web: dict[str, s
     assert "httpd" not in fleet.kubectl("logs", "web-worker").stdout  # the log is readable (and quiet)
 
 
+def test_the_worker_s_metrics_endpoint_refuses_a_client_without_credentials(fleet: Fleet) -> None:
+    """The worker serves k4s's metrics with the serving certificate its CSR got. The apiserver's node
+    proxy presents no client certificate and drops the caller's token: the worker answers 401, so
+    the proxy is no way around the endpoint's own authentication."""
+    import http.client
+    import ssl
+
+    op = fleet.server.vm.operator
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.load_cert_chain(op.admin_crt, op.admin_key)
+
+    def probe():  # type: ignore[no-untyped-def]
+        conn = http.client.HTTPSConnection("127.0.0.1", fleet.server.vm.port, context=ctx, timeout=30)
+        try:
+            conn.request("GET", f"/api/v1/nodes/https:{WORKER_NAME}:10270/proxy/metrics")
+            r = conn.getresponse()
+            body = r.read().decode(errors="replace")
+        finally:
+            conn.close()
+        return r.status == 401 and "present a client certificate" in body, f"{r.status} {body[:300]}"
+    fleet.wait_for("the worker's metrics endpoint", probe, timeout=120)
+
+
 def with_key(line: str, key: str, value: str) -> str:
     return " ".join(f"{key}={value}" if w.startswith(f"{key}=") else w for w in line.split())
 

@@ -85,3 +85,38 @@ def test_containerd_imports_image_with_name_and_digest(containerd: Path, stem: s
     name = want["annotations"]["io.containerd.image.name"]
     assert names.get(name) == want["digest"], r.stdout
     assert name.startswith(oci.REGISTRY + "/" + stem + ":")
+
+
+def build_module():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("k4s_components_build", ROOT / "build" / "components" / "build.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+MAINS = [c for c in LOCK["components"] if c.get("mains")]
+
+
+@pytest.mark.parametrize("comp", MAINS, ids=[c["name"] for c in MAINS])
+def test_upstream_mains_are_exactly_what_the_pinned_module_makes(comp, tmp_path, monkeypatch) -> None:
+    """local-path-provisioner's code in the multicall is its pinned module's, renamed: a changed
+    byte in the checked-in copy, or a file upstream does not have, stops the build."""
+    import shutil
+
+    require(bool(shutil.which("go")), "go", "install Go (make setup checks it)")
+    build = build_module()
+    build.check_mains(comp, regen=False)  # the checked-in copy
+    copy = tmp_path / comp["dir"]
+    shutil.copytree(ROOT / "build" / "components" / comp["dir"], copy)
+    monkeypatch.setattr(build, "HERE", tmp_path)
+    [m] = comp["mains"]
+    victim = sorted((copy / m["dir"]).glob("*.go"))[0]
+    victim.write_text(victim.read_text().replace("func ", "func  ", 1))
+    with pytest.raises(build.BuildError, match="is not what the pinned module makes"):
+        build.check_mains(comp, regen=False)
+    build.check_mains(comp, regen=True)
+    (copy / m["dir"] / "extra.go").write_text(f"package {m['dir']}\n")
+    with pytest.raises(build.BuildError, match="is not in the pinned module"):
+        build.check_mains(comp, regen=False)

@@ -146,3 +146,152 @@ def test_a_client_certificate_from_another_ca_is_refused(server: Server, tmp_pat
     ctx = ssl.create_default_context(cafile=str(server.data / "pki" / "ca.crt"))
     ctx.load_cert_chain(tmp_path / "c.crt", tmp_path / "c.key")
     assert _get(6443, "/api", ctx) == 401
+
+
+# --- k4s's metrics endpoint, and renewal while running ---------------------------------------
+
+METRICS = 10270
+
+
+def _leaf_files(server: Server, tmp_path, cn: str, orgs: tuple[str, ...] = (), ca: tuple | None = None) -> tuple:
+    """A client certificate and key for cn, from the cluster CA (or the given (key, cert, CA))."""
+    from k4s.cluster import pki
+
+    if ca is None:
+        store = pki.PKI(server.data / "pki", server.data / "kubeconfig")
+        ca_key, ca_cert = store.load_ca(pki.CLUSTER_CA)
+        ca = (ca_key, ca_cert, pki.CLUSTER_CA)
+    key, cert = pki.issue_leaf(pki.Leaf(cn, ca[2], cn, orgs), ca[0], ca[1])
+    crt, k = tmp_path / f"{cn}.crt", tmp_path / f"{cn}.key"
+    crt.write_bytes(pki.cert_pem(cert))
+    k.write_bytes(pki.key_pem(key))
+    return crt, k
+
+
+def _scrape(server: Server, path: str = "/metrics", cert: tuple | None = None,
+            token: str = "") -> tuple[int, str]:
+    import http.client
+
+    ctx = ssl.create_default_context(cafile=str(server.data / "pki" / "ca.crt"))  # the node's serving cert
+    if cert:
+        ctx.load_cert_chain(*map(str, cert))
+    conn = http.client.HTTPSConnection("127.0.0.1", METRICS, context=ctx, timeout=30)
+    try:
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
+        r = conn.getresponse()
+        return r.status, r.read().decode()
+    finally:
+        conn.close()
+
+
+def _metrics_up(server: Server) -> None:
+    end = time.monotonic() + 60
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", METRICS)) == 0:
+                return
+        assert time.monotonic() < end, f"nothing listens on {METRICS}: {server.log.read_text()[-2000:]}"
+        time.sleep(1)
+
+
+def test_metrics_answer_authorized_clients_with_components_memory_and_certificates(server: Server) -> None:
+    _metrics_up(server)
+    pki_dir = server.data / "pki"
+    status, body = _scrape(server, cert=(pki_dir / "admin.crt", pki_dir / "admin.key"))
+    assert status == 200, body
+    for series in ('k4s_component_up{component="kube-apiserver"} 1.0',
+                   'k4s_component_restarts_total{component="etcd"}',
+                   'k4s_boot_component_ready_seconds{component="kube-scheduler"}',
+                   'k4s_memory_bytes{kind="available"}', 'k4s_memory_bytes{kind="anon"}',
+                   'k4s_certificate_expiry_timestamp_seconds{ca="true",certificate="ca"}',
+                   'k4s_certificate_expiry_timestamp_seconds{ca="false",certificate="apiserver"}'):
+        assert series in body, series
+    # `k4s status` shows the same data, read the same way
+    r = k4s_cmd("status", "--config", os.devnull, "--set", f"data-dir={server.data}", "--set", f"run-dir={server.run}")
+    assert "memory:" in r.stdout and "ca (CA)" in r.stdout and "renewed while running: " in r.stdout
+
+
+def test_metrics_refuse_anonymous_unauthorized_and_foreign_clients(server: Server, tmp_path) -> None:
+    from k4s.cluster import pki
+
+    _metrics_up(server)
+    status, body = _scrape(server)
+    assert status == 401 and "client certificate or a bearer token" in body
+    assert _scrape(server, token="not-a-token")[0] == 401
+    status, body = _scrape(server, cert=_leaf_files(server, tmp_path, "nobody"))
+    assert status == 403 and "nobody may not get /metrics" in body
+    evil = pki.CA("evil", "evil-ca")
+    evil_key, evil_cert = pki.issue_ca(evil)
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        _scrape(server, cert=_leaf_files(server, tmp_path, "intruder", ("system:masters",), (evil_key, evil_cert, evil)))
+
+
+def test_a_service_account_with_the_monitoring_role_scrapes_with_its_token(server: Server) -> None:
+    """How an in-cluster Prometheus scrapes: its token, checked by TokenReview, allowed by RBAC."""
+    _metrics_up(server)
+    server.kubectl("create", "serviceaccount", "prometheus")
+    token = server.kubectl("create", "token", "prometheus").stdout.strip()
+    assert _scrape(server, token=token)[0] == 403  # authenticated, not yet allowed
+    server.kubectl("create", "clusterrolebinding", "prometheus-monitoring", "--clusterrole=system:monitoring",
+                   "--serviceaccount=default:prometheus")
+    end = time.monotonic() + 90  # the node caches an answer for a minute
+    while (status := _scrape(server, token=token))[0] != 200:
+        assert time.monotonic() < end, status
+        time.sleep(3)
+    assert "k4s_component_up" in status[1]
+
+
+def _serving_serial(port: int) -> int:
+    from cryptography import x509
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, ctx.wrap_socket(raw) as s:
+        return x509.load_der_x509_certificate(s.getpeercert(binary_form=True)).serial_number
+
+
+def test_leaves_near_expiry_are_renewed_while_kubectl_keeps_working(server: Server) -> None:
+    """Leaves 5 days from expiry (inside the 90-day window) are re-issued on SIGHUP (the periodic
+    check's trigger); the apiserver serves the new one without a restart; kubectl never fails."""
+    import threading
+
+    from k4s.cluster import certs, pki
+
+    store = pki.PKI(server.data / "pki", server.data / "kubeconfig")
+    ident = certs.Identity("k4s-test", "127.0.0.1", "10.43.0.1", "cluster.local", ())
+    ca_key, ca_cert = store.load_ca(pki.CLUSTER_CA)
+    defs = {leaf.name: leaf for leaf in certs.leaves(ident)}
+    for name in (certs.APISERVER, certs.CONTROLLER_MANAGER):
+        store.write(name, *pki.issue_leaf(defs[name], ca_key, ca_cert, days=5))
+    apiserver_pid = server.status()["components"]["kube-apiserver"]["pid"]
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def keep_asking() -> None:
+        while not stop.is_set():
+            r = server.kubectl("get", "namespaces", check=False)
+            if r.returncode != 0:
+                failures.append(r.stderr)
+            stop.wait(1)
+
+    t = threading.Thread(target=keep_asking)
+    t.start()
+    try:
+        os.kill(server.proc.pid, signal.SIGHUP)
+        end = time.monotonic() + 60
+        while "cert=controller-manager" not in server.log.read_text() or "event=renewed" not in server.log.read_text():
+            assert time.monotonic() < end, server.log.read_text()[-2000:]
+            time.sleep(1)
+        renewed = store.read_cert(certs.APISERVER)
+        assert renewed is not None and (renewed.not_valid_after_utc - pki._now()).days > 300
+        end = time.monotonic() + 120  # the apiserver's certificate controller re-reads its files
+        while _serving_serial(6443) != renewed.serial_number:
+            assert time.monotonic() < end, "the apiserver still serves the old certificate"
+            time.sleep(2)
+    finally:
+        stop.set()
+        t.join()
+    assert not failures, failures[:3]
+    assert server.status()["components"]["kube-apiserver"]["pid"] == apiserver_pid  # reloaded, not restarted
+    status, body = _scrape(server, cert=(server.data / "pki" / "admin.crt", server.data / "pki" / "admin.key"))
+    assert status == 200 and "k4s_certificate_renewals_total 2.0" in body

@@ -189,8 +189,8 @@ from k4s import config
 from k4s.cluster import server as node
 cfg = config.load(config_file=None, cmdline="", overrides={{
     "data-dir": "{tmp_path}/data", "run-dir": "{tmp_path}/run", "node-name": "n1", "node-ip": "10.0.2.15"}})
-first, _ = node.ensure_pki(cfg)
-again, _ = node.ensure_pki(cfg)
+first, _, _ = node.ensure_pki(cfg)
+again, _, _ = node.ensure_pki(cfg)
 print(sorted({{a for _, a, _ in first}}), sorted({{a for _, a, _ in again}}), len(first) == len(again) > 5,
       any(m.startswith("cryptography") for m in sys.modules))
 """

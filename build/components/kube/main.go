@@ -1,4 +1,5 @@
-// Command kube is the upstream Kubernetes components, etcd and CoreDNS in one
+// Command kube is the upstream Kubernetes components, etcd, CoreDNS and rancher's
+// local-path-provisioner in one
 // multicall binary.
 //
 // The component is chosen by the name the binary is called by (a symlink such
@@ -62,6 +63,10 @@ import (
 	_ "github.com/coredns/coredns/plugin/ready"
 	_ "github.com/coredns/coredns/plugin/reload"
 	_ "github.com/coredns/coredns/plugin/whoami"
+
+	// rancher's local-path-provisioner, the default StorageClass (generated from
+	// its pinned module: upstream keeps it all in package main)
+	"k4s.dev/components/kube/localpath"
 )
 
 // The etcd WAL preallocates 4 MB segments instead of 64 MB, for etcd on its
@@ -88,6 +93,7 @@ var components = map[string]func() int{
 	"etcd":                    runEtcd,
 	"etcdctl":                 func() int { ctlv3.MustStart(); return 0 },
 	"coredns":                 runCoreDNS,
+	"local-path-provisioner":  func() int { localpath.Main(); return 0 },
 }
 
 func runEtcd() int {

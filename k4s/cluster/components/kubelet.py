@@ -23,7 +23,8 @@ def ports(cfg: Config) -> list[tuple[str, int]]:
     return [("127.0.0.1", HEALTHZ_PORT), ("0.0.0.0", PORT)]
 
 
-CLIENT_PEM = "kubelet-client-current.pem"  # the kubelet's certificate manager's name for it
+CLIENT_PEM = "kubelet-client-current.pem"  # the kubelet's certificate manager's names for them
+SERVER_PEM = "kubelet-server-current.pem"
 
 
 def root(node: Node) -> Path:
@@ -37,6 +38,19 @@ def cert_dir(node: Node) -> Path:
 def client_pem(node: Node) -> Path:
     """An agent's node identity (certificate and key): made by the join, rotated by the kubelet."""
     return cert_dir(node) / CLIENT_PEM
+
+
+def server_pem(node: Node) -> Path:
+    """An agent's serving certificate and key, from its CSR (serverTLSBootstrap), rotated by the kubelet."""
+    return cert_dir(node) / SERVER_PEM
+
+
+def serving_pair(node: Node) -> tuple[Path, Path]:
+    """The node's serving identity (certificate, key): the server's from its PKI, an agent's from
+    its CSR. The k4s metrics endpoint serves with it too."""
+    if node.cfg.role == "agent":
+        return server_pem(node), server_pem(node)
+    return node.certs.crt(certs.KUBELET_SERVER), node.certs.key(certs.KUBELET_SERVER)
 
 
 def kubelet_config(node: Node) -> dict:
