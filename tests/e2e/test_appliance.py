@@ -188,7 +188,8 @@ def test_a_pod_that_allocates_without_limit_takes_only_itself_down(cluster: Clus
     assert starts() == before  # etcd, the apiserver, the kubelet and containerd kept their pids
     assert_node_ready(cluster.vm)
     console = cluster.vm.console.read_text(errors="replace")
-    assert "component=protect event=oom-score" in console and "event=adopt-failed" not in console
+    assert "component=protect event=cgroup path=/sys/fs/cgroup/k4s memory_min_mib=256" in console
+    assert "event=adopt-failed" not in console and "event=no-cgroup" not in console
 
 
 def test_the_operator_reads_metrics_and_status_and_no_one_else_does(cluster: Cluster) -> None:

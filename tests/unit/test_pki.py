@@ -262,3 +262,28 @@ def test_secrets_at_rest_use_secretbox_with_a_node_made_key(tmp_path) -> None:
     assert len(__import__("base64").b64decode(providers[0]["secretbox"]["keys"][0]["secret"])) == 32
     assert stat.S_IMODE(n.certs.encryption_config.stat().st_mode) == 0o600
     assert apiserver.encryption_config(n) and yaml.safe_load(n.certs.encryption_config.read_text()) == doc  # kept
+
+
+def test_the_renewal_window_is_a_third_of_a_short_validity_and_never_under_ten_minutes(tmp_path) -> None:
+    import datetime as dt
+
+    day = dt.timedelta(days=1)
+    assert pki.PKI(tmp_path, tmp_path, 90).renew == 90 * day                     # a year: cert-renew-days
+    assert pki.PKI(tmp_path, tmp_path, 90, validity=3 * day).renew == day        # a third of 3 days
+    assert pki.PKI(tmp_path, tmp_path, 90, validity=dt.timedelta(minutes=24)).renew == dt.timedelta(minutes=10)
+
+
+@pytest.mark.parametrize("value, seconds", [("30m", 1800), ("12h", 43200), ("365d", 365 * 86400)])
+def test_cert_validity_is_a_duration(value: str, seconds: int) -> None:
+    from k4s import config
+
+    assert config.load(config_file=None, cmdline="", overrides={"cert-validity": value}).cert_validity == seconds
+
+
+@pytest.mark.parametrize("value, message", [("5m", "out of range"), ("1y", "not a duration"), ("", "not a duration")])
+def test_a_bad_cert_validity_is_one_line(value: str, message: str) -> None:
+    from k4s import config
+    from k4s.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        config.load(config_file=None, cmdline="", overrides={"cert-validity": value})
