@@ -192,6 +192,42 @@ def test_a_pod_that_allocates_without_limit_takes_only_itself_down(cluster: Clus
     assert "event=adopt-failed" not in console and "event=no-cgroup" not in console
 
 
+VOLUME = """apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: scratch}
+spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 16Mi}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: writer}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: k4s.local/busybox:1.36
+    imagePullPolicy: Never
+    command: ["sh", "-c", "echo written-to-a-volume > /data/f && cat /data/f"]
+    volumeMounts: [{name: v, mountPath: /data}]
+  volumes: [{name: v, persistentVolumeClaim: {claimName: scratch}}]
+"""
+
+
+def test_a_claim_without_a_class_gets_a_local_path_volume_in_ram(cluster: Cluster) -> None:
+    """No data disk: the default StorageClass still binds claims, with volumes in RAM under data-dir."""
+    subprocess.run([str(KUBECTL), "--kubeconfig", str(cluster.vm.kubeconfig), "apply", "-f", "-"], input=VOLUME,
+                   text=True, check=True, capture_output=True, timeout=120)
+
+    def done():  # type: ignore[no-untyped-def]
+        r = cluster.kubectl("get", "pod", "writer", "-o", "jsonpath={.status.phase}", check=False)
+        return r.stdout in ("Succeeded", "Failed"), r.stdout + r.stderr
+    assert cluster.wait_for("the writer pod", done, timeout=400) == "Succeeded"
+    assert cluster.kubectl("logs", "writer").stdout.strip() == "written-to-a-volume"
+    pvc = json.loads(cluster.kubectl("get", "pvc", "scratch", "-o", "json").stdout)
+    assert pvc["spec"]["storageClassName"] == "local-path" and pvc["status"]["phase"] == "Bound"
+    pv = json.loads(cluster.kubectl("get", "pv", pvc["spec"]["volumeName"], "-o", "json").stdout)
+    assert pv["spec"]["hostPath"]["path"].startswith("/var/lib/k4s/storage/pvc-")
+
+
 def test_the_operator_reads_metrics_and_status_and_no_one_else_does(cluster: Cluster) -> None:
     """k4s's endpoint on the node, forwarded: the operator's certificate gets the Prometheus series
     and `k4s status --remote`; a client without one gets 401."""
