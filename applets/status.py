@@ -23,6 +23,7 @@ import click
 from applets._options import config_options
 from k4s import config as configmod
 from k4s.cluster import metrics
+from k4s.errors import K4sError
 from k4s.layout import Paths
 
 
@@ -61,25 +62,12 @@ def local(paths: Paths) -> tuple[dict[str, Any] | None, bool]:
 def remote(url: str, kubeconfig: Path) -> dict[str, Any]:
     """GET <url>/status with the kubeconfig's client certificate; the kubeconfig's CA must
     have signed the node's serving certificate."""
-    import base64
-    import tempfile
     import urllib.request
 
-    import yaml
+    from k4s.cluster import kubeapi
 
-    kc = yaml.safe_load(kubeconfig.read_text())
-    user, cluster = kc["users"][0]["user"], kc["clusters"][0]["cluster"]
-    with tempfile.TemporaryDirectory() as tmp:
-        files = {}
-        for key in ("certificate-authority-data", "client-certificate-data", "client-key-data"):
-            p = Path(tmp) / key
-            p.write_bytes(base64.b64decode(cluster[key] if key.startswith("certificate-authority") else user[key]))
-            files[key] = p
-        import ssl
-
-        ctx = ssl.create_default_context(cafile=str(files["certificate-authority-data"]))
-        ctx.check_hostname = False  # the node's certificate names its IP and name, not the forwarded address
-        ctx.load_cert_chain(str(files["client-certificate-data"]), str(files["client-key-data"]))
+    _, ctx = kubeapi.kubeconfig_tls(kubeconfig)
+    ctx.check_hostname = False  # the node's certificate names its IP and name, not the forwarded address
     with urllib.request.urlopen(url.rstrip("/") + "/status", context=ctx, timeout=30) as r:
         return json.loads(r.read())
 
@@ -96,7 +84,10 @@ def cli(as_json: bool, remote_url: str | None, kubeconfig: Path, config_file: st
     if remote_url:
         try:
             doc, alive = remote(remote_url, kubeconfig), True
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except K4sError as e:
+            out.write(e.render("k4s status") + "\n")
+            return 3
+        except (OSError, ValueError) as e:
             out.write(f"k4s: cannot read {remote_url}/status: {e}\n")
             return 3
     else:

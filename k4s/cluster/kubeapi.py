@@ -61,6 +61,38 @@ def says_ok(url: str, ctx: ssl.SSLContext | None = None) -> bool:
     return status == 200 and body.strip() == b"ok"
 
 
+def kubeconfig_tls(path: Path) -> tuple[str, ssl.SSLContext]:
+    """A kubeconfig with embedded data (what k4s writes): its current context's server, and a TLS
+    context with that user's certificate, trusting that cluster's CA."""
+    import base64
+    import os
+    import tempfile
+
+    import yaml
+
+    try:
+        kc = yaml.safe_load(path.read_text())
+        ctx_name = kc["current-context"]
+        ctx = next(c["context"] for c in kc["contexts"] if c["name"] == ctx_name)
+        cluster = next(c["cluster"] for c in kc["clusters"] if c["name"] == ctx["cluster"])
+        user = next(u["user"] for u in kc["users"] if u["name"] == ctx["user"])
+        ca = base64.b64decode(cluster["certificate-authority-data"]).decode()
+        pem = base64.b64decode(user["client-certificate-data"]) + b"\n" + base64.b64decode(user["client-key-data"])
+        server = str(cluster["server"])
+    except OSError as e:
+        raise K4sError(f"cannot read kubeconfig {path}: {e.strerror}", hint="run `make up` (it writes out/kubeconfig)") from None
+    except (yaml.YAMLError, KeyError, TypeError, StopIteration, ValueError, AttributeError):
+        raise K4sError(f"{path} is not a kubeconfig with embedded certificates",
+                       hint="use the one `k4s vm` writes (out/kubeconfig)") from None
+    tls = ssl.create_default_context(cadata=ca)
+    with tempfile.TemporaryDirectory() as d:  # ssl loads a key from a file only; 0700, removed at once
+        f = os.path.join(d, "client.pem")
+        with open(os.open(f, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as out:
+            out.write(pem)
+        tls.load_cert_chain(f)
+    return server, tls
+
+
 @dataclass
 class Client:
     host: str
@@ -78,32 +110,8 @@ class Client:
     @classmethod
     def from_kubeconfig(cls, path: Path) -> Client:
         """As the current context's user of a kubeconfig with embedded data (what k4s writes)."""
-        import base64
-        import os
-        import tempfile
-
-        import yaml
-
-        try:
-            kc = yaml.safe_load(path.read_text())
-            ctx_name = kc["current-context"]
-            ctx = next(c["context"] for c in kc["contexts"] if c["name"] == ctx_name)
-            cluster = next(c["cluster"] for c in kc["clusters"] if c["name"] == ctx["cluster"])
-            user = next(u["user"] for u in kc["users"] if u["name"] == ctx["user"])
-            ca = base64.b64decode(cluster["certificate-authority-data"]).decode()
-            pem = base64.b64decode(user["client-certificate-data"]) + b"\n" + base64.b64decode(user["client-key-data"])
-            u = urllib.parse.urlsplit(cluster["server"])
-        except OSError as e:
-            raise K4sError(f"cannot read kubeconfig {path}: {e.strerror}", hint="run `make up` (it writes out/kubeconfig)") from None
-        except (yaml.YAMLError, KeyError, TypeError, StopIteration, ValueError, AttributeError):
-            raise K4sError(f"{path} is not a kubeconfig with embedded certificates",
-                           hint="use the one `k4s vm` writes (out/kubeconfig)") from None
-        tls = ssl.create_default_context(cadata=ca)
-        with tempfile.TemporaryDirectory() as d:  # ssl loads a key from a file only; 0700, removed at once
-            f = os.path.join(d, "client.pem")
-            with open(os.open(f, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as out:
-                out.write(pem)
-            tls.load_cert_chain(f)
+        server, tls = kubeconfig_tls(path)
+        u = urllib.parse.urlsplit(server)
         return cls(u.hostname or "", u.port or 443, tls)
 
     def request(self, method: str, path: str, body: bytes | None = None,

@@ -34,10 +34,10 @@ def selected(control_plane_only: bool, cfg: Config) -> list[str]:
 def _ensure_pki(cfg: Config) -> dict:
     from k4s.cluster import certs, pki
 
-    store = pki.for_config(cfg)
-    results = [(x.name, x.action, x.reason) for x in store.ensure(pki.identity_for(cfg))]
+    store, ident = pki.for_config(cfg), pki.identity_for(cfg)
+    results = [(x.name, x.action, x.reason) for x in store.ensure(ident)]
     return {"results": results, "ca_hash": pki.spki_hash_pem(store.crt(certs.CLUSTER_CA.name).read_bytes()),
-            "expires": pki.expiries(store, pki.identity_for(cfg))}
+            "expires": pki.expiries(store, ident)}
 
 
 def ensure_pki(cfg: Config) -> tuple[list[tuple[str, str, str]], str, dict[str, float]]:

@@ -66,6 +66,21 @@ class Cluster:
         raise AssertionError(f"{what} not reached in {timeout:.0f}s; last: {last[-2000:]}\n"
                              f"console tail: {self.vm.console.read_text(errors='replace')[-3000:]}")
 
+    def wait_available(self, deployment: str, namespace: str = "default", timeout: float = 300) -> None:
+        """Until the Deployment has its one replica available."""
+        def probe():  # type: ignore[no-untyped-def]
+            r = self.kubectl("-n", namespace, "get", "deploy", deployment, "-o",
+                             "jsonpath={.status.availableReplicas}", check=False)
+            return r.stdout.strip() == "1", r.stdout + r.stderr
+        self.wait_for(f"{deployment} available", probe, timeout)
+
+    def wait_finished(self, pod: str, timeout: float = 300) -> str:
+        """Until the pod has Succeeded or Failed; which."""
+        def probe():  # type: ignore[no-untyped-def]
+            r = self.kubectl("get", "pod", pod, "-o", "jsonpath={.status.phase}", check=False)
+            return r.stdout in ("Succeeded", "Failed"), r.stdout + r.stderr
+        return self.wait_for(f"pod {pod} finished", probe, timeout)
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[Cluster]:

@@ -20,21 +20,13 @@ def test_node_is_ready(cluster: Cluster) -> None:
 
 
 def test_coredns_becomes_ready(cluster: Cluster) -> None:
-    def probe():  # type: ignore[no-untyped-def]
-        r = cluster.kubectl("-n", "kube-system", "get", "deploy", "coredns", "-o",
-                            "jsonpath={.status.availableReplicas}", check=False)
-        return r.stdout.strip() == "1", r.stdout + r.stderr
-    cluster.wait_for("CoreDNS available", probe, timeout=400)
+    cluster.wait_available("coredns", "kube-system", timeout=400)
 
 
 def run_pod(cluster: Cluster, name: str, *command: str, timeout: float = 300) -> str:
     cluster.kubectl("run", name, "--image=k4s.local/busybox:1.36", "--image-pull-policy=Never",
                     "--restart=Never", "--command", "--", *command)
-
-    def probe():  # type: ignore[no-untyped-def]
-        r = cluster.kubectl("get", "pod", name, "-o", "jsonpath={.status.phase}", check=False)
-        return r.stdout in ("Succeeded", "Failed"), r.stdout + r.stderr
-    phase = cluster.wait_for(f"pod {name} finished", probe, timeout)
+    phase = cluster.wait_finished(name, timeout)
     logs = cluster.kubectl("logs", name).stdout
     assert phase == "Succeeded", f"{name} {phase}: {logs}"
     return logs
@@ -57,11 +49,7 @@ def test_clusterip_service_reaches_a_pod(cluster: Cluster) -> None:
     cluster.kubectl("patch", "deployment", "web", "--type=json", "-p",
                     '[{"op":"add","path":"/spec/template/spec/containers/0/imagePullPolicy","value":"Never"}]')
     cluster.kubectl("expose", "deployment", "web", "--port=80", "--target-port=8080")
-
-    def ready():  # type: ignore[no-untyped-def]
-        r = cluster.kubectl("get", "deploy", "web", "-o", "jsonpath={.status.availableReplicas}", check=False)
-        return r.stdout.strip() == "1", r.stdout + r.stderr
-    cluster.wait_for("web available", ready)
+    cluster.wait_available("web")
     ip = cluster.kubectl("get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}").stdout.strip()
     assert ip.startswith("10.43.")
     # kube-proxy programs the new Service within seconds; the client retries for a minute.
@@ -216,11 +204,7 @@ def test_a_claim_without_a_class_gets_a_local_path_volume_in_ram(cluster: Cluste
     """No data disk: the default StorageClass still binds claims, with volumes in RAM under data-dir."""
     subprocess.run([str(KUBECTL), "--kubeconfig", str(cluster.vm.kubeconfig), "apply", "-f", "-"], input=VOLUME,
                    text=True, check=True, capture_output=True, timeout=120)
-
-    def done():  # type: ignore[no-untyped-def]
-        r = cluster.kubectl("get", "pod", "writer", "-o", "jsonpath={.status.phase}", check=False)
-        return r.stdout in ("Succeeded", "Failed"), r.stdout + r.stderr
-    assert cluster.wait_for("the writer pod", done, timeout=400) == "Succeeded"
+    assert cluster.wait_finished("writer", timeout=400) == "Succeeded"
     assert cluster.kubectl("logs", "writer").stdout.strip() == "written-to-a-volume"
     pvc = json.loads(cluster.kubectl("get", "pvc", "scratch", "-o", "json").stdout)
     assert pvc["spec"]["storageClassName"] == "local-path" and pvc["status"]["phase"] == "Bound"

@@ -75,13 +75,6 @@ class Node:
             return "first=" in r.stdout, r.stdout + r.stderr
         return self.cluster.wait_for(f"keeper-0 running in boot {boot}", probe, timeout=400).strip().splitlines()[-1]
 
-    def available(self, deployment: str) -> None:
-        def probe():  # type: ignore[no-untyped-def]
-            r = self.cluster.kubectl("get", "deploy", deployment, "-o", "jsonpath={.status.availableReplicas}",
-                                     check=False)
-            return r.stdout.strip() == "1", r.stdout + r.stderr
-        self.cluster.wait_for(f"{deployment} available", probe, timeout=400)
-
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory) -> Iterator[Node]:
@@ -109,7 +102,7 @@ def first(node: Node) -> dict[str, str]:
     stateful.write_text(STATEFULSET)
     c.kubectl("apply", "-f", str(stateful))
     line = node.keeper_line(1)
-    node.available("sleeper")
+    node.cluster.wait_available("sleeper", timeout=400)
     uid = c.kubectl("get", "node", "-o", "jsonpath={.items[0].metadata.uid}").stdout
     return {"ca": node.vm.ca_hash, "keeper": line.split()[0], "node-uid": uid}
 
@@ -133,7 +126,7 @@ def test_after_the_power_button_everything_comes_back(node: Node, first: dict[st
     assert c.kubectl("get", "node", "-o", "jsonpath={.items[0].metadata.uid}").stdout == first["node-uid"]
     word = c.kubectl("get", "secret", "kept", "-o", "jsonpath={.data.word}").stdout
     assert base64.b64decode(word) == b"persistent"
-    node.available("sleeper")
+    node.cluster.wait_available("sleeper", timeout=400)
     line = node.keeper_line(2)
     assert line.split() == [first["keeper"], "boots=2"], "the volume's data changed across the reboot"
 
