@@ -315,7 +315,7 @@ def boot_wall(vm, srv) -> dict:  # type: ignore[no-untyped-def]
 def bench_netboot() -> dict:
     from k4s.boot import stage1
     from k4s.host import netboot
-    from k4s.host.vm import EVENTS_PORT, VM
+    from k4s.host.vm import CMDLINE, VM
     from k4s.image import manifest
 
     res: dict = {}
@@ -333,7 +333,7 @@ def bench_netboot() -> dict:
         vm2.out.mkdir(parents=True)
         seed = tmp / "seed.cpio.zst"
         seed.write_bytes(vm2.seed())
-        cmdline = f"console=ttyS0 quiet panic=-1 k4s.events={EVENTS_PORT}"
+        cmdline = CMDLINE
         payload = tmp / "payload"
         netboot.prepare(payload, kernel, [vm2.initrd, seed], cmdline, "http://${next-server}:18181/",
                         key=OUT / "keys" / "signing.key")

@@ -32,6 +32,37 @@ from k4s.image import cpio
 
 METRICS_PORT = KEYS["metrics-port"].default  # the node's metrics endpoint
 EVENTS_PORT = "ttyS1"  # the guest's second serial port: its events as JSON lines (log.py)
+# The guest kernel reporting that it stopped making progress: a soft lockup (a CPU not
+# scheduling for 20 s) or an RCU stall. It does not come back from these under TCG, so
+# waiting on for Ready only wastes the timeout. loglevel=5 puts the kernel's warnings (the
+# registers and stacks that follow) on the console; `quiet` alone would hide them.
+LOCKUP_MARKS = ("watchdog: BUG: soft lockup", "rcu: INFO: rcu_preempt self-detected stall",
+                "rcu: INFO: rcu_preempt detected stalls")
+KERNEL_DIAGNOSTICS = "loglevel=5 softlockup_all_cpu_backtrace=1"
+LOCKUP_TRACE_WAIT = 15  # seconds for the other CPUs' backtraces to reach the console
+# what every harness boot's kernel is told: the console, diagnostics, no reboot loop, events
+CMDLINE = f"console=ttyS0 quiet {KERNEL_DIAGNOSTICS} panic=-1 k4s.events={EVENTS_PORT}"
+
+
+class GuestLockup(K4sError):
+    """The guest kernel locked up (see LOCKUP_MARKS); the message carries the stacks it printed."""
+
+
+def lockup_report(console: str) -> str | None:
+    """The lockup's first line and the functions on the stacks the kernel printed after it
+    (RIP and Call Trace lines), or None when the console shows none."""
+    at = min((i for i in (console.find(m) for m in LOCKUP_MARKS) if i >= 0), default=-1)
+    if at < 0:
+        return None
+    lines = console[at:].splitlines()
+    frames: list[str] = []
+    for ln in lines[1:]:
+        body = ln.split("] ", 1)[-1].strip().removeprefix("RIP: 0010:")
+        token = body.split(" ", 1)[0]  # "fn+0x1f5/0x250", maybe followed by "[module]"
+        if "+0x" in token and "/0x" in token and (name := token.split("+0x")[0]) not in frames:
+            frames.append(name)
+    head = lines[0].split("] ", 1)[-1].strip()
+    return head + (f"; stacks: {' < '.join(frames[:24])}" if frames else "")
 
 
 def alive(pid: int) -> bool:
@@ -138,7 +169,7 @@ class VM:
                     shutil.copyfileobj(src, f, 1 << 20)
                 if self.seeded:
                     f.write(self.seed())
-            append = f"console=ttyS0 quiet panic=-1 k4s.events={EVENTS_PORT} {self.append}".strip()
+            append = f"{CMDLINE} {self.append}".strip()
             boot = ["-kernel", str(self.kernel), "-initrd", str(boot_initrd), "-append", append]
         return [
             qemu, "-machine", f"q35,accel={accel}", "-cpu", "max" if accel == "tcg" else "host",
@@ -226,8 +257,10 @@ class VM:
         end = time.monotonic() + timeout
         pos = seen = 0
         while time.monotonic() < end:
+            text = self.console.read_text(errors="replace") if self.console.exists() else ""
+            if lockup_report(text):
+                self.raise_lockup()
             if echo:
-                text = self.console.read_text(errors="replace")
                 new, pos = text[pos:], len(text)
                 for line in new.splitlines():
                     if "component=" in line or line.startswith("k4s"):
@@ -247,6 +280,12 @@ class VM:
                                hint=f"see {self.console} and {self.out / 'qemu.stderr'}")
             time.sleep(0.5)
         raise K4sError(f"the node was not Ready within {timeout:.0f}s", hint=f"see {self.console}")
+
+    def raise_lockup(self) -> None:
+        """Give the kernel a moment to print every CPU's stack, then raise GuestLockup with them."""
+        time.sleep(LOCKUP_TRACE_WAIT)
+        report = lockup_report(self.console.read_text(errors="replace"))
+        raise GuestLockup(f"the guest kernel locked up: {report}", hint=f"see {self.console}")
 
     def qmp_command(self, command: str) -> None:
         with socket.socket(socket.AF_UNIX) as s:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from k4s.host.vm import VM
+from k4s.host.vm import VM, GuestLockup
 from tests.conftest import OUT, require, tool
 
 KUBECTL = OUT / "components" / "bin" / "kubectl"
@@ -31,6 +32,26 @@ def make_vm(tmp: Path, append: str = "", manifests: list[Path] | None = None, me
         require(p.exists(), str(p), "make image")
     return VM(tmp, OUT / "vmlinuz", OUT / "initramfs.cpio.zst", memory=memory, port=PORT, append=append,
               manifests=manifests or [])
+
+
+def boot(vm: VM, timeout: float = 900, again_on_lockup: bool = True) -> subprocess.Popen[bytes]:
+    """Start the VM and wait until its node is Ready; QEMU, running. A guest kernel lockup
+    (GuestLockup: the console shows a soft lockup or an RCU stall, never a k4s failure) is
+    a warning in the test report, with the stacks the kernel printed, and the machine is
+    booted once more; its console is kept as console-lockup.log. Any other failure, or a
+    second lockup, fails. On failure QEMU is stopped."""
+    proc = vm.start()
+    try:
+        vm.wait_ready(proc, timeout=timeout, echo=False)
+        return proc
+    except BaseException as e:
+        vm.pull_plug()
+        proc.wait(30)
+        if not (again_on_lockup and isinstance(e, GuestLockup)):
+            raise
+        vm.console.replace(vm.out / "console-lockup.log")
+        warnings.warn(f"{e.message}; booting {vm.out.name} once more", stacklevel=2)
+    return boot(vm, timeout, again_on_lockup=False)
 
 
 def assert_node_ready(vm: VM) -> None:
@@ -89,9 +110,8 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
     manifest.write_text(MANIFEST)
     vm = make_vm(tmp, manifests=[manifest])
     vm.metrics_port = METRICS_PORT
-    proc = vm.start()
+    proc = boot(vm)
     try:
-        vm.wait_ready(proc, timeout=900, echo=False)
         vm.write_kubeconfig()
         yield Cluster(vm)
     finally:

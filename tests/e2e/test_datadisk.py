@@ -22,7 +22,7 @@ from k4s import log
 from k4s.errors import K4sError
 from k4s.host.vm import VM
 from tests.conftest import tool
-from tests.e2e.conftest import Cluster, make_vm
+from tests.e2e.conftest import Cluster, boot, make_vm
 
 DATA = "k4s.data=LABEL=K4SDATA"
 STATEFULSET = """apiVersion: apps/v1
@@ -57,8 +57,7 @@ class Node:
 
     def boot(self, append: str) -> None:
         self.vm.append, self.vm.ca_hash = append, ""
-        self.proc = self.vm.start()
-        self.vm.wait_ready(self.proc, timeout=900, echo=False)
+        self.proc = boot(self.vm)
         self.vm.write_kubeconfig()
 
     def events(self, component: str) -> list[dict]:

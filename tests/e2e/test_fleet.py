@@ -20,7 +20,7 @@ import yaml
 
 from k4s.host.vm import VM
 from tests.conftest import k4s_cmd
-from tests.e2e.conftest import KUBECTL, Cluster, make_vm
+from tests.e2e.conftest import KUBECTL, Cluster, boot, make_vm
 
 SERVER_LAN = "k4s.interface=eth1 k4s.ip=10.77.0.1/24 k4s.mgmt-interface=eth0"
 WORKER_MAC = "52:54:00:00:77:02"
@@ -71,16 +71,14 @@ def fleet(tmp_path_factory) -> Iterator[Fleet]:
     ports = [free_port() for _ in range(1 + BAD_JOINS)]
     server = make_vm(tmp / "server", append=SERVER_LAN, memory=1536)
     server.lan_ports = tuple(ports)
-    procs = [server.start()]
+    procs = [boot(server)]
     workers: list[VM] = []
     try:
-        server.wait_ready(procs[0], timeout=900, echo=False)
         server.write_kubeconfig()
         line = token_create(server)
         worker = worker_vm(tmp / "worker", ports[0], line, WORKER_MAC, "10.77.0.2")
         workers.append(worker)
-        procs.append(worker.start())
-        worker.wait_ready(procs[1], timeout=600, echo=False)
+        procs.append(boot(worker, timeout=600))
         yield Fleet(Cluster(server), worker, procs[1], line, ports, tmp)
     finally:
         for vm in [*workers, server]:

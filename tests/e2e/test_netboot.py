@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 from k4s.host import netboot
-from k4s.host.vm import EVENTS_PORT, VM
+from k4s.host.vm import CMDLINE, VM
 from tests.conftest import OUT, require
-from tests.e2e.conftest import assert_node_ready, make_vm
+from tests.e2e.conftest import assert_node_ready, boot, make_vm
 
 HTTP_PORT = 18080
 
@@ -22,15 +22,15 @@ def test_pxe_boot_through_ipxe_to_a_ready_node(tmp_path) -> None:
     seed = tmp_path / "seed.cpio.zst"
     seed.write_bytes(vm.seed())
     payload = tmp_path / "netboot"
-    netboot.prepare(payload, vm.kernel, [vm.initrd, seed], f"console=ttyS0 quiet panic=-1 k4s.events={EVENTS_PORT}",
+    netboot.prepare(payload, vm.kernel, [vm.initrd, seed], CMDLINE,
                     f"http://${{next-server}}:{HTTP_PORT}/")
     serve = subprocess.Popen([*k4s_cmd_argv(), "netboot", "serve", "--dir", str(payload), "--port", str(HTTP_PORT)],
                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "w"))
     vm.pxe = payload
-    proc = vm.start()
+    t0 = time.monotonic()
+    proc = None
     try:
-        t0 = time.monotonic()
-        vm.wait_ready(proc, timeout=600, echo=False)
+        proc = boot(vm, timeout=600)
         vm.write_kubeconfig()
         assert_node_ready(vm)
         served = (tmp_path / "serve.log").read_text()
@@ -39,7 +39,7 @@ def test_pxe_boot_through_ipxe_to_a_ready_node(tmp_path) -> None:
         assert time.monotonic() - t0 < 600
     finally:
         vm.power_off(120)
-        if proc.poll() is None:
+        if proc is not None and proc.poll() is None:
             proc.kill()
         serve.terminate()
         serve.wait(10)
@@ -66,7 +66,7 @@ def signed_payload(tmp: Path, key: Path) -> Path:
     seed.write_bytes(vm.seed())
     payload = tmp / "payload"
     netboot.prepare(payload, vm.kernel, [vm.initrd, seed],
-                    f"console=ttyS0 quiet panic=-1 k4s.events={EVENTS_PORT}", key=key,
+                    CMDLINE, key=key,
                     parts=netboot.parts_from_report(OUT / "image-report.json"))
     return payload
 
@@ -97,9 +97,9 @@ def test_linuxboot_stage1_verifies_and_kexecs_stage2_to_a_ready_node(tmp_path) -
     initrd, tls = https_stage1(tmp_path)
     srv = netboot.serve_in_thread(payload, tls=tls)
     vm = stage1_vm(tmp_path, srv.server_address[1], "https", initrd)
-    proc = vm.start()
+    proc = None
     try:
-        vm.wait_ready(proc, timeout=600, echo=False)
+        proc = boot(vm, timeout=600)
         vm.write_kubeconfig()
         assert_node_ready(vm)
         console = vm.console.read_text(errors="replace")
@@ -110,7 +110,7 @@ def test_linuxboot_stage1_verifies_and_kexecs_stage2_to_a_ready_node(tmp_path) -
         assert "k4s stage 0: 4 parts match the signed manifest" in console
     finally:
         vm.power_off(120)
-        if proc.poll() is None:
+        if proc is not None and proc.poll() is None:
             proc.kill()
         srv.shutdown()
 
