@@ -39,6 +39,9 @@ def render(doc: dict[str, Any], out: TextIO) -> None:
     if mem := doc.get("memory"):
         out.write(f"\nmemory: {mem['mem_used_mib']} MiB used of {mem['mem_total_mib']} ({mem['mem_available_mib']} "
                   f"available): anon {mem['anon_mib']}, shmem {mem['shmem_mib']}, kernel {mem['kernel_mib']}\n")
+        if procs := doc.get("processes"):
+            out.write("anonymous memory by process: " + ", ".join(
+                f"{p['name']} {p['anon_mib']:.0f}" for p in procs if p["anon_mib"] >= 1) + " (MiB)\n")
     if certs := doc.get("certificates"):
         out.write(f"\n{'CERTIFICATE':<26} {'EXPIRES':<17} LEFT\n")
         now = time.time()

@@ -135,13 +135,15 @@ def grow_root() -> None:
         stage("grow-root-failed", level="warn", error=e.strerror)
 
 
-def load_modules() -> int:
+def load_modules() -> tuple[int, int]:
+    """Load the modules the image lists; how many were loaded, and the bytes of RAM root
+    their files held (deleted once loaded: kmod.drop_loaded_files)."""
     from k4s.boot import kmod
 
     try:
         names = [ln.split("#")[0].strip() for ln in layout.MODULES_LIST.read_text().splitlines()]
     except OSError:
-        return 0
+        return 0, 0
     idx = kmod.Index.load()
     count = 0
     for name in filter(None, names):
@@ -149,7 +151,7 @@ def load_modules() -> int:
             count += len(kmod.modprobe(idx, name))
         except K4sError as e:
             stage("module-failed", level="warn", module=name, error=e.message)
-    return count
+    return count, kmod.drop_loaded_files(idx)
 
 
 def min_free_kbytes(mem_total_kib: int) -> int:
@@ -206,8 +208,8 @@ def boot() -> str:
     paths = layout.Paths.of(cfg.data_dir, cfg.run_dir)
     log.setup(paths.logs, cfg.log_level, events=paths.events, device=f"/dev/{cfg.events}" if cfg.events else None)
     stage("config", source=cfg.sources.get("node-name"))
-    n = load_modules()
-    stage("modules", loaded=n)
+    n, freed = load_modules()
+    stage("modules", loaded=n, freed_kib=freed >> 10)
     grow_root()
     stage("payload", mounted=mount_parts())
     if cfg.data:

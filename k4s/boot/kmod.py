@@ -127,6 +127,25 @@ def loaded() -> dict[str, tuple[int, int, str]]:
     return out
 
 
+def drop_loaded_files(idx: Index, have: dict[str, tuple[int, int, str]] | None = None) -> int:
+    """Delete the files of the modules the kernel holds: on a RAM root they are RAM, and a
+    module that is loaded is never read again (nothing is unloaded). The index files and
+    the modules not loaded (the data disk's, those the kernel asks for later) stay. The
+    bytes freed."""
+    freed = 0
+    for name in have if have is not None else loaded():
+        if name not in idx.deps:
+            continue
+        path = idx.base / idx.deps[name][0]
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except OSError:
+            continue
+        freed += size
+    return freed
+
+
 def insmod(path: Path, params: str = "") -> bool:
     """Load one module file; False if it was already loaded."""
     flags = 0

@@ -211,7 +211,8 @@ def boot() -> str:
         import logging
 
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
-    init.stage("modules", loaded=init.load_modules())
+    n, freed = init.load_modules()  # the freed RAM is room for the payload it fetches
+    init.stage("modules", loaded=n, freed_kib=freed >> 10)
     iface, ip = netconf.setup(cfg, paths.run)
     log.event("stage1", "fetch", payload=cfg.payload)
     t0 = time.monotonic()

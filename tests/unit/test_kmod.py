@@ -45,3 +45,15 @@ def test_builtin_needs_nothing(index) -> None:
 def test_unknown_module_is_a_clear_error(index) -> None:
     with pytest.raises(K4sError, match="module nope not found"):
         index.plan("nope")
+
+
+def test_the_files_of_loaded_modules_are_dropped_and_the_rest_kept(tmp_path):
+    idx = kmod.Index(tmp_path)
+    for name in ("loop", "ext4"):
+        f = tmp_path / "kernel" / f"{name}.ko"
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(b"\0" * 1000)
+        idx.deps[name] = (f"kernel/{name}.ko", [])
+    freed = kmod.drop_loaded_files(idx, {"loop": (1, 0, ""), "builtin_or_unknown": (1, 0, "")})
+    assert freed == 1000
+    assert not (tmp_path / "kernel/loop.ko").exists() and (tmp_path / "kernel/ext4.ko").exists()
