@@ -38,7 +38,9 @@ def render(doc: dict[str, Any], out: TextIO) -> None:
                   f"{'yes' if c['ready'] else 'no':<5} {_secs(c['started_after']):>8} {_secs(c['ready_after']):>8}\n")
     if mem := doc.get("memory"):
         out.write(f"\nmemory: {mem['mem_used_mib']} MiB used of {mem['mem_total_mib']} ({mem['mem_available_mib']} "
-                  f"available): anon {mem['anon_mib']}, shmem {mem['shmem_mib']}, kernel {mem['kernel_mib']}\n")
+                  f"available): anon {mem['anon_mib']}, shmem {mem['shmem_mib']}, kernel {mem['kernel_mib']}"
+                  + (f"; {mem['swapped_mib']} MiB swapped to zram in {mem.get('zram_mib', 0)} MiB of RAM"
+                     if mem.get("swapped_mib") else "") + "\n")
         if procs := doc.get("processes"):
             out.write("anonymous memory by process: " + ", ".join(
                 f"{p['name']} {p['anon_mib']:.0f}" for p in procs if p["anon_mib"] >= 1) + " (MiB)\n")

@@ -260,16 +260,27 @@ def bench_appliance() -> dict:
     res = {"image_parts": image_parts(), "boot_1024": boot(1024, wait_idle=90),
            # the baseline: one process per component
            "boot_1024_separate": boot(1024, wait_idle=90, append="k4s.component-processes=separate")}
-    for mem in (768, 640, 512):
-        r = boot(mem, wait_idle=60 if mem == 512 else 0)  # at 512 MiB: what is left at idle
-        res[f"boot_{mem}"] = {k: r.get(k) for k in ("ready", "ready_wall_s", "error")}
-        if r.get("idle_mem_mib"):
-            m = r["idle_mem_mib"]
-            res[f"boot_{mem}"]["idle_available_mib"] = m["mem_total_mib"] - m["mem_used_mib"]
-        if not r.get("ready"):
+    for mem in SMALL:
+        res[f"boot_{mem}"] = fit(mem)
+        if not res[f"boot_{mem}"].get("ready"):
             break
-    res["smallest_ready_mib"] = min([1024] + [m for m in (768, 640, 512) if res.get(f"boot_{m}", {}).get("ready")])
+    # the baseline: the same 512 MiB machine without compressed swap
+    res["boot_512_nozram"] = fit(512, append="k4s.zram=0")
+    res["smallest_ready_mib"] = min([1024] + [m for m in SMALL if res.get(f"boot_{m}", {}).get("ready")])
     return res
+
+
+SMALL = (768, 640, 512, 448, 384)  # -m in MiB, down to the first that does not reach Ready
+
+
+def fit(mem: int, append: str = "") -> dict:
+    """A boot in a small machine: Ready or not, and what is left 60 s after Ready."""
+    r = boot(mem, wait_idle=60, append=append)
+    out = {k: r.get(k) for k in ("ready", "ready_wall_s", "error")}
+    if m := r.get("idle_mem_mib"):
+        out |= {"idle_available_mib": m["mem_total_mib"] - m["mem_used_mib"], "mem_total_mib": m["mem_total_mib"],
+                "swapped_mib": m.get("swapped_mib", 0), "zram_mib": m.get("zram_mib", 0)}
+    return out
 
 
 def bench_datadisk() -> dict:
@@ -486,13 +497,19 @@ def markdown(r: dict) -> str:
               f"(MemTotal - MemAvailable, 90 s after Ready): {b.get('idle_mem_used_mib')} MiB"
               + (" (" + ", ".join(f"{k.removesuffix('_mib')} {v}" for k, v in b.get("idle_mem_mib", {}).items()
                                  if k not in ("mem_used_mib", "mem_total_mib")) + " MiB)"
-                 if b.get("idle_mem_mib") else "") + ". Smallest -m that "
-              f"reached Ready: {a['smallest_ready_mib']} MiB "
-              + "(" + ", ".join(f"{m} MiB: {'Ready' if a.get(f'boot_{m}', {}).get('ready') else 'not Ready'}"
-                                for m in (768, 640, 512) if f"boot_{m}" in a) + ")"
-              + (f"; at 512 MiB, {a['boot_512']['idle_available_mib']} MiB available 60 s after Ready (MemTotal "
-                 "- used; the target is 100)" if a.get("boot_512", {}).get("idle_available_mib") is not None else "")
-              + ".", ""]
+                 if b.get("idle_mem_mib") else "") + ".", ""]
+        fits = [(f"{m}", a[f"boot_{m}"]) for m in SMALL if f"boot_{m}" in a]
+        fits += [("512, `k4s.zram=0` (baseline)", a["boot_512_nozram"])] if "boot_512_nozram" in a else []
+        L += [f"Small machines (smallest -m that reached Ready: **{a['smallest_ready_mib']} MiB**; the target is "
+              "Ready at 512 with 100 MiB available at idle):", "",
+              "| -m MiB | node Ready (wall s) | available 60 s after Ready | swapped to zram (RAM it takes) |",
+              "|---|---|---|---|"]
+        for name, f in fits:
+            avail = f"{f['idle_available_mib']} of {f['mem_total_mib']} MiB" if "idle_available_mib" in f else "-"
+            swap = f"{f['swapped_mib']} MiB ({f['zram_mib']} MiB)" if "swapped_mib" in f else "-"
+            L.append(f"| {name} | {f['ready_wall_s'] if f.get('ready') else 'not Ready: ' + str(f.get('error'))} "
+                     f"| {avail} | {swap} |")
+        L.append("")
         sep = a.get("boot_1024_separate", {})
         if sep.get("idle_mem_used_mib"):
             L += [f"Baseline in the same run, `k4s.component-processes=separate` (one process per component): "

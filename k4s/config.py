@@ -294,6 +294,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("component-processes", _choice("shared", "separate"), "shared",
         "shared: etcd, controller-manager and scheduler run in the apiserver's process, kube-proxy in "
         "the kubelet's (about 65 MiB less RAM); separate: one process each, with its own log", cmdline=C),
+    Key("zram", _int_range(0, 100), 50, "compressed swap in RAM (zram) for the node's own processes, as a "
+        "percent of RAM it may take in (uncompressed); pods never swap; 0 turns it off (appliance only)", cmdline=C),
     Key("log-level", _choice("debug", "info", "warn", "error"), "info", "k4s log level", cmdline=C),
     Key("cert-renew-days", _int_range(1, 3650), 90, "re-issue leaf certificates expiring within this many days "
         "(or a third of their validity, if that is shorter), while the node runs"),
@@ -350,6 +352,7 @@ class Config:
     apiserver_port: int
     component_gogc: int
     component_processes: str
+    zram: int
     log_level: str
     cert_renew_days: int
     cert_validity: int

@@ -110,11 +110,12 @@ def mount_loop(image: Path, target: str, fstype: str) -> str:
 
 
 def mount_parts() -> int:
-    """Mount each squashfs part of the image at its directory."""
+    """Mount each squashfs part of the image at its directory, its file locked in RAM."""
     count = 0
     for sq in sorted(layout.PARTS_DIR.glob("*.squashfs")) if layout.PARTS_DIR.is_dir() else []:
         target = sq.with_suffix("")
         target.mkdir(exist_ok=True)
+        lock_in_ram(sq)
         if os.path.ismount(target):  # the k4s bundle: stage 0 (/init) mounted it
             count += 1
             continue
@@ -125,6 +126,20 @@ def mount_parts() -> int:
                            hint="the kernel needs the loop and squashfs modules (etc/k4s/modules.list)") from e
         count += 1
     return count
+
+
+def lock_in_ram(path: Path) -> None:
+    """Keep a squashfs part's pages out of swap (k4s.boot.zram): they are compressed already,
+    so zram would store them whole and squashfs would read them back on every page-cache
+    miss of the binaries. Without swap, tmpfs pages stay in RAM anyway; this keeps it so."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            libc.lock_in_ram(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        stage("lock-failed", level="warn", part=path.name, error=e.strerror)
 
 
 def grow_root() -> None:
@@ -180,6 +195,20 @@ def sysctls() -> None:
             stage("sysctl-failed", level="warn", key=path, error=e.strerror)
 
 
+def swap(percent: int) -> None:
+    """Compressed swap in RAM for the node's own processes (k4s.boot.zram); without it the
+    node runs as before, so a failure is a warning."""
+    from k4s.boot import zram
+    from k4s.cluster.memory import meminfo
+
+    try:
+        size = zram.setup(percent, meminfo()["MemTotal"])
+    except K4sError as e:
+        stage("zram-failed", level="warn", error=e.message, hint=e.hint)
+        return
+    stage("zram", size_mib=size >> 20)
+
+
 def default_node_name(cfg: Config) -> Config:
     """A stable per-machine name when none is configured: k4s-<last 3 MAC bytes>."""
     from k4s import config as configmod
@@ -217,6 +246,7 @@ def boot() -> str:
 
         datadisk.mount(cfg.data, cfg.data_format, paths.data, paths.run / "data-disk")
     sysctls()
+    swap(cfg.zram)
     cfg = default_node_name(cfg)
     try:
         libc.sethostname(cfg.hostname or cfg.node_name)

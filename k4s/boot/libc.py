@@ -1,5 +1,5 @@
 """The one module that talks to libc through ctypes: mount, umount, finit_module,
-kexec_file_load, reboot, sethostname, prctl. Every call raises OSError with errno on failure."""
+kexec_file_load, reboot, sethostname, prctl, swapon, mmap (to lock a file in RAM). Every call raises OSError with errno on failure."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ RB_AUTOBOOT = 0x01234567
 RB_HALT_SYSTEM = 0xCDEF0123
 RB_POWER_OFF = 0x4321FEDC
 RB_KEXEC = 0x45584543
+
+SWAP_FLAG_PREFER = 0x8000
+PROT_READ, MAP_SHARED, MAP_LOCKED, MAP_POPULATE = 1, 1, 0x2000, 0x8000
 
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
@@ -94,3 +97,19 @@ def sethostname(name: str) -> None:
 def prctl(option: int, arg2: int = 0) -> None:
     _check(libc().prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(0), ctypes.c_ulong(0),
                         ctypes.c_ulong(0)), "prctl")
+
+
+def swapon(path: str, priority: int) -> None:
+    _check(libc().swapon(path.encode(), ctypes.c_int(SWAP_FLAG_PREFER | (priority & 0x7FFF))), f"swapon {path}")
+
+
+def lock_in_ram(fd: int, size: int) -> None:
+    """Map a file shared, read-only and locked: its pages stay in RAM (never swapped) for as
+    long as this process lives. The mapping is never unmapped."""
+    mm = libc().mmap
+    mm.restype, mm.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                                                ctypes.c_int, ctypes.c_long]
+    addr = mm(None, size, PROT_READ, MAP_SHARED | MAP_LOCKED | MAP_POPULATE, fd, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap: {os.strerror(err)}")

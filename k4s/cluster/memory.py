@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 from k4s import log
+from k4s.boot import zram
 from k4s.errors import K4sError
 from k4s.fsutil import write_atomic
 
@@ -27,10 +28,12 @@ def meminfo(text: str | None = None) -> dict[str, int]:
 def memory_summary(mi: dict[str, int]) -> dict[str, int]:
     """Where the used RAM goes, in MiB: used = MemTotal - MemAvailable (the idle-RAM figure),
     anon (process heaps), shmem (tmpfs: the unpacked root, containerd's snapshots, etcd),
-    kernel (unreclaimable slab, stacks, page tables)."""
+    kernel (unreclaimable slab, stacks, page tables), swapped (the pages in zram, uncompressed;
+    the RAM they take is in `used`)."""
     kernel = mi.get("SUnreclaim", 0) + mi.get("KernelStack", 0) + mi.get("PageTables", 0)
     return {"mem_used_mib": (mi["MemTotal"] - mi["MemAvailable"]) >> 10, "anon_mib": mi.get("AnonPages", 0) >> 10,
-            "shmem_mib": mi.get("Shmem", 0) >> 10, "kernel_mib": kernel >> 10, "mem_total_mib": mi["MemTotal"] >> 10}
+            "shmem_mib": mi.get("Shmem", 0) >> 10, "kernel_mib": kernel >> 10,
+            "swapped_mib": (mi.get("SwapTotal", 0) - mi.get("SwapFree", 0)) >> 10, "mem_total_mib": mi["MemTotal"] >> 10}
 
 
 def log_stats(stop: threading.Event, log_dir: Path | None = None, every: float = 30.0) -> None:
@@ -40,9 +43,22 @@ def log_stats(stop: threading.Event, log_dir: Path | None = None, every: float =
             mi = meminfo()
         except (OSError, ValueError):
             continue  # no /proc: nothing to report
-        log.event("k4s", "stats", **memory_summary(mi), load1=f"{os.getloadavg()[0]:.2f}")
+        log.event("k4s", "stats", **memory_summary(mi), zram_mib=zram.ram_used() >> 20, **paging(),
+                  load1=f"{os.getloadavg()[0]:.2f}")
         if log_dir is not None:
             write_memory_report(log_dir / "memory.txt", mi)
+
+
+def paging(text: str | None = None) -> dict[str, int]:
+    """Pages read back since boot: from swap (zram), and of files whose page cache was dropped
+    (refaults: the binaries, read back from squashfs). Both climbing fast is thrashing."""
+    try:
+        if text is None:
+            text = Path("/proc/vmstat").read_text()
+        counts = dict(line.split() for line in text.splitlines())
+        return {"swapins": int(counts.get("pswpin", 0)), "refaults": int(counts.get("workingset_refault_file", 0))}
+    except (OSError, ValueError):
+        return {}
 
 
 def anon_by_process() -> list[tuple[int, int, str]]:

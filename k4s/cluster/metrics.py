@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from k4s import log
+from k4s.boot import zram
 from k4s.cluster import kubeapi, renew
 from k4s.cluster.memory import anon_by_process, meminfo, memory_summary
 from k4s.errors import K4sError
@@ -59,7 +60,8 @@ def snapshot(paths: Paths, proc: bool = True) -> dict[str, Any]:
     if proc:
         try:
             mi = meminfo()
-            doc["memory"] = {**memory_summary(mi), "mem_available_mib": mi.get("MemAvailable", 0) >> 10}
+            doc["memory"] = {**memory_summary(mi), "mem_available_mib": mi.get("MemAvailable", 0) >> 10,
+                             "zram_mib": zram.ram_used() >> 20}
             doc["processes"] = [{"pid": pid, "name": name, "anon_mib": round(kib / 1024, 1)}
                                 for kib, pid, name in anon_by_process()[:TOP_PROCESSES]]
         except (OSError, ValueError, KeyError):
@@ -93,7 +95,8 @@ def families(doc: dict[str, Any]) -> Iterator[Any]:
     if "memory" in doc:
         mem = GaugeMetricFamily("k4s_memory_bytes", "the machine's RAM: total, used (total - available), "
                                 "available, anon (process heaps), shmem (tmpfs: the RAM root, etcd, images), "
-                                "kernel (unreclaimable)", labels=["kind"])
+                                "kernel (unreclaimable), swapped (pages in zram, uncompressed), zram (the RAM they take)",
+                                labels=["kind"])
         for key, value in doc["memory"].items():
             mem.add_metric([key.removeprefix("mem_").removesuffix("_mib")], float(value) * 1024 * 1024)
         yield mem

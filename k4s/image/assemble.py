@@ -310,6 +310,14 @@ the kernel needs the loop and squashfs modules)"
 """.encode()
 
 
+# The unit squashfs decompresses: a page-cache miss of a binary costs one block, and fills
+# the page cache with all of it. 1M packed 4% smaller, but in a 512 MiB machine, where the
+# binaries' pages are dropped and read back, every miss decompressed 256 pages to use one.
+SQUASHFS_BLOCK = "128K"
+SQUASHFS_OPTIONS = ("-comp", "zstd", "-Xcompression-level", "19", "-b", SQUASHFS_BLOCK, "-all-root", "-no-xattrs",
+                    "-mkfs-time", "0", "-all-time", "0")
+
+
 def mksquashfs(entries: list[cpio.Entry], prefix: str, out: Path) -> None:
     """Pack the part's files (paths relative to prefix) into a reproducible zstd squashfs."""
     with tempfile.TemporaryDirectory(prefix="k4s-sq-") as tmp:
@@ -331,8 +339,7 @@ def mksquashfs(entries: list[cpio.Entry], prefix: str, out: Path) -> None:
                 else:
                     shutil.copyfile(e.source, dst)
                 os.chmod(dst, stat.S_IMODE(e.mode))
-        run(["mksquashfs", str(stage), str(out), "-noappend", "-quiet", "-comp", "zstd", "-Xcompression-level", "19",
-             "-b", "1M", "-all-root", "-no-xattrs", "-mkfs-time", "0", "-all-time", "0", "-processors", "2"])
+        run(["mksquashfs", str(stage), str(out), "-noappend", "-quiet", *SQUASHFS_OPTIONS, "-processors", "2"])
 
 
 def _same_fs(a: Path, b: Path) -> bool:
@@ -345,7 +352,7 @@ def squash_part(tree: Tree, part: str, cache: Path | None) -> tuple[int, Path]:
     entries = [e for e in tree.segment(part) if e.part == part and not stat.S_ISDIR(e.mode)]
     prefix = os.path.commonpath([os.path.dirname(e.name) for e in entries])
     unpacked = sum(e.length for e in entries)
-    key = hashlib.sha256(cpio.bytes_of(entries)).hexdigest()
+    key = hashlib.sha256(cpio.bytes_of(entries) + " ".join(SQUASHFS_OPTIONS).encode()).hexdigest()
     out = (cache or Path(tempfile.gettempdir())) / f"{part}-{key}.squashfs"
     out.parent.mkdir(parents=True, exist_ok=True)
     if not out.exists():

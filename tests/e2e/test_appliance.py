@@ -150,14 +150,15 @@ spec:
   - name: hog
     image: k4s.local/busybox:1.36
     imagePullPolicy: Never
-    command: ["sh", "-c", "echo allocating without limit; tail /dev/zero"]
+    command: ["sh", "-c", "echo swap limit $(cat /sys/fs/cgroup/memory.swap.max); echo allocating; tail /dev/zero"]
 """
 NODE_PROCESSES = ("etcd", "kube-apiserver", "kubelet", "containerd")
 
 
 def test_a_pod_that_allocates_without_limit_takes_only_itself_down(cluster: Cluster) -> None:
     """No limit on the pod, so the whole VM runs out of memory: the kernel must choose the pod,
-    not the control plane (k4s.cluster.protect), and the node stays Ready."""
+    not the control plane (k4s.cluster.protect), and the node stays Ready. The node's own
+    processes may swap to zram; the pod may not (the kubelet's NoSwap)."""
     def starts() -> dict[str, int]:
         console = cluster.vm.console.read_text(errors="replace")
         return {n: console.count(f"component={n} event=start pid=") for n in NODE_PROCESSES}
@@ -173,10 +174,12 @@ def test_a_pod_that_allocates_without_limit_takes_only_itself_down(cluster: Clus
         return pod["status"].get("phase") == "Failed", reason
     reason = cluster.wait_for("the hog pod killed", ended, timeout=300)
     assert reason in ("OOMKilled", "Evicted"), reason
+    assert cluster.kubectl("logs", "hog").stdout.splitlines()[0] == "swap limit 0"
     assert starts() == before  # etcd, the apiserver, the kubelet and containerd kept their pids
     assert_node_ready(cluster.vm)
     console = cluster.vm.console.read_text(errors="replace")
     assert "component=protect event=cgroup path=/sys/fs/cgroup/k4s memory_min_mib=256" in console
+    assert "component=init event=zram size_mib=" in console
     assert "event=adopt-failed" not in console and "event=no-cgroup" not in console
 
 

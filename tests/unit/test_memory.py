@@ -13,6 +13,8 @@ Shmem:             98304 kB
 SUnreclaim:        24788 kB
 KernelStack:        2628 kB
 PageTables:         4048 kB
+SwapTotal:        491520 kB
+SwapFree:         460800 kB
 HugePages_Total:       0
 """
 
@@ -21,7 +23,7 @@ def test_summary_splits_used_memory() -> None:
     mi = node.meminfo(SAMPLE)
     assert mi["HugePages_Total"] == 0
     assert node.memory_summary(mi) == {"mem_used_mib": 511, "anon_mib": 340, "shmem_mib": 96, "kernel_mib": 30,
-                                       "mem_total_mib": 958}
+                                       "swapped_mib": 30, "mem_total_mib": 958}
 
 
 def test_anon_by_process_sees_this_process() -> None:
@@ -37,3 +39,9 @@ def test_memory_report_is_written(tmp_path) -> None:
     assert text.startswith("mem_used_mib=511 anon_mib=340")
     rows = text.split("RssAnon by process:\n", 1)[1].splitlines()
     assert 1 <= len(rows) <= 20 and all(r.split()[1] == "MiB" for r in rows)
+
+
+def test_paging_counts_swapins_and_refaults() -> None:
+    assert node.paging("pswpin 12\npswpout 40\nworkingset_refault_file 977\n") == {"swapins": 12, "refaults": 977}
+    live = node.paging()
+    assert set(live) == {"swapins", "refaults"} and all(v >= 0 for v in live.values())

@@ -75,7 +75,10 @@ def kubelet_config(node: Node) -> dict:
         "healthzBindAddress": "127.0.0.1",
         "healthzPort": HEALTHZ_PORT,
         "readOnlyPort": 0,
+        # The node's own processes may swap to zram (k4s.boot.zram); NoSwap keeps every
+        # container's memory.swap.max at 0, so pods never do.
         "failSwapOn": False,
+        "memorySwap": {"swapBehavior": "NoSwap"},
         "resolvConf": "/etc/resolv.conf",
         "serializeImagePulls": False,
         # Everything is in RAM: evict on memory, not on disk percentages of a tmpfs.
