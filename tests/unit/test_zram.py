@@ -46,7 +46,7 @@ def test_setup_sizes_the_device_and_swaps_on_it(tmp_path, monkeypatch) -> None:
     header = (tmp_path / "dev" / zram.DEVICE).read_bytes()
     assert header.endswith(b"SWAPSPACE2") and len(header) == PAGE
     assert calls == [(str(tmp_path / "dev" / zram.DEVICE), zram.PRIORITY)]
-    assert (tmp_path / "proc" / "sys" / "vm" / "swappiness").read_text() == "100"
+    assert (tmp_path / "proc" / "sys" / "vm" / "swappiness").read_text() == "180"
 
 
 def test_zero_is_off_and_a_missing_module_says_so(tmp_path) -> None:
