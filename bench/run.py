@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""k4s benchmarks: numbers to out/bench/results.json and into README.md.
+"""k4s benchmarks: numbers to bench/results.json and into README.md.
 
     python3 bench/run.py [--skip-boot] [--skip-components]
 
@@ -37,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out"
 BENCH = OUT / "bench"
+RESULTS = ROOT / "bench" / "results.json"  # kept in git: `--only` on a fresh clone keeps the other sections
 BIN = OUT / "components" / "bin"
 CACHE = Path(os.environ.get("K4S_CACHE", "/var/cache/k4s"))
 sys.path.insert(0, str(ROOT))
@@ -270,7 +271,7 @@ def bench_appliance() -> dict:
     return res
 
 
-SMALL = (768, 640, 512, 448, 384)  # -m in MiB, down to the first that does not reach Ready
+SMALL = (768, 640, 512)  # -m in MiB, down to the first that does not reach Ready
 
 
 def fit(mem: int, append: str = "") -> dict:
@@ -461,7 +462,7 @@ def bench_fleet() -> dict:
 
 
 def markdown(r: dict) -> str:
-    L = [f"Measured {r['date']} on {r['machine']} (`make bench`; raw numbers in out/bench/results.json).", ""]
+    L = [f"Measured {r['date']} on {r['machine']} (`make bench`; raw numbers in bench/results.json).", ""]
     if "startup" in r:
         s = r["startup"]
         L += ["**Start-up** (median, frozen onedir, interleaved runs):", "",
@@ -582,7 +583,7 @@ def main() -> int:
                     help="measure one section again, keeping the others from the last results.json")
     args = ap.parse_args()
     BENCH.mkdir(parents=True, exist_ok=True)
-    path = BENCH / "results.json"
+    path = RESULTS
     r = json.loads(path.read_text()) if path.exists() else {}
     r["date"] = time.strftime("%Y-%m-%d")
     r["machine"] = f"{os.cpu_count()} cores, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, " \
