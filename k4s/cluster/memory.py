@@ -25,15 +25,18 @@ def meminfo(text: str | None = None) -> dict[str, int]:
     return out
 
 
-def memory_summary(mi: dict[str, int]) -> dict[str, int]:
+def memory_summary(mi: dict[str, int], zram_bytes: int | None = None) -> dict[str, int]:
     """Where the used RAM goes, in MiB: used = MemTotal - MemAvailable (the idle-RAM figure),
     anon (process heaps), shmem (tmpfs: the unpacked root, containerd's snapshots, etcd),
-    kernel (unreclaimable slab, stacks, page tables), swapped (the pages in zram, uncompressed;
-    the RAM they take is in `used`)."""
+    kernel (unreclaimable slab, stacks, page tables), swapped (the pages in zram, uncompressed),
+    zram (the RAM they take, part of `used`; read from the device unless given)."""
+    if zram_bytes is None:
+        zram_bytes = zram.ram_used()
     kernel = mi.get("SUnreclaim", 0) + mi.get("KernelStack", 0) + mi.get("PageTables", 0)
     return {"mem_used_mib": (mi["MemTotal"] - mi["MemAvailable"]) >> 10, "anon_mib": mi.get("AnonPages", 0) >> 10,
             "shmem_mib": mi.get("Shmem", 0) >> 10, "kernel_mib": kernel >> 10,
-            "swapped_mib": (mi.get("SwapTotal", 0) - mi.get("SwapFree", 0)) >> 10, "mem_total_mib": mi["MemTotal"] >> 10}
+            "swapped_mib": (mi.get("SwapTotal", 0) - mi.get("SwapFree", 0)) >> 10, "zram_mib": zram_bytes >> 20,
+            "mem_total_mib": mi["MemTotal"] >> 10}
 
 
 def log_stats(stop: threading.Event, log_dir: Path | None = None, every: float = 30.0) -> None:
@@ -43,8 +46,7 @@ def log_stats(stop: threading.Event, log_dir: Path | None = None, every: float =
             mi = meminfo()
         except (OSError, ValueError):
             continue  # no /proc: nothing to report
-        log.event("k4s", "stats", **memory_summary(mi), zram_mib=zram.ram_used() >> 20, **paging(),
-                  load1=f"{os.getloadavg()[0]:.2f}")
+        log.event("k4s", "stats", **memory_summary(mi), **paging(), load1=f"{os.getloadavg()[0]:.2f}")
         if log_dir is not None:
             write_memory_report(log_dir / "memory.txt", mi)
 

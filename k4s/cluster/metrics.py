@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from k4s import log
-from k4s.boot import zram
 from k4s.cluster import kubeapi, renew
 from k4s.cluster.memory import anon_by_process, meminfo, memory_summary
 from k4s.errors import K4sError
@@ -60,8 +59,7 @@ def snapshot(paths: Paths, proc: bool = True) -> dict[str, Any]:
     if proc:
         try:
             mi = meminfo()
-            doc["memory"] = {**memory_summary(mi), "mem_available_mib": mi.get("MemAvailable", 0) >> 10,
-                             "zram_mib": zram.ram_used() >> 20}
+            doc["memory"] = {**memory_summary(mi), "mem_available_mib": mi.get("MemAvailable", 0) >> 10}
             doc["processes"] = [{"pid": pid, "name": name, "anon_mib": round(kib / 1024, 1)}
                                 for kib, pid, name in anon_by_process()[:TOP_PROCESSES]]
         except (OSError, ValueError, KeyError):
