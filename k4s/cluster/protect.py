@@ -17,6 +17,12 @@ is the failure to avoid: the OOM killer chose the control plane). Two fences:
     it forks (the kubelet's iptables) stalled both vCPUs in soft lockups.
     The size is from the bench's idle figures: what the node's own processes use at idle
     on a server or an agent, capped at 40% of the machine.
+  - the kubelet's kubeReserved (with enforceNodeAllocatable: pods): the pods' cgroup,
+    kubepods, gets memory.max = RAM - what the node itself uses (kernel, the RAM root,
+    its processes). memory.min only fences the node's first 256 MiB; the rest of its
+    memory is swappable to zram (k4s.boot.zram), and a pod filling the machine pushed
+    it there until the whole node thrashed and went NotReady. With the cap, a pod that
+    allocates without limit meets its cgroup's OOM killer before the machine is short.
 
 A host running `k4s server` keeps its service manager's cgroups (only PID 1 enters
 ours), and a host without cgroup v2's memory controller gets the first fence only.
@@ -34,10 +40,21 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_NAME = "k4s"
 MIN_MIB = {"server": 256, "agent": 96}  # idle anonymous memory of the node's own processes (README)
 MAX_SHARE = 0.4
+# What the node itself keeps resident at idle: on a 1 GiB server the k4s cgroup holds 517 MiB
+# (anonymous 259, the binaries' mapped pages 192, the rest page cache), the RAM root 110, the
+# kernel 25; an agent's processes are about half a server's.
+NODE_MIB = {"server": 600, "agent": 320}
+PODS_MIN_MIB = 160  # the add-ons' requests (88 MiB), the kubelet's eviction threshold (50), room
 
 
 def memory_min_mib(role: str, total_mib: int) -> int:
     return min(MIN_MIB[role], int(total_mib * MAX_SHARE))
+
+
+def reserved_mib(role: str, total_mib: int) -> int:
+    """The kubelet's kubeReserved memory: the pods get the rest of the machine, and on a
+    small one at least PODS_MIN_MIB (the node's own processes swap to zram instead)."""
+    return max(0, min(NODE_MIB[role], total_mib - PODS_MIN_MIB))
 
 
 class Protector:

@@ -66,11 +66,15 @@ def lockup_report(console: str) -> str | None:
 
 
 def alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    """The process exists and one of its threads is not a zombie. The main thread of a
+    QEMU killed -9 can be a zombie while another thread is still exiting and holding the
+    process's files: its forwarded ports are free only when every thread is gone."""
+    def running(stat: Path) -> bool:
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except (OSError, IndexError):
+            return False
+    return any(running(t / "stat") for t in Path(f"/proc/{pid}/task").glob("*"))
 
 
 @dataclass

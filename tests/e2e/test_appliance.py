@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 
+from k4s.cluster import protect
 from tests.conftest import k4s_cmd
 from tests.e2e.conftest import KUBECTL, Cluster, assert_node_ready
 
@@ -150,34 +151,51 @@ spec:
   - name: hog
     image: k4s.local/busybox:1.36
     imagePullPolicy: Never
-    command: ["sh", "-c", "echo swap limit $(cat /sys/fs/cgroup/memory.swap.max); echo allocating; tail /dev/zero"]
+    command: ["sh", "-c", "echo swap limit $(cat /sys/fs/cgroup/memory.swap.max); until [ -e /go ]; do sleep 1; done; tail /dev/zero"]
 """
 NODE_PROCESSES = ("etcd", "kube-apiserver", "kubelet", "containerd")
 
 
 def test_a_pod_that_allocates_without_limit_takes_only_itself_down(cluster: Cluster) -> None:
-    """No limit on the pod, so the whole VM runs out of memory: the kernel must choose the pod,
-    not the control plane (k4s.cluster.protect), and the node stays Ready. The node's own
-    processes may swap to zram; the pod may not (the kubelet's NoSwap)."""
+    """No limit on the pod: it allocates until the pods' cgroup (RAM - kubeReserved) is full
+    and the kernel kills it there, never the control plane (k4s.cluster.protect), and the node
+    stays Ready throughout. The node's own processes may swap to zram; the pod may not (the
+    kubelet's NoSwap), and it cannot push them there either."""
     def starts() -> dict[str, int]:
         console = cluster.vm.console.read_text(errors="replace")
         return {n: console.count(f"component={n} event=start pid=") for n in NODE_PROCESSES}
-    before = starts()
+    def ready_since() -> str:
+        return cluster.kubectl("get", "node", "-o", "jsonpath={.items[0].status.conditions[?(@.type=='Ready')]"
+                               ".lastTransitionTime}").stdout
+    before, since = starts(), ready_since()
     assert all(v == 1 for v in before.values()), before
+    node = json.loads(cluster.kubectl("get", "node", "-o", "json").stdout)["items"][0]["status"]
+    total = int(node["capacity"]["memory"].removesuffix("Ki")) >> 10
+    allocatable = int(node["allocatable"]["memory"].removesuffix("Ki")) >> 10
+    assert allocatable == total - protect.reserved_mib("server", total) - 50  # kubeReserved, the eviction threshold
     subprocess.run([str(KUBECTL), "--kubeconfig", str(cluster.vm.kubeconfig), "apply", "-f", "-"], input=HOG,
                    text=True, check=True, capture_output=True, timeout=120)
+    # its log first: an evicted pod's container, and its log, are removed at once
+    cluster.wait_for("the hog's first line", lambda: (
+        (r := cluster.kubectl("logs", "hog", check=False)).returncode == 0 and r.stdout.strip() != "", r.stdout + r.stderr))
+    assert cluster.kubectl("logs", "hog").stdout.splitlines()[0] == "swap limit 0"
+    cluster.kubectl("exec", "hog", "--", "touch", "/go")
 
     def ended():  # type: ignore[no-untyped-def]
         pod = json.loads(cluster.kubectl("get", "pod", "hog", "-o", "json").stdout)
         term = ((pod["status"].get("containerStatuses") or [{}])[0].get("state") or {}).get("terminated") or {}
-        reason = term.get("reason") or pod["status"].get("reason") or ""
+        # the kubelet evicting it (its container then "ContainerStatusUnknown") or the kernel
+        reason = pod["status"].get("reason") or term.get("reason") or ""
         return pod["status"].get("phase") == "Failed", reason
     reason = cluster.wait_for("the hog pod killed", ended, timeout=300)
     assert reason in ("OOMKilled", "Evicted"), reason
-    assert cluster.kubectl("logs", "hog").stdout.splitlines()[0] == "swap limit 0"
     assert starts() == before  # etcd, the apiserver, the kubelet and containerd kept their pids
     assert_node_ready(cluster.vm)
+    assert ready_since() == since, "the node was not Ready for a while"
     console = cluster.vm.console.read_text(errors="replace")
+    if reason == "OOMKilled":  # by the pods' cgroup limit, not with the whole machine out of memory
+        assert "Memory cgroup out of memory: Killed process" in console
+        assert "] Out of memory: Killed process" not in console
     assert "component=protect event=cgroup path=/sys/fs/cgroup/k4s memory_min_mib=256" in console
     assert "component=init event=zram size_mib=" in console
     assert "event=adopt-failed" not in console and "event=no-cgroup" not in console

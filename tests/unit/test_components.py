@@ -141,3 +141,15 @@ def test_the_pod_network_comes_from_flannels_lease(tmp_path) -> None:
     env.write_text("FLANNEL_NETWORK=10.42.0.0/16\n")
     with pytest.raises(K4sError, match="has no FLANNEL_SUBNET"):
         flannel.write_cni_conf(n)
+
+
+def test_the_kubelet_caps_the_pods_cgroup_at_the_rest_of_the_machine(tmp_path) -> None:
+    """kubepods gets memory.max = RAM - kubeReserved (k4s.cluster.protect)."""
+    from k4s.cluster import protect
+    from k4s.cluster.components import kubelet
+    from k4s.cluster.memory import meminfo
+
+    conf = kubelet.kubelet_config(node(tmp_path))
+    total = meminfo()["MemTotal"] >> 10
+    assert conf["kubeReserved"] == {"memory": f"{protect.reserved_mib('server', total)}Mi"}
+    assert conf["enforceNodeAllocatable"] == ["pods"]

@@ -40,6 +40,14 @@ def test_pid_1_enters_the_node_s_cgroup_with_memory_min_sized_for_its_role(tmp_p
     assert protect.memory_min_mib("agent", 1024) == 96
 
 
+def test_the_pods_get_the_rest_of_the_machine_and_some_of_a_small_one() -> None:
+    assert protect.reserved_mib("server", 958) == 512  # a 1 GiB VM's MemTotal: pods 446 MiB
+    assert protect.reserved_mib("agent", 958) == 288
+    assert protect.reserved_mib("server", 478) == 478 - protect.PODS_MIN_MIB  # 512 MiB
+    assert protect.reserved_mib("agent", 100) == 0
+
+
+
 def test_without_the_memory_controller_only_the_score_fence_holds(tmp_path: Path) -> None:
     root = fake_cgroup_root(tmp_path, "cpu pids")
     assert protect.Protector("agent").enter_cgroup(1024, root) == 0

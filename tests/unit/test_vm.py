@@ -34,3 +34,31 @@ def test_waiting_for_ready_stops_at_a_guest_lockup(tmp_path, monkeypatch):
     m.events.write_text("")
     with pytest.raises(vm.GuestLockup, match="locked up: watchdog: BUG: soft lockup .* smp_call_function_many_cond"):
         m.wait_ready(None, timeout=600, echo=False)
+
+
+def test_a_process_whose_main_thread_exited_is_alive_until_its_last_thread_is_gone():
+    """A QEMU killed -9 frees its forwarded ports only when its last thread exits, which
+    can be after its main thread is already a zombie."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import ctypes, threading, time\n"
+        "threading.Thread(target=time.sleep, args=(60,)).start()\n"
+        "print('ready', flush=True)\n"
+        "ctypes.CDLL(None).syscall(60, 0)\n")], stdout=subprocess.PIPE, text=True)  # exit(2): this thread only
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        end = time.monotonic() + 10
+        while open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < end, "the main thread did not exit"
+            time.sleep(0.05)
+        assert vm.alive(child.pid)
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        assert not vm.alive(child.pid)
+    finally:
+        child.kill()
+        child.wait()

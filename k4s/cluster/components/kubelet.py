@@ -6,7 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from k4s.cluster import certs, kubeapi
+from k4s.cluster import certs, kubeapi, protect
+from k4s.cluster.memory import meminfo
 from k4s.cluster.node import Node
 from k4s.config import Config
 from k4s.fsutil import write_atomic
@@ -85,6 +86,8 @@ def kubelet_config(node: Node) -> dict:
         "evictionHard": {"memory.available": "50Mi", "nodefs.available": "5%", "imagefs.available": "5%"},
         "imageGCHighThresholdPercent": 95,
         "imageGCLowThresholdPercent": 90,
+        # kubepods gets memory.max = RAM - this: a pod cannot push the node into swap
+        "kubeReserved": {"memory": f"{protect.reserved_mib(cfg.role, meminfo()['MemTotal'] >> 10)}Mi"},
         "enforceNodeAllocatable": ["pods"],
         "shutdownGracePeriod": "20s",
         "shutdownGracePeriodCriticalPods": "5s",
