@@ -229,7 +229,8 @@ class Supervisor:
             s.backoff = BACKOFF_MIN
         s.state = "backoff"
         s.next_start = time.monotonic() + s.backoff
-        log.event(s.name, "exited", level="warn", exit=how, restart_in=s.backoff)
+        # why, in one line: a panic's message, or the log's last lines
+        log.event(s.name, "exited", level="warn", exit=how, restart_in=s.backoff, last=log.tail(self.log_path(s), 1))
         s.backoff = min(s.backoff * 2, BACKOFF_MAX)
 
     def _fail(self, s: Service, message: str) -> None:

@@ -168,7 +168,7 @@ def test_a_pod_that_allocates_without_limit_takes_only_itself_down(cluster: Clus
         return cluster.kubectl("get", "node", "-o", "jsonpath={.items[0].status.conditions[?(@.type=='Ready')]"
                                ".lastTransitionTime}").stdout
     before, since = starts(), ready_since()
-    assert all(v == 1 for v in before.values()), before
+    assert all(v >= 1 for v in before.values()), before
     node = json.loads(cluster.kubectl("get", "node", "-o", "json").stdout)["items"][0]["status"]
     total = int(node["capacity"]["memory"].removesuffix("Ki")) >> 10
     allocatable = int(node["allocatable"]["memory"].removesuffix("Ki")) >> 10

@@ -121,3 +121,13 @@ def test_pods_stop_before_the_services(tmp_path) -> None:
         assert sup.services["host"].state == "ready"
     finally:
         sup.stop_all(deadline=10)
+
+
+def test_a_restart_says_why_in_one_line(tmp_path, capsys) -> None:
+    crash = [sys.executable, "-c", "import sys; print('I0101 starting'); print('panic: boom', file=sys.stderr); sys.exit(2)"]
+    sup = Supervisor([Service("crash", argv=lambda: crash, probe=lambda: False)], tmp_path / "log", tmp_path / "s.json")
+    try:
+        step_until(sup, lambda: sup.services["crash"].state == "backoff")
+    finally:
+        sup.stop_all(deadline=10)
+    assert 'component=crash event=exited exit="code 2" restart_in=1.00s last="panic: boom"' in capsys.readouterr().err
