@@ -296,6 +296,8 @@ SCHEMA: tuple[Key, ...] = (
         "the kubelet's (about 65 MiB less RAM); separate: one process each, with its own log", cmdline=C),
     Key("zram", _int_range(0, 100), 50, "compressed swap in RAM (zram) for the node's own processes, as a "
         "percent of RAM it may take in (uncompressed); pods never swap; 0 turns it off (appliance only)", cmdline=C),
+    Key("zram-algorithm", _choice("zstd", "lzo-rle", "lz4"), "zstd", "how zram compresses: zstd keeps the most "
+        "in the least RAM, lzo-rle and lz4 spend less CPU (a missing one falls back to the kernel's default)", cmdline=C),
     Key("log-level", _choice("debug", "info", "warn", "error"), "info", "k4s log level", cmdline=C),
     Key("cert-renew-days", _int_range(1, 3650), 90, "re-issue leaf certificates expiring within this many days "
         "(or a third of their validity, if that is shorter), while the node runs"),
@@ -353,6 +355,7 @@ class Config:
     component_gogc: int
     component_processes: str
     zram: int
+    zram_algorithm: str
     log_level: str
     cert_renew_days: int
     cert_validity: int

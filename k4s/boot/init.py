@@ -195,18 +195,21 @@ def sysctls() -> None:
             stage("sysctl-failed", level="warn", key=path, error=e.strerror)
 
 
-def swap(percent: int) -> None:
+def swap(percent: int, algorithm: str) -> None:
     """Compressed swap in RAM for the node's own processes (k4s.boot.zram); without it the
     node runs as before, so a failure is a warning."""
     from k4s.boot import zram
     from k4s.cluster.memory import meminfo
 
     try:
-        size = zram.setup(percent, meminfo()["MemTotal"])
+        size, used = zram.setup(percent, meminfo()["MemTotal"], algorithm)
     except K4sError as e:
         stage("zram-failed", level="warn", error=e.message, hint=e.hint)
         return
-    stage("zram", size_mib=size >> 20)
+    if not size:
+        stage("zram", size_mib=0)
+        return
+    stage("zram", size_mib=size >> 20, algorithm=used, **({"wanted": algorithm} if used != algorithm else {}))
 
 
 def default_node_name(cfg: Config) -> Config:
@@ -246,7 +249,7 @@ def boot() -> str:
 
         datadisk.mount(cfg.data, cfg.data_format, paths.data, paths.run / "data-disk")
     sysctls()
-    swap(cfg.zram)
+    swap(cfg.zram, cfg.zram_algorithm)
     cfg = default_node_name(cfg)
     try:
         libc.sethostname(cfg.hostname or cfg.node_name)

@@ -20,6 +20,7 @@ reclaims memory.
 from __future__ import annotations
 
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -46,11 +47,18 @@ def swap_header(size: int, page: int) -> bytes:
     return bytes(header)
 
 
-def setup(percent: int, mem_total_kib: int, sys: Path = Path("/sys"), dev: Path = Path("/dev"),
-          proc: Path = Path("/proc")) -> int:
-    """Size the zram device to `percent` of RAM and swap on it; its size in bytes (0: off)."""
+def in_use(shown: str) -> str:
+    """The compression zram uses, from its comp_algorithm: "lzo [lzo-rle] lz4 zstd"."""
+    return m.group(1) if (m := re.search(r"\[([^]]+)\]", shown)) else shown.strip()
+
+
+def setup(percent: int, mem_total_kib: int, algorithm: str = "zstd", sys: Path = Path("/sys"),
+          dev: Path = Path("/dev"), proc: Path = Path("/proc")) -> tuple[int, str]:
+    """Size the zram device to `percent` of RAM and swap on it; its size in bytes (0: off)
+    and the compression it uses: `algorithm`, or the kernel's default when it has not
+    got that one."""
     if percent == 0:
-        return 0
+        return 0, ""
     block = sys / "block" / DEVICE
     if not block.is_dir():
         raise K4sError(f"no {block}", hint="the kernel needs the zram module (etc/k4s/modules.list) or k4s.zram=0")
@@ -59,6 +67,11 @@ def setup(percent: int, mem_total_kib: int, sys: Path = Path("/sys"), dev: Path 
     if size < 16 * page:
         raise K4sError(f"a zram swap of {size} bytes is too small", hint="raise k4s.zram or set it to 0")
     try:
+        try:  # before disksize: the algorithm is fixed once the device has a size
+            (block / "comp_algorithm").write_text(algorithm)
+        except OSError:
+            pass
+        used = in_use((block / "comp_algorithm").read_text())
         (block / "disksize").write_text(str(size))
         with open(dev / DEVICE, "r+b", buffering=0) as f:
             f.write(swap_header(size, page))
@@ -69,7 +82,7 @@ def setup(percent: int, mem_total_kib: int, sys: Path = Path("/sys"), dev: Path 
     except OSError as e:
         raise K4sError(f"zram swap on /dev/{DEVICE}: {e.strerror or e}",
                        hint="a kernel with CONFIG_ZRAM and CONFIG_SWAP, or k4s.zram=0") from e
-    return size
+    return size, used
 
 
 def ram_used(sys: Path = Path("/sys")) -> int:

@@ -30,6 +30,7 @@ def fake_machine(tmp_path):
     block = tmp_path / "sys" / "block" / zram.DEVICE
     block.mkdir(parents=True)
     (block / "disksize").write_text("0")
+    (block / "comp_algorithm").write_text("lzo [lzo-rle] lz4 zstd\n")
     (tmp_path / "dev").mkdir()
     (tmp_path / "dev" / zram.DEVICE).write_bytes(b"")
     (tmp_path / "proc" / "sys" / "vm").mkdir(parents=True)
@@ -40,8 +41,9 @@ def test_setup_sizes_the_device_and_swaps_on_it(tmp_path, monkeypatch) -> None:
     block = fake_machine(tmp_path)
     calls = []
     monkeypatch.setattr(libc, "swapon", lambda path, prio: calls.append((path, prio)))
-    size = zram.setup(50, 465_000, sys=tmp_path / "sys", dev=tmp_path / "dev", proc=tmp_path / "proc")
+    size, algorithm = zram.setup(50, 465_000, "zstd", sys=tmp_path / "sys", dev=tmp_path / "dev", proc=tmp_path / "proc")
     assert size == 465_000 * 1024 // 2 // PAGE * PAGE
+    assert algorithm == "zstd" == (block / "comp_algorithm").read_text()
     assert int((block / "disksize").read_text()) == size
     header = (tmp_path / "dev" / zram.DEVICE).read_bytes()
     assert header.endswith(b"SWAPSPACE2") and len(header) == PAGE
@@ -50,7 +52,7 @@ def test_setup_sizes_the_device_and_swaps_on_it(tmp_path, monkeypatch) -> None:
 
 
 def test_zero_is_off_and_a_missing_module_says_so(tmp_path) -> None:
-    assert zram.setup(0, 465_000, sys=tmp_path) == 0
+    assert zram.setup(0, 465_000, sys=tmp_path) == (0, "")
     with pytest.raises(K4sError) as e:
         zram.setup(50, 465_000, sys=tmp_path)
     assert "zram" in e.value.hint
@@ -61,3 +63,10 @@ def test_ram_used_reads_mm_stat(tmp_path) -> None:
     assert zram.ram_used(tmp_path / "sys") == 0
     (block / "mm_stat").write_text("188743680 52428800 54525952 0 54525952 120 0 3 0\n")
     assert zram.ram_used(tmp_path / "sys") == 54525952
+
+
+
+def test_the_algorithm_in_use_is_the_bracketed_one() -> None:
+    """What the kernel shows after refusing an algorithm it has not got (EINVAL): its default."""
+    assert zram.in_use("lzo [lzo-rle] lz4 zstd\n") == "lzo-rle"
+    assert zram.in_use("zstd\n") == "zstd"
