@@ -1,7 +1,7 @@
 """Workloads cannot take the node's own components down.
 
 A pod that allocates without limit must take only itself down (Talos's issue 10671
-is the failure to avoid: the OOM killer chose the control plane). Two fences:
+is the failure to avoid: the OOM killer chose the control plane). Three fences:
 
   - oom_score_adj -999 on every process the supervisor starts: below every pod's (a
     Guaranteed pod's is -997, a BestEffort pod's 1000), so when memory runs out the

@@ -230,7 +230,8 @@ class Supervisor:
         s.state = "backoff"
         s.next_start = time.monotonic() + s.backoff
         # why, in one line: a panic's message, or the log's last lines
-        log.event(s.name, "exited", level="warn", exit=how, restart_in=s.backoff, last=log.tail(self.log_path(s), 1))
+        last = log.tail(self.log_path(s), 1)
+        log.event(s.name, "exited", level="warn", exit=how, restart_in=s.backoff, **({"last": last} if last else {}))
         s.backoff = min(s.backoff * 2, BACKOFF_MAX)
 
     def _fail(self, s: Service, message: str) -> None:
