@@ -65,16 +65,19 @@ def lockup_report(console: str) -> str | None:
     return head + (f"; stacks: {' < '.join(frames[:24])}" if frames else "")
 
 
+def state(stat: Path) -> str:
+    """A process's or thread's state letter from its /proc stat file ("R", "S", "Z"...); "" if gone."""
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def alive(pid: int) -> bool:
     """The process exists and one of its threads is not a zombie. The main thread of a
     QEMU killed -9 can be a zombie while another thread is still exiting and holding the
     process's files: its forwarded ports are free only when every thread is gone."""
-    def running(stat: Path) -> bool:
-        try:
-            return stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-        except (OSError, IndexError):
-            return False
-    return any(running(t / "stat") for t in Path(f"/proc/{pid}/task").glob("*"))
+    return any(state(t / "stat") not in ("", "Z", "X") for t in Path(f"/proc/{pid}/task").glob("*"))
 
 
 @dataclass

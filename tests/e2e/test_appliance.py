@@ -7,6 +7,7 @@ import re
 import subprocess
 
 from k4s.cluster import protect
+from k4s.cluster.components import kubelet
 from tests.conftest import k4s_cmd
 from tests.e2e.conftest import KUBECTL, Cluster, assert_node_ready
 
@@ -172,7 +173,7 @@ def test_a_pod_that_allocates_without_limit_takes_only_itself_down(cluster: Clus
     node = json.loads(cluster.kubectl("get", "node", "-o", "json").stdout)["items"][0]["status"]
     total = int(node["capacity"]["memory"].removesuffix("Ki")) >> 10
     allocatable = int(node["allocatable"]["memory"].removesuffix("Ki")) >> 10
-    assert allocatable == total - protect.reserved_mib("server", total) - 50  # kubeReserved, the eviction threshold
+    assert allocatable == total - protect.reserved_mib("server", total) - kubelet.EVICTION_MIB
     subprocess.run([str(KUBECTL), "--kubeconfig", str(cluster.vm.kubeconfig), "apply", "-f", "-"], input=HOG,
                    text=True, check=True, capture_output=True, timeout=120)
     # its log first: an evicted pod's container, and its log, are removed at once

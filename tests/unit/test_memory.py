@@ -22,8 +22,9 @@ HugePages_Total:       0
 def test_summary_splits_used_memory() -> None:
     mi = node.meminfo(SAMPLE)
     assert mi["HugePages_Total"] == 0
-    assert node.memory_summary(mi, zram_bytes=11 << 20) == {"mem_used_mib": 511, "anon_mib": 340, "shmem_mib": 96, "kernel_mib": 30,
-                                       "swapped_mib": 30, "zram_mib": 11, "mem_total_mib": 958}
+    assert node.memory_summary(mi, zram_bytes=11 << 20) == {
+        "mem_used_mib": 511, "anon_mib": 340, "shmem_mib": 96, "kernel_mib": 30, "swapped_mib": 30, "zram_mib": 11,
+        "mem_total_mib": 958}
 
 
 def test_anon_by_process_sees_this_process() -> None:

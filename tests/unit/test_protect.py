@@ -47,7 +47,6 @@ def test_the_pods_get_the_rest_of_the_machine_and_some_of_a_small_one() -> None:
     assert protect.reserved_mib("agent", 100) == 0
 
 
-
 def test_without_the_memory_controller_only_the_score_fence_holds(tmp_path: Path) -> None:
     root = fake_cgroup_root(tmp_path, "cpu pids")
     assert protect.Protector("agent").enter_cgroup(1024, root) == 0

@@ -43,6 +43,7 @@ def test_a_process_whose_main_thread_exited_is_alive_until_its_last_thread_is_go
     import subprocess
     import sys
     import time
+    from pathlib import Path
 
     child = subprocess.Popen([sys.executable, "-c", (
         "import ctypes, threading, time\n"
@@ -52,7 +53,7 @@ def test_a_process_whose_main_thread_exited_is_alive_until_its_last_thread_is_go
     try:
         assert child.stdout is not None and child.stdout.readline() == "ready\n"
         end = time.monotonic() + 10
-        while open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        while vm.state(Path(f"/proc/{child.pid}/stat")) != "Z":
             assert time.monotonic() < end, "the main thread did not exit"
             time.sleep(0.05)
         assert vm.alive(child.pid)

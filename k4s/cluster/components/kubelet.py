@@ -26,6 +26,7 @@ def ports(cfg: Config) -> list[tuple[str, int]]:
 
 CLIENT_PEM = "kubelet-client-current.pem"  # the kubelet's certificate manager's names for them
 SERVER_PEM = "kubelet-server-current.pem"
+EVICTION_MIB = 50  # the kubelet evicts pods below this much available memory
 
 
 def root(node: Node) -> Path:
@@ -83,7 +84,7 @@ def kubelet_config(node: Node) -> dict:
         "resolvConf": "/etc/resolv.conf",
         "serializeImagePulls": False,
         # Everything is in RAM: evict on memory, not on disk percentages of a tmpfs.
-        "evictionHard": {"memory.available": "50Mi", "nodefs.available": "5%", "imagefs.available": "5%"},
+        "evictionHard": {"memory.available": f"{EVICTION_MIB}Mi", "nodefs.available": "5%", "imagefs.available": "5%"},
         "imageGCHighThresholdPercent": 95,
         "imageGCLowThresholdPercent": 90,
         # kubepods gets memory.max = RAM - this: a pod cannot push the node into swap
