@@ -1,12 +1,15 @@
 """token: make, list and delete bootstrap tokens that let workers join (kubeadm token).
 
-    k4s token create [--ttl 24h] [--server https://HOST:6443] [--kubeconfig out/kubeconfig]
+    k4s token create [--node NAME] [--segment FILE] [--ttl 1h] [--reusable] [--server URL] [--kubeconfig out/kubeconfig]
     k4s token list | delete ID
 
-`create` prints the kernel command line a worker boots with, like `kubeadm token
-create --print-join-command`: the server, the token, and the cluster CA's hash
-(the worker checks the CA against it before it trusts anything). Run on the
-operator's host; it reaches the cluster through the apiserver.
+`create` makes a single-use token (deleted by the server once a node has joined with it),
+bound to one node name with --node, and prints a worker's join like `kubeadm token create
+--print-join-command`: the server, the cluster CA's hash (the worker checks the CA against it
+before it trusts anything) and the token. The token is a secret and never goes on a command
+line (every pod can read /proc/cmdline): with --segment FILE it is written into FILE, the
+machine's own initrd segment (0600; `k4s vm --join-secret FILE`), and only the public half is
+printed. Run on the operator's host; it reaches the cluster through the apiserver.
 """
 
 from __future__ import annotations
@@ -37,23 +40,51 @@ def with_client(kubeconfig: Path, fn):  # type: ignore[no-untyped-def]
                        hint="is the server up (make up)? is --kubeconfig its kubeconfig?") from None
 
 
-@cli.command(help="Make a token and print the worker's join line.")
-@click.option("--ttl", default="24h", show_default=True, help="How long the token lives (e.g. 30m, 24h).")
+@cli.command(help="Make a single-use token and print (or write) the worker's join.")
+@click.option("--node", "node_name", default="", help="Bind the token to this node name (the only one it may join as).")
+@click.option("--segment", type=click.Path(path_type=Path), default=None,
+              help="Write the join, token included, as the machine's initrd segment (0600) and print only "
+                   "the public half.")
+@click.option("--ttl", default="1h", show_default=True, help="How long the token lives (e.g. 30m, 24h; at most 7d).")
+@click.option("--reusable", is_flag=True, help="Many machines may join with it until it expires (TTL at most 24h).")
 @click.option("--server", default="", help="The apiserver URL workers use [default: the one cluster-info names].")
 @click.option("--description", default="k4s worker join", show_default=True)
 @KUBECONFIG
-def create(ttl: str, server: str, description: str, kubeconfig: Path) -> int:
+def create(node_name: str, segment: Path | None, ttl: str, reusable: bool, server: str, description: str,
+           kubeconfig: Path) -> int:
+    from k4s import config
+    from k4s.boot import joinsecret
     from k4s.cluster.pki import spki_hash_pem
+    from k4s.errors import K4sError
+    from k4s.fsutil import write_atomic
     from k4s.host import tokens
 
-    lifetime = tokens.parse_ttl(ttl)  # checked before anything is asked of the server
+    lifetime = tokens.parse_ttl(ttl, reusable)  # checked before anything is asked of the server
+    if node_name:
+        try:
+            node_name = config.KEYS["node-name"].parse(node_name)
+        except config.Invalid as e:
+            raise K4sError(f"--node: {e}", hint=e.hint) from None
+    if segment is not None and not segment.parent.is_dir():
+        raise K4sError(f"--segment {segment}: no directory {segment.parent}", hint="write it into an existing directory")
 
     def make(client):  # type: ignore[no-untyped-def]
         published, ca = tokens.cluster_server_and_ca(client)
-        token_id, secret = tokens.create(client, lifetime, description)
-        return tokens.join_line(server or published, f"{token_id}.{secret}", spki_hash_pem(ca))
+        token_id, secret = tokens.create(client, lifetime, description, node_name, reusable)
+        return (tokens.join_line(server or published, spki_hash_pem(ca), node_name),
+                tokens.join_secret(server or published, f"{token_id}.{secret}", spki_hash_pem(ca), node_name))
 
-    click.echo(with_client(kubeconfig, make))
+    public, whole = with_client(kubeconfig, make)
+    if segment is None:
+        click.echo(whole)
+        click.echo("k4s token: this line holds a secret: give it to the machine in its join segment "
+                   "(--segment FILE), never on its command line", err=True)
+        return 0
+    try:
+        write_atomic(segment, joinsecret.segment(whole), 0o600)
+    except OSError as e:
+        raise K4sError(f"cannot write {segment}: {e.strerror}", hint="choose a writable path") from None
+    click.echo(public)
     return 0
 
 
@@ -63,9 +94,10 @@ def list_(kubeconfig: Path) -> int:
     from k4s.host import tokens
 
     listed = with_client(kubeconfig, tokens.listed)
-    click.echo(f"{'ID':<8} {'EXPIRES':<22} DESCRIPTION")
+    click.echo(f"{'ID':<8} {'EXPIRES':<22} {'NODE':<20} {'USES':<9} DESCRIPTION")
     for t in listed:
-        click.echo(f"{t.id:<8} {t.expires:<22} {t.description}")
+        click.echo(f"{t.id:<8} {t.expires:<22} {t.node or '(any)':<20} {'reusable' if t.reusable else 'once':<9} "
+                   f"{t.description}")
     return 0
 
 

@@ -47,6 +47,8 @@ def vm_options(f):  # type: ignore[no-untyped-def]
                      "--append 'k4s.data=LABEL=K4SDATA k4s.data-format=1' the first time."),
         click.option("--disk-size", default="4G", show_default=True, help="The size a new --disk gets."),
         click.option("--mac", default="", help="The NIC's MAC; each VM on a lan needs its own (e.g. 52:54:00:00:77:02)."),
+        click.option("--join-secret", type=P, help="A worker's join segment (`k4s token create --segment FILE`), "
+                     "or the join line it printed: the machine's own initrd segment, never its command line."),
     ]):
         f = opt(f)
     return f
@@ -54,10 +56,12 @@ def vm_options(f):  # type: ignore[no-untyped-def]
 
 def make_vm(out: Path, kernel: Path, initrd: Path, memory: int, cpus: int, port: int, metrics_port: int, append: str,
             manifest: tuple[Path, ...], pxe: Path | None = None, lan_ports: tuple[int, ...] = (),
-            lan_connect: int = 0, mac: str = "", disk: Path | None = None, disk_size: str = "4G") -> VM:
+            lan_connect: int = 0, mac: str = "", disk: Path | None = None, disk_size: str = "4G",
+            join_secret: Path | None = None) -> VM:
     return VM(out.resolve(), kernel.resolve(), initrd.resolve(), memory, cpus, port, append, list(manifest),
               pxe=pxe.resolve() if pxe else None, lan_ports=tuple(lan_ports), lan_connect=lan_connect, mac=mac,
-              disk=disk.resolve() if disk else None, disk_size=disk_size, metrics_port=metrics_port)
+              disk=disk.resolve() if disk else None, disk_size=disk_size, metrics_port=metrics_port,
+              join_secret=join_secret.resolve() if join_secret else None)
 
 
 def kubectl_nodes(vm: VM) -> None:

@@ -56,16 +56,26 @@ class Invalid(ValueError):
 
 # --- value parsers: text or YAML value -> typed value, or Invalid ---------------------------
 
+SHOWN = 60  # characters of a bad value an error quotes: the message stays one short line
+
+
+def shown(v: Any) -> str:
+    """A value as an error quotes it: repr, cut to SHOWN characters (a 5000-character value is
+    not echoed whole onto a console)."""
+    r = repr(v) if not isinstance(v, list | tuple | dict) or len(v) < 64 else f"<a {type(v).__name__} of {len(v)}>"
+    return r if len(r) <= SHOWN else r[:SHOWN - 3] + "..."
+
+
 def _str(v: Any) -> str:
     if isinstance(v, bool) or not isinstance(v, str | int | float):
-        raise Invalid(f"{v!r} is not a string", "write a plain string")
+        raise Invalid(f"{shown(v)} is not a string", "write a plain string")
     return str(v)
 
 
 def _dns_name(v: Any) -> str:
     s = _str(v).lower()
     if not _HOSTNAME.fullmatch(s) or len(s) > 253:
-        raise Invalid(f"{s!r} is not a valid DNS name", "use lower-case letters, digits, '-' and '.', e.g. node-1")
+        raise Invalid(f"{shown(s)} is not a valid DNS name", "use lower-case letters, digits, '-' and '.', e.g. node-1")
     return s
 
 
@@ -83,7 +93,7 @@ def _pattern(regex: re.Pattern[str], what: str, hint: str, secret: bool = False,
     def p(v: Any) -> str:
         s = _str(v).lower() if lower else _str(v)
         if not regex.fullmatch(s):
-            raise Invalid(f"{'the value' if secret else repr(s)} is not {what}", hint)
+            raise Invalid(f"{'the value' if secret else shown(s)} is not {what}", hint)
         return s
 
     return p
@@ -103,7 +113,7 @@ _ca_hash = _pattern(_CA_HASH, "a CA hash", "write sha256:<64 hex digits>, as the
 def _payload_url(v: Any) -> str:
     s = _str(v)
     if not _URL.fullmatch(s) or any(seg in (".", "..") for seg in s.split("/")[3:]):
-        raise Invalid(f"{s!r} is not a payload directory URL", "write http://HOST[:PORT]/PATH/ (ending in /)")
+        raise Invalid(f"{shown(s)} is not a payload directory URL", "write http://HOST[:PORT]/PATH/ (ending in /)")
     return s
 
 
@@ -112,7 +122,7 @@ def _ipv4(v: Any) -> str:
     try:
         return str(ipaddress.IPv4Address(s))
     except ValueError:
-        raise Invalid(f"{s!r} is not an IPv4 address", "write it like 10.0.2.15") from None
+        raise Invalid(f"{shown(s)} is not an IPv4 address", "write it like 10.0.2.15") from None
 
 
 def _cidr(v: Any) -> str:
@@ -120,7 +130,7 @@ def _cidr(v: Any) -> str:
     try:
         return str(ipaddress.IPv4Network(s, strict=True))
     except ValueError as e:
-        raise Invalid(f"{s!r} is not a valid CIDR ({e})", "write a network like 10.42.0.0/16") from None
+        raise Invalid(f"{shown(s)} is not a valid CIDR ({e})", "write a network like 10.42.0.0/16") from None
 
 
 def _interface_address(v: Any) -> str:
@@ -131,7 +141,7 @@ def _interface_address(v: Any) -> str:
     try:
         return str(ipaddress.IPv4Interface(s))
     except ValueError:
-        raise Invalid(f"{s!r} is neither 'dhcp' nor an address with prefix", "write dhcp or 10.0.2.15/24") from None
+        raise Invalid(f"{shown(s)} is neither 'dhcp' nor an address with prefix", "write dhcp or 10.0.2.15/24") from None
 
 
 def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
@@ -142,8 +152,7 @@ def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
         elif isinstance(v, str) and re.fullmatch(r"[0-9]{1,10}", v.strip()):
             n = int(v)
         else:  # floats (6443.9), booleans, 5000-digit numbers, anything else
-            shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
-            raise Invalid(f"{shown} is not an integer", hint)
+            raise Invalid(f"{shown(v)} is not an integer", hint)
         if not lo <= n <= hi:
             raise Invalid(f"{n} is out of range", f"write a number from {lo} to {hi}")
         return n
@@ -160,7 +169,7 @@ def _duration(lo: int, hi: int) -> Callable[[Any], int]:
     def p(v: Any) -> int:
         m = _DURATION.fullmatch(_str(v).strip())
         if not m:
-            raise Invalid(f"{v!r} is not a duration", "write a number with a unit: 10m, 12h or 365d")
+            raise Invalid(f"{shown(v)} is not a duration", "write a number with a unit: 10m, 12h or 365d")
         n = int(m.group(1)) * _UNIT[m.group(2)]
         if not lo <= n <= hi:
             raise Invalid(f"{v} is out of range", f"write a duration from {lo // 60}m to {hi // 86400}d")
@@ -177,14 +186,14 @@ def _bool(v: Any) -> bool:
         return True
     if s in ("0", "false", "no", "off"):
         return False
-    raise Invalid(f"{v!r} is not a boolean", "write true or false")
+    raise Invalid(f"{shown(v)} is not a boolean", "write true or false")
 
 
 def _choice(*choices: str) -> Callable[[Any], str]:
     def p(v: Any) -> str:
         s = _str(v)
         if s not in choices:
-            raise Invalid(f"{s!r} is not one of {', '.join(choices)}", f"write one of {', '.join(choices)}")
+            raise Invalid(f"{shown(s)} is not one of {', '.join(choices)}", f"write one of {', '.join(choices)}")
         return s
 
     return p
@@ -196,11 +205,13 @@ def _list_of(parse: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
             import yaml
 
             try:
-                v = yaml.safe_load(v)
-            except yaml.YAMLError:
-                raise Invalid(f"{v!r} is not a YAML list", 'write ["a", "b,c"] or a,b') from None
+                v = yaml.load(v, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass, no aliases
+            except _Alias:
+                raise Invalid("a YAML alias (*name) is not allowed", "write every item out") from None
+            except (yaml.YAMLError, ValueError):
+                raise Invalid(f"{shown(v)} is not a YAML list", 'write ["a", "b,c"] or a,b') from None
             if not isinstance(v, list):
-                raise Invalid(f"{v!r} is not a list", 'write ["a", "b,c"] or a,b')
+                raise Invalid(f"{shown(v)} is not a list", 'write ["a", "b,c"] or a,b')
         if isinstance(v, str):
             items: Iterable[Any] = [i for i in (x.strip() for x in v.split(",")) if i]
         elif isinstance(v, list | tuple):
@@ -208,7 +219,7 @@ def _list_of(parse: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
         elif v is None:
             items = []
         else:
-            raise Invalid(f"{v!r} is not a list", "write a YAML list, or comma-separated values")
+            raise Invalid(f"{shown(v)} is not a list", "write a YAML list, or comma-separated values")
         return tuple(parse(i) for i in items)
 
     return p
@@ -225,16 +236,16 @@ def _san(v: Any) -> str:
 def _flag(v: Any) -> str:
     s = _str(v)
     if not re.fullmatch(r"--[a-z0-9][a-z0-9-]*(=[^\n\r\0]*)?", s):
-        raise Invalid(f"{s!r} is not a --flag or --flag=value", "write flags in full, e.g. --v=2")
+        raise Invalid(f"{shown(s)} is not a --flag or --flag=value", "write flags in full, e.g. --v=2")
     return s
 
 
 def _abs_path(v: Any) -> str:
     s = _str(v)
     if not s.startswith("/"):
-        raise Invalid(f"{s!r} is not an absolute path", "write a path starting with /")
+        raise Invalid(f"{shown(s)} is not an absolute path", "write a path starting with /")
     if not _PATH.fullmatch(s):  # paths go into other programs' config files (containerd's TOML)
-        raise Invalid(f"{s!r} has characters a k4s path may not hold",
+        raise Invalid(f"{shown(s)} has characters a k4s path may not hold",
                       "use letters, digits and . _ + @ : / - only")
     return os.path.normpath(s)
 
@@ -252,6 +263,7 @@ class Key:
     default: Any
     help: str
     cmdline: bool = False  # the kernel command line may set it: per-machine and harmless
+    secret: bool = False  # a machine's secret: only its join segment (or a flag) sets it, never echoed
 
 
 C = True  # marks the keys the kernel command line may set
@@ -271,7 +283,8 @@ SCHEMA: tuple[Key, ...] = (
         "that joins `server` with a bootstrap token (kubeadm's protocol)", cmdline=C),
     Key("server", _optional(_server_url), "", "agent: the apiserver to join, https://HOST:PORT", cmdline=C),
     Key("token", _optional(_token), "", "agent: a bootstrap token <id>.<secret> from `k4s token create`; "
-        "short-lived, it can only ask for the node's certificate", cmdline=C),
+        "single-use, short-lived, bound to one node name; only in the machine's join segment "
+        f"({layout.JOIN_SECRET}), never on the command line every pod can read", secret=True),
     Key("ca-hash", _optional(_ca_hash), "", "agent: sha256 of the cluster CA's public key, pinned before "
         "anything from the server is trusted", cmdline=C),
     Key("cluster-cidr", _cidr, "10.42.0.0/16", "pod network"),
@@ -318,6 +331,10 @@ SCHEMA: tuple[Key, ...] = (
 )
 KEYS: dict[str, Key] = {k.name: k for k in SCHEMA}
 CMDLINE_KEYS = tuple(k.name for k in SCHEMA if k.cmdline)
+SECRET_KEYS = tuple(k.name for k in SCHEMA if k.secret)
+JOIN_KEYS = CMDLINE_KEYS + SECRET_KEYS  # what a machine's join segment may set
+HINT_JOIN_SEGMENT = ("hand it to the machine in its own join segment: `k4s token create --node NAME --segment FILE` "
+                     "(then `k4s vm --join-secret FILE`, or `k4s netboot serve --kubeconfig` for PXE and stage 1)")
 
 
 def attr(name: str) -> str:
@@ -451,8 +468,11 @@ def read_file_layer(path: str, required: bool) -> dict[str, Any]:
     try:
         data = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
     except _DuplicateKey as e:
-        raise ConfigError(f"config file {path}: key {e.key!r} is set twice, at lines {e.first} and {e.second}",
+        raise ConfigError(f"config file {path}: key {shown(e.key)} is set twice, at lines {e.first} and {e.second}",
                           hint="keep one of them") from None
+    except _Alias as e:
+        raise ConfigError(f"config file {path}: a YAML alias (*name) at line {e.line}",
+                          hint="write the value out: aliases are refused (one alias can expand to gigabytes)") from None
     except ValueError:  # PyYAML's int() of a number with thousands of digits
         raise ConfigError(f"config file {path}: a value is a number too long to read",
                           hint="numbers in the config are small whole numbers") from None
@@ -486,11 +506,23 @@ def _unique_mapping(loader: Any, node: Any, deep: bool = False) -> Any:
     return loader.construct_mapping(node, deep)
 
 
+class _Alias(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
 def _yaml_loader() -> type:
     import yaml
 
     class Loader(yaml.SafeLoader):
-        """SafeLoader that refuses a key set twice (PyYAML lets the last one win, silently)."""
+        """SafeLoader that refuses a key set twice (PyYAML lets the last one win, silently) and
+        any alias: a few hundred bytes of nested aliases expand to gigabytes ("billion laughs"),
+        and nothing a k4s config says needs one."""
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                raise _Alias(self.peek_event().start_mark.line + 1)
+            return super().compose_node(parent, index)
 
     Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
     return Loader
@@ -504,6 +536,9 @@ def _apply(values: dict[str, Any], sources: dict[str, str], layer: Iterable[tupl
             near = [k for k in KEYS if k.replace("-", "") == key.replace("-", "").replace("_", "")]
             hint = f"did you mean '{near[0]}'?" if near else "run `k4s config show` for the known keys"
             raise ConfigError(f"{source}: unknown key '{key[:64]}'", hint=hint)
+        if allowed is not None and key in SECRET_KEYS and key not in allowed:
+            raise ConfigError(f"{source}: key '{key}' is a secret, and every pod on the machine can read it there",
+                              hint=HINT_JOIN_SEGMENT)
         if allowed is not None and key not in allowed:
             raise ConfigError(f"{source}: key '{key}' may not be set there (the command line is untrusted)",
                               hint=f"set it in the config file in the image ({DEFAULT_CONFIG_FILE}); the command "
@@ -511,7 +546,7 @@ def _apply(values: dict[str, Any], sources: dict[str, str], layer: Iterable[tupl
         try:
             values[key] = KEYS[key].parse(raw_value)
         except Invalid as e:
-            raise ConfigError(f"{source}: key '{key}': {e}", hint=e.hint) from None
+            raise ConfigError(f"{source}: key '{key}': {str(e)[:200]}", hint=e.hint) from None
         sources[key] = source
 
 
@@ -562,22 +597,54 @@ def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
                           hint="set a static ip like 10.0.2.15/24 or drop the gateway")
 
 
+def read_join_secret(path: str) -> str:
+    """A machine's join segment, written like a command line (k4s.token=... k4s.server=...);
+    "" when there is none. Bounded: it is a few hundred bytes."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_JOIN_SECRET + 1)
+    except FileNotFoundError:
+        return ""
+    except OSError as e:
+        raise ConfigError(f"join secret {path}: cannot read: {e.strerror}", hint="it must be a readable file") from None
+    if len(raw) > MAX_JOIN_SECRET:
+        raise ConfigError(f"join secret {path}: more than {MAX_JOIN_SECRET} bytes",
+                          hint="it holds a few k4s.key=value words; make it with `k4s token create --segment`")
+    return raw.decode("utf-8", errors="replace")
+
+
+MAX_JOIN_SECRET = 4096
+
+
+def check_join_words(text: str) -> None:
+    """A join secret's words, checked as `load` will read them (only join keys, valid values)."""
+    if len(text.encode()) > MAX_JOIN_SECRET:
+        raise ConfigError(f"a join secret of more than {MAX_JOIN_SECRET} bytes", hint="it holds a few k4s.key=value words")
+    values: dict[str, Any] = {}
+    _apply(values, {}, parse_cmdline(text), "join secret", allowed=JOIN_KEYS)
+
+
 def load(
     config_file: str | None = None,
     cmdline: str | None = None,
     overrides: Mapping[str, Any] | None = None,
+    join_secret: str | None = None,
 ) -> Config:
     """Build the Config.
 
     config_file: None means DEFAULT_CONFIG_FILE if present; an explicit path must exist.
     cmdline: the kernel command line text; None means no command-line layer.
     overrides: explicit flags, by key name.
+    join_secret: the path of a machine's join segment (layout.JOIN_SECRET on the appliance),
+    read if it exists: k4s.key=value words that may set the join keys and the secret ones.
     """
     values: dict[str, Any] = {k.name: k.default for k in SCHEMA}
     sources: dict[str, str] = {k.name: "default" for k in SCHEMA}
     path = config_file or os.environ.get("K4S_CONFIG") or DEFAULT_CONFIG_FILE
     required = config_file is not None or "K4S_CONFIG" in os.environ
     _apply(values, sources, read_file_layer(path, required).items(), f"config file {path}")
+    if join_secret is not None and (text := read_join_secret(join_secret)):
+        _apply(values, sources, parse_cmdline(text), f"join secret {join_secret}", allowed=JOIN_KEYS)
     if cmdline is not None:
         _apply(values, sources, parse_cmdline(cmdline), "kernel command line", allowed=CMDLINE_KEYS)
     if overrides:

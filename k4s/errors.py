@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
+# what could end a console line or rewrite it: C0 and C1 controls (newline, CR, ESC), DEL, and
+# Unicode's own line and paragraph separators
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str, limit: int = 0) -> str:
+    """text as one line that cannot forge another: every control character escaped (\\n, \\x1b),
+    cut to limit characters if limit is set. For every value that comes from outside."""
+    out = _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1] if m.group() not in "\u2028\u2029"
+                           else f"\\u{ord(m.group()):04x}", text)
+    return out if not limit or len(out) <= limit else out[:limit - 3] + "..."
+
 
 class K4sError(Exception):
     """An error a user can act on; printed as one line plus a hint, never a traceback."""
@@ -19,7 +33,7 @@ class K4sError(Exception):
         line = f"{prog}: error: {self.message}"
         if self.hint:
             line += f" (hint: {self.hint})"
-        return line
+        return printable(line)
 
 
 class ConfigError(K4sError):

@@ -22,6 +22,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
+from k4s.errors import printable
+
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
 _lock = threading.Lock()
 _file: TextIO | None = None
@@ -72,11 +74,19 @@ def setup(log_dir: Path | None, level: str = "info", events: Path | None = None,
             _early.clear()
 
 
+FIELD_LIMIT = 512  # characters of one field on the console: a value from outside can be any length
+
+
 def _fmt(v: Any) -> str:
+    """key=value's value: quoted (JSON's escapes) when it holds a space, a quote, an '=' or any
+    control character, so a value from outside (a CSR's name, a node name) cannot forge a field
+    or a line."""
     if isinstance(v, float):
         return f"{v:.2f}s"
-    s = str(v)
-    return f'"{s}"' if (" " in s or not s) else s
+    s = str(v)[:FIELD_LIMIT]
+    if not s or any(c in s for c in ' "=\\') or printable(s) != s:
+        return json.dumps(s)
+    return s
 
 
 def _plain(v: Any) -> Any:
@@ -121,7 +131,9 @@ def _write(line: bytes) -> None:
 
 
 def console(text: str) -> None:
-    """One line to the console (stderr) and to k4s.log."""
+    """One line to the console (stderr) and to k4s.log; a control character in it is escaped,
+    so it stays one line."""
+    text = printable(text)
     with _lock:
         print(text, file=sys.stderr, flush=True)
         if _file is not None:

@@ -236,7 +236,7 @@ def boot() -> str:
 
     mount_all()
     stage("mounts")
-    cfg = config.load(cmdline=config.read_proc_cmdline())
+    cfg = config.load(cmdline=config.read_proc_cmdline(), join_secret=str(layout.JOIN_SECRET))
     paths = layout.Paths.of(cfg.data_dir, cfg.run_dir)
     log.setup(paths.logs, cfg.log_level, events=paths.events, device=f"/dev/{cfg.events}" if cfg.events else None)
     stage("config", source=cfg.sources.get("node-name"))
@@ -269,7 +269,7 @@ def on_failure_action() -> str:
     try:
         from k4s import config
 
-        return config.load(cmdline=config.read_proc_cmdline()).on_failure
+        return config.load(cmdline=config.read_proc_cmdline(), join_secret=str(layout.JOIN_SECRET)).on_failure
     except Exception:
         return "poweroff"
 

@@ -60,15 +60,18 @@ def _binding(name: str, role: str, group: str) -> Obj:
             "subjects": [{"apiGroup": RBAC, "kind": "Group", "name": group}]}
 
 
+# Objects an earlier k4s applied that this one deletes at bootstrap: the blanket auto-approval of
+# every bootstrap token's node-client CSR (k4s.cluster.approver decides those now, by name).
+REMOVED = [f"/apis/{RBAC}/v1/clusterrolebindings/k4s:node-autoapprove-bootstrap"]
+
+
 def join_rbac() -> list[Obj]:
-    """kubeadm's bootstrap RBAC: a bootstrap token may create CSRs and have its node-client
-    CSR approved (and nothing else); a node may have its renewal approved. The node's
-    daemons run as the node (NodeRestriction still holds them to their own Node): kube-proxy's
-    role and flannel's, bound to system:nodes."""
+    """kubeadm's bootstrap RBAC, less its blanket approval: a bootstrap token may create CSRs
+    (and nothing else), which k4s.cluster.approver decides; a node may have its renewal approved.
+    The node's daemons run as the node (NodeRestriction still holds them to their own Node):
+    kube-proxy's role and flannel's, bound to system:nodes."""
     return [
         _binding("k4s:kubelet-bootstrap", "system:node-bootstrapper", BOOTSTRAPPERS),
-        _binding("k4s:node-autoapprove-bootstrap",
-                 "system:certificates.k8s.io:certificatesigningrequests:nodeclient", BOOTSTRAPPERS),
         _binding("k4s:node-autoapprove-certificate-rotation",
                  "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", NODES),
         _binding("k4s:node-proxier", "system:node-proxier", NODES),

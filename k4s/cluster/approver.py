@@ -1,20 +1,30 @@
-"""The server approves kubelet serving certificates (signer kubernetes.io/kubelet-serving).
+"""The server decides the certificate requests a node makes: its first client certificate
+(signer kubernetes.io/kube-apiserver-client-kubelet, asked for with a bootstrap token) and its
+kubelet serving certificates (kubernetes.io/kubelet-serving). The controller-manager signs what
+is approved here; nothing else approves either kind.
 
-The controller-manager signs them but never approves them on its own: upstream leaves
-that to the cluster (kubeadm's docs point at an approver). Without one a worker's
-kubelet serves a self-signed certificate, and the apiserver, which checks kubelets
-against the cluster CA, could not reach it for logs or exec.
+A token's client CSR (requester system:bootstrap:<id>) is approved only when:
+  - the token still exists (a single-use token is deleted here once its CSR is approved, so a
+    second machine with it, or a second name, is refused);
+  - the name is the one the token is bound to, if it is bound (tokens.NODE_ANNOTATION);
+  - the name is not the server's own node and not a node that is Ready (a token makes one new
+    node, or takes back a rebooted machine's; it never takes over a running one);
+  - the request is a node's client certificate and nothing more.
+The blanket auto-approval kubeadm binds to system:bootstrappers is not used: it checks only
+the system:node: prefix, so any token holder could become the server's node.
 
-A request is approved only when a node asks for itself: the requester is
-system:node:<name> in system:nodes, the subject is the same, the usages are a
-server's, and every name in it is the node's: its name, and addresses its Node
-object reports. Anything else is denied with the reason.
+A serving CSR is approved only when a node asks for itself: the requester is
+system:node:<name> in system:nodes, the subject is the same, the usages are a server's, and
+every name in it is the node's: its name, and addresses its Node object reports. Anything
+else is denied with the reason. A request that does not parse is denied on its own; it
+never stops the round.
 """
 
 from __future__ import annotations
 
 import base64
 import threading
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -23,34 +33,88 @@ from k4s.cluster import kubeapi
 from k4s.errors import K4sError
 
 SIGNER = "kubernetes.io/kubelet-serving"
+CLIENT_SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
 CSR_API = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 USAGES = frozenset({"digital signature", "key encipherment", "server auth"})
+CLIENT_USAGES = frozenset({"digital signature", "key encipherment", "client auth"})
 NODE_PREFIX = "system:node:"
+BOOTSTRAP_PREFIX = "system:bootstrap:"
+BOOTSTRAPPERS = "system:bootstrappers"
+TOKEN_SECRETS = "/api/v1/namespaces/kube-system/secrets"
+NODE_ANNOTATION = "k4s.io/node-name"    # a token bound to one node name
+REUSABLE_ANNOTATION = "k4s.io/reusable"  # a token that is not deleted once used (an explicit opt-in)
 INTERVAL = 5.0  # a worker waits at most this for its serving certificate; each look is a TLS handshake
 
 
 def read_request(request_b64: str) -> dict[str, Any]:
-    """The names in a PEM CSR (base64, as the API holds it). Imports cryptography: run it in a child."""
+    """The names in a PEM CSR (base64, as the API holds it); {"error": ...} when it does not
+    parse (the apiserver accepts what `cryptography` refuses, a version-1 CSR among them).
+    Imports cryptography: run it in a child."""
     from cryptography import x509
     from cryptography.x509.oid import ExtensionOID, NameOID
 
-    csr = x509.load_pem_x509_csr(base64.b64decode(request_b64))
-    out: dict[str, Any] = {
-        "cn": [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)],
-        "orgs": sorted(a.value for a in csr.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)),
-        "dns": [], "ips": [], "other_names": False, "signature_valid": csr.is_signature_valid,
-    }
-    for ext in csr.extensions:
-        if ext.oid != ExtensionOID.SUBJECT_ALTERNATIVE_NAME:
-            continue
-        for name in ext.value:
-            if isinstance(name, x509.DNSName):
-                out["dns"].append(name.value)
-            elif isinstance(name, x509.IPAddress):
-                out["ips"].append(str(name.value))
-            else:
-                out["other_names"] = True
+    try:
+        csr = x509.load_pem_x509_csr(base64.b64decode(request_b64))
+        out: dict[str, Any] = {
+            "cn": [str(a.value) for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)],
+            "orgs": sorted(str(a.value) for a in csr.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)),
+            "dns": [], "ips": [], "other_names": False, "signature_valid": csr.is_signature_valid,
+        }
+        for ext in csr.extensions:
+            if ext.oid != ExtensionOID.SUBJECT_ALTERNATIVE_NAME:
+                continue
+            for name in ext.value:
+                if isinstance(name, x509.DNSName):
+                    out["dns"].append(name.value)
+                elif isinstance(name, x509.IPAddress):
+                    out["ips"].append(str(name.value))
+                else:
+                    out["other_names"] = True
+    except (ValueError, TypeError, x509.InvalidVersion) as e:
+        return {"error": str(e)[:200] or type(e).__name__}
     return out
+
+
+def _parsed(names: dict[str, Any]) -> str | None:
+    if "error" in names:
+        return f"the request does not parse ({names['error']})"
+    if not names["signature_valid"]:
+        return "the request's signature is invalid"
+    return None
+
+
+def client_refusal(csr: dict[str, Any], names: dict[str, Any], token: dict[str, Any] | None,
+                   node: dict[str, Any] | None, server_node: str) -> str | None:
+    """Why a token's node-client CSR must not be approved, or None. token: its Secret (None when
+    it is gone); node: the Node of that name (None when there is none)."""
+    spec = csr.get("spec", {})
+    user = spec.get("username", "")
+    token_id = user[len(BOOTSTRAP_PREFIX):]
+    if why := _parsed(names):
+        return why
+    if len(names["cn"]) != 1 or not names["cn"][0].startswith(NODE_PREFIX) or names["orgs"] != ["system:nodes"]:
+        return f"the subject {names['cn']}/{names['orgs']} is not system:node:<name>/system:nodes"
+    name = names["cn"][0][len(NODE_PREFIX):]
+    usages = set(spec.get("usages", []))
+    if "client auth" not in usages or not usages <= CLIENT_USAGES:
+        return f"usages {sorted(usages)} are not a node client certificate's"
+    if names["dns"] or names["ips"] or names["other_names"]:
+        return "a node's client certificate names nothing but the node"
+    if token is None:
+        return f"token {token_id} no longer exists (used, expired or deleted)"
+    bound = (token.get("metadata", {}).get("annotations") or {}).get(NODE_ANNOTATION)
+    if bound and bound != name:
+        return f"token {token_id} is bound to node {bound}, not {name}"
+    if name == server_node:
+        return f"{name} is the server's own node"
+    if node is not None and ready(node):
+        return f"node {name} exists and is Ready: a token may not take over a running node"
+    return None
+
+
+def ready(node: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in node.get("status", {}).get("conditions", []) or [])
 
 
 def refusal(csr: dict[str, Any], names: dict[str, Any], addresses: set[str]) -> str | None:
@@ -63,8 +127,8 @@ def refusal(csr: dict[str, Any], names: dict[str, Any], addresses: set[str]) -> 
     usages = set(spec.get("usages", []))
     if "server auth" not in usages or not usages <= USAGES:
         return f"usages {sorted(usages)} are not a serving certificate's"
-    if not names["signature_valid"]:
-        return "the request's signature is invalid"
+    if why := _parsed(names):
+        return why
     if names["cn"] != [user] or names["orgs"] != ["system:nodes"]:
         return f"the subject {names['cn']}/{names['orgs']} is not {user}/system:nodes"
     if names["other_names"] or not (names["dns"] or names["ips"]):
@@ -75,45 +139,90 @@ def refusal(csr: dict[str, Any], names: dict[str, Any], addresses: set[str]) -> 
     return None
 
 
-def node_addresses(client: kubeapi.Client, name: str) -> set[str]:
+def _get(client: kubeapi.Client, path: str) -> dict[str, Any] | None:
     try:
-        node = client.json("GET", f"/api/v1/nodes/{name}")
+        return client.json("GET", path)
     except kubeapi.APIError as e:
         if e.status == 404:
-            return set()
+            return None
         raise
-    return {a["address"] for a in node.get("status", {}).get("addresses", [])
+
+
+def node_addresses(node: dict[str, Any] | None) -> set[str]:
+    return {a["address"] for a in (node or {}).get("status", {}).get("addresses", [])
             if a.get("type") in ("InternalIP", "ExternalIP")}
 
 
-def decide(client: kubeapi.Client, csr: dict[str, Any], call_in_child: Any) -> None:
-    status = csr.get("status", {})
-    if any(c.get("type") in ("Approved", "Denied") for c in status.get("conditions", []) or []):
-        return
+def pending(csr: dict[str, Any]) -> bool:
+    return not any(c.get("type") in ("Approved", "Denied")
+                   for c in csr.get("status", {}).get("conditions", []) or [])
+
+
+def _verdict(client: kubeapi.Client, csr: dict[str, Any], why: str | None, approved_because: str) -> None:
     name = csr["metadata"]["name"]
-    user = csr.get("spec", {}).get("username", "")
-    addresses = node_addresses(client, user[len(NODE_PREFIX):]) if user.startswith(NODE_PREFIX) else set()
-    if user.startswith(NODE_PREFIX) and not addresses:
-        return  # its Node has no addresses yet: decided on a later look, not denied for being early
-    names = call_in_child(lambda: read_request(csr["spec"]["request"]), 30)
-    why = refusal(csr, names, addresses)
     verdict = "Denied" if why else "Approved"
     csr.setdefault("status", {}).setdefault("conditions", []).append({
-        "type": verdict, "status": "True", "reason": "K4sServingApprover",
-        "message": why or "a node's serving certificate for its own names"})
+        "type": verdict, "status": "True", "reason": "K4sApprover", "message": why or approved_because})
     client.json("PUT", f"{CSR_API}/{name}/approval", csr)
-    log.event("approver", verdict.lower(), csr=name, requester=user, reason=why)
+    log.event("approver", verdict.lower(), csr=name, requester=csr.get("spec", {}).get("username", ""), reason=why)
 
 
-def run(connect: Callable[[], kubeapi.Client], call_in_child: Any, stop: threading.Event) -> None:
-    """Until stop: every pending kubelet-serving request decided, within INTERVAL seconds. A new
-    client each round: it picks up the admin certificate after a renewal."""
+def decide_serving(client: kubeapi.Client, csr: dict[str, Any], call_in_child: Any) -> None:
+    user = csr.get("spec", {}).get("username", "")
+    if user.startswith(NODE_PREFIX):
+        addresses = node_addresses(_get(client, f"/api/v1/nodes/{user[len(NODE_PREFIX):]}"))
+        if not addresses:
+            return  # its Node has no addresses yet: decided on a later look, not denied for being early
+    names = call_in_child(lambda: read_request(csr["spec"]["request"]), 30)
+    why = refusal(csr, names, addresses if user.startswith(NODE_PREFIX) else set())
+    _verdict(client, csr, why, "a node's serving certificate for its own names")
+
+
+def decide_client(client: kubeapi.Client, csr: dict[str, Any], call_in_child: Any, server_node: str) -> None:
+    """A bootstrap token's node-client CSR; other requesters (a node renewing its own, which the
+    controller-manager approves) are not this one's to decide."""
+    spec = csr.get("spec", {})
+    user = spec.get("username", "")
+    if not user.startswith(BOOTSTRAP_PREFIX) or BOOTSTRAPPERS not in spec.get("groups", []):
+        return
+    token_id = user[len(BOOTSTRAP_PREFIX):]
+    names = call_in_child(lambda: read_request(spec["request"]), 30)
+    token = _get(client, f"{TOKEN_SECRETS}/bootstrap-token-{token_id}")
+    cn = names.get("cn") or [""]
+    node_name = cn[0][len(NODE_PREFIX):] if cn[0].startswith(NODE_PREFIX) else ""
+    node = _get(client, f"/api/v1/nodes/{urllib.parse.quote(node_name, safe='')}") if node_name else None
+    why = client_refusal(csr, names, token, node, server_node)
+    _verdict(client, csr, why, f"token {token_id} for node {node_name}")
+    if why is None and token is not None \
+            and (token["metadata"].get("annotations") or {}).get(REUSABLE_ANNOTATION) != "true":
+        try:  # single-use: spent
+            client.json("DELETE", f"{TOKEN_SECRETS}/bootstrap-token-{token_id}")
+        except kubeapi.APIError as e:
+            if e.status != 404:
+                raise
+        log.event("approver", "token-spent", token=token_id, node=node_name)
+
+
+def decide_all(client: kubeapi.Client, call_in_child: Any, server_node: str) -> None:
+    """One round: every pending node-client and kubelet-serving request decided, each on its own
+    (one that fails is logged and the round goes on)."""
+    deciders = {CLIENT_SIGNER: lambda csr: decide_client(client, csr, call_in_child, server_node),
+                SIGNER: lambda csr: decide_serving(client, csr, call_in_child)}
+    for signer, decide in deciders.items():
+        for csr in filter(pending, client.json("GET", f"{CSR_API}?fieldSelector=spec.signerName%3D{signer}")
+                          .get("items", [])):
+            try:
+                decide(csr)
+            except (OSError, K4sError, KeyError, TypeError, AttributeError) as e:
+                log.event("approver", "error", level="warn", csr=csr.get("metadata", {}).get("name"), error=str(e))
+
+
+def run(connect: Callable[[], kubeapi.Client], call_in_child: Any, stop: threading.Event, server_node: str) -> None:
+    """Until stop: a round every INTERVAL seconds, with a new client each round (it picks up the
+    admin certificate after a renewal)."""
     while not stop.is_set():
         try:
-            client = connect()
-            items = client.json("GET", f"{CSR_API}?fieldSelector=spec.signerName%3D{SIGNER}").get("items", [])
-            for csr in items:
-                decide(client, csr, call_in_child)
+            decide_all(connect(), call_in_child, server_node)
         except (OSError, K4sError) as e:
             log.event("approver", "error", level="warn", error=str(e))
         stop.wait(INTERVAL)

@@ -78,6 +78,9 @@ def run_server(cfg: Config, control_plane_only: bool,
     preflight(node, names)
     if cfg.role == "agent":
         ca_hash = join_cluster(node)
+        from k4s.boot import joinsecret
+
+        joinsecret.forget(cfg.sources.get("token", ""))  # spent: the server deleted the token too
     else:
         results, ca_hash, expires = ensure_pki(cfg)
         for name, action, reason in results:

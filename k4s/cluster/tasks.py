@@ -136,14 +136,21 @@ def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor) -> N
         objs += addons.local_path(node.cfg, Path(os.path.realpath(node.bin(addons.LOCAL_PATH))), node.paths.storage)
     for obj in objs:
         client.apply(obj)
+    for path in addons.REMOVED:  # what an earlier k4s applied and this one must not keep (a data disk's cluster)
+        try:
+            client.json("DELETE", path)
+            log.event("bootstrap", "removed", object=path)
+        except kubeapi.APIError as e:
+            if e.status != 404:
+                raise
     log.event("bootstrap", "applied", objects=len(objs))
     dst = Path(node.cfg.write_kubeconfig)
     write_atomic(dst, node.certs.kubeconfig(certs.ADMIN).read_bytes(), 0o600)
     log.event("kubeconfig", "written", path=dst)
     if watcher is not None:
         threading.Thread(target=watcher.run, name="manifests", daemon=True).start()
-    threading.Thread(target=approver.run, args=(lambda: api_client(node), sup.call_in_child, sup.stop_requested),
-                     name="approver", daemon=True).start()
+    threading.Thread(target=approver.run, args=(lambda: api_client(node), sup.call_in_child, sup.stop_requested,
+                                                node.cfg.node_name), name="approver", daemon=True).start()
 
 
 # --- the pod network ----------------------------------------------------------------------------

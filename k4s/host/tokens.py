@@ -4,6 +4,10 @@ system:bootstrappers), and for which the controller-manager signs cluster-info. 
 expires (the tokencleaner deletes it) and can only read cluster-info and ask for a
 node certificate: a worker's only secret.
 
+k4s's tokens are single-use by default: the server's approver deletes one once the CSR made
+with it is approved (k4s.cluster.approver). One may be bound to one node name, and
+`--reusable` (for many machines at once) is an explicit opt-in with a TTL of at most a day.
+
 Made from the operator's host through the apiserver: the appliance has no shell.
 """
 
@@ -16,6 +20,7 @@ import string
 from dataclasses import dataclass
 
 from k4s.cluster import addons, kubeapi
+from k4s.cluster.approver import NODE_ANNOTATION, REUSABLE_ANNOTATION
 from k4s.cluster.components.apiserver import CLUSTER_INFO_PATH
 from k4s.errors import K4sError
 
@@ -24,6 +29,8 @@ SECRETS = f"/api/v1/namespaces/{NAMESPACE}/secrets"
 TYPE = "bootstrap.kubernetes.io/token"
 EXTRA_GROUP = "system:bootstrappers:k4s:worker"
 ALPHABET = string.ascii_lowercase + string.digits
+MAX_TTL = dt.timedelta(days=7)
+MAX_REUSABLE_TTL = dt.timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,8 @@ class TokenInfo:
     id: str
     expires: str
     description: str
+    node: str = ""
+    reusable: bool = False
 
 
 def new_token() -> tuple[str, str]:
@@ -39,8 +48,9 @@ def new_token() -> tuple[str, str]:
             "".join(secrets.choice(ALPHABET) for _ in range(16)))
 
 
-def parse_ttl(text: str) -> dt.timedelta:
-    """kubeadm's --ttl: 30m, 24h, 1h30m, 45s (0 is refused: a worker's token must expire)."""
+def parse_ttl(text: str, reusable: bool = False) -> dt.timedelta:
+    """kubeadm's --ttl: 30m, 24h, 1h30m, 45s (0 is refused: a worker's token must expire); at
+    most MAX_TTL, or MAX_REUSABLE_TTL for a reusable token."""
     import re
 
     m = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text.strip())
@@ -49,12 +59,17 @@ def parse_ttl(text: str) -> dt.timedelta:
     h, mi, s = (int(x or 0) for x in m.groups())
     ttl = dt.timedelta(hours=h, minutes=mi, seconds=s)
     if ttl <= dt.timedelta(0):
-        raise K4sError("--ttl must be positive", hint="a token that never expires is a standing secret; use e.g. 24h")
+        raise K4sError("--ttl must be positive", hint="a token that never expires is a standing secret; use e.g. 1h")
+    cap = MAX_REUSABLE_TTL if reusable else MAX_TTL
+    if ttl > cap:
+        raise K4sError(f"--ttl {text} is longer than {cap.days * 24 or cap.seconds // 3600}h"
+                       f"{' for a reusable token' if reusable else ''}",
+                       hint="a join secret is short-lived; make a new one when a machine needs it")
     return ttl
 
 
 def secret_for(token_id: str, token_secret: str, ttl: dt.timedelta, description: str,
-               now: dt.datetime | None = None) -> dict:
+               now: dt.datetime | None = None, node_name: str = "", reusable: bool = False) -> dict:
     expires = (now or dt.datetime.now(dt.UTC)) + ttl
     data = {
         "token-id": token_id, "token-secret": token_secret,
@@ -62,14 +77,19 @@ def secret_for(token_id: str, token_secret: str, ttl: dt.timedelta, description:
         "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true",
         "auth-extra-groups": EXTRA_GROUP, "description": description,
     }
+    annotations = {**({NODE_ANNOTATION: node_name} if node_name else {}),
+                   **({REUSABLE_ANNOTATION: "true"} if reusable else {})}
     return {"apiVersion": "v1", "kind": "Secret", "type": TYPE,
-            "metadata": {"name": f"bootstrap-token-{token_id}", "namespace": NAMESPACE},
+            "metadata": {"name": f"bootstrap-token-{token_id}", "namespace": NAMESPACE,
+                         **({"annotations": annotations} if annotations else {})},
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
 
 
-def create(client: kubeapi.Client, ttl: dt.timedelta, description: str) -> tuple[str, str]:
+def create(client: kubeapi.Client, ttl: dt.timedelta, description: str, node_name: str = "",
+           reusable: bool = False) -> tuple[str, str]:
     token_id, token_secret = new_token()
-    client.json("POST", SECRETS, secret_for(token_id, token_secret, ttl, description))
+    client.json("POST", SECRETS, secret_for(token_id, token_secret, ttl, description, node_name=node_name,
+                                            reusable=reusable))
     return token_id, token_secret
 
 
@@ -78,7 +98,9 @@ def listed(client: kubeapi.Client) -> list[TokenInfo]:
     out = []
     for s in items:
         d = {k: base64.b64decode(v).decode(errors="replace") for k, v in (s.get("data") or {}).items()}
-        out.append(TokenInfo(d.get("token-id", "?"), d.get("expiration", "never"), d.get("description", "")))
+        notes = s.get("metadata", {}).get("annotations") or {}
+        out.append(TokenInfo(d.get("token-id", "?"), d.get("expiration", "never"), d.get("description", ""),
+                             notes.get(NODE_ANNOTATION, ""), notes.get(REUSABLE_ANNOTATION) == "true"))
     return out
 
 
@@ -100,5 +122,11 @@ def cluster_server_and_ca(client: kubeapi.Client) -> tuple[str, bytes]:
         raise K4sError("the server's cluster-info holds no CA", hint="is this a k4s or kubeadm server?") from None
 
 
-def join_line(server: str, token: str, ca_hash: str) -> str:
-    return f"k4s.role=agent k4s.server={server} k4s.token={token} k4s.ca-hash={ca_hash}"
+def join_line(server: str, ca_hash: str, node_name: str = "") -> str:
+    """The public half of a join: what a worker's command line may say."""
+    return f"k4s.role=agent k4s.server={server} k4s.ca-hash={ca_hash}" + (f" k4s.node-name={node_name}" if node_name else "")
+
+
+def join_secret(server: str, token: str, ca_hash: str, node_name: str = "") -> str:
+    """A machine's whole join, secret included: the text of its join segment (k4s.boot.joinsecret)."""
+    return f"{join_line(server, ca_hash, node_name)} k4s.token={token}"

@@ -100,6 +100,7 @@ class VM:
     metrics_port: int = 0             # a host port forwarded to the node's metrics endpoint (10270)
     disk: Path | None = None          # a qcow2 data disk (/dev/vdb in the guest; boot with k4s.data=...)
     disk_size: str = "4G"             # the size `ensure_disk` creates it with
+    join_secret: Path | None = None   # a worker's join segment (or its join line), appended last to the initrd
 
     @property
     def console(self) -> Path:
@@ -141,6 +142,20 @@ class VM:
                 e.mode = stat.S_IFDIR | 0o700
         return cpio.compress(cpio.bytes_of(t.segment("base")), "zstd", 3)
 
+    def join_segment(self) -> bytes:
+        """The machine's join secret as an initrd segment: the file as `k4s token create --segment`
+        wrote it, or a join line (k4s.token=...) wrapped into one; checked before QEMU starts."""
+        from k4s.boot import joinsecret
+
+        try:
+            raw = self.join_secret.read_bytes()  # type: ignore[union-attr]
+        except OSError as e:
+            raise K4sError(f"cannot read the join secret {self.join_secret}: {e.strerror}",
+                           hint="make it with `k4s token create --segment FILE`") from None
+        if raw.startswith(cpio.MAGIC):
+            return raw
+        return joinsecret.segment(joinsecret.words(raw.decode("utf-8", errors="replace")))
+
     def write_kubeconfig(self) -> None:
         """The operator's kubeconfig for the forwarded port, trusting the node's CA once it matches the pin."""
         if not self.ca_hash:
@@ -176,6 +191,9 @@ class VM:
                     shutil.copyfileobj(src, f, 1 << 20)
                 if self.seeded:
                     f.write(self.seed())
+                if self.join_secret is not None:
+                    f.write(b"\0" * (-f.tell() % 4))
+                    f.write(self.join_segment())
             append = f"{CMDLINE} {self.append}".strip()
             boot = ["-kernel", str(self.kernel), "-initrd", str(boot_initrd), "-append", append]
         return [

@@ -7,7 +7,8 @@ directories), 4-byte alignment, "TRAILER!!!" at the end.
 Reader: walks concatenated archives (the kernel accepts several segments, each
 compressed on its own), decompressing zstd, xz and gzip by their magic. It
 rejects what could hurt an extractor: absolute or `..` paths, writes through
-symlinks, truncated or oversized headers.
+symlinks, a name seen twice, truncated or oversized headers. Files are created
+exclusively and never opened through a link.
 """
 
 from __future__ import annotations
@@ -392,6 +393,8 @@ def plan(members: list[Member], devices: bool = False) -> list[tuple[str, Member
                 raise _refuse(m.name, f"{parent!r} is not a directory in this archive")
         if rel in kinds and (kinds[rel] == stat.S_IFDIR) != (kind == stat.S_IFDIR):
             raise _refuse(m.name, "a directory and a non-directory have this name")
+        if rel in kinds and kind != stat.S_IFDIR:  # the second write would go through the first (a symlink)
+            raise _refuse(m.name, "the name appears twice in this archive")
         kinds[rel] = kind
         if kind == stat.S_IFREG and m.nlink > 1:
             links.setdefault(m.ino, []).append(len(out))
@@ -437,10 +440,11 @@ def extract(raw: bytes, dest: Path, devices: bool = False, cap: int | None = Non
                 os.symlink(m.data.decode("utf-8", errors="surrogateescape"), target)
             elif link_to is not None:
                 os.link(tmp / link_to, target)
-            elif kind == stat.S_IFREG:
-                with open(target, "wb") as f:
+            elif kind == stat.S_IFREG:  # created here, never opened through a link
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                with os.fdopen(fd, "wb") as f:
                     f.write(m.data)
-                os.chmod(target, stat.S_IMODE(m.mode) & 0o777)
+                    os.fchmod(f.fileno(), stat.S_IMODE(m.mode) & 0o777)
             else:
                 os.mknod(target, m.mode, os.makedev(*m.rdev))
         for d, mode in reversed(dirs):  # after their contents: a 0555 directory was still writable

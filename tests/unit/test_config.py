@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import hypothesis
 import pytest
 
 from k4s import config
@@ -176,27 +177,92 @@ def test_payload_url_from_the_command_line(value, ok) -> None:
             config.load(os.devnull, cmdline=f'"k4s.payload={value}"')
 
 
-AGENT = "k4s.role=agent k4s.server=https://10.77.0.1:6443 k4s.token=abcdef.0123456789abcdef k4s.ca-hash=sha256:" + "a" * 64
+PUBLIC = "k4s.role=agent k4s.server=https://10.77.0.1:6443 k4s.ca-hash=sha256:" + "a" * 64
+TOKEN = "k4s.token=abcdef.0123456789abcdef"
+AGENT = f"{PUBLIC} {TOKEN}"
 
 
-def test_an_agent_line_from_token_create_loads() -> None:
-    cfg = config.load(os.devnull, cmdline=AGENT)
-    assert (cfg.role, cfg.server, cfg.token) == ("agent", "https://10.77.0.1:6443", "abcdef.0123456789abcdef")
+def join_file(tmp_path, text: str = AGENT) -> str:
+    p = tmp_path / "join"
+    p.write_text(text)
+    return str(p)
+
+
+def test_an_agent_join_from_token_create_loads(tmp_path) -> None:
+    cfg = config.load(os.devnull, cmdline="k4s.node-name=w1", join_secret=join_file(tmp_path))
+    assert (cfg.role, cfg.server, cfg.token, cfg.node_name) == ("agent", "https://10.77.0.1:6443",
+                                                                "abcdef.0123456789abcdef", "w1")
+    assert cfg.sources["token"] == f"join secret {tmp_path / 'join'}"
+    # the public half on the command line, the token alone in the segment
+    cfg = config.load(os.devnull, cmdline=PUBLIC, join_secret=join_file(tmp_path, TOKEN))
+    assert (cfg.role, cfg.token) == ("agent", "abcdef.0123456789abcdef")
+
+
+def test_a_token_on_the_command_line_is_refused_naming_the_segment() -> None:
+    with pytest.raises(ConfigError) as e:
+        config.load(os.devnull, cmdline=AGENT)
+    line = e.value.render()
+    assert "key 'token' is a secret" in line and "--segment" in line and "0123456789abcdef" not in line, line
+
+
+def test_a_join_secret_may_set_only_join_keys(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="key 'data-dir' may not be set there"):
+        config.load(os.devnull, join_secret=join_file(tmp_path, AGENT + " k4s.data-dir=/evil"))
+    with pytest.raises(ConfigError, match="more than 4096 bytes"):
+        config.load(os.devnull, join_secret=join_file(tmp_path, AGENT + " " * 5000))
+    assert config.load(os.devnull, join_secret=str(tmp_path / "none")).token == ""  # no segment: no layer
 
 
 @pytest.mark.parametrize("cmdline, message", [
     ("k4s.role=agent k4s.server=https://10.77.0.1:6443", "role agent needs token, ca-hash"),
-    ("k4s.token=abcdef.0123456789abcdef", "are for role agent"),
     (AGENT.replace("https://", "http://"), "is not an apiserver URL"),
     (AGENT.replace("sha256:a", "sha1:a"), "is not a CA hash"),
     ("k4s.mgmt-interface=eth0", "needs a static ip"),
 ])
-def test_join_keys_are_checked(cmdline: str, message: str) -> None:
+def test_join_keys_are_checked(tmp_path, cmdline: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        config.load(os.devnull, cmdline=cmdline)
+        config.load(os.devnull, join_secret=join_file(tmp_path, cmdline))
 
 
-def test_a_malformed_token_is_not_echoed() -> None:
+def test_a_token_without_role_agent_is_refused(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="are for role agent"):
+        config.load(os.devnull, join_secret=join_file(tmp_path, TOKEN))
+
+
+def test_a_malformed_token_is_not_echoed(tmp_path) -> None:
     with pytest.raises(ConfigError) as e:
-        config.load(os.devnull, cmdline=AGENT.replace("abcdef.0123456789abcdef", "abcdef.0123456789ABCDEF"))
+        config.load(os.devnull, join_secret=join_file(tmp_path, AGENT.replace("abcdef.0123456789abcdef",
+                                                                               "abcdef.0123456789ABCDEF")))
     assert "0123456789ABCDEF" not in str(e.value) + (e.value.hint or "")
+
+
+# --- hostile YAML: aliases, and values too long to echo -------------------------------------
+
+BOMB = '["a", &a ["x","x","x","x","x","x","x","x","x"], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a], ' \
+       '&c [*b,*b,*b,*b,*b,*b,*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c], [*d,*d,*d,*d,*d,*d,*d,*d,*d]]'
+
+
+def test_a_yaml_alias_bomb_on_the_command_line_is_refused_at_once() -> None:
+    import resource
+    import time
+
+    t0, rss0 = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ConfigError) as e:
+        config.load(os.devnull, cmdline=f"'k4s.dns={BOMB}'".replace("'", '"'))
+    assert "alias" in e.value.render() and len(e.value.render()) < 400, e.value.render()[:500]
+    assert time.monotonic() - t0 < 1.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 8 << 10  # KiB: a few MB at most
+
+
+def test_a_yaml_alias_in_the_config_file_is_refused(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="a YAML alias .* at line 2"):
+        config.load(write(tmp_path, "tls-san: &s [a.example]\nkube-apiserver-arg: *s\n"))
+
+
+@hypothesis.given(hypothesis.strategies.text(min_size=100, max_size=2000))
+@hypothesis.settings(max_examples=50, deadline=None)
+def test_an_error_quotes_a_long_value_cut_short(value: str) -> None:
+    try:
+        config.load(os.devnull, overrides={"node-name": value})
+    except ConfigError as e:
+        assert len(e.value.render() if hasattr(e, "value") else e.render()) < 600

@@ -67,6 +67,34 @@ def test_extract_refuses_write_through_symlink(tmp_path) -> None:
     assert not (outside / "pwned").exists()
 
 
+def test_a_symlink_then_a_file_of_the_same_name_writes_nothing_outside(tmp_path) -> None:
+    # a symlink x -> /outside/file, then a regular member x: the second would write through the first
+    outside = tmp_path / "outside"
+    outside.write_text("mine")
+    outside.chmod(0o600)
+    evil = cpio.bytes_of([cpio.Entry("x", stat.S_IFLNK | 0o777, str(outside).encode()),
+                          cpio.Entry("x", stat.S_IFREG | 0o777, b"pwned")])
+    with pytest.raises(K4sError, match="appears twice"):
+        cpio.extract(evil, tmp_path / "dest")
+    assert outside.read_text() == "mine" and stat.S_IMODE(outside.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outside"]
+
+
+def test_a_hard_link_group_over_a_symlink_is_refused(tmp_path) -> None:
+    outside = tmp_path / "outside"
+    outside.write_text("mine")
+
+    def member(name: bytes, mode: int, nlink: int, data: bytes) -> bytes:
+        h = header(ino=9, mode=mode, nlink=nlink, size=len(data), namesize=len(name) + 1) + name + b"\0"
+        return h + b"\0" * (-len(h) % 4) + data + b"\0" * (-len(data) % 4)
+    raw = (cpio.bytes_of([cpio.Entry("l", stat.S_IFLNK | 0o777, str(outside).encode())])[:-124]
+           + member(b"a", stat.S_IFREG | 0o644, 2, b"") + member(b"l", stat.S_IFREG | 0o644, 2, b"pwned")
+           + cpio.bytes_of([]))
+    with pytest.raises(K4sError, match="appears twice"):
+        cpio.extract(raw, tmp_path / "dest")
+    assert outside.read_text() == "mine" and not (tmp_path / "dest").exists()
+
+
 @pytest.mark.parametrize("mangle,message", [
     (lambda r: r[:50], "truncated header"),
     (lambda r: b"XXXXXX" + r[6:], "unknown data at byte 0"),

@@ -192,12 +192,134 @@ def test_an_unreachable_apiserver_is_one_line(tmp_path: Path) -> None:
     assert r.returncode == 1 and "cannot reach the apiserver at 127.0.0.1:9" in r.stderr, r.stderr
 
 
+class FakeAPI:
+    """The apiserver as the approver sees it: CSRs by signer, nodes, token Secrets; what it was told."""
+
+    def __init__(self, csrs: list[dict], nodes: dict[str, dict] | None = None, tokens_: dict[str, dict] | None = None):
+        self.csrs, self.nodes, self.tokens = csrs, nodes or {}, tokens_ or {}
+        self.verdicts: dict[str, tuple[str, str]] = {}
+        self.deleted: list[str] = []
+
+    def json(self, method: str, path: str, obj: dict | None = None) -> dict:
+        import urllib.parse
+
+        if method == "GET" and path.startswith(approver.CSR_API + "?"):
+            signer = urllib.parse.unquote(path.split("spec.signerName%3D")[1])
+            return {"items": [c for c in self.csrs if c["spec"]["signerName"] == signer]}
+        if method == "GET" and path.startswith("/api/v1/nodes/"):
+            name = urllib.parse.unquote(path.rsplit("/", 1)[1])
+            if name in self.nodes:
+                return self.nodes[name]
+        if path.startswith(approver.TOKEN_SECRETS + "/bootstrap-token-"):
+            tid = path.rsplit("-", 1)[1]
+            if tid in self.tokens:
+                if method == "DELETE":
+                    self.deleted.append(tid)
+                    return self.tokens.pop(tid)
+                return self.tokens[tid]
+        if method == "PUT" and path.endswith("/approval"):
+            c = obj["status"]["conditions"][-1]  # type: ignore[index]
+            self.verdicts[obj["metadata"]["name"]] = (c["type"], c["message"])  # type: ignore[index]
+            return obj  # type: ignore[return-value]
+        raise approver.kubeapi.APIError(404, "not found")
+
+
+def in_process(fn, _timeout: float = 0):  # type: ignore[no-untyped-def]
+    return fn()
+
+
+def csr_pem(cn: str, version_1: bool = False, sans: tuple[str, ...] = ()) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    from k4s.cluster.pki import new_key
+
+    b = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"), x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+    if sans:
+        import ipaddress
+        b = b.add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address(s)) if s[0].isdigit() else x509.DNSName(s) for s in sans]), False)
+    der = bytearray(b.sign(new_key(), hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+    if version_1:
+        # CertificationRequestInfo's version INTEGER 0 -> 1: the apiserver takes it, cryptography does not
+        at = der.find(b"\x02\x01\x00")
+        der[at + 2] = 1
+    pem = b"-----BEGIN CERTIFICATE REQUEST-----\n" + base64.encodebytes(bytes(der)) + b"-----END CERTIFICATE REQUEST-----\n"
+    return base64.b64encode(pem).decode()
+
+
+def client_csr(name: str, node: str, token_id: str = "abcdef", **kw: object) -> dict:
+    return {"metadata": {"name": name}, "status": {},
+            "spec": {"signerName": approver.CLIENT_SIGNER, "username": f"system:bootstrap:{token_id}",
+                     "groups": ["system:bootstrappers", "system:bootstrappers:k4s:worker", "system:authenticated"],
+                     "usages": ["digital signature", "client auth"], "request": csr_pem(f"system:node:{node}", **kw)}}
+
+
+def serving_csr(name: str, node: str, sans: tuple[str, ...], **kw: object) -> dict:
+    return {"metadata": {"name": name}, "status": {},
+            "spec": {"signerName": approver.SIGNER, "username": f"system:node:{node}",
+                     "groups": ["system:nodes", "system:authenticated"],
+                     "usages": ["digital signature", "server auth"], "request": csr_pem(f"system:node:{node}", sans=sans, **kw)}}
+
+
+def token_secret(bound: str = "", reusable: bool = False) -> dict:
+    return tokens.secret_for("abcdef", "0123456789abcdef", dt.timedelta(hours=1), "t", node_name=bound, reusable=reusable)
+
+
+def node_obj(ready: str = "True", ip: str = "10.77.0.2") -> dict:
+    return {"status": {"conditions": [{"type": "Ready", "status": ready}],
+                       "addresses": [{"type": "InternalIP", "address": ip}]}}
+
+
+def test_a_token_joins_once_and_is_spent() -> None:
+    api = FakeAPI([client_csr("c1", "w1"), client_csr("c2", "w2")], tokens_={"abcdef": token_secret()})
+    approver.decide_all(api, in_process, "server-1")  # type: ignore[arg-type]
+    assert api.verdicts["c1"][0] == "Approved" and api.deleted == ["abcdef"]
+    # the second machine with the same token (a second name), in the same round: refused
+    assert api.verdicts["c2"] == ("Denied", "token abcdef no longer exists (used, expired or deleted)")
+
+
+def test_a_reusable_token_is_kept() -> None:
+    api = FakeAPI([client_csr("c1", "w1"), client_csr("c2", "w2")], tokens_={"abcdef": token_secret(reusable=True)})
+    approver.decide_all(api, in_process, "server-1")  # type: ignore[arg-type]
+    assert [v[0] for v in api.verdicts.values()] == ["Approved", "Approved"] and not api.deleted
+
+
+@pytest.mark.parametrize("node, token, nodes, why", [
+    ("server-1", token_secret(), {}, "server-1 is the server's own node"),
+    ("w1", token_secret(), {"w1": node_obj("True")}, "node w1 exists and is Ready"),
+    ("w2", token_secret(bound="w1"), {}, "token abcdef is bound to node w1, not w2"),
+    ("w1", None, {}, "token abcdef no longer exists"),
+])
+def test_a_token_may_not_become_another_node(node: str, token: dict | None, nodes: dict, why: str) -> None:
+    api = FakeAPI([client_csr("c1", node)], nodes=nodes, tokens_={"abcdef": token} if token else {})
+    approver.decide_all(api, in_process, "server-1")  # type: ignore[arg-type]
+    assert api.verdicts["c1"][0] == "Denied" and why in api.verdicts["c1"][1], api.verdicts
+    assert not api.deleted  # a refused request does not spend the token
+
+
+def test_a_rebooted_machine_takes_its_node_back() -> None:
+    api = FakeAPI([client_csr("c1", "w1")], nodes={"w1": node_obj("Unknown")}, tokens_={"abcdef": token_secret("w1")})
+    approver.decide_all(api, in_process, "server-1")  # type: ignore[arg-type]
+    assert api.verdicts["c1"][0] == "Approved"
+
+
+def test_a_csr_that_does_not_parse_is_denied_and_the_round_goes_on() -> None:
+    bad = serving_csr("bad", "w1", ("w1", "10.77.0.2"), version_1=True)
+    good = serving_csr("good", "w1", ("w1", "10.77.0.2"))
+    api = FakeAPI([bad, good], nodes={"w1": node_obj()})
+    approver.decide_all(api, in_process, "server-1")  # type: ignore[arg-type]
+    assert api.verdicts["bad"][0] == "Denied" and "does not parse" in api.verdicts["bad"][1], api.verdicts
+    assert api.verdicts["good"][0] == "Approved"
+
+
 def test_a_serving_csr_from_a_node_not_yet_registered_waits() -> None:
-    class NoNode:
-        def json(self, method: str, path: str, obj: object = None) -> dict:
-            raise approver.kubeapi.APIError(404, "not found")
+    api = FakeAPI([serving_csr("s1", "w1", ("w1",))])
 
     def never(*_: object) -> dict:
         raise AssertionError("decided too early")
 
-    approver.decide(NoNode(), {"metadata": {"name": "csr-1"}, **csr()}, never)  # type: ignore[arg-type]
+    approver.decide_all(api, never, "server-1")  # type: ignore[arg-type]
+    assert not api.verdicts

@@ -54,7 +54,7 @@ def test_an_agent_runs_the_node_part_and_its_pod_network(tmp_path) -> None:
     from k4s.cluster.server import selected
 
     cfg = config.load(config_file=None, cmdline="k4s.role=agent k4s.server=https://10.77.0.1:6443 "
-                      "k4s.token=abcdef.0123456789abcdef k4s.ca-hash=sha256:" + "a" * 64)
+                      "k4s.ca-hash=sha256:" + "a" * 64, overrides={"token": "abcdef.0123456789abcdef"})
     names = selected(False, cfg)
     assert names == ["containerd", "kubelet", "kube-proxy", "flannel"]
     start, svcs = order(tmp_path, "shared", names)
