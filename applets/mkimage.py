@@ -42,8 +42,8 @@ def run(inp: image.Inputs, out: Path, kernel_out: Path | None, method: str, leve
 
 
 def run_stage1(bundle: Path, pubkey: Path, kernel_root: Path, out: Path, kernel_out: Path | None,
-               report: Path | None, payload_ca: Path | None = None) -> int:
-    seg = image.build_stage1(bundle, pubkey, kernel_root, out, payload_ca=payload_ca)
+               report: Path | None, payload_ca: Path | None = None, min_serial: int = 0) -> int:
+    seg = image.build_stage1(bundle, pubkey, kernel_root, out, payload_ca=payload_ca, min_serial=min_serial)
     kernel = kernel_root / "boot" / f"vmlinuz-{image.kernel_release(kernel_root)}"
     if kernel_out:
         kernel_out.parent.mkdir(parents=True, exist_ok=True)
@@ -80,12 +80,15 @@ def run_stage1(bundle: Path, pubkey: Path, kernel_root: Path, out: Path, kernel_
               help="Build the first stage instead (--bundle out/stage1/k4s), trusting this public key.")
 @click.option("--payload-ca", type=P, metavar="PEM",
               help="With --stage1: the CA bundle an https:// payload server's certificate must verify with.")
+@click.option("--min-serial", type=click.IntRange(0), default=0, show_default=True,
+              help="With --stage1: the lowest manifest serial it boots; raise it to revoke every older payload.")
 def cli(out: Path, kernel_out: Path | None, bundle: Path, components: Path, images: Path, rootfs: Path,
         overlay: tuple[Path, ...], kernel_root: Path, busybox: Path, compression: str, level: int | None,
-        payload: str, cache: Path, report: Path | None, stage1_pubkey: Path | None, payload_ca: Path | None) -> int:
+        payload: str, cache: Path, report: Path | None, stage1_pubkey: Path | None, payload_ca: Path | None,
+        min_serial: int) -> int:
     if stage1_pubkey is not None:
-        return run_stage1(bundle, stage1_pubkey, kernel_root, out, kernel_out, report, payload_ca)
-    if payload_ca is not None:
-        raise click.UsageError("--payload-ca goes with --stage1")
+        return run_stage1(bundle, stage1_pubkey, kernel_root, out, kernel_out, report, payload_ca, min_serial)
+    if payload_ca is not None or min_serial:
+        raise click.UsageError("--payload-ca and --min-serial go with --stage1")
     inp = image.Inputs(bundle, components, images, rootfs, kernel_root, busybox, list(overlay))
     return run(inp, out, kernel_out, compression, level, cache, payload, report)

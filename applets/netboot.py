@@ -40,8 +40,11 @@ def cli() -> None:
               help="Sign with this key if it exists (k4s keygen).")
 @click.option("--image-report", type=P, default=Path("out/image-report.json"), show_default=True,
               help="mkimage's report: the squashfs parts to name in the manifest (if it exists).")
+@click.option("--serial", type=click.IntRange(0), default=None,
+              help="The manifest's serial [default: seconds since the epoch]; stage 1 refuses one below its minimum.")
+@click.option("--valid", default="30d", show_default=True, help="How long the signed manifest is valid (e.g. 12h, 30d).")
 def prepare(out: Path, kernel: Path, initrd: tuple[Path, ...], seed: bool, operator: Path, base_url: str,
-            append: str, key: Path, image_report: Path) -> int:
+            append: str, key: Path, image_report: Path, serial: int | None, valid: str) -> int:
     from k4s.fsutil import write_atomic
     from k4s.host import netboot
     from k4s.host.vm import EVENTS_PORT, VM
@@ -53,7 +56,15 @@ def prepare(out: Path, kernel: Path, initrd: tuple[Path, ...], seed: bool, opera
         initrds.append(path)
     cmdline = f"{CMDLINE} k4s.events={EVENTS_PORT} {append}".strip()
     parts = netboot.parts_from_report(image_report) if image_report.exists() and not initrd else []
-    files = netboot.prepare(out, kernel, initrds, cmdline, base_url, key if key.exists() else None, parts)
+    from k4s import config
+    from k4s.errors import K4sError
+
+    try:
+        validity = config.duration(3600, 3650 * 86400)(valid)
+    except config.Invalid as e:
+        raise K4sError(f"--valid: {e}", hint=e.hint) from None
+    files = netboot.prepare(out, kernel, initrds, cmdline, base_url, key if key.exists() else None, parts,
+                            serial, validity)
     click.echo(f"{out}: {' '.join(files)}" + (" (signed)" if key.exists() else " (unsigned: no key)"))
     return 0
 

@@ -404,7 +404,7 @@ THROUGHPUT_MB = 64
 
 
 def bench_fleet() -> dict:
-    """A server and a worker joined with `k4s token create`'s line on a QEMU lan: the worker's
+    """A server and a worker joined with `k4s token create`'s join segment on a QEMU lan: the worker's
     boot to Ready and idle memory; pod-to-pod round trip and throughput, same node and across."""
     from k4s import log
     from k4s.host.vm import VM
@@ -420,9 +420,11 @@ def bench_fleet() -> dict:
     try:
         server.wait_ready(procs[0], timeout=900, echo=False)
         server.write_kubeconfig()
-        line = sh(sys.executable, "-m", "k4s", "token", "create", "--kubeconfig", str(server.kubeconfig), cwd=ROOT).strip()
+        segment = tmp / "worker.join"
+        sh(sys.executable, "-m", "k4s", "token", "create", "--kubeconfig", str(server.kubeconfig), "--node", "k4s-007702",
+           "--segment", str(segment), cwd=ROOT)
         worker = VM(tmp / "worker", kernel, initrd, memory=1024, lan_connect=port, mac="52:54:00:00:77:02",
-                    seeded=False, append=f"k4s.ip=10.77.0.2/24 k4s.gateway=10.77.0.1 {line}")
+                    seeded=False, append="k4s.ip=10.77.0.2/24 k4s.gateway=10.77.0.1", join_secret=segment)
         t0 = time.monotonic()
         procs.append(worker.start())
         name = worker.wait_ready(procs[1], timeout=600, echo=False)

@@ -178,6 +178,9 @@ def _duration(lo: int, hi: int) -> Callable[[Any], int]:
     return p
 
 
+duration = _duration  # for applets that take a duration the same way
+
+
 def _bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v

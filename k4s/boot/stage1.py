@@ -34,6 +34,8 @@ from k4s.image import manifest
 
 PUBLIC_KEY = Path("/etc/k4s") / manifest.PUBLIC_KEY  # built into the stage-1 image
 PAYLOAD_CA = Path("/etc/k4s") / manifest.PAYLOAD_CA  # built in with `mkimage --stage1 --payload-ca`
+MIN_SERIAL = Path("/etc/k4s") / manifest.MIN_SERIAL  # built in with `mkimage --stage1 --min-serial`
+PLAUSIBLE_NOW = 1_735_689_600  # 2025-01-01: a clock before it was never set, and cannot check an expiry
 TRIES = 8
 BACKOFF = (1.0, 30.0)
 TIMEOUT = 30.0
@@ -106,12 +108,33 @@ class Fetch:
     # a failed artifact is never retried from the verified bytes: each try streams it again
 
 
-def fetch_verified(base: str, directory: Path, pub: bytes) -> manifest.Manifest:
-    """The signed manifest, then every kernel and initrd it names, each checked as it arrives."""
+def min_serial(path: Path = MIN_SERIAL) -> int:
+    try:
+        return int(path.read_text().strip())
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError):
+        raise K4sError(f"{path} is not a number", hint="rebuild stage 1 (mkimage --stage1 --min-serial N)") from None
+
+
+def now() -> float:
+    t = time.time()
+    if t < PLAUSIBLE_NOW:
+        raise K4sError(f"the clock says {time.strftime('%Y-%m-%d', time.gmtime(t))}: a manifest's expiry cannot be "
+                       "checked", hint="set the machine's real-time clock (firmware setup)")
+    return t
+
+
+def fetch_verified(base: str, directory: Path, pub: bytes, role: str | None = None) -> manifest.Manifest:
+    """The signed manifest (fresh: not below the built-in minimum serial, not expired, for this
+    machine's role if it names one), then every kernel and initrd it names, each checked as it
+    arrives."""
     f = Fetch(base)
     raw = f.get(manifest.MANIFEST, lambda cs: _bounded(cs, manifest.MAX_MANIFEST, manifest.MANIFEST))
     sig = f.get(manifest.SIGNATURE, lambda cs: _bounded(cs, 4096, manifest.SIGNATURE))
     m = manifest.parse(raw, sig, pub)
+    m.check_fresh(min_serial(), now(), role)
+    log.event("stage1", "manifest", serial=m.serial, node_role=m.node_role)
     if len(m.by_role("kernel")) != 1:
         raise manifest.VerifyError(f"{manifest.MANIFEST}: names {len(m.by_role('kernel'))} kernels, not one")
     directory.mkdir(parents=True, exist_ok=True)
@@ -217,7 +240,7 @@ def boot() -> str:
     log.event("stage1", "fetch", payload=cfg.payload)
     t0 = time.monotonic()
     stage2 = paths.run / "stage2"
-    m = fetch_verified(cfg.payload, stage2, pub)
+    m = fetch_verified(cfg.payload, stage2, pub, cfg.role if cfg.sources.get("role") != "default" else None)
     total = sum(a.size for a in [*m.by_role("kernel"), *m.by_role("initrd")])
     log.event("stage1", "payload-verified", bytes=total, seconds=time.monotonic() - t0)
     initrds = [stage2 / a.name for a in m.by_role("initrd")]

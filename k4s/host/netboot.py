@@ -63,7 +63,8 @@ def _place(src: Path, dst: Path) -> None:
 
 def prepare(directory: Path, kernel: Path, initrds: list[Path], cmdline: str,
             base_url: str = f"http://${{next-server}}:{DEFAULT_PORT}/", key: Path | None = None,
-            parts: list[manifest.Artifact] = ()) -> list[str]:  # type: ignore[assignment]
+            parts: list[manifest.Artifact] = (),  # type: ignore[assignment]
+            serial: int | None = None, valid: int = manifest.DEFAULT_VALIDITY) -> list[str]:
     """The payload directory: the kernel as vmlinuz, the initrds under their own names,
     boot.ipxe, and (with a signing key) manifest.json + manifest.sig, which also name the
     squashfs parts inside the initramfs (`parts`, from mkimage's report). The file names."""
@@ -74,13 +75,14 @@ def prepare(directory: Path, kernel: Path, initrds: list[Path], cmdline: str,
     _place(kernel, directory / KERNEL)
     names = []
     for p in initrds:
-        if p.name in names or p.name in (KERNEL, SCRIPT, manifest.MANIFEST, manifest.SIGNATURE):
+        if p.name in names or p.name == KERNEL or p.name in manifest.RESERVED:
             raise K4sError(f"two payload files would be named {p.name}", hint="rename one of the initrds")
         _place(p, directory / p.name)
         names.append(p.name)
     write_atomic(directory / SCRIPT, ipxe_script(base_url, KERNEL, names, cmdline))
     if key is not None:
-        manifest.sign(directory, key, [(KERNEL, "kernel"), *((n, "initrd") for n in names)], cmdline, parts)
+        manifest.sign(directory, key, [(KERNEL, "kernel"), *((n, "initrd") for n in names)], cmdline, parts,
+                      serial, valid)
     return [KERNEL, *names, SCRIPT]
 
 

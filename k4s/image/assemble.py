@@ -453,7 +453,7 @@ def check_ca_bundle(path: Path) -> None:
 
 
 def assemble_stage1(bundle: Path, pubkey: Path, kernel_root: Path, workdir: Path,
-                    payload_ca: Path | None = None) -> Tree:
+                    payload_ca: Path | None = None, min_serial: int = 0) -> Tree:
     """The first stage: the lean frozen k4s (build/stage1.spec) as /init, its shared
     libraries, the NIC modules and the public key that every payload must verify with
     (and, for https payloads, the CA bundle their server must verify with).
@@ -468,6 +468,7 @@ def assemble_stage1(bundle: Path, pubkey: Path, kernel_root: Path, workdir: Path
     t = skeleton(("proc", "sys", "dev", "run", "tmp", "etc/k4s", "usr/bin", "usr/sbin", "usr/lib64"))
     t.data(layout.member(layout.MODULES_LIST), "\n".join(STAGE1_MODULES).encode() + b"\n", "base")
     t.file(f"etc/k4s/{manifest.PUBLIC_KEY}", pubkey.resolve(), "base", 0o644)
+    t.data(f"etc/k4s/{manifest.MIN_SERIAL}", f"{min_serial}\n".encode(), "base", 0o644)
     if payload_ca is not None:
         check_ca_bundle(payload_ca)
         t.file(f"etc/k4s/{manifest.PAYLOAD_CA}", payload_ca.resolve(), "base", 0o644)
@@ -481,10 +482,10 @@ def assemble_stage1(bundle: Path, pubkey: Path, kernel_root: Path, workdir: Path
 
 
 def build_stage1(bundle: Path, pubkey: Path, kernel_root: Path, out: Path, method: str = "xz",
-                 payload_ca: Path | None = None) -> Segment:
+                 payload_ca: Path | None = None, min_serial: int = 0) -> Segment:
     """Write the stage-1 initramfs (one segment; xz by default: it must fit beside the kernel)."""
     with tempfile.TemporaryDirectory(prefix="k4s-stage1-") as tmp:
-        t = assemble_stage1(bundle, pubkey, kernel_root, Path(tmp), payload_ca)
+        t = assemble_stage1(bundle, pubkey, kernel_root, Path(tmp), payload_ca, min_serial)
         entries = t.segment("base")
         raw = cpio.bytes_of(entries)
         blob = cpio.compress(raw, method)

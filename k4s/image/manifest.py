@@ -1,8 +1,15 @@
 """Signed boot manifests: every artifact of a payload with its size and sha256, and
 the kernel command line, signed with Ed25519.
 
-    manifest.json   {"k4s-manifest": 1, "cmdline": "...", "artifacts": [{name, role, size, sha256}]}
+    manifest.json   {"k4s-manifest": 1, "serial": N, "expires": UNIX, "node-role": "server"|"agent",
+                     "cmdline": "...", "artifacts": [{name, role, size, sha256}]}
     manifest.sig    the Ed25519 signature of manifest.json's exact bytes, base64
+
+Nothing old replays: the serial grows with every signing (seconds since the epoch unless
+given), stage 1 refuses one below the minimum it was built with (`mkimage --stage1
+--min-serial`: raise it to revoke every older payload), and refuses a manifest past its
+expiry (30 days by default). The manifest names the node role its command line boots, so a
+payload signed for workers cannot be handed to a machine whose stage 1 says it is a server.
 
 Roles: kernel, initrd (in boot order), config, part (a squashfs part inside the
 initramfs: stage 1 hands their hashes to stage 2, whose stage 0 checks each
@@ -35,6 +42,11 @@ PARTS_SHA256 = "parts.sha256"  # what stage 1 hands stage 2: `sha256sum -c` line
 SECRET_KEY = "signing.key"
 ROLES = ("kernel", "initrd", "config", "part")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a file name in the payload directory, nothing else
+MIN_SERIAL = "min-serial"  # built into stage 1: the lowest serial it boots
+RESERVED = frozenset({MANIFEST, SIGNATURE, PUBLIC_KEY, PAYLOAD_CA, PARTS_SHA256, SECRET_KEY, MIN_SERIAL,
+                      "boot.ipxe", "initrd.img", "handoff.cpio", "join.cpio"})  # names the boot paths use
+NODE_ROLES = ("server", "agent")
+DEFAULT_VALIDITY = 30 * 86400
 MAX_MANIFEST = 1 << 20
 CHUNK = 1 << 20
 
@@ -59,6 +71,9 @@ class Artifact:
 class Manifest:
     cmdline: str
     artifacts: tuple[Artifact, ...]
+    serial: int = 0
+    expires: int = 0  # seconds since the epoch
+    node_role: str = "server"
 
     def by_role(self, role: str) -> list[Artifact]:
         return [a for a in self.artifacts if a.role == role]
@@ -70,8 +85,47 @@ class Manifest:
         raise VerifyError(f"{name}: not in the signed manifest")
 
     def to_bytes(self) -> bytes:
-        doc = {"k4s-manifest": 1, "cmdline": self.cmdline, "artifacts": [asdict(a) for a in self.artifacts]}
+        doc = {"k4s-manifest": 1, "serial": self.serial, "expires": self.expires, "node-role": self.node_role,
+               "cmdline": self.cmdline, "artifacts": [asdict(a) for a in self.artifacts]}
         return json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
+
+    def check_fresh(self, min_serial: int, now: float, role: str | None = None) -> None:
+        """Refuse a replayed manifest: a serial below min_serial, an expiry past now, or a node
+        role other than `role` (when the machine names one)."""
+        if self.serial < min_serial:
+            raise VerifyError(f"{MANIFEST}: serial {self.serial} is below this stage 1's minimum {min_serial} "
+                              "(an older payload, replayed)")
+        if now >= self.expires:
+            raise VerifyError(f"{MANIFEST}: expired at {_utc(self.expires)} (now {_utc(now)})")
+        if role is not None and role != self.node_role:
+            raise VerifyError(f"{MANIFEST}: signed for a {self.node_role}, and this machine is a {role}")
+
+
+def _utc(t: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def role_of(cmdline: str) -> str:
+    """The node role a command line boots (k4s.role=, server when absent)."""
+    from k4s.config import CMDLINE_PREFIX, kernel_params
+
+    roles = [v for p, v in kernel_params(cmdline) if p == f"{CMDLINE_PREFIX}role"]
+    return roles[-1] if roles and roles[-1] in NODE_ROLES else "server"
+
+
+def check_names(names: list[str]) -> None:
+    """Every artifact name a plain file name, none reserved, none twice."""
+    seen: set[str] = set()
+    for n in names:
+        if not NAME.fullmatch(n):
+            raise K4sError(f"artifact name {n[:80]!r} is not a plain file name", hint="letters, digits, . _ - only")
+        if n in RESERVED:
+            raise K4sError(f"artifact name {n!r} is reserved", hint="rename the file")
+        if n in seen:
+            raise K4sError(f"two artifacts are named {n!r}", hint="rename one of them")
+        seen.add(n)
 
 
 # --- keys -----------------------------------------------------------------------------------
@@ -134,20 +188,26 @@ def digest(path: Path) -> tuple[int, str]:
 
 
 def sign(directory: Path, key_path: Path, artifacts: Iterable[tuple[str, str]], cmdline: str,
-         hashed: Iterable[Artifact] = ()) -> Manifest:
+         hashed: Iterable[Artifact] = (), serial: int | None = None, valid: int = DEFAULT_VALIDITY) -> Manifest:
     """Hash each (name, role) in directory, add the `hashed` ones (the squashfs parts inside
-    the initramfs, hashed by mkimage), write manifest.json and manifest.sig there."""
+    the initramfs, hashed by mkimage), write manifest.json and manifest.sig there. serial:
+    seconds since the epoch unless given; valid: seconds until it expires."""
+    import time
+
     from nacl.signing import SigningKey
 
     sk = SigningKey(_read_key(key_path, "k4s-ed25519-secret"))
+    artifacts, hashed = list(artifacts), list(hashed)
+    check_names([n for n, _ in artifacts] + [a.name for a in hashed])
     items = []
     for name, role in artifacts:
-        if not NAME.fullmatch(name) or role not in ROLES:
-            raise K4sError(f"cannot sign {name!r} as {role!r}", hint=f"a plain file name, one of the roles {ROLES}")
+        if role not in ROLES:
+            raise K4sError(f"cannot sign {name!r} as {role!r}", hint=f"one of the roles {ROLES}")
         size, sha = digest(directory / name)
         items.append(Artifact(name, role, size, sha))
-    items += list(hashed)
-    m = Manifest(cmdline, tuple(items))
+    items += hashed
+    now = int(time.time())
+    m = Manifest(cmdline, tuple(items), now if serial is None else serial, now + valid, role_of(cmdline))
     raw = m.to_bytes()
     write_atomic(directory / MANIFEST, raw)
     write_atomic(directory / SIGNATURE, _b64(sk.sign(raw).signature) + "\n")
@@ -175,12 +235,18 @@ def parse(raw: bytes, sig: bytes, pub: bytes) -> Manifest:
         doc = json.loads(raw)
         items = tuple(Artifact(str(a["name"]), str(a["role"]), int(a["size"]), str(a["sha256"]))
                       for a in doc["artifacts"])
-        m = Manifest(str(doc["cmdline"]), items)
+        m = Manifest(str(doc["cmdline"]), items, int(doc["serial"]), int(doc["expires"]), str(doc["node-role"]))
     except (ValueError, KeyError, TypeError):
-        raise VerifyError(f"{MANIFEST}: signed but malformed") from None
+        raise VerifyError(f"{MANIFEST}: signed but malformed (a manifest from before serials? sign it again)") from None
+    if m.node_role not in NODE_ROLES:
+        raise VerifyError(f"{MANIFEST}: signed for an unknown node role {m.node_role[:20]!r}")
     for a in m.artifacts:
-        if not NAME.fullmatch(a.name) or a.role not in ROLES or not re.fullmatch(r"[0-9a-f]{64}", a.sha256):
+        if a.role not in ROLES or not re.fullmatch(r"[0-9a-f]{64}", a.sha256):
             raise VerifyError(f"{MANIFEST}: signed but names a bad artifact {a.name[:80]!r}")
+    try:
+        check_names([a.name for a in m.artifacts])
+    except K4sError as e:
+        raise VerifyError(f"{MANIFEST}: signed but {e.message}") from None
     return m
 
 

@@ -25,7 +25,7 @@ from tests.e2e.conftest import KUBECTL, Cluster, boot, make_vm
 SERVER_LAN = "k4s.interface=eth1 k4s.ip=10.77.0.1/24 k4s.mgmt-interface=eth0"
 WORKER_MAC = "52:54:00:00:77:02"
 WORKER_NAME = "k4s-007702"  # the node name derives from the MAC
-BAD_JOINS = 3
+BAD_JOINS = 4
 
 
 def free_port() -> int:
@@ -34,10 +34,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def worker_vm(tmp: Path, port: int, join_line: str, mac: str, ip: str, memory: int = 1024) -> VM:
-    """A lan-only VM: no user network, no forwarded port, no seed; its only secret is the token."""
-    vm = make_vm(tmp, append=f"k4s.ip={ip}/24 k4s.gateway=10.77.0.1 {join_line}", memory=memory)
+def worker_vm(tmp: Path, port: int, join: str, mac: str, ip: str, memory: int = 1024) -> VM:
+    """A lan-only VM: no user network, no forwarded port, no seed; its only secret is the token,
+    in its own initrd segment (the join `k4s token create` printed), never on its command line."""
+    vm = make_vm(tmp, append=f"k4s.ip={ip}/24 k4s.gateway=10.77.0.1", memory=memory)
     vm.lan_connect, vm.mac, vm.seeded = port, mac, False
+    tmp.mkdir(parents=True, exist_ok=True)
+    vm.join_secret = tmp / "join"
+    vm.join_secret.write_text(join)
     return vm
 
 
@@ -57,11 +61,13 @@ class Fleet:
         return self.server.wait_for(what, probe, timeout)
 
 
-def token_create(server: VM, ttl: str = "1h") -> str:
-    r = k4s_cmd("token", "create", "--kubeconfig", str(server.kubeconfig), "--ttl", ttl)
+def token_create(server: VM, *args: str) -> str:
+    """The whole join (token included) `k4s token create` prints for one machine."""
+    r = k4s_cmd("token", "create", "--kubeconfig", str(server.kubeconfig), *args)
     assert r.returncode == 0, r.stderr
     line = r.stdout.strip()
-    assert line.startswith("k4s.role=agent k4s.server=https://10.77.0.1:6443 k4s.token="), line
+    assert line.startswith("k4s.role=agent k4s.server=https://10.77.0.1:6443 k4s.ca-hash=sha256:"), line
+    assert "k4s.token=" in line and "holds a secret" in r.stderr, (line, r.stderr)
     return line
 
 
@@ -75,7 +81,7 @@ def fleet(tmp_path_factory) -> Iterator[Fleet]:
     workers: list[VM] = []
     try:
         server.write_kubeconfig()
-        line = token_create(server)
+        line = token_create(server, "--node", WORKER_NAME)
         worker = worker_vm(tmp / "worker", ports[0], line, WORKER_MAC, "10.77.0.2")
         workers.append(worker)
         procs.append(boot(worker, timeout=600))
@@ -107,7 +113,7 @@ def test_both_nodes_are_ready_and_the_worker_joined_through_csrs(fleet: Fleet) -
 
     def approved(c: dict) -> bool:
         return any(x["type"] == "Approved" for x in c["status"].get("conditions", [])) and bool(c["status"].get("certificate"))
-    # TLS bootstrap: the node's client certificate asked for with the token, approved by the controller-manager
+    # TLS bootstrap: the node's client certificate asked for with the token, approved by the server's approver
     client = [c for c in csrs if c["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet"
               and c["spec"]["username"] == f"system:bootstrap:{token_id}"]
     assert client and all(approved(c) for c in client), csrs
@@ -117,11 +123,59 @@ def test_both_nodes_are_ready_and_the_worker_joined_through_csrs(fleet: Fleet) -
     assert serving and all(approved(c) for c in serving), csrs
 
 
+def test_the_worker_s_token_is_spent_and_never_on_its_command_line(fleet: Fleet, web: dict[str, str]) -> None:
+    token_id = token_of(fleet.join_line).split(".")[0]
+    listed = k4s_cmd("token", "list", "--kubeconfig", str(fleet.server.vm.kubeconfig))
+    assert listed.returncode == 0 and token_id not in listed.stdout, listed.stdout
+    console = fleet.worker.console.read_text(errors="replace")
+    assert "component=join event=secret-deleted" in console and token_of(fleet.join_line) not in console
+    # what every pod on the worker can read: the kernel command line, with no secret on it
+    cmdline = fleet.kubectl("exec", "web-worker", "--", "cat", "/proc/cmdline").stdout
+    assert "k4s.ip=10.77.0.2/24" in cmdline and "k4s.token" not in cmdline, cmdline
+
+
+def csr_as_token(fleet: Fleet, token: str, node: str) -> dict:
+    """What a token holder gets for a node-client CSR naming `node`: the CSR once decided."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    from k4s.cluster import kubeapi
+    from k4s.cluster.pki import new_key
+
+    kc = yaml.safe_load(fleet.server.vm.kubeconfig.read_text())
+    ca = base64.b64decode(kc["clusters"][0]["cluster"]["certificate-authority-data"]).decode()
+    import ssl
+    client = kubeapi.Client("127.0.0.1", fleet.server.vm.port, ssl.create_default_context(cadata=ca), bearer=token)
+    req = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
+        x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{node}")])).sign(new_key(), hashes.SHA256())
+    made = client.json("POST", "/apis/certificates.k8s.io/v1/certificatesigningrequests", {
+        "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "metadata": {"generateName": "attacker-"},
+        "spec": {"request": base64.b64encode(req.public_bytes(serialization.Encoding.PEM)).decode(),
+                 "signerName": "kubernetes.io/kube-apiserver-client-kubelet", "usages": ["digital signature", "client auth"]}})
+    name = made["metadata"]["name"]
+
+    def decided():  # type: ignore[no-untyped-def]
+        got = json.loads(fleet.kubectl("get", "csr", name, "-o", "json").stdout)
+        return bool(got["status"].get("conditions")), json.dumps(got["status"])
+    return json.loads(fleet.wait_for(f"csr {name} decided", decided, timeout=60))
+
+
+def test_a_token_holder_cannot_become_the_server_s_node_or_a_ready_one(fleet: Fleet) -> None:
+    server_node = next(n for n in nodes(fleet) if n != WORKER_NAME)
+    for node, why in ((server_node, "is the server's own node"), (WORKER_NAME, "exists and is Ready")):
+        status = csr_as_token(fleet, token_of(token_create(fleet.server.vm)), node)
+        verdict = status["conditions"][0]
+        assert verdict["type"] == "Denied" and why in verdict["message"] and not status.get("certificate"), status
+
+
 def test_the_token_can_only_ask_for_a_node_certificate(fleet: Fleet, tmp_path: Path) -> None:
     kc = yaml.safe_load(fleet.server.vm.kubeconfig.read_text())
     ca = tmp_path / "ca.crt"
     ca.write_bytes(base64.b64decode(kc["clusters"][0]["cluster"]["certificate-authority-data"]))
-    token = token_of(fleet.join_line)
+    token = token_of(token_create(fleet.server.vm))  # the worker's own was spent when it joined
 
     def can_i(*what: str) -> str:
         r = subprocess.run([str(KUBECTL), "--kubeconfig=/dev/null", f"--server=https://127.0.0.1:{fleet.server.vm.port}",
@@ -233,11 +287,12 @@ BAD = {
     "wrong-secret": ("does not match the token's secret",
                      lambda line, _: with_key(line, "k4s.token", token_of(line)[:7] + "0" * 16)),
     "expired-token": ("expired", lambda _, expired: expired),
+    "spent-token": ("unknown or expired", lambda line, _: line),  # the worker's own, used when it joined
 }
 
 
 def test_bad_joins_are_refused_with_one_line_and_no_credentials(fleet: Fleet) -> None:
-    expired = token_create(fleet.server.vm, ttl="1s")
+    expired = token_create(fleet.server.vm, "--ttl", "1s")
     time.sleep(3)
     vms: dict[str, tuple[VM, subprocess.Popen[bytes]]] = {}
     for i, (name, (_, line_of)) in enumerate(BAD.items()):
@@ -308,7 +363,10 @@ def test_a_worker_powered_off_drains_and_its_pods_move(fleet: Fleet) -> None:
 
 def test_the_worker_rejoins_after_a_reboot(fleet: Fleet) -> None:
     vm = fleet.worker
-    proc = vm.start()  # the same machine and token: a new kubelet identity, the same Node
+    # the same machine with a new token for its name (what `netboot serve` mints at every boot):
+    # a new kubelet identity, the same Node
+    vm.join_secret.write_text(token_create(fleet.server.vm, "--node", WORKER_NAME))  # type: ignore[union-attr]
+    proc = vm.start()
     try:
         vm.wait_ready(proc, timeout=600, echo=False)
         node = nodes(fleet)[WORKER_NAME]

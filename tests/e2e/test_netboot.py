@@ -57,7 +57,7 @@ STAGE1 = OUT / "stage1.cpio.xz"
 KEYS = OUT / "keys"
 
 
-def signed_payload(tmp: Path, key: Path) -> Path:
+def signed_payload(tmp: Path, key: Path, serial: int | None = None) -> Path:
     """Stage 2 as `k4s netboot prepare` lays it out: kernel, initramfs, seed, signed."""
     require(STAGE1.exists() and (KEYS / "signing.key").exists(), "stage 1 and its key", "make stage1")
     vm = make_vm(tmp / "stage2")
@@ -67,7 +67,7 @@ def signed_payload(tmp: Path, key: Path) -> Path:
     payload = tmp / "payload"
     netboot.prepare(payload, vm.kernel, [vm.initrd, seed],
                     CMDLINE, key=key,
-                    parts=netboot.parts_from_report(OUT / "image-report.json"))
+                    parts=netboot.parts_from_report(OUT / "image-report.json"), serial=serial)
     return payload
 
 
@@ -77,15 +77,19 @@ def stage1_vm(tmp: Path, port: int, scheme: str = "http", initrd: Path = STAGE1)
     return vm
 
 
+MIN_SERIAL = 100  # the https stage 1 refuses manifests signed with a lower serial (a revoked, older payload)
+
+
 def https_stage1(tmp: Path) -> tuple[Path, tuple[Path, Path]]:
-    """Stage 1 built with a payload CA, and a server certificate from that CA for 10.0.2.2."""
+    """Stage 1 built with a payload CA and a minimum serial, and a server certificate from that
+    CA for 10.0.2.2."""
     from tests.conftest import k4s_cmd
     from tests.unit.test_stage1 import tls_pair
 
     ca, crt, key = tls_pair(tmp, "payload", ip="10.0.2.2")
     out = tmp / "stage1-https.cpio.xz"
     r = k4s_cmd("mkimage", "--stage1", str(KEYS / "signing.pub"), "--bundle", str(OUT / "stage1" / "k4s"),
-                "--out", str(out), "--payload-ca", str(ca), timeout=600)
+                "--out", str(out), "--payload-ca", str(ca), "--min-serial", str(MIN_SERIAL), timeout=600)
     assert r.returncode == 0, r.stderr
     return out, (crt, key)
 
@@ -135,22 +139,28 @@ def flip_a_byte(payload: Path) -> None:
 
 def test_tampered_stage2_is_refused_and_nothing_runs(tmp_path) -> None:
     """One flipped byte in the initramfs, a manifest signed by another key, an https server whose
-    certificate is not from the CA stage 1 holds: each time one console line naming the artifact
-    and the reason, no kexec, the VM powers off."""
+    certificate is not from the CA stage 1 holds, a manifest whose serial is below stage 1's
+    minimum (an older payload replayed): each time one console line naming the artifact and the
+    reason, no kexec, the VM powers off."""
     from k4s.image import manifest
     from tests.unit.test_stage1 import tls_pair
 
     other = tmp_path / "other-key"
     manifest.keygen(other)
-    initrd, _ = https_stage1(tmp_path)
+    initrd, https_pair = https_stage1(tmp_path)
     _, *impostor = tls_pair(tmp_path, "impostor", ip="10.0.2.2")
-    cases = [(KEYS / "signing.key", flip_a_byte, "initramfs.cpio.zst: sha256 differs from the signed manifest", None),
+    cases = [(KEYS / "signing.key", flip_a_byte, "initramfs.cpio.zst: sha256 differs from the signed manifest", None,
+              None),
              (other / "signing.key", lambda p: None,
-              "manifest.json: the signature does not verify with the built-in public key", None),
+              "manifest.json: the signature does not verify with the built-in public key", None, None),
              (KEYS / "signing.key", lambda p: None, "its certificate does not verify with the built-in CA bundle",
-              tuple(impostor))]
-    for i, (key, tamper, message, tls) in enumerate(cases):
-        payload = signed_payload(tmp_path / f"case{i}", key)
+              tuple(impostor), None),
+             (KEYS / "signing.key", lambda p: None,
+              f"serial {MIN_SERIAL - 1} is below this stage 1's minimum {MIN_SERIAL}", "https", MIN_SERIAL - 1)]
+    for i, (key, tamper, message, tls, serial) in enumerate(cases):
+        if tls == "https":
+            tls = https_pair
+        payload = signed_payload(tmp_path / f"case{i}", key, serial)
         tamper(payload)
         srv = netboot.serve_in_thread(payload, tls=tls)
         try:

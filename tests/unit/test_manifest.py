@@ -113,3 +113,78 @@ def test_mkimage_report_names_each_squashfs_part_with_its_hash() -> None:
     doc = json.loads(assemble.report_json(segs))
     assert doc["parts"] == [{"name": "kubernetes.squashfs", "size": 38, "sha256": "cd" * 32}]
     assert [s["part"] for s in doc["segments"]] == ["base", "kubernetes"]
+
+
+# --- nothing old replays: serial, expiry, role; names ---------------------------------------------
+
+def signed(d, keys, cmdline: str = "console=ttyS0", **kw):  # type: ignore[no-untyped-def]
+    m = manifest.sign(d, keys / "signing.key", [("vmlinuz", "kernel"), ("initramfs.cpio.zst", "initrd")], cmdline, **kw)
+    return manifest.parse((d / "manifest.json").read_bytes(), (d / "manifest.sig").read_bytes(),
+                          manifest.public_key(keys / "signing.pub")), m
+
+
+def test_a_manifest_carries_a_serial_an_expiry_and_its_node_role(payload) -> None:
+    import time
+
+    d, _, keys = payload
+    got, made = signed(d, keys, "console=ttyS0 k4s.role=agent", serial=41, valid=3600)
+    assert got == made and (got.serial, got.node_role) == (41, "agent")
+    assert abs(got.expires - (time.time() + 3600)) < 60
+    got.check_fresh(41, time.time(), "agent")
+    default, _ = signed(d, keys)
+    assert default.node_role == "server" and abs(default.serial - time.time()) < 60  # grows with every signing
+
+
+@pytest.mark.parametrize("min_serial, later, role, message", [
+    (42, 0, None, "serial 41 is below this stage 1's minimum 42"),
+    (0, 7200, None, "manifest.json: expired at"),
+    (0, 0, "server", "signed for a agent, and this machine is a server"),
+])
+def test_a_stale_or_misplaced_manifest_is_refused(payload, min_serial: int, later: int, role: str | None,
+                                                  message: str) -> None:
+    import time
+
+    d, _, keys = payload
+    got, _ = signed(d, keys, "k4s.role=agent", serial=41, valid=3600)
+    with pytest.raises(VerifyError, match=message.replace("(", r"\(")):
+        got.check_fresh(min_serial, time.time() + later, role)
+
+
+@pytest.mark.parametrize("names, message", [
+    (["vmlinuz", "vmlinuz"], "two artifacts are named 'vmlinuz'"),
+    (["vmlinuz", "manifest.sig"], "artifact name 'manifest.sig' is reserved"),
+    (["vmlinuz", "../x"], "is not a plain file name"),
+])
+def test_duplicate_and_reserved_names_are_refused(payload, names: list[str], message: str) -> None:
+    from k4s.errors import K4sError
+
+    d, _, keys = payload
+    with pytest.raises(K4sError, match=message):
+        manifest.sign(d, keys / "signing.key", [(names[0], "kernel"), *((n, "initrd") for n in names[1:])], "")
+
+
+def test_a_signed_manifest_naming_an_artifact_twice_is_refused(payload) -> None:
+    """Even when the key signed it (a signing mistake): stage 1 refuses it."""
+    import base64
+    import json
+
+    from nacl.signing import SigningKey
+
+    d, pub, keys = payload
+    doc = json.loads((d / "manifest.json").read_bytes())
+    doc["artifacts"].append(doc["artifacts"][1])
+    raw = json.dumps(doc).encode()
+    sk = SigningKey(base64.b64decode((keys / "signing.key").read_text().split()[1]))
+    with pytest.raises(VerifyError, match="signed but two artifacts are named"):
+        manifest.parse(raw, base64.b64encode(sk.sign(raw).signature), pub)
+
+
+def test_stage1_reads_its_minimum_and_refuses_an_unset_clock(tmp_path, monkeypatch) -> None:
+    from k4s.boot import stage1
+    from k4s.errors import K4sError
+
+    (tmp_path / "min").write_text("17\n")
+    assert stage1.min_serial(tmp_path / "min") == 17 and stage1.min_serial(tmp_path / "none") == 0
+    monkeypatch.setattr(stage1.time, "time", lambda: 86400.0)
+    with pytest.raises(K4sError, match="the clock says 1970-01-02"):
+        stage1.now()
