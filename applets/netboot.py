@@ -43,8 +43,10 @@ def cli() -> None:
 @click.option("--serial", type=click.IntRange(0), default=None,
               help="The manifest's serial [default: seconds since the epoch]; stage 1 refuses one below its minimum.")
 @click.option("--valid", default="30d", show_default=True, help="How long the signed manifest is valid (e.g. 12h, 30d).")
+@click.option("--join", is_flag=True, help="Workers: boot.ipxe also loads each machine's own join segment "
+              "(netboot serve --kubeconfig mints it).")
 def prepare(out: Path, kernel: Path, initrd: tuple[Path, ...], seed: bool, operator: Path, base_url: str,
-            append: str, key: Path, image_report: Path, serial: int | None, valid: str) -> int:
+            append: str, key: Path, image_report: Path, serial: int | None, valid: str, join: bool) -> int:
     from k4s.fsutil import write_atomic
     from k4s.host import netboot
     from k4s.host.vm import EVENTS_PORT, VM
@@ -64,7 +66,7 @@ def prepare(out: Path, kernel: Path, initrd: tuple[Path, ...], seed: bool, opera
     except config.Invalid as e:
         raise K4sError(f"--valid: {e}", hint=e.hint) from None
     files = netboot.prepare(out, kernel, initrds, cmdline, base_url, key if key.exists() else None, parts,
-                            serial, validity)
+                            serial, validity, join)
     click.echo(f"{out}: {' '.join(files)}" + (" (signed)" if key.exists() else " (unsigned: no key)"))
     return 0
 
@@ -75,13 +77,23 @@ def prepare(out: Path, kernel: Path, initrd: tuple[Path, ...], seed: bool, opera
 @click.option("--port", type=int, default=8080, show_default=True)
 @click.option("--tls-cert", type=P, help="Serve HTTPS with this PEM certificate (for a stage 1 built with --payload-ca).")
 @click.option("--tls-key", type=P, help="The certificate's PEM private key (stays on this host).")
-def serve(directory: Path, address: str, port: int, tls_cert: Path | None, tls_key: Path | None) -> int:
+@click.option("--kubeconfig", type=P, help="Mint each booting worker's join (a single-use token bound to k4s-<MAC>) "
+              "at /join/<mac>, through the apiserver, as this kubeconfig's user.")
+@click.option("--server", "api_server", default="", help="With --kubeconfig: the apiserver URL workers join "
+              "[default: the one cluster-info names].")
+def serve(directory: Path, address: str, port: int, tls_cert: Path | None, tls_key: Path | None,
+          kubeconfig: Path | None, api_server: str) -> int:
     from k4s import log
+    from k4s.cluster import kubeapi
     from k4s.host import netboot
 
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
-    srv = netboot.server(directory, address, port, (tls_cert, tls_key) if tls_cert and tls_key else None)
+    mint = None
+    if kubeconfig is not None:
+        kubeapi.Client.from_kubeconfig(kubeconfig)  # a readable kubeconfig, checked before serving
+        mint = netboot.JoinMinter(kubeconfig, server=api_server)
+    srv = netboot.server(directory, address, port, (tls_cert, tls_key) if tls_cert and tls_key else None, mint)
     scheme = "https" if tls_cert else "http"
     log.event("netboot", "serving", dir=directory, url=f"{scheme}://{address}:{srv.server_address[1]}/")
     try:

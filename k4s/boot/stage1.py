@@ -8,6 +8,10 @@ it streams in, and boots it with kexec. Nothing unverified runs.
       -> PATH/manifest.json + manifest.sig: checked with the public key built into stage 1
       -> each artifact the manifest names (the kernel, the initrds in order): its size and
          sha256 checked as it streams into RAM; one byte too many stops it there
+      -> for a worker's payload (node role agent): the machine's own join, from stage 1's
+         own join segment if it was booted with one, else PATH/join/<mac> (`netboot serve
+         --kubeconfig` mints it); checked (join keys only) and wrapped here into one file,
+         layout.JOIN_SECRET: never a segment from the network as it came
       -> kexec_file_load(kernel, the initrds concatenated, the signed command line), with one
          more segment last: the signed sha256 of each squashfs part, which stage 2's stage 0
          checks before it mounts any (layout.PARTS_CHECK)
@@ -159,6 +163,54 @@ def _bounded(chunks: Iterator[bytes], limit: int, name: str) -> bytes:
     return out
 
 
+def fetch_join(f: Fetch, iface: str, out: Path, own: Path = layout.JOIN_SECRET) -> Path | None:
+    """The machine's join segment for stage 2 (see the module's docstring), or None when there is
+    none to hand on (stage 2 then says what it lacks). The words are checked before they are
+    wrapped: a join may set the join keys and nothing else."""
+    from k4s.boot import joinsecret
+
+    if own.is_file():
+        words, where = own.read_text(errors="replace"), "stage 1's own segment"
+    else:
+        try:
+            mac = Path(f"/sys/class/net/{iface}/address").read_text().strip().replace(":", "")
+        except OSError:
+            return None
+        words, where = _get_join(f, mac), f"{f.path}join/{mac}"
+        if words is None:
+            log.event("stage1", "join", found=False, asked=where)
+            return None
+    out.write_bytes(joinsecret.segment(joinsecret.words(words)))
+    out.chmod(0o600)
+    log.event("stage1", "join", found=True, source=where)
+    return out
+
+
+def _get_join(f: Fetch, mac: str) -> str | None:
+    """GET join/<mac>: its words, None on 404 (no join for this machine), retried on other errors."""
+    from k4s.config import MAX_JOIN_SECRET
+
+    for attempt in range(1, 4):
+        conn = f._connection()
+        try:
+            conn.request("GET", f"{f.path}join/{mac}")
+            r = conn.getresponse()
+            if r.status == 404:
+                return None
+            body = r.read(MAX_JOIN_SECRET + 1)
+            if r.status == 200 and len(body) <= MAX_JOIN_SECRET:
+                return body.decode("utf-8", errors="replace")
+            error = f"HTTP {r.status}" if r.status != 200 else "more than a join's bytes"
+        except (OSError, http.client.HTTPException) as e:
+            error = str(e) or type(e).__name__
+        finally:
+            conn.close()
+        log.event("stage1", "retry", file=f"join/{mac}", attempt=attempt, error=error)
+        time.sleep(attempt)
+    raise K4sError(f"cannot fetch this machine's join from {f.host}:{f.port}: {error}",
+                   hint="is `netboot serve --kubeconfig` running, and the server up?")
+
+
 def handoff(m: manifest.Manifest, out: Path) -> Path:
     """The last initrd segment: the signed hashes of stage 2's squashfs parts, for its stage 0
     to check before it mounts them. Last, so no segment of the payload can replace it."""
@@ -244,6 +296,8 @@ def boot() -> str:
     total = sum(a.size for a in [*m.by_role("kernel"), *m.by_role("initrd")])
     log.event("stage1", "payload-verified", bytes=total, seconds=time.monotonic() - t0)
     initrds = [stage2 / a.name for a in m.by_role("initrd")]
+    if m.node_role == "agent" and (join := fetch_join(Fetch(cfg.payload), iface, stage2 / "join.cpio")):
+        initrds.append(join)
     if m.by_role("part"):
         initrds.append(handoff(m, stage2 / "handoff.cpio"))
     kexec(stage2 / m.by_role("kernel")[0].name, initrds, m.cmdline)

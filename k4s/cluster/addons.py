@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from k4s.cluster.certs import OPERATORS_GROUP
+from k4s.cluster.certs import NODE_ADMINS_GROUP, OPERATORS_GROUP
 from k4s.config import Config
 from k4s.image import oci
 
@@ -25,13 +25,15 @@ BUSYBOX = Path("/usr/bin/busybox")  # the node's shell tools, which local-path's
 
 RBAC = "rbac.authorization.k8s.io"
 OPERATORS_BINDING = "k4s:cluster-admins"
+NODE_ADMINS_BINDING = "k4s:node-admins"
 
 
 def rbac() -> list[Obj]:
     """The apiserver reaches kubelets (logs, exec, metrics) as kube-apiserver-kubelet-client;
     the operators (certificates from the operator CA, in OPERATORS_GROUP) are cluster-admin
-    through a binding, so their access is withdrawn by deleting it (as kubeadm:cluster-admins)."""
-    return [{
+    through a binding, so their access is withdrawn by deleting it (as kubeadm:cluster-admins);
+    the node's own admin likewise, through a binding of its own (never system:masters)."""
+    return [_binding(NODE_ADMINS_BINDING, "cluster-admin", NODE_ADMINS_GROUP), {
         "apiVersion": f"{RBAC}/v1", "kind": "ClusterRoleBinding",
         "metadata": {"name": "k4s:apiserver-kubelet-api-admin", "labels": LABELS},
         "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": "system:kubelet-api-admin"},
@@ -103,6 +105,19 @@ def cluster_info(server: str, ca_pem: bytes) -> list[Obj]:
          "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": role},
          "subjects": [{"apiGroup": RBAC, "kind": "User", "name": "system:anonymous"}]},
     ]
+
+
+KUBELET_SERVING_CA_PATH = "/api/v1/namespaces/kube-system/configmaps/k4s-kubelet-serving-ca"
+
+
+def kubelet_serving_ca(ca_pem: bytes) -> list[Obj]:
+    """The kubelet-serving CA's certificate, for clients that reach a node's own endpoints (`k4s
+    status --remote`): read through the apiserver, so it is as trusted as the cluster CA, and
+    readable by the cluster's admins only (kube-system)."""
+    name = KUBELET_SERVING_CA_PATH.rsplit("/", 1)[1]
+    return [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "kube-system",
+                                                                  "labels": LABELS},
+             "data": {"ca.crt": ca_pem.decode()}}]
 
 
 def read_cluster_info(kubeconfig: str) -> tuple[str, bytes]:
@@ -258,7 +273,9 @@ def local_path(cfg: Config, binary: Path, storage: Path) -> list[Obj]:
 
     meta = {"namespace": ns, "labels": labels}
     return [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": LABELS}},
+        # its helper pods make and remove volume directories through a hostPath: more than baseline
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {
+            **LABELS, "pod-security.kubernetes.io/enforce": "privileged"}}},
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, **meta}},
         {"apiVersion": f"{RBAC}/v1", "kind": "Role", "metadata": {"name": "local-path-provisioner-role", **meta},
          "rules": [{"apiGroups": [""], "resources": ["pods"],

@@ -15,7 +15,10 @@ the system:node: prefix, so any token holder could become the server's node.
 
 A serving CSR is approved only when a node asks for itself: the requester is
 system:node:<name> in system:nodes, the subject is the same, the usages are a server's, and
-every name in it is the node's: its name, and addresses its Node object reports. Anything
+every name in it is the node's: its name, and addresses its Node object reports, none of them
+the server's, in the pod or service network, or a name clients use for the apiserver
+(`Reserved`). The certificate comes from the kubelet-serving CA, which only the apiserver
+trusts (for kubelets), so even an approved one is no certificate for the apiserver. Anything
 else is denied with the reason. A request that does not parse is denied on its own; it
 never stops the round.
 """
@@ -23,9 +26,11 @@ never stops the round.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import threading
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from k4s import log
@@ -117,7 +122,49 @@ def ready(node: dict[str, Any]) -> bool:
                for c in node.get("status", {}).get("conditions", []) or [])
 
 
-def refusal(csr: dict[str, Any], names: dict[str, Any], addresses: set[str]) -> str | None:
+@dataclass(frozen=True)
+class Reserved:
+    """What no node's serving certificate may name, whatever its Node says: the pod and service
+    networks, the server's own addresses, and the names clients use for the apiserver."""
+
+    networks: tuple[str, ...] = ()
+    addresses: frozenset[str] = frozenset()
+    names: frozenset[str] = frozenset()
+    domain: str = "cluster.local"
+
+    @classmethod
+    def of(cls, cfg: Any, server_ips: set[str]) -> Reserved:
+        def is_ip(n: str) -> bool:
+            try:
+                return bool(ipaddress.ip_address(n))
+            except ValueError:
+                return False
+        names = {"kubernetes", "kubernetes.default", "kubernetes.default.svc", "localhost",
+                 f"kubernetes.default.svc.{cfg.cluster_domain}", *(n for n in cfg.tls_san if not is_ip(n))}
+        return cls((cfg.cluster_cidr, cfg.service_cidr), frozenset(server_ips | {n for n in cfg.tls_san if is_ip(n)}),
+                   frozenset(names), cfg.cluster_domain)
+
+    def why(self, node: str, dns: list[str], ips: list[str]) -> str | None:
+        for ip in ips:
+            try:
+                addr = ipaddress.ip_address(ip)
+            except ValueError:
+                return f"{ip} is not an address"
+            if addr.is_loopback or addr.is_unspecified or addr.is_multicast or addr.is_link_local:
+                return f"{ip} is not a node's address"
+            if ip in self.addresses:
+                return f"{ip} is the server's address"
+            for net in self.networks:
+                if addr in ipaddress.ip_network(net):
+                    return f"{ip} is in the pod or service network {net}"
+        for n in [node, *dns]:
+            if n in self.names or n.endswith(f".svc.{self.domain}") or n.endswith(".svc"):
+                return f"{n} is a name clients use for the cluster's services"
+        return None
+
+
+def refusal(csr: dict[str, Any], names: dict[str, Any], addresses: set[str],
+            reserved: Reserved = Reserved()) -> str | None:
     """Why this serving CSR must not be approved, or None when it is a node asking for itself."""
     spec = csr.get("spec", {})
     user = spec.get("username", "")
@@ -133,6 +180,8 @@ def refusal(csr: dict[str, Any], names: dict[str, Any], addresses: set[str]) -> 
         return f"the subject {names['cn']}/{names['orgs']} is not {user}/system:nodes"
     if names["other_names"] or not (names["dns"] or names["ips"]):
         return "the names are not only DNS names and IP addresses"
+    if why := reserved.why(node, names["dns"], names["ips"]):
+        return why
     foreign = [n for n in names["dns"] if n != node] + [ip for ip in names["ips"] if ip not in addresses]
     if foreign:
         return f"{', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} not node {node}'s"
@@ -167,14 +216,15 @@ def _verdict(client: kubeapi.Client, csr: dict[str, Any], why: str | None, appro
     log.event("approver", verdict.lower(), csr=name, requester=csr.get("spec", {}).get("username", ""), reason=why)
 
 
-def decide_serving(client: kubeapi.Client, csr: dict[str, Any], call_in_child: Any) -> None:
+def decide_serving(client: kubeapi.Client, csr: dict[str, Any], call_in_child: Any,
+                   reserved: Reserved = Reserved()) -> None:
     user = csr.get("spec", {}).get("username", "")
     if user.startswith(NODE_PREFIX):
         addresses = node_addresses(_get(client, f"/api/v1/nodes/{user[len(NODE_PREFIX):]}"))
         if not addresses:
             return  # its Node has no addresses yet: decided on a later look, not denied for being early
     names = call_in_child(lambda: read_request(csr["spec"]["request"]), 30)
-    why = refusal(csr, names, addresses if user.startswith(NODE_PREFIX) else set())
+    why = refusal(csr, names, addresses if user.startswith(NODE_PREFIX) else set(), reserved)
     _verdict(client, csr, why, "a node's serving certificate for its own names")
 
 
@@ -203,11 +253,12 @@ def decide_client(client: kubeapi.Client, csr: dict[str, Any], call_in_child: An
         log.event("approver", "token-spent", token=token_id, node=node_name)
 
 
-def decide_all(client: kubeapi.Client, call_in_child: Any, server_node: str) -> None:
+def decide_all(client: kubeapi.Client, call_in_child: Any, server_node: str,
+               reserved: Reserved = Reserved()) -> None:
     """One round: every pending node-client and kubelet-serving request decided, each on its own
     (one that fails is logged and the round goes on)."""
     deciders = {CLIENT_SIGNER: lambda csr: decide_client(client, csr, call_in_child, server_node),
-                SIGNER: lambda csr: decide_serving(client, csr, call_in_child)}
+                SIGNER: lambda csr: decide_serving(client, csr, call_in_child, reserved)}
     for signer, decide in deciders.items():
         for csr in filter(pending, client.json("GET", f"{CSR_API}?fieldSelector=spec.signerName%3D{signer}")
                           .get("items", [])):
@@ -217,12 +268,13 @@ def decide_all(client: kubeapi.Client, call_in_child: Any, server_node: str) -> 
                 log.event("approver", "error", level="warn", csr=csr.get("metadata", {}).get("name"), error=str(e))
 
 
-def run(connect: Callable[[], kubeapi.Client], call_in_child: Any, stop: threading.Event, server_node: str) -> None:
+def run(connect: Callable[[], kubeapi.Client], call_in_child: Any, stop: threading.Event, server_node: str,
+        reserved: Reserved = Reserved()) -> None:
     """Until stop: a round every INTERVAL seconds, with a new client each round (it picks up the
     admin certificate after a renewal)."""
     while not stop.is_set():
         try:
-            decide_all(connect(), call_in_child, server_node)
+            decide_all(connect(), call_in_child, server_node, reserved)
         except (OSError, K4sError) as e:
             log.event("approver", "error", level="warn", error=str(e))
         stop.wait(INTERVAL)

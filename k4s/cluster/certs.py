@@ -4,6 +4,7 @@ subjects and SANs, laid out like kubeadm's.
     <data-dir>/pki/ca.{crt,key}                      cluster CA
     <data-dir>/pki/etcd/ca.{crt,key}                 etcd CA
     <data-dir>/pki/front-proxy-ca.{crt,key}          aggregation-layer CA
+    <data-dir>/pki/kubelet-serving-ca.{crt,key}      kubelets' serving certificates (only the apiserver trusts it)
     <data-dir>/pki/<leaf>.{crt,key}                  serving and client certificates
     <data-dir>/pki/sa.{key,pub}                      service-account signing keys
     <data-dir>/kubeconfig/<user>.conf                one kubeconfig per client identity
@@ -48,7 +49,11 @@ class Leaf:
 CLUSTER_CA = CA("ca", "kubernetes-ca")
 ETCD_CA = CA("etcd/ca", "etcd-ca")
 FRONT_PROXY_CA = CA("front-proxy-ca", "front-proxy-ca")
-CAS = (CLUSTER_CA, ETCD_CA, FRONT_PROXY_CA)
+# One CA per purpose: a kubelet's serving certificate is asked for by the node itself (a CSR
+# the server approves), so the CA that signs it must not be one any client trusts for the
+# apiserver: only the apiserver trusts it, and only for kubelets (--kubelet-certificate-authority).
+KUBELET_SERVING_CA = CA("kubelet-serving-ca", "kubelet-serving-ca")
+CAS = (CLUSTER_CA, ETCD_CA, FRONT_PROXY_CA, KUBELET_SERVING_CA)
 
 # Leaf file stems: what the components name.
 APISERVER = "apiserver"
@@ -59,6 +64,7 @@ ETCD_PEER = "etcd/peer"
 FRONT_PROXY_CLIENT = "front-proxy-client"
 KUBELET_SERVER = "kubelet-server"
 ADMIN = "admin"
+SUPER_ADMIN = "super-admin"  # system:masters: bootstrap's first RBAC only (kubeadm's super-admin.conf)
 CONTROLLER_MANAGER = "controller-manager"
 SCHEDULER = "scheduler"
 KUBELET = "kubelet"
@@ -70,6 +76,7 @@ ENCRYPTION_CONFIG = "encryption-config.yaml"
 OPERATOR_CA = "operator-ca"
 CLIENT_CA_BUNDLE = "client-ca"  # the cluster CA + the operator CA: the apiserver's --client-ca-file
 OPERATORS_GROUP = "k4s:cluster-admins"  # bound to cluster-admin by bootstrap (as kubeadm:cluster-admins)
+NODE_ADMINS_GROUP = "k4s:node-admins"  # the node's own admin (its tasks, write-kubeconfig): its own binding
 
 
 @dataclass(frozen=True)
@@ -108,8 +115,12 @@ def leaves(ident: Identity) -> list[Leaf]:
         Leaf(ETCD_SERVER, ETCD_CA, ident.node_name, usages=both, dns_names=node_dns, ip_addresses=node_ips),
         Leaf(ETCD_PEER, ETCD_CA, ident.node_name, usages=both, dns_names=node_dns, ip_addresses=node_ips),
         Leaf(FRONT_PROXY_CLIENT, FRONT_PROXY_CA, "front-proxy-client"),
-        Leaf(KUBELET_SERVER, CLUSTER_CA, ident.node_name, usages=(SERVER,), dns_names=node_dns, ip_addresses=node_ips),
-        Leaf(ADMIN, CLUSTER_CA, "kubernetes-admin", ("system:masters",), kubeconfig=ADMIN),
+        Leaf(KUBELET_SERVER, KUBELET_SERVING_CA, ident.node_name, usages=(SERVER,), dns_names=node_dns, ip_addresses=node_ips),
+        # the node's admin is bound to cluster-admin through a group (as kubeadm's admin.conf since
+        # 1.29): deleting the binding withdraws it. system:masters, which no RBAC change can
+        # withdraw, is only the super-admin's, used by bootstrap to make that binding.
+        Leaf(ADMIN, CLUSTER_CA, "kubernetes-admin", (NODE_ADMINS_GROUP,), kubeconfig=ADMIN),
+        Leaf(SUPER_ADMIN, CLUSTER_CA, "kubernetes-super-admin", ("system:masters",)),
         Leaf(CONTROLLER_MANAGER, CLUSTER_CA, "system:kube-controller-manager", kubeconfig=CONTROLLER_MANAGER),
         Leaf(SCHEDULER, CLUSTER_CA, "system:kube-scheduler", kubeconfig=SCHEDULER),
         Leaf(KUBELET, CLUSTER_CA, f"system:node:{ident.node_name}", ("system:nodes",), kubeconfig=KUBELET),

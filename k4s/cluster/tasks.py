@@ -127,9 +127,15 @@ def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor) -> N
     """RBAC, cluster-info, CoreDNS and the default StorageClass, server-side applied (idempotent, so every start re-asserts them);
     then the user's kubeconfig, the auto-deploy manifests kept applied, and workers' serving
     certificates approved (k4s.cluster.approver)."""
+    # the first RBAC (the admins' binding) as the super-admin, which alone may grant it
+    rbac = addons.rbac()
+    superuser = kubeapi.Client.from_files(node.certs, node.cfg.apiserver_port, certs.SUPER_ADMIN)
+    for obj in rbac:
+        superuser.apply(obj)
     client = api_client(node)
     server = f"https://{node.node_ip}:{node.cfg.apiserver_port}"
-    objs = addons.rbac() + addons.join_rbac() + addons.cluster_info(server, node.certs.crt(certs.CLUSTER_CA).read_bytes())
+    objs = addons.join_rbac() + addons.cluster_info(server, node.certs.crt(certs.CLUSTER_CA).read_bytes()) \
+        + addons.kubelet_serving_ca(node.certs.crt(certs.KUBELET_SERVING_CA).read_bytes())
     if "coredns" not in node.cfg.disable:
         objs += addons.coredns(node.cfg, Path(os.path.realpath(node.bin(addons.COREDNS))))
     if "local-path" not in node.cfg.disable:
@@ -143,14 +149,15 @@ def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor) -> N
         except kubeapi.APIError as e:
             if e.status != 404:
                 raise
-    log.event("bootstrap", "applied", objects=len(objs))
+    log.event("bootstrap", "applied", objects=len(rbac) + len(objs))
     dst = Path(node.cfg.write_kubeconfig)
     write_atomic(dst, node.certs.kubeconfig(certs.ADMIN).read_bytes(), 0o600)
     log.event("kubeconfig", "written", path=dst)
     if watcher is not None:
         threading.Thread(target=watcher.run, name="manifests", daemon=True).start()
+    reserved = approver.Reserved.of(node.cfg, {node.node_ip})
     threading.Thread(target=approver.run, args=(lambda: api_client(node), sup.call_in_child, sup.stop_requested,
-                                                node.cfg.node_name), name="approver", daemon=True).start()
+                                                node.cfg.node_name, reserved), name="approver", daemon=True).start()
 
 
 # --- the pod network ----------------------------------------------------------------------------

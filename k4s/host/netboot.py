@@ -7,13 +7,23 @@ the signed manifest; and a small HTTP server for it.
 Nothing that iPXE loads is verified by iPXE here (Debian's ROMs are built
 without `imgverify`): on plain PXE the root of trust is the network. The
 manifest is for what comes after a first stage that checks it.
+
+Workers' join secrets are per machine, never in the public payload: given a
+kubeconfig, the server answers `GET /join/<mac>` (the join words, for stage 1,
+which wraps them into a segment itself) and `/join/<mac>.cpio` (the segment, for
+boot.ipxe's `initrd`) with a fresh single-use token bound to the node name that
+machine derives from its MAC (k4s-<last 3 bytes>), valid JOIN_TTL. Whoever can ask
+for a machine's URL before it does gets its one join: as with any PXE, the network
+is trusted here; the token makes one node of one name, never a running one.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
+from collections.abc import Callable
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -25,14 +35,55 @@ from k4s.image import manifest
 SCRIPT = "boot.ipxe"
 KERNEL = "vmlinuz"
 DEFAULT_PORT = 8080
+JOIN_PREFIX = "/join/"
+JOIN_TTL = 3600  # seconds: the machine asks for it as it boots
+_MAC = re.compile(r"[0-9a-f]{12}")
 
 
-def ipxe_script(base_url: str, kernel: str, initrds: list[str], cmdline: str) -> str:
+def mac_key(text: str) -> str:
+    """A MAC as 12 lower-case hex digits (iPXE's ${net0/mac:hexraw}); ValueError if it is not one."""
+    m = text.lower().replace(":", "").replace("-", "")
+    if not _MAC.fullmatch(m):
+        raise ValueError(f"{text[:40]!r} is not a MAC address")
+    return m
+
+
+def node_name_for(mac: str) -> str:
+    """The node name a machine takes by default (k4s.boot.init.default_node_name)."""
+    return f"k4s-{mac_key(mac)[-6:]}"
+
+
+class JoinMinter:
+    """Mints each booting machine's join through the apiserver (the operator's kubeconfig)."""
+
+    def __init__(self, kubeconfig: Path, ttl: int = JOIN_TTL, server: str = "") -> None:
+        self.kubeconfig, self.ttl, self.server = kubeconfig, ttl, server
+
+    def __call__(self, mac: str) -> str:
+        import datetime as dt
+
+        from k4s.cluster import kubeapi
+        from k4s.cluster.pki import spki_hash_pem
+        from k4s.host import tokens
+
+        name = node_name_for(mac)
+        client = kubeapi.Client.from_kubeconfig(self.kubeconfig)
+        published, ca = tokens.cluster_server_and_ca(client)
+        token_id, secret = tokens.create(client, dt.timedelta(seconds=self.ttl), f"netboot {name}", name)
+        log.event("netboot", "join-minted", node=name, token=token_id)
+        return tokens.join_secret(self.server or published, f"{token_id}.{secret}", spki_hash_pem(ca), name)
+
+
+def ipxe_script(base_url: str, kernel: str, initrds: list[str], cmdline: str, join: bool = False) -> str:
     """iPXE loads the kernel and every initrd in order (it concatenates them for Linux),
-    then boots; `${next-server}` in base_url is the DHCP server's next-server (TFTP) address."""
+    then boots; `${next-server}` in base_url is the DHCP server's next-server (TFTP) address.
+    With join, the machine's own join segment last (a worker's; none is no error)."""
     lines = ["#!ipxe", "echo k4s: fetching the payload from " + base_url,
              f"kernel {base_url}{kernel} {cmdline}".rstrip()]
     lines += [f"initrd {base_url}{name}" for name in initrds]
+    if join:
+        lines += [f"initrd {base_url}{JOIN_PREFIX.strip('/')}/${{net0/mac:hexraw}}.cpio || "
+                  "echo k4s: no join secret for this machine"]
     lines += ["boot", ""]
     return "\n".join(lines)
 
@@ -64,7 +115,7 @@ def _place(src: Path, dst: Path) -> None:
 def prepare(directory: Path, kernel: Path, initrds: list[Path], cmdline: str,
             base_url: str = f"http://${{next-server}}:{DEFAULT_PORT}/", key: Path | None = None,
             parts: list[manifest.Artifact] = (),  # type: ignore[assignment]
-            serial: int | None = None, valid: int = manifest.DEFAULT_VALIDITY) -> list[str]:
+            serial: int | None = None, valid: int = manifest.DEFAULT_VALIDITY, join: bool = False) -> list[str]:
     """The payload directory: the kernel as vmlinuz, the initrds under their own names,
     boot.ipxe, and (with a signing key) manifest.json + manifest.sig, which also name the
     squashfs parts inside the initramfs (`parts`, from mkimage's report). The file names."""
@@ -79,7 +130,7 @@ def prepare(directory: Path, kernel: Path, initrds: list[Path], cmdline: str,
             raise K4sError(f"two payload files would be named {p.name}", hint="rename one of the initrds")
         _place(p, directory / p.name)
         names.append(p.name)
-    write_atomic(directory / SCRIPT, ipxe_script(base_url, KERNEL, names, cmdline))
+    write_atomic(directory / SCRIPT, ipxe_script(base_url, KERNEL, names, cmdline, join))
     if key is not None:
         manifest.sign(directory, key, [(KERNEL, "kernel"), *((n, "initrd") for n in names)], cmdline, parts,
                       serial, valid)
@@ -87,8 +138,40 @@ def prepare(directory: Path, kernel: Path, initrds: list[Path], cmdline: str,
 
 
 class _Handler(SimpleHTTPRequestHandler):
+    mint: Callable[[str], str] | None = None
+
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         log.event("netboot", "sent", client=self.client_address[0], path=self.path, status=int(code))
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.path.startswith(JOIN_PREFIX):
+            return self.send_join(self.path[len(JOIN_PREFIX):])
+        return super().do_GET()
+
+    def send_join(self, name: str) -> None:
+        """A machine's join: words (for stage 1) or a segment (name.cpio, for iPXE)."""
+        from k4s.boot import joinsecret
+        from k4s.errors import K4sError
+
+        wrap = name.endswith(".cpio")
+        try:
+            mac = mac_key(name.removesuffix(".cpio"))
+        except ValueError:
+            return self.send_error(404, "not a machine")
+        if self.mint is None:
+            return self.send_error(404, "this server mints no joins (netboot serve --kubeconfig)")
+        try:
+            words = self.mint(mac)  # type: ignore[misc]
+        except (OSError, K4sError) as e:
+            log.event("netboot", "join-failed", level="warn", mac=mac, error=str(e))
+            return self.send_error(503, "cannot mint a join now")
+        body = joinsecret.segment(words) if wrap else (words + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, fmt: str, *args: object) -> None:
         pass  # errors reach the client as a status, and log_request has the line
@@ -99,15 +182,18 @@ class _Handler(SimpleHTTPRequestHandler):
 
 
 def server(directory: Path, address: str = "127.0.0.1", port: int = DEFAULT_PORT,
-           tls: tuple[Path, Path] | None = None) -> ThreadingHTTPServer:
+           tls: tuple[Path, Path] | None = None, mint: Callable[[str], str] | None = None) -> ThreadingHTTPServer:
     """An HTTP server for the payload directory (files only, no listings); call serve_forever.
-    With tls=(certificate, key): HTTPS, for a stage 1 built with a payload CA."""
+    With tls=(certificate, key): HTTPS, for a stage 1 built with a payload CA. With mint
+    (a JoinMinter): each machine's join at /join/<mac>."""
     if not (directory / SCRIPT).is_file():
         raise K4sError(f"{directory} holds no {SCRIPT}", hint="run `k4s netboot prepare` (make netboot) first")
 
     class Handler(_Handler):
         def __init__(self, *a, **kw) -> None:  # type: ignore[no-untyped-def]
             super().__init__(*a, directory=str(directory), **kw)
+
+    Handler.mint = staticmethod(mint) if mint else None  # type: ignore[assignment]
 
     try:
         srv = ThreadingHTTPServer((address, port), Handler)
@@ -129,7 +215,7 @@ def server(directory: Path, address: str = "127.0.0.1", port: int = DEFAULT_PORT
 
 
 def serve_in_thread(directory: Path, address: str = "127.0.0.1", port: int = 0,
-                    tls: tuple[Path, Path] | None = None) -> ThreadingHTTPServer:
-    srv = server(directory, address, port, tls)
+                    tls: tuple[Path, Path] | None = None, mint: Callable[[str], str] | None = None) -> ThreadingHTTPServer:
+    srv = server(directory, address, port, tls, mint)
     threading.Thread(target=srv.serve_forever, name="netboot", daemon=True).start()
     return srv

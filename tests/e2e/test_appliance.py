@@ -269,6 +269,30 @@ def test_the_operator_reads_metrics_and_status_and_no_one_else_does(cluster: Clu
         assert series in body, series
 
 
+PRIVILEGED = """apiVersion: v1
+kind: Pod
+metadata: {name: root-of-the-node}
+spec:
+  containers:
+  - name: c
+    image: k4s.local/busybox:1.36
+    imagePullPolicy: Never
+    command: ["cat", "/host/var/lib/k4s/pki/ca.key"]
+    securityContext: {privileged: true}
+    volumeMounts: [{name: host, mountPath: /host}]
+  volumes: [{name: host, hostPath: {path: /}}]
+"""
+
+
+def test_a_privileged_pod_with_the_host_s_root_is_refused_in_default(cluster: Cluster) -> None:
+    """Pod Security baseline holds every namespace that does not say why it needs more."""
+    r = subprocess.run([str(KUBECTL), "--kubeconfig", str(cluster.vm.kubeconfig), "apply", "-f", "-"],
+                       input=PRIVILEGED, text=True, capture_output=True, timeout=120)
+    assert r.returncode != 0 and 'violates PodSecurity "baseline:latest"' in r.stderr, r.stdout + r.stderr
+    assert "privileged" in r.stderr and "hostPath" in r.stderr
+    assert cluster.kubectl("get", "pod", "root-of-the-node", check=False).returncode != 0
+
+
 def test_deleting_the_operators_binding_withdraws_access(cluster: Cluster) -> None:
     """Last before the poweroff: after this the host has no access."""
     from k4s.cluster import addons
@@ -300,3 +324,4 @@ def test_the_secret_scan_finds_a_key_when_there_is_one(tmp_path) -> None:
     key = pki.key_pem(pki.issue_ca(certs.CLUSTER_CA)[0])
     seed = cpio.bytes_of([cpio.Entry("var/lib/k4s/pki/x", stat.S_IFREG | 0o600, key)])
     assert secrets_in(seed, "seed", tmp_path) == ["seed:var/lib/k4s/pki/x"]
+

@@ -123,6 +123,23 @@ def test_both_nodes_are_ready_and_the_worker_joined_through_csrs(fleet: Fleet) -
     assert serving and all(approved(c) for c in serving), csrs
 
 
+def test_a_kubelet_s_serving_certificate_is_no_certificate_for_the_apiserver(fleet: Fleet, tmp_path: Path) -> None:
+    """The worker's serving certificate comes from the kubelet-serving CA: it does not verify
+    against the CA every client trusts for the apiserver (one CA per purpose)."""
+    csrs = json.loads(fleet.kubectl("get", "csr", "-o", "json").stdout)["items"]
+    cert = next(c["status"]["certificate"] for c in csrs if c["spec"]["signerName"] == "kubernetes.io/kubelet-serving"
+                and c["spec"]["username"] == f"system:node:{WORKER_NAME}" and c["status"].get("certificate"))
+    (tmp_path / "kubelet.crt").write_bytes(base64.b64decode(cert))
+    kc = yaml.safe_load(fleet.server.vm.kubeconfig.read_text())
+    (tmp_path / "ca.crt").write_bytes(base64.b64decode(kc["clusters"][0]["cluster"]["certificate-authority-data"]))
+    r = subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "ca.crt"), str(tmp_path / "kubelet.crt")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "unable to get local issuer certificate" in r.stdout + r.stderr, r.stdout + r.stderr
+    issuer = subprocess.run(["openssl", "x509", "-noout", "-issuer", "-in", str(tmp_path / "kubelet.crt")],
+                            capture_output=True, text=True, timeout=30).stdout
+    assert "kubelet-serving-ca" in issuer, issuer
+
+
 def test_the_worker_s_token_is_spent_and_never_on_its_command_line(fleet: Fleet, web: dict[str, str]) -> None:
     token_id = token_of(fleet.join_line).split(".")[0]
     listed = k4s_cmd("token", "list", "--kubeconfig", str(fleet.server.vm.kubeconfig))
@@ -363,9 +380,13 @@ def test_a_worker_powered_off_drains_and_its_pods_move(fleet: Fleet) -> None:
 
 def test_the_worker_rejoins_after_a_reboot(fleet: Fleet) -> None:
     vm = fleet.worker
-    # the same machine with a new token for its name (what `netboot serve` mints at every boot):
-    # a new kubelet identity, the same Node
-    vm.join_secret.write_text(token_create(fleet.server.vm, "--node", WORKER_NAME))  # type: ignore[union-attr]
+    # the same machine with a new join for its name, minted as `netboot serve --kubeconfig` mints
+    # one at every boot (a single-use token bound to the name its MAC gives): a new kubelet
+    # identity, the same Node
+    from k4s.host.netboot import JoinMinter
+    words = JoinMinter(fleet.server.vm.kubeconfig)(WORKER_MAC)
+    assert f"k4s.node-name={WORKER_NAME}" in words and "k4s.server=https://10.77.0.1:6443" in words, words
+    vm.join_secret.write_text(words)  # type: ignore[union-attr]
     proc = vm.start()
     try:
         vm.wait_ready(proc, timeout=600, echo=False)

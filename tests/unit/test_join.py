@@ -323,3 +323,35 @@ def test_a_serving_csr_from_a_node_not_yet_registered_waits() -> None:
 
     approver.decide_all(api, never, "server-1")  # type: ignore[arg-type]
     assert not api.verdicts
+
+
+def reserved() -> approver.Reserved:
+    from k4s import config
+
+    cfg = config.load("/dev/null", overrides={"tls-san": "api.example,10.77.0.100"})
+    return approver.Reserved.of(cfg, {"10.77.0.1"})
+
+
+@pytest.mark.parametrize("node, seen, addresses, why", [
+    # a node named like the apiserver's service, asking for the service IP and its own address
+    ("kubernetes.default.svc.cluster.local", names("system:node:kubernetes.default.svc.cluster.local",
+     dns=("kubernetes.default.svc.cluster.local",), ips=("10.43.0.1", "10.77.0.2")), {"10.43.0.1", "10.77.0.2"},
+     "10.43.0.1 is in the pod or service network 10.43.0.0/16"),
+    ("kubernetes.default.svc.cluster.local", names("system:node:kubernetes.default.svc.cluster.local",
+     dns=("kubernetes.default.svc.cluster.local",), ips=("10.77.0.2",)), {"10.77.0.2"},
+     "is a name clients use for the cluster's services"),
+    ("w1", names(ips=("10.77.0.1",)), {"10.77.0.1"}, "10.77.0.1 is the server's address"),
+    ("w1", names(ips=("10.77.0.100",)), {"10.77.0.100"}, "10.77.0.100 is the server's address"),
+    ("w1", names(ips=("10.42.3.1",)), {"10.42.3.1"}, "in the pod or service network 10.42.0.0/16"),
+    ("w1", names(ips=("127.0.0.1",)), {"127.0.0.1"}, "is not a node's address"),
+    ("api.example", names("system:node:api.example", dns=("api.example",), ips=()), set(), "clients use"),
+])
+def test_a_node_cannot_get_a_serving_certificate_for_the_cluster(node: str, seen: dict, addresses: set[str],
+                                                                  why: str) -> None:
+    """Its Node's addresses are what the node itself wrote: they are not enough."""
+    got = approver.refusal(csr(user=f"system:node:{node}"), seen, addresses, reserved())
+    assert got and why in got, got
+
+
+def test_reserved_keeps_a_normal_node() -> None:
+    assert approver.refusal(csr(), names(), ADDRS, reserved()) is None

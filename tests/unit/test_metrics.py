@@ -88,3 +88,52 @@ def test_the_renewal_check_runs_every_twentieth_of_the_validity_within_bounds() 
     assert renew.interval(365 * 86400) == 3600
     assert renew.interval(1800) == 90
     assert renew.interval(60) == 20
+
+
+def test_fifty_idle_connections_do_not_delay_an_authenticated_scrape(paths: Paths, tmp_path: Path) -> None:
+    """Clients that connect and never finish a TLS handshake each hold their own thread; the
+    accept loop goes on, and a scrape with a token is answered at once."""
+    import http.client
+    import socket
+    import ssl
+    import threading
+    import time
+
+    from k4s.cluster import certs, pki
+
+    ca = certs.CA("ca", "test-ca")
+    ca_key, ca_cert = pki.issue_ca(ca)
+    key, cert = pki.issue_leaf(certs.Leaf("serving", ca, "node", usages=(certs.SERVER,), ip_addresses=("127.0.0.1",)),
+                               ca_key, ca_cert)
+    for name, data in (("s.crt", pki.cert_pem(cert)), ("s.key", pki.key_pem(key)), ("ca.crt", pki.cert_pem(ca_cert))):
+        (tmp_path / name).write_bytes(data)
+    e = endpoint(paths)
+    e.serving, e.client_ca = (tmp_path / "s.crt", tmp_path / "s.key"), tmp_path / "ca.crt"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stop = threading.Event()
+    threading.Thread(target=e.serve, args=("127.0.0.1", port, stop), daemon=True).start()
+    idle = []
+    try:
+        for _ in range(100):
+            try:
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+                break
+            except ConnectionRefusedError:
+                time.sleep(0.05)
+        idle += [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(49)]
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+        t0 = time.monotonic()
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=30)
+        conn.request("GET", "/metrics", headers={"Authorization": "Bearer good"})
+        r = conn.getresponse()
+        body = r.read()
+        took = time.monotonic() - t0
+        conn.close()
+    finally:
+        stop.set()
+        for s in idle:
+            s.close()
+    assert r.status == 200 and b"k4s_component_up" in body
+    assert took < metrics.HANDSHAKE_TIMEOUT, took  # not queued behind the idle handshakes

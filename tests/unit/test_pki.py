@@ -44,6 +44,10 @@ def test_every_leaf_verifies_against_its_ca(tmp_path) -> None:
     # and not against a CA that did not sign it
     r = openssl_verify(store.crt("etcd/ca"), store.crt("apiserver"))
     assert r.returncode != 0
+    # a kubelet's serving certificate is no certificate for the apiserver: not the cluster CA's
+    r = openssl_verify(store.crt("ca"), store.crt("kubelet-server"), "sslserver")
+    assert r.returncode != 0 and openssl_verify(store.crt("kubelet-serving-ca"), store.crt("kubelet-server"),
+                                                "sslserver").returncode == 0
 
 
 def test_subjects_identify_each_client(tmp_path) -> None:
@@ -51,7 +55,8 @@ def test_subjects_identify_each_client(tmp_path) -> None:
     def subject(name: str) -> str:
         return x509.load_pem_x509_certificate(store.crt(name).read_bytes()).subject.rfc4514_string()
     assert subject("kubelet") == "CN=system:node:node-1,O=system:nodes"
-    assert subject("admin") == "CN=kubernetes-admin,O=system:masters"
+    assert subject("admin") == "CN=kubernetes-admin,O=k4s:node-admins"  # bound by RBAC: withdrawable
+    assert subject("super-admin") == "CN=kubernetes-super-admin,O=system:masters"  # bootstrap's first binding only
     assert subject("controller-manager") == "CN=system:kube-controller-manager"
     assert subject("scheduler") == "CN=system:kube-scheduler"
     assert subject("kube-proxy") == "CN=system:kube-proxy"

@@ -156,3 +156,88 @@ def test_a_payload_ca_bundle_is_checked_before_it_goes_into_the_image(tmp_path) 
     for bad, why in ((mixed, "holds a private key"), (key, "not a PEM CA bundle"), (tmp_path / "none", "not a PEM")):
         with pytest.raises(K4sError, match=why):
             check_ca_bundle(bad)
+
+
+# --- a worker's join: minted per machine by netboot serve, wrapped by stage 1 -----------------------
+
+JOIN = ("k4s.role=agent k4s.server=https://10.77.0.1:6443 k4s.ca-hash=sha256:" + "a" * 64
+        + " k4s.node-name=k4s-007702 k4s.token=abcdef.0123456789abcdef")
+
+
+def test_netboot_serves_each_machine_its_own_join(signed) -> None:
+    import urllib.error
+    import urllib.request
+
+    from k4s.config import load
+    from k4s.image import cpio
+
+    payload, _ = signed
+    asked: list[str] = []
+
+    def mint(mac: str) -> str:
+        asked.append(mac)
+        return JOIN.replace("k4s-007702", netboot.node_name_for(mac))
+
+    srv = netboot.serve_in_thread(payload, mint=mint)
+    base = f"http://127.0.0.1:{srv.server_address[1]}/join/"
+    try:
+        words = urllib.request.urlopen(base + "525400007702", timeout=10).read().decode()
+        segment = urllib.request.urlopen(base + "525400007703.cpio", timeout=10).read()
+        for bad in ("../manifest.json", "nothex", "5254000077"):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(base + bad, timeout=10)
+            assert e.value.code == 404
+    finally:
+        srv.shutdown()
+    assert asked == ["525400007702", "525400007703"]
+    assert "k4s.node-name=k4s-007702" in words and "k4s.token=" in words
+    (member,) = list(cpio.read(segment))
+    assert member.name == "etc/k4s/join" and member.mode & 0o777 == 0o600 and b"k4s-007703" in member.data
+    path = payload.parent / "join"
+    path.write_bytes(member.data)
+    assert load("/dev/null", join_secret=str(path)).node_name == "k4s-007703"
+
+
+def test_a_server_without_a_kubeconfig_mints_nothing(signed) -> None:
+    import urllib.error
+    import urllib.request
+
+    payload, _ = signed
+    srv = netboot.serve_in_thread(payload)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"http://127.0.0.1:{srv.server_address[1]}/join/525400007702", timeout=10)
+    finally:
+        srv.shutdown()
+    assert e.value.code == 404
+
+
+def test_stage1_wraps_the_join_it_fetched_and_refuses_any_other_key(signed, tmp_path, monkeypatch) -> None:
+    from k4s.errors import ConfigError
+    from k4s.image import cpio
+
+    payload, _ = signed
+    none = tmp_path / "none"  # stage 1 booted without its own join segment
+    nic = tmp_path / "sys"
+    answer = [JOIN]
+    srv = netboot.serve_in_thread(payload, mint=lambda mac: answer[0])
+    real_path = Path
+
+    def fake_path(p: str) -> Path:  # /sys/class/net/<iface>/address
+        return nic / "address" if str(p).startswith("/sys/class/net/") else real_path(p)
+    nic.mkdir()
+    (nic / "address").write_text("52:54:00:00:77:02\n")
+    monkeypatch.setattr(stage1, "Path", fake_path)
+    try:
+        f = stage1.Fetch(f"http://127.0.0.1:{srv.server_address[1]}/")
+        out = stage1.fetch_join(f, "eth0", tmp_path / "join.cpio", none)
+        assert out is not None
+        (member,) = list(cpio.read(out.read_bytes()))
+        assert member.name == "etc/k4s/join" and member.data.decode().strip() == JOIN
+        # whatever the network says beyond the join keys is refused, not wrapped
+        answer[0] = JOIN + " k4s.bin-dir=/tmp/evil"
+        with pytest.raises(ConfigError, match="key 'bin-dir' may not be set there"):
+            stage1.fetch_join(f, "eth0", tmp_path / "join2.cpio", none)
+        assert not (tmp_path / "join2.cpio").exists()
+    finally:
+        srv.shutdown()

@@ -58,6 +58,26 @@ def authentication_config(node: Node) -> str:
     return str(path)
 
 
+# Pod Security: every namespace is held to `baseline` (no privileged pods, host namespaces,
+# host paths or added capabilities beyond the default set) unless it says why not with the
+# pod-security.kubernetes.io/enforce label; `restricted` is warned about and audited.
+# kube-system runs the cluster's own pods and is exempt.
+POD_SECURITY = {"enforce": "baseline", "enforce-version": "latest", "audit": "restricted",
+                "audit-version": "latest", "warn": "restricted", "warn-version": "latest"}
+POD_SECURITY_EXEMPT = ("kube-system",)
+
+
+def admission_config(node: Node) -> str:
+    path = node.paths.data / "kube-apiserver" / "admission-config.yaml"
+    doc = {"apiVersion": "apiserver.config.k8s.io/v1", "kind": "AdmissionConfiguration",
+           "plugins": [{"name": "PodSecurity", "configuration": {
+               "apiVersion": "pod-security.admission.config.k8s.io/v1", "kind": "PodSecurityConfiguration",
+               "defaults": POD_SECURITY,
+               "exemptions": {"usernames": [], "runtimeClasses": [], "namespaces": list(POD_SECURITY_EXEMPT)}}}]}
+    write_atomic(path, yaml.safe_dump(doc, sort_keys=False))
+    return str(path)
+
+
 # The watch cache keeps every object of a resource in the apiserver's memory, with a
 # reflector and a ring of events each, so that many watchers share one etcd watch: what a
 # fleet's kubelets and kube-proxies need for pods, nodes, services, endpoints, secrets and
@@ -92,12 +112,13 @@ def command(node: Node) -> list[str]:
         f"--tls-private-key-file={c.key(certs.APISERVER)}",
         f"--kubelet-client-certificate={c.crt(certs.APISERVER_KUBELET_CLIENT)}",
         f"--kubelet-client-key={c.key(certs.APISERVER_KUBELET_CLIENT)}",
-        f"--kubelet-certificate-authority={c.crt(certs.CLUSTER_CA)}",
+        f"--kubelet-certificate-authority={c.crt(certs.KUBELET_SERVING_CA)}",
         "--kubelet-preferred-address-types=InternalIP,Hostname",
         f"--authentication-config={authentication_config(node)}",
         "--authorization-mode=Node,RBAC",
         "--enable-bootstrap-token-auth=true",  # workers join with a token (k4s.cluster.join)
         "--enable-admission-plugins=NodeRestriction",
+        f"--admission-control-config-file={admission_config(node)}",
         "--allow-privileged=true",
         f"--service-cluster-ip-range={cfg.service_cidr}",
         f"--service-account-issuer=https://kubernetes.default.svc.{cfg.cluster_domain}",

@@ -26,8 +26,14 @@ def command(node: Node) -> list[str]:
         *delegated_auth_flags(c.kubeconfig(certs.CONTROLLER_MANAGER), PORT),
         f"--client-ca-file={c.crt(certs.CLUSTER_CA)}",
         f"--requestheader-client-ca-file={c.crt(certs.FRONT_PROXY_CA)}",
-        f"--cluster-signing-cert-file={c.crt(certs.CLUSTER_CA)}",
-        f"--cluster-signing-key-file={c.key(certs.CLUSTER_CA)}",
+        # one CA per signer: kubelet-serving certificates from their own CA, which only the
+        # apiserver trusts (for kubelets); client certificates from the cluster CA; nothing
+        # for legacy-unknown. Signed for at most cert-validity.
+        *(f"--cluster-signing-{signer}-{part}-file={path(ca)}"
+          for signer, ca in (("kubelet-serving", certs.KUBELET_SERVING_CA), ("kubelet-client", certs.CLUSTER_CA),
+                             ("kube-apiserver-client", certs.CLUSTER_CA))
+          for part, path in (("cert", c.crt), ("key", c.key))),
+        f"--cluster-signing-duration={cfg.cert_validity}s",
         f"--root-ca-file={c.crt(certs.CLUSTER_CA)}",
         f"--service-account-private-key-file={c.sa_key}",
         "--use-service-account-credentials=true",
