@@ -17,7 +17,14 @@ something else is an error line, as is a label that no disk carries.
 
 The boot media's own files under data-dir (the operator CA's certificate and
 the manifests from the seed, the image's manifests) are inputs for this boot:
-they are copied over the disk's copies before the disk takes data-dir's place.
+they are copied over the disk's copies before the disk takes data-dir's place,
+never through a symlink the disk holds.
+
+What the disk is trusted with: everything the node keeps (its CA keys, the
+secretbox key beside the Secrets it encrypts, etcd's data), so whoever can read
+the disk has the cluster; it is the machine's own, like its RAM. It is not
+trusted to run anything: removable media are never used, it is mounted nosuid
+and nodev, and nothing copied onto it follows a link it holds.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ EXT_SUPERBLOCK, EXT_MAGIC = 1024, 0xEF53
 SETTLE = 15.0              # how long a named disk may take to appear (disk drivers probe asynchronously)
 FORMAT_TIMEOUT = 600.0
 SKIP = ("loop", "ram", "zram", "sr", "fd", "nbd", "dm-", "md")  # not data disks
-MOUNT_FLAGS = libc.MS_NOSUID
+MOUNT_FLAGS = libc.MS_NOSUID | libc.MS_NODEV
 MKFS = "mke2fs"
 # Shipped in the image's modules part, loaded only for a data disk: the disk drivers
 # of QEMU and of common servers, and ext4 (its checksums need crc32c).
@@ -86,6 +93,18 @@ def probe(dev: Path, whole: bool = True) -> Disk:
     return Disk(dev, kind, label, whole)
 
 
+def removable(entry: Path) -> bool:
+    """A USB stick or card (the disk's own `removable`, or its whole disk's for a partition):
+    never a data disk, whatever its label says."""
+    for p in (entry / "removable", entry.parent / "removable", entry.resolve().parent / "removable"):
+        try:
+            if p.read_text().strip() == "1":
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def block_devices(sys_block: Path = Path("/sys/class/block"), dev: Path = Path("/dev")) -> list[Disk]:
     """Every disk and partition the kernel knows, probed."""
     out = []
@@ -93,7 +112,7 @@ def block_devices(sys_block: Path = Path("/sys/class/block"), dev: Path = Path("
         if entry.name.startswith(SKIP) or not (dev / entry.name).exists():
             continue
         try:
-            if (entry / "size").read_text().strip() == "0":
+            if (entry / "size").read_text().strip() == "0" or removable(entry):
                 continue
         except OSError:
             continue
@@ -129,6 +148,8 @@ def choose(spec: str, fmt: bool, disks: list[Disk]) -> tuple[Disk, str]:
         return blank[0], label
     found = [d for d in disks if d.dev == Path(spec)]
     if not found:
+        if removable(Path("/sys/class/block") / Path(spec).name):
+            raise K4sError(f"data disk: {spec} is removable media", hint="k4s keeps its state only on a fixed disk")
         raise NotYet(f"data disk: {spec} does not exist", hint="check the device name, e.g. /dev/vdb")
     disk = found[0]
     if disk.kind == "ext4":
@@ -179,6 +200,31 @@ def make_filesystem(disk: Disk, label: str) -> None:
         raise K4sError(f"data disk: formatting {disk.name} failed: {err}", hint="check the disk")
 
 
+def copy_inputs(src: Path, dst: Path) -> None:
+    """This boot's files under src onto the disk at dst, never through a link the disk holds: a
+    directory on the disk that is a symlink is an error; a file is replaced by a rename (which
+    replaces a link itself, not what it points at)."""
+    for root, dirs, files in os.walk(src):
+        rel = Path(root).relative_to(src)
+        for d in dirs:
+            target = dst / rel / d
+            if target.is_symlink() or (target.exists() and not target.is_dir()):
+                raise K4sError(f"data disk: {rel / d} on the disk is not a directory (a link?)",
+                               hint="the disk's state is not k4s's; check it, or start it afresh")
+            if (Path(root) / d).is_symlink():
+                continue
+            target.mkdir(exist_ok=True)
+        for f in files:
+            source, target = Path(root) / f, dst / rel / f
+            tmp = target.with_name(f".{f}.k4s-tmp")
+            tmp.unlink(missing_ok=True)
+            if source.is_symlink():
+                os.symlink(os.readlink(source), tmp)
+            else:
+                shutil.copy2(source, tmp, follow_symlinks=False)
+            os.replace(tmp, target)
+
+
 def mount(spec: str, fmt: bool, data_dir: Path, staging: Path) -> Disk:
     """Find (and if asked, format) the data disk and mount it at data_dir, with this boot's
     inputs from data_dir copied onto it."""
@@ -197,7 +243,7 @@ def mount(spec: str, fmt: bool, data_dir: Path, staging: Path) -> Disk:
                        hint="the kernel needs the ext4 module; check the filesystem (e2fsck)") from None
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(data_dir, staging, symlinks=True, dirs_exist_ok=True)
+        copy_inputs(data_dir, staging)
         libc.mount(str(staging), str(data_dir), "", libc.MS_MOVE)
     except OSError as e:
         libc.umount(str(staging))

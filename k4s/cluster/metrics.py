@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import http.server
 import json
-import socketserver
 import os
+import socketserver
 import ssl
 import threading
 import time

@@ -116,3 +116,36 @@ def test_the_command_line_names_the_data_disk():
     cfg = config.load(config_file="/dev/null", cmdline="k4s.data=LABEL=K4SDATA k4s.data-format=1")
     assert (cfg.data, cfg.data_format) == ("LABEL=K4SDATA", True)
     assert config.load(config_file="/dev/null", cmdline="k4s.data=/dev/nvme0n1p2").data == "/dev/nvme0n1p2"
+
+
+def test_removable_media_are_never_a_data_disk(tmp_path):
+    """A USB stick labelled K4SDATA is not the node's disk."""
+    sys_block, dev = tmp_path / "sys", tmp_path / "dev"
+    dev.mkdir()
+    for name, removable in (("sda", "1"), ("vdb", "0")):
+        (sys_block / name).mkdir(parents=True)
+        (sys_block / name / "size").write_text("8\n")
+        (sys_block / name / "removable").write_text(removable + "\n")
+        (dev / name).write_bytes(ext4_head("K4SDATA"))
+    assert [d.dev.name for d in datadisk.block_devices(sys_block, dev)] == ["vdb"]
+
+
+def test_inputs_are_copied_onto_the_disk_never_through_its_links(tmp_path):
+    src, disk, outside = tmp_path / "ram", tmp_path / "disk", tmp_path / "outside"
+    (src / "pki").mkdir(parents=True)
+    (src / "pki" / "operator-ca.crt").write_text("new")
+    (src / "manifests").mkdir()
+    (src / "manifests" / "app.yaml").write_text("kind: x")
+    outside.mkdir()
+    (outside / "victim").write_text("mine")
+    disk.mkdir()
+    (disk / "pki").mkdir()
+    (disk / "pki" / "operator-ca.crt").symlink_to(outside / "victim")  # a file link: replaced, not followed
+    datadisk.copy_inputs(src, disk)
+    assert (outside / "victim").read_text() == "mine"
+    assert not (disk / "pki" / "operator-ca.crt").is_symlink() and (disk / "pki" / "operator-ca.crt").read_text() == "new"
+    shutil.rmtree(disk / "manifests")
+    (disk / "manifests").symlink_to(outside)  # a directory link: refused
+    with pytest.raises(K4sError, match="manifests on the disk is not a directory"):
+        datadisk.copy_inputs(src, disk)
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"]
