@@ -71,7 +71,7 @@ components-lock:
 
 # The README's test command: installs, builds, then runs every tier.
 test: image stage1
-	$(PYTHON) -m pytest -v -ra tests
+	$(PYTHON) -m pytest -v -ra --durations=10 tests
 
 test-unit:
 	$(PYTHON) -m pytest -q tests/unit

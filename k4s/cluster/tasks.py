@@ -127,14 +127,11 @@ def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor) -> N
     """RBAC, cluster-info, CoreDNS and the default StorageClass, server-side applied (idempotent, so every start re-asserts them);
     then the user's kubeconfig, the auto-deploy manifests kept applied, and workers' serving
     certificates approved (k4s.cluster.approver)."""
-    # the first RBAC (the admins' binding) as the super-admin, which alone may grant it
-    rbac = addons.rbac()
-    superuser = kubeapi.Client.from_files(node.certs, node.cfg.apiserver_port, certs.SUPER_ADMIN)
-    for obj in rbac:
-        superuser.apply(obj)
-    client = api_client(node)
+    # as the super-admin (system:masters), which alone may grant the admins' binding; everything
+    # after bootstrap acts as the node's admin, through that binding
+    client = kubeapi.Client.from_files(node.certs, node.cfg.apiserver_port, certs.SUPER_ADMIN)
     server = f"https://{node.node_ip}:{node.cfg.apiserver_port}"
-    objs = addons.join_rbac() + addons.cluster_info(server, node.certs.crt(certs.CLUSTER_CA).read_bytes()) \
+    objs = addons.rbac() + addons.join_rbac() + addons.cluster_info(server, node.certs.crt(certs.CLUSTER_CA).read_bytes()) \
         + addons.kubelet_serving_ca(node.certs.crt(certs.KUBELET_SERVING_CA).read_bytes())
     if "coredns" not in node.cfg.disable:
         objs += addons.coredns(node.cfg, Path(os.path.realpath(node.bin(addons.COREDNS))))
@@ -149,7 +146,7 @@ def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor) -> N
         except kubeapi.APIError as e:
             if e.status != 404:
                 raise
-    log.event("bootstrap", "applied", objects=len(rbac) + len(objs))
+    log.event("bootstrap", "applied", objects=len(objs))
     dst = Path(node.cfg.write_kubeconfig)
     write_atomic(dst, node.certs.kubeconfig(certs.ADMIN).read_bytes(), 0o600)
     log.event("kubeconfig", "written", path=dst)

@@ -96,6 +96,7 @@ class VM:
     ca_hash: str = ""                 # the node's CA pin, read from its events
     lan_ports: tuple[int, ...] = ()   # the first VM of a lan: loopback ports other VMs connect to
     lan_connect: int = 0              # a VM that joins a lan: the first VM's port (no user network of its own)
+    lan_mgmt: bool = False            # with lan_connect: a user-network NIC too, first (eth0: `mac`), the lan second
     mac: str = ""                     # the NIC's MAC (VMs on one lan need their own; the node name derives from it)
     metrics_port: int = 0             # a host port forwarded to the node's metrics endpoint (10270)
     disk: Path | None = None          # a qcow2 data disk (/dev/vdb in the guest; boot with k4s.data=...)
@@ -178,7 +179,9 @@ class VM:
         # TCG by default: a /dev/kvm node can exist where KVM does not work (nested hosts).
         accel = os.environ.get("K4S_ACCEL", "tcg")
         netdev = f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:6443"  # to the first DHCP address
-        if self.metrics_port:
+        if self.lan_only:
+            netdev = "user,id=n0"  # a worker's way out to the host's services: it forwards nothing
+        elif self.metrics_port:
             netdev += f",hostfwd=tcp:127.0.0.1:{self.metrics_port}-:{METRICS_PORT}"
         if self.pxe is not None:
             # no kernel given: SeaBIOS boots the NIC's iPXE ROM, whose DHCP answer names boot.ipxe
@@ -216,11 +219,15 @@ class VM:
         VM of a lan keeps that one (boot it with k4s.mgmt-interface=eth0) and gets a second, in a
         QEMU hub with one listening socket per other VM: the hub is the lan's switch. A VM that
         joins has one NIC, on the lan. The user network stays off the lan: it would take every
-        frame between VMs for its own outbound traffic."""
+        frame between VMs for its own outbound traffic. A joining VM with lan_mgmt has a user
+        NIC first (the host's services, e.g. its payload server) and its lan NIC second, as the
+        first VM does (its lan MAC is `mac` with 0x78 as its fifth byte)."""
         mac = f",mac={self.mac}" if self.mac else ""
         if self.lan_connect:
-            return ["-netdev", f"socket,id=lan,connect=127.0.0.1:{self.lan_connect}",
-                    "-device", f"virtio-net-pci,netdev=lan{mac}"]
+            first = ["-netdev", user, "-device", f"virtio-net-pci,netdev=n0{mac}"] if self.lan_mgmt else []
+            lan_mac = f",mac={self.mac[:12]}78{self.mac[14:]}" if self.mac and self.lan_mgmt else mac
+            return [*first, "-netdev", f"socket,id=lan,connect=127.0.0.1:{self.lan_connect}",
+                    "-device", f"virtio-net-pci,netdev=lan{lan_mac}"]
         out = ["-netdev", user, "-device", f"virtio-net-pci,netdev=n0{mac}"]
         for i, port in enumerate(self.lan_ports):
             out += ["-netdev", f"socket,id=lan{i},listen=127.0.0.1:{port}",

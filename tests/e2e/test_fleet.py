@@ -381,20 +381,40 @@ def test_a_worker_powered_off_drains_and_its_pods_move(fleet: Fleet) -> None:
     fleet.wait_for("the worker NotReady", lambda: (ready(nodes(fleet)[WORKER_NAME]) != "True", "still Ready"), timeout=180)
 
 
-def test_the_worker_rejoins_after_a_reboot(fleet: Fleet) -> None:
-    vm = fleet.worker
-    # the same machine with a new join for its name, minted as `netboot serve --kubeconfig` mints
-    # one at every boot (a single-use token bound to the name its MAC gives): a new kubelet
-    # identity, the same Node
-    from k4s.host.netboot import JoinMinter
-    words = JoinMinter(fleet.server.vm.kubeconfig)(WORKER_MAC)
-    assert f"k4s.node-name={WORKER_NAME}" in words and "k4s.server=https://10.77.0.1:6443" in words, words
-    vm.join_secret.write_text(words)  # type: ignore[union-attr]
-    proc = vm.start()
+def test_the_worker_rejoins_through_stage1_with_a_join_minted_for_it(fleet: Fleet, tmp_path: Path) -> None:
+    """RAM-only, the worker comes back as LinuxBoot machines do: stage 1 fetches the signed
+    stage 2 and, since it is a worker's payload, this machine's own join from `netboot serve
+    --kubeconfig` (a single-use token bound to the name its MAC gives), which it hands on as a
+    segment. A new kubelet identity, the same Node, uncordoned."""
+    from k4s.host import netboot
+    from k4s.host.vm import CMDLINE
+    from tests.conftest import OUT
+    from tests.e2e.test_netboot import KEYS, STAGE1
+
+    payload = tmp_path / "payload"
+    # the public half, signed; the token comes only in the join (a user NIC for the payload first,
+    # the lan second, as on the server)
+    netboot.prepare(payload, fleet.worker.kernel, [fleet.worker.initrd],
+                    f"{CMDLINE} k4s.role=agent k4s.interface=eth1 k4s.ip=10.77.0.2/24 k4s.mgmt-interface=eth0",
+                    key=KEYS / "signing.key", parts=netboot.parts_from_report(OUT / "image-report.json"))
+    srv = netboot.serve_in_thread(payload, mint=netboot.JoinMinter(fleet.server.vm.kubeconfig))
+    vm = make_vm(tmp_path / "worker", append=f"k4s.payload=http://10.0.2.2:{srv.server_address[1]}/ k4s.interface=eth0")
+    vm.initrd, vm.seeded, vm.lan_connect, vm.lan_mgmt, vm.mac = STAGE1, False, fleet.ports[0], True, WORKER_MAC
+    proc = None
     try:
-        vm.wait_ready(proc, timeout=600, echo=False)
+        proc = boot(vm, timeout=900)
         node = nodes(fleet)[WORKER_NAME]
         assert ready(node) == "True" and not node["spec"].get("unschedulable"), node["spec"]
-        assert "event=uncordoned" in vm.console.read_text(errors="replace")
+        assert {a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"} == {"10.77.0.2"}
+        console = vm.console.read_text(errors="replace")
+        assert "component=stage1 event=join found=True source=/join/525400007702" in console, console[-3000:]
+        assert "event=uncordoned" in console and "component=join event=secret-deleted" in console
+        assert console.index("(kexec)") < console.index("k4s init: starting")
+        token_id = next(ln for ln in console.splitlines() if "component=join event=joined" in ln).split("token=")[1]
+        listed = k4s_cmd("token", "list", "--kubeconfig", str(fleet.server.vm.kubeconfig)).stdout
+        assert token_id.split()[0] not in listed  # spent
     finally:
         vm.power_off(180)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        srv.shutdown()
