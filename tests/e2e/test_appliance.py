@@ -293,6 +293,54 @@ def test_a_privileged_pod_with_the_host_s_root_is_refused_in_default(cluster: Cl
     assert cluster.kubectl("get", "pod", "root-of-the-node", check=False).returncode != 0
 
 
+def test_containers_pivot_root_out_of_the_ram_root(cluster: Cluster) -> None:
+    """Stage 0 binds the RAM root over the initramfs, so runc pivots into a container (the
+    pods above run) instead of only chrooting."""
+    console = cluster.vm.console.read_text(errors="replace")
+    assert "component=containerd event=runtime pivot_root=yes" in console, console[-3000:]
+    assert "the root stays the initramfs" not in console
+
+
+def test_a_node_s_serving_csr_for_the_apiserver_s_service_ip_is_denied(cluster: Cluster, tmp_path) -> None:
+    """As the node itself (the operator impersonates it), a kubelet-serving CSR naming the
+    `kubernetes` Service's IP beside the node's own: the approver denies it, whatever the
+    Node reports."""
+    import base64
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    from k4s.cluster.pki import new_key
+
+    node = json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"][0]
+    name = node["metadata"]["name"]
+    ip = next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
+        x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{name}")])).add_extension(
+        x509.SubjectAlternativeName([x509.DNSName(name), x509.IPAddress(ipaddress.ip_address(ip)),
+                                     x509.IPAddress(ipaddress.ip_address("10.43.0.1"))]), critical=False,
+    ).sign(new_key(), hashes.SHA256())
+    doc = {"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+           "metadata": {"name": "mitm-apiserver"},
+           "spec": {"request": base64.b64encode(csr.public_bytes(serialization.Encoding.PEM)).decode(),
+                    "signerName": "kubernetes.io/kubelet-serving",
+                    "usages": ["digital signature", "server auth"]}}
+    r = subprocess.run([str(KUBECTL), "--kubeconfig", str(cluster.vm.kubeconfig), f"--as=system:node:{name}",
+                        "--as-group=system:nodes", "--as-group=system:authenticated", "create", "-f", "-"],
+                       input=json.dumps(doc), text=True, capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+    def decided():  # type: ignore[no-untyped-def]
+        got = json.loads(cluster.kubectl("get", "csr", "mitm-apiserver", "-o", "json").stdout)["status"]
+        return bool(got.get("conditions")), json.dumps(got)
+    status = json.loads(cluster.wait_for("the CSR decided", decided, timeout=60))
+    assert status["conditions"][0]["type"] == "Denied" and not status.get("certificate"), status
+    assert "10.43.0.1 is in the pod or service network 10.43.0.0/16" in status["conditions"][0]["message"]
+
+
 def test_deleting_the_operators_binding_withdraws_access(cluster: Cluster) -> None:
     """Last before the poweroff: after this the host has no access."""
     from k4s.cluster import addons

@@ -153,3 +153,20 @@ def test_the_kubelet_caps_the_pods_cgroup_at_the_rest_of_the_machine(tmp_path) -
     total = meminfo()["MemTotal"] >> 10
     assert conf["kubeReserved"] == {"memory": f"{protect.reserved_mib('server', total)}Mi"}
     assert conf["enforceNodeAllocatable"] == ["pods"]
+
+
+def test_pivot_root_is_used_unless_the_root_is_the_namespace_s_own(tmp_path) -> None:
+    """The initramfs as / (its own parent in mountinfo): runc must chroot. The RAM root bound
+    over it (stage 0), or any host's root: pivot_root."""
+    from k4s.cluster.components.containerd import root_has_no_parent
+
+    cases = {
+        "initramfs": ("1 1 0:2 / / rw - rootfs rootfs rw\n", True),
+        "bound over it": ("1 1 0:2 / / rw - rootfs rootfs rw\n31 1 0:2 / / rw - rootfs rootfs rw\n"
+                          "32 31 0:5 / /proc rw - proc proc rw\n", False),
+        "a host": ("27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n", False),
+    }
+    for name, (text, expected) in cases.items():
+        (tmp_path / name).write_text(text)
+        assert root_has_no_parent(str(tmp_path / name)) is expected, name
+    assert root_has_no_parent(str(tmp_path / "missing")) is False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 
+from k4s import log
 from k4s.cluster.node import Node
 from k4s.config import Config
 from k4s.fsutil import write_atomic
@@ -91,23 +92,23 @@ disabled_plugins = [
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
       BinaryName = {q(node.bin(RUNC))}
       SystemdCgroup = false
-      # The appliance's root is the initramfs (rootfs), where pivot_root(2) is
-      # refused; runc then moves the container root and chroots instead.
-      NoPivotRoot = {str(_root_is_rootfs()).lower()}
+      # Only where pivot_root(2) is refused (a root with no parent: the initramfs
+      # itself, which the appliance's stage 0 binds over): runc then moves the
+      # container root and chroots, which is weaker.
+      NoPivotRoot = {str(root_has_no_parent()).lower()}
 """
 
 
-def _root_is_rootfs() -> bool:
-    """True when / is the initramfs rootfs (ramfs or tmpfs named rootfs)."""
+def root_has_no_parent(mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """True when / is the root mount of the mount namespace (the initramfs, when nothing was
+    bound over it): pivot_root(2) refuses such a root. In mountinfo the visible / is the
+    last line for it, and the namespace's root mount is its own parent."""
     try:
-        with open("/proc/self/mounts", encoding="ascii") as f:
-            for line in f:
-                dev, mnt, fstype = line.split()[:3]
-                if mnt == "/":
-                    return dev == "rootfs" or fstype in ("rootfs", "ramfs")
+        with open(mountinfo, encoding="utf-8", errors="replace") as f:
+            roots = [ln.split()[:2] for ln in f if len(ln.split()) > 4 and ln.split()[4] == "/"]
     except OSError:
-        pass
-    return False
+        return False
+    return bool(roots) and roots[-1][0] == roots[-1][1]
 
 
 def command(node: Node) -> list[str]:
@@ -120,6 +121,7 @@ def command(node: Node) -> list[str]:
         for stale in (bridge, node.cni_conf_dir / "10-flannel.conflist"):
             stale.unlink(missing_ok=True)
     node.containerd_socket.parent.mkdir(parents=True, exist_ok=True)
+    log.event("containerd", "runtime", pivot_root="no (chroot)" if root_has_no_parent() else "yes")
     return [str(node.bin(BINARY)), f"--config={etc / 'config.toml'}", "--log-level=warn"]
 
 
