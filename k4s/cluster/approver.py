@@ -17,7 +17,8 @@ A serving CSR is approved only when a node asks for itself: the requester is
 system:node:<name> in system:nodes, the subject is the same, the usages are a server's, and
 every name in it is the node's: its name, and addresses its Node object reports, none of them
 the server's, in the pod or service network, or a name clients use for the apiserver
-(`Reserved`). The certificate comes from the kubelet-serving CA, which only the apiserver
+(`Reserved`), and, since a node writes its own status, the addresses its first approved
+serving certificate named and no address another node holds (`Pins`). The certificate comes from the kubelet-serving CA, which only the apiserver
 trusts (for kubelets), so even an approved one is no certificate for the apiserver. Anything
 else is denied with the reason. A request that does not parse is denied on its own; it
 never stops the round.
@@ -216,16 +217,71 @@ def _verdict(client: kubeapi.Client, csr: dict[str, Any], why: str | None, appro
     log.event("approver", verdict.lower(), csr=name, requester=csr.get("spec", {}).get("username", ""), reason=why)
 
 
+class Pins:
+    """The addresses each node's first approved serving certificate named, kept in a ConfigMap
+    only the server writes (node name -> addresses): what a node reports in its status it writes
+    itself, so after the first certificate its addresses are these. A join the server approved
+    (a new token for the name) starts the node afresh."""
+
+    PATH = "/api/v1/namespaces/kube-system/configmaps/k4s-node-addresses"
+
+    def __init__(self, client: kubeapi.Client) -> None:
+        self.client = client
+        self.doc = _get(client, self.PATH)
+
+    def all(self) -> dict[str, set[str]]:
+        data = (self.doc or {}).get("data") or {}
+        return {n: set(filter(None, v.split(","))) for n, v in data.items()}
+
+    def set(self, node: str, addresses: set[str] | None) -> None:
+        key = node.replace(":", "_")  # a ConfigMap key: [-._a-zA-Z0-9]
+        if self.doc is None:
+            if addresses is None:
+                return
+            self.doc = {"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": self.PATH.rsplit("/", 1)[1], "namespace": "kube-system"}, "data": {}}
+            self.doc["data"][key] = ",".join(sorted(addresses))
+            self.doc = self.client.json("POST", self.PATH.rsplit("/", 1)[0], self.doc)
+            return
+        data = self.doc.setdefault("data", {}) or {}
+        if addresses is None:
+            if data.pop(key, None) is None:
+                return
+        else:
+            data[key] = ",".join(sorted(addresses))
+        self.doc["data"] = data
+        self.doc = self.client.json("PUT", self.PATH, self.doc)
+
+
+def pinned_refusal(node: str, ips: list[str], pins: dict[str, set[str]]) -> str | None:
+    """Why these addresses are not the node's by what the server saw first, or None."""
+    mine = pins.get(node.replace(":", "_"))
+    if mine is not None and (new := sorted(set(ips) - mine)):
+        return f"{', '.join(new)} {'is' if len(new) == 1 else 'are'} not the address node {node} first had " \
+               f"({', '.join(sorted(mine))}; a new join starts it afresh)"
+    for other, addresses in pins.items():
+        if other != node.replace(":", "_") and (taken := sorted(set(ips) & addresses)):
+            return f"{', '.join(taken)} {'is' if len(taken) == 1 else 'are'} node {other}'s"
+    return None
+
+
 def decide_serving(client: kubeapi.Client, csr: dict[str, Any], call_in_child: Any,
                    reserved: Reserved = Reserved()) -> None:
     user = csr.get("spec", {}).get("username", "")
-    if user.startswith(NODE_PREFIX):
-        addresses = node_addresses(_get(client, f"/api/v1/nodes/{user[len(NODE_PREFIX):]}"))
+    node = user[len(NODE_PREFIX):] if user.startswith(NODE_PREFIX) else ""
+    if node:
+        addresses = node_addresses(_get(client, f"/api/v1/nodes/{urllib.parse.quote(node, safe='')}"))
         if not addresses:
             return  # its Node has no addresses yet: decided on a later look, not denied for being early
     names = call_in_child(lambda: read_request(csr["spec"]["request"]), 30)
-    why = refusal(csr, names, addresses if user.startswith(NODE_PREFIX) else set(), reserved)
+    why = refusal(csr, names, addresses if node else set(), reserved)
+    pins = Pins(client)
+    if why is None:
+        why = pinned_refusal(node, names["ips"], pins.all())
     _verdict(client, csr, why, "a node's serving certificate for its own names")
+    if why is None and pins.all().get(node.replace(":", "_")) is None:
+        pins.set(node, set(names["ips"]))
+        log.event("approver", "pinned", node=node, addresses=",".join(sorted(names["ips"])))
 
 
 def decide_client(client: kubeapi.Client, csr: dict[str, Any], call_in_child: Any, server_node: str) -> None:
@@ -243,6 +299,8 @@ def decide_client(client: kubeapi.Client, csr: dict[str, Any], call_in_child: An
     node = _get(client, f"/api/v1/nodes/{urllib.parse.quote(node_name, safe='')}") if node_name else None
     why = client_refusal(csr, names, token, node, server_node)
     _verdict(client, csr, why, f"token {token_id} for node {node_name}")
+    if why is None:
+        Pins(client).set(node_name, None)  # a join the server approved: its addresses are pinned afresh
     if why is None and token is not None \
             and (token["metadata"].get("annotations") or {}).get(REUSABLE_ANNOTATION) != "true":
         try:  # single-use: spent

@@ -199,6 +199,7 @@ class FakeAPI:
         self.csrs, self.nodes, self.tokens = csrs, nodes or {}, tokens_ or {}
         self.verdicts: dict[str, tuple[str, str]] = {}
         self.deleted: list[str] = []
+        self.pins: dict | None = None
 
     def json(self, method: str, path: str, obj: dict | None = None) -> dict:
         import urllib.parse
@@ -217,6 +218,13 @@ class FakeAPI:
                     self.deleted.append(tid)
                     return self.tokens.pop(tid)
                 return self.tokens[tid]
+        if path.startswith(approver.Pins.PATH.rsplit("/", 1)[0]):
+            if method == "GET" and self.pins is not None:
+                return self.pins
+            if method in ("POST", "PUT"):
+                self.pins = obj
+                return obj  # type: ignore[return-value]
+            raise approver.kubeapi.APIError(404, "not found")
         if method == "PUT" and path.endswith("/approval"):
             c = obj["status"]["conditions"][-1]  # type: ignore[index]
             self.verdicts[obj["metadata"]["name"]] = (c["type"], c["message"])  # type: ignore[index]
@@ -355,3 +363,29 @@ def test_a_node_cannot_get_a_serving_certificate_for_the_cluster(node: str, seen
 
 def test_reserved_keeps_a_normal_node() -> None:
     assert approver.refusal(csr(), names(), ADDRS, reserved()) is None
+
+
+def test_a_node_keeps_the_address_its_first_certificate_named() -> None:
+    """A node writes its own status: after its first serving certificate, an address it did not
+    have then, or one another node holds, is refused; a join the server approves starts afresh."""
+    api = FakeAPI([serving_csr("s1", "w1", ("w1", "10.77.0.2"))], nodes={"w1": node_obj(ip="10.77.0.2")})
+    approver.decide_all(api, in_process, "server-1")  # type: ignore[arg-type]
+    assert api.verdicts["s1"][0] == "Approved" and api.pins["data"] == {"w1": "10.77.0.2"}  # type: ignore[index]
+    # w1 now reports w2's address (patched its own status) and asks for it
+    api.csrs = [serving_csr("s2", "w1", ("w1", "10.77.0.3"))]
+    api.nodes["w1"] = node_obj(ip="10.77.0.3")
+    approver.decide_all(api, in_process, "server-1")  # type: ignore[arg-type]
+    assert api.verdicts["s2"][0] == "Denied" and "10.77.0.3 is not the address node w1 first had" in api.verdicts["s2"][1]
+    # another node asking for w1's address
+    api.csrs = [serving_csr("s3", "w2", ("w2", "10.77.0.2"))]
+    api.nodes["w2"] = node_obj(ip="10.77.0.2")
+    approver.decide_all(api, in_process, "server-1")  # type: ignore[arg-type]
+    assert api.verdicts["s3"] == ("Denied", "10.77.0.2 is node w1's")
+    # w1 joins again with a new token (a rebooted RAM-only machine with a new lease): afresh
+    api.csrs, api.tokens = [client_csr("c1", "w1")], {"abcdef": token_secret("w1")}
+    api.nodes["w1"] = node_obj("Unknown", ip="10.77.0.3")
+    approver.decide_all(api, in_process, "server-1")  # type: ignore[arg-type]
+    assert api.verdicts["c1"][0] == "Approved" and api.pins["data"] == {}  # type: ignore[index]
+    api.csrs = [serving_csr("s4", "w1", ("w1", "10.77.0.3"))]
+    approver.decide_all(api, in_process, "server-1")  # type: ignore[arg-type]
+    assert api.verdicts["s4"][0] == "Approved" and api.pins["data"] == {"w1": "10.77.0.3"}  # type: ignore[index]
