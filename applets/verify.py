@@ -4,8 +4,8 @@
 
 The signature over manifest.json, then every artifact's size and sha256, and no
 file beside them that the manifest does not name. Exit 0 and one line per
-artifact when all is well; otherwise one line naming the artifact and the
-reason, exit 1.
+artifact, then the serial, the node role and the expiry, when all is well;
+otherwise one line naming the artifact and the reason (or that it expired), exit 1.
 """
 
 from __future__ import annotations
@@ -18,10 +18,16 @@ import click
 def run(directory: Path, pubkey: Path) -> int:
     from k4s.image import manifest
 
+    import time
+
     m = manifest.verify_dir(directory, manifest.public_key(pubkey))
     for a in m.artifacts:
         click.echo(f"ok {a.role:<7} {a.name:<28} {a.size:>11} sha256:{a.sha256}")
-    return 0
+    left = m.expires - time.time()
+    click.echo(f"serial {m.serial}, for a {m.node_role}, "
+               + (f"expires {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(m.expires))} (in {left / 86400:.1f} days)"
+                  if left > 0 else "EXPIRED: stage 1 refuses it; sign it again (k4s netboot prepare)"))
+    return 0 if left > 0 else 1
 
 
 @click.command(help=__doc__.split("\n\n")[0])

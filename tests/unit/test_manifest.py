@@ -38,6 +38,7 @@ def test_a_good_payload_verifies(payload) -> None:
     assert [a.role for a in m.artifacts] == ["kernel", "initrd"] and "k4s.payload=" in m.cmdline
     r = k4s_cmd("verify", str(d), "--pubkey", str(keys / "signing.pub"))
     assert r.returncode == 0 and r.stdout.count("ok ") == 2
+    assert "serial " in r.stdout and "for a server, expires 20" in r.stdout, r.stdout
 
 
 def flip(path, at: int = 100) -> None:  # type: ignore[no-untyped-def]
