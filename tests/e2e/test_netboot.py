@@ -6,6 +6,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from k4s.host import netboot
 from k4s.host.vm import CMDLINE, VM
 from tests.conftest import OUT, require
@@ -80,9 +82,11 @@ def stage1_vm(tmp: Path, port: int, scheme: str = "http", initrd: Path = STAGE1)
 MIN_SERIAL = 100  # the https stage 1 refuses manifests signed with a lower serial (a revoked, older payload)
 
 
-def https_stage1(tmp: Path) -> tuple[Path, tuple[Path, Path]]:
+@pytest.fixture(scope="module")
+def https_stage1(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[Path, Path]]:
     """Stage 1 built with a payload CA and a minimum serial, and a server certificate from that
-    CA for 10.0.2.2."""
+    CA for 10.0.2.2: built once for the module."""
+    tmp = tmp_path_factory.mktemp("https-stage1")
     from tests.conftest import k4s_cmd
     from tests.unit.test_stage1 import tls_pair
 
@@ -94,11 +98,11 @@ def https_stage1(tmp: Path) -> tuple[Path, tuple[Path, Path]]:
     return out, (crt, key)
 
 
-def test_linuxboot_stage1_verifies_and_kexecs_stage2_to_a_ready_node(tmp_path) -> None:
+def test_linuxboot_stage1_verifies_and_kexecs_stage2_to_a_ready_node(tmp_path, https_stage1) -> None:
     """Over HTTPS: stage 1 checks the payload server against the CA built into it, then the
     signed manifest and every artifact (over plain HTTP the tamper test below covers the path)."""
     payload = signed_payload(tmp_path, KEYS / "signing.key")
-    initrd, tls = https_stage1(tmp_path)
+    initrd, tls = https_stage1
     srv = netboot.serve_in_thread(payload, tls=tls)
     vm = stage1_vm(tmp_path, srv.server_address[1], "https", initrd)
     proc = None
@@ -137,7 +141,7 @@ def flip_a_byte(payload: Path) -> None:
     f.write_bytes(bytes(data))
 
 
-def test_tampered_stage2_is_refused_and_nothing_runs(tmp_path) -> None:
+def test_tampered_stage2_is_refused_and_nothing_runs(tmp_path, https_stage1) -> None:
     """One flipped byte in the initramfs, a manifest signed by another key, an https server whose
     certificate is not from the CA stage 1 holds, a manifest whose serial is below stage 1's
     minimum (an older payload replayed): each time one console line naming the artifact and the
@@ -147,7 +151,7 @@ def test_tampered_stage2_is_refused_and_nothing_runs(tmp_path) -> None:
 
     other = tmp_path / "other-key"
     manifest.keygen(other)
-    initrd, https_pair = https_stage1(tmp_path)
+    initrd, https_pair = https_stage1
     _, *impostor = tls_pair(tmp_path, "impostor", ip="10.0.2.2")
     cases = [(KEYS / "signing.key", flip_a_byte, "initramfs.cpio.zst: sha256 differs from the signed manifest", None,
               None),
