@@ -16,9 +16,9 @@ import click
 
 
 def run(directory: Path, pubkey: Path) -> int:
-    from k4s.image import manifest
-
     import time
+
+    from k4s.image import manifest
 
     m = manifest.verify_dir(directory, manifest.public_key(pubkey))
     for a in m.artifacts:

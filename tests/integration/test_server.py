@@ -172,7 +172,8 @@ def _scrape(server: Server, path: str = "/metrics", cert: tuple | None = None,
             token: str = "") -> tuple[int, str]:
     import http.client
 
-    ctx = ssl.create_default_context(cafile=str(server.data / "pki" / "ca.crt"))  # the node's serving cert
+    # the node's serving certificate (the kubelet's) is the kubelet-serving CA's, not the cluster CA's
+    ctx = ssl.create_default_context(cafile=str(server.data / "pki" / "kubelet-serving-ca.crt"))
     if cert:
         ctx.load_cert_chain(*map(str, cert))
     conn = http.client.HTTPSConnection("127.0.0.1", METRICS, context=ctx, timeout=30)
