@@ -43,10 +43,14 @@ def cli() -> None:
 @click.option("--serial", type=click.IntRange(0), default=None,
               help="The manifest's serial [default: seconds since the epoch]; stage 1 refuses one below its minimum.")
 @click.option("--valid", default="30d", show_default=True, help="How long the signed manifest is valid (e.g. 12h, 30d).")
-@click.option("--join", is_flag=True, help="Workers: boot.ipxe also loads each machine's own join segment "
-              "(netboot serve --kubeconfig mints it).")
+@click.option("--join", is_flag=True, help="A worker payload: the join's public half (role, server, CA pin, read "
+              "through --kubeconfig) on the signed command line, and boot.ipxe loads each machine's own join "
+              "segment (netboot serve --kubeconfig mints it).")
+@click.option("--kubeconfig", type=P, default=Path("out/kubeconfig"), show_default=True,
+              help="With --join: the cluster workers join.")
 def prepare(out: Path, kernel: Path, initrd: tuple[Path, ...], seed: bool, operator: Path, base_url: str,
-            append: str, key: Path, image_report: Path, serial: int | None, valid: str, join: bool) -> int:
+            append: str, key: Path, image_report: Path, serial: int | None, valid: str, join: bool,
+            kubeconfig: Path) -> int:
     from k4s.fsutil import write_atomic
     from k4s.host import netboot
     from k4s.host.vm import EVENTS_PORT, VM
@@ -56,6 +60,8 @@ def prepare(out: Path, kernel: Path, initrd: tuple[Path, ...], seed: bool, opera
         path = out.parent / f"{out.name}-seed" / "seed.cpio.zst"
         write_atomic(path, VM(out, kernel, initrds[0], operator_dir=operator).seed())
         initrds.append(path)
+    if join:
+        append = f"{netboot.join_line(kubeconfig)} {append}"
     cmdline = f"{CMDLINE} k4s.events={EVENTS_PORT} {append}".strip()
     parts = netboot.parts_from_report(image_report) if image_report.exists() and not initrd else []
     from k4s import config

@@ -211,7 +211,7 @@ def _list_of(parse: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
                 v = yaml.load(v, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass, no aliases
             except _Alias:
                 raise Invalid("a YAML alias (*name) is not allowed", "write every item out") from None
-            except (yaml.YAMLError, ValueError):
+            except (yaml.YAMLError, ValueError, RecursionError):  # RecursionError: [[[[... a thousand deep
                 raise Invalid(f"{shown(v)} is not a YAML list", 'write ["a", "b,c"] or a,b') from None
             if not isinstance(v, list):
                 raise Invalid(f"{shown(v)} is not a list", 'write ["a", "b,c"] or a,b')
@@ -619,12 +619,12 @@ def read_join_secret(path: str) -> str:
 MAX_JOIN_SECRET = 4096
 
 
-def check_join_words(text: str) -> None:
-    """A join secret's words, checked as `load` will read them (only join keys, valid values)."""
+def check_join_words(text: str, allowed: tuple[str, ...] = JOIN_KEYS) -> None:
+    """A join secret's words, checked as `load` will read them (only `allowed` keys, valid values)."""
     if len(text.encode()) > MAX_JOIN_SECRET:
         raise ConfigError(f"a join secret of more than {MAX_JOIN_SECRET} bytes", hint="it holds a few k4s.key=value words")
     values: dict[str, Any] = {}
-    _apply(values, {}, parse_cmdline(text), "join secret", allowed=JOIN_KEYS)
+    _apply(values, {}, parse_cmdline(text), "join secret", allowed=allowed)
 
 
 def load(

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import re
 
-# what could end a console line or rewrite it: C0 and C1 controls (newline, CR, ESC), DEL, and
-# Unicode's own line and paragraph separators
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# what could end a console line or rewrite it: C0 and C1 controls (newline, CR, ESC), DEL,
+# Unicode's own line and paragraph separators, and the marks that reorder or hide text (bidi
+# overrides and isolates, zero-width characters)
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
 
 
 def printable(text: str, limit: int = 0) -> str:
     """text as one line that cannot forge another: every control character escaped (\\n, \\x1b),
     cut to limit characters if limit is set. For every value that comes from outside."""
-    out = _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1] if m.group() not in "\u2028\u2029"
+    out = _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1] if ord(m.group()) < 0xa0
                            else f"\\u{ord(m.group()):04x}", text)
     return out if not limit or len(out) <= limit else out[:limit - 3] + "..."
 

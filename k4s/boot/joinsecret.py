@@ -27,12 +27,17 @@ def segment(words: str) -> bytes:
                                      (words.strip() + "\n").encode())])
 
 
-def words(text: str) -> str:
-    """The join secret checked as init will read it: only join keys, every value valid. The
-    text back, or ConfigError (which never echoes the token)."""
+# what a join that stage 1 hands on may set: the secret and the name it is bound to. The server
+# and the CA pin come from the payload's signed command line, never from the network.
+HANDED_ON = ("token", "node-name")
+
+
+def words(text: str, allowed: tuple[str, ...] | None = None) -> str:
+    """The join secret checked as init will read it: only join keys (or `allowed`), every value
+    valid. The text back, or ConfigError (which never echoes the token)."""
     from k4s import config
 
-    config.check_join_words(text)
+    config.check_join_words(text, allowed or config.JOIN_KEYS)
     return text.strip()
 
 

@@ -9,9 +9,10 @@ it streams in, and boots it with kexec. Nothing unverified runs.
       -> each artifact the manifest names (the kernel, the initrds in order): its size and
          sha256 checked as it streams into RAM; one byte too many stops it there
       -> for a worker's payload (node role agent): the machine's own join, from stage 1's
-         own join segment if it was booted with one, else PATH/join/<mac> (`netboot serve
-         --kubeconfig` mints it); checked (join keys only) and wrapped here into one file,
-         layout.JOIN_SECRET: never a segment from the network as it came
+         own join segment if it was booted with one, else PATH/join/<mac> over https only
+         (`netboot serve --kubeconfig` mints it); checked (its token and node name, nothing
+         else: the server and the CA pin are in the signed command line) and wrapped here
+         into one file, layout.JOIN_SECRET: never a segment from the network as it came
       -> kexec_file_load(kernel, the initrds concatenated, the signed command line), with one
          more segment last: the signed sha256 of each squashfs part, which stage 2's stage 0
          checks before it mounts any (layout.PARTS_CHECK)
@@ -171,6 +172,10 @@ def fetch_join(f: Fetch, iface: str, out: Path, own: Path = layout.JOIN_SECRET) 
 
     if own.is_file():
         words, where = own.read_text(errors="replace"), "stage 1's own segment"
+    elif f.ctx is None:  # plain http: anyone on the way would read the token, or hand over another
+        log.event("stage1", "join", level="warn", found=False,
+                  reason="a join is fetched only over https (mkimage --stage1 --payload-ca)")
+        return None
     else:
         try:
             mac = Path(f"/sys/class/net/{iface}/address").read_text().strip().replace(":", "")
@@ -180,7 +185,7 @@ def fetch_join(f: Fetch, iface: str, out: Path, own: Path = layout.JOIN_SECRET) 
         if words is None:
             log.event("stage1", "join", found=False, asked=where)
             return None
-    out.write_bytes(joinsecret.segment(joinsecret.words(words)))
+    out.write_bytes(joinsecret.segment(joinsecret.words(words, joinsecret.HANDED_ON)))
     out.chmod(0o600)
     log.event("stage1", "join", found=True, source=where)
     return out

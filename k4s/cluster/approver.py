@@ -90,9 +90,11 @@ def _parsed(names: dict[str, Any]) -> str | None:
 
 
 def client_refusal(csr: dict[str, Any], names: dict[str, Any], token: dict[str, Any] | None,
-                   node: dict[str, Any] | None, server_node: str) -> str | None:
+                   node: dict[str, Any] | None, server_node: str, alive: bool = False,
+                   contested: bool = False) -> str | None:
     """Why a token's node-client CSR must not be approved, or None. token: its Secret (None when
-    it is gone); node: the Node of that name (None when there is none)."""
+    it is gone); node: the Node of that name (None when there is none); alive: its kubelet renewed
+    its Lease within LEASE_ALIVE seconds; contested: another pending request names the same node."""
     spec = csr.get("spec", {})
     user = spec.get("username", "")
     token_id = user[len(BOOTSTRAP_PREFIX):]
@@ -113,8 +115,13 @@ def client_refusal(csr: dict[str, Any], names: dict[str, Any], token: dict[str, 
         return f"token {token_id} is bound to node {bound}, not {name}"
     if name == server_node:
         return f"{name} is the server's own node"
-    if node is not None and ready(node):
+    if node is not None and (ready(node) or alive):
         return f"node {name} exists and is Ready: a token may not take over a running node"
+    if node is not None and not bound:
+        return f"node {name} exists, and token {token_id} is not bound to it (take a machine back with " \
+               f"`k4s token create --node {name}`)"
+    if contested:
+        return f"another pending request names node {name}: none of them is approved"
     return None
 
 
@@ -151,6 +158,8 @@ class Reserved:
                 addr = ipaddress.ip_address(ip)
             except ValueError:
                 return f"{ip} is not an address"
+            if addr.version != 4:  # the cluster is IPv4; ::ffff:a.b.c.d would pass for a.b.c.d in Go
+                return f"{ip} is not an IPv4 address"
             if addr.is_loopback or addr.is_unspecified or addr.is_multicast or addr.is_link_local:
                 return f"{ip} is not a node's address"
             if ip in self.addresses:
@@ -284,20 +293,51 @@ def decide_serving(client: kubeapi.Client, csr: dict[str, Any], call_in_child: A
         log.event("approver", "pinned", node=node, addresses=",".join(sorted(names["ips"])))
 
 
-def decide_client(client: kubeapi.Client, csr: dict[str, Any], call_in_child: Any, server_node: str) -> None:
+LEASE_ALIVE = 40.0  # seconds: a kubelet renews its Lease every 10; the node controller's grace period
+
+
+def from_bootstrap_token(csr: dict[str, Any]) -> bool:
+    spec = csr.get("spec", {})
+    return spec.get("username", "").startswith(BOOTSTRAP_PREFIX) and BOOTSTRAPPERS in spec.get("groups", [])
+
+
+def node_of(names: dict[str, Any]) -> str:
+    cn = names.get("cn") or [""]
+    return cn[0][len(NODE_PREFIX):] if len(cn) == 1 and cn[0].startswith(NODE_PREFIX) else ""
+
+
+def lease_alive(client: kubeapi.Client, name: str, now: float | None = None) -> bool:
+    """The node's kubelet renewed its Lease within LEASE_ALIVE seconds (the Ready condition lags
+    by up to the grace period)."""
+    import datetime as dt
+    import time
+
+    lease = _get(client, f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{urllib.parse.quote(name, safe='')}")
+    renewed = ((lease or {}).get("spec") or {}).get("renewTime")
+    if not renewed:
+        return False
+    try:
+        t = dt.datetime.fromisoformat(renewed.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return False
+    return (now if now is not None else time.time()) - t < LEASE_ALIVE
+
+
+def decide_client(client: kubeapi.Client, csr: dict[str, Any], call_in_child: Any, server_node: str,
+                  names: dict[str, Any] | None = None, contested: bool = False) -> None:
     """A bootstrap token's node-client CSR; other requesters (a node renewing its own, which the
     controller-manager approves) are not this one's to decide."""
     spec = csr.get("spec", {})
-    user = spec.get("username", "")
-    if not user.startswith(BOOTSTRAP_PREFIX) or BOOTSTRAPPERS not in spec.get("groups", []):
+    if not from_bootstrap_token(csr):
         return
-    token_id = user[len(BOOTSTRAP_PREFIX):]
-    names = call_in_child(lambda: read_request(spec["request"]), 30)
+    token_id = spec["username"][len(BOOTSTRAP_PREFIX):]
+    if names is None:
+        names = call_in_child(lambda: read_request(spec["request"]), 30)
     token = _get(client, f"{TOKEN_SECRETS}/bootstrap-token-{token_id}")
-    cn = names.get("cn") or [""]
-    node_name = cn[0][len(NODE_PREFIX):] if cn[0].startswith(NODE_PREFIX) else ""
+    node_name = node_of(names)
     node = _get(client, f"/api/v1/nodes/{urllib.parse.quote(node_name, safe='')}") if node_name else None
-    why = client_refusal(csr, names, token, node, server_node)
+    alive = node is not None and lease_alive(client, node_name)
+    why = client_refusal(csr, names, token, node, server_node, alive, contested)
     _verdict(client, csr, why, f"token {token_id} for node {node_name}")
     if why is None:
         Pins(client).set(node_name, None)  # a join the server approved: its addresses are pinned afresh
@@ -315,15 +355,24 @@ def decide_all(client: kubeapi.Client, call_in_child: Any, server_node: str,
                reserved: Reserved = Reserved()) -> None:
     """One round: every pending node-client and kubelet-serving request decided, each on its own
     (one that fails is logged and the round goes on)."""
-    deciders = {CLIENT_SIGNER: lambda csr: decide_client(client, csr, call_in_child, server_node),
-                SIGNER: lambda csr: decide_serving(client, csr, call_in_child, reserved)}
-    for signer, decide in deciders.items():
-        for csr in filter(pending, client.json("GET", f"{CSR_API}?fieldSelector=spec.signerName%3D{signer}")
-                          .get("items", [])):
+    def listed(signer: str) -> list[dict[str, Any]]:  # oldest first: the requester picks the name, not the order
+        items = client.json("GET", f"{CSR_API}?fieldSelector=spec.signerName%3D{signer}").get("items", [])
+        return sorted(filter(pending, items), key=lambda c: c.get("metadata", {}).get("creationTimestamp", ""))
+
+    def each(items: list[dict[str, Any]], decide: Callable[[dict[str, Any]], None]) -> None:
+        for csr in items:
             try:
                 decide(csr)
             except (OSError, K4sError, KeyError, TypeError, AttributeError) as e:
                 log.event("approver", "error", level="warn", csr=csr.get("metadata", {}).get("name"), error=str(e))
+
+    # a token's requests, read first: two pending at once for one node are both refused
+    joins = [c for c in listed(CLIENT_SIGNER) if from_bootstrap_token(c)]
+    names = {c["metadata"]["name"]: call_in_child(lambda c=c: read_request(c["spec"]["request"]), 30) for c in joins}
+    wanted = [node_of(n) for n in names.values()]
+    each(joins, lambda csr: decide_client(client, csr, call_in_child, server_node, names[csr["metadata"]["name"]],
+                                          wanted.count(node_of(names[csr["metadata"]["name"]])) > 1))
+    each(listed(SIGNER), lambda csr: decide_serving(client, csr, call_in_child, reserved))
 
 
 def run(connect: Callable[[], kubeapi.Client], call_in_child: Any, stop: threading.Event, server_node: str,

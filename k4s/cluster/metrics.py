@@ -24,7 +24,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import socketserver
 import ssl
 import threading
 import time
@@ -37,10 +36,9 @@ from k4s.cluster import kubeapi, renew
 from k4s.cluster.memory import anon_by_process, meminfo, memory_summary
 from k4s.errors import K4sError
 from k4s.layout import Paths
+from k4s.tlsserve import TLSThreadingServer
 
 TIMEOUT = 10.0        # a client that has not finished its request by then is dropped
-HANDSHAKE_TIMEOUT = 5.0
-MAX_CONNECTIONS = 64  # at once, each on its own thread; one more is closed at once
 AUTH_CACHE = 60.0     # seconds a TokenReview or SubjectAccessReview answer is reused
 TOP_PROCESSES = 20
 PATHS = ("/metrics", "/status")
@@ -255,42 +253,7 @@ class Endpoint:
             def log_message(self, *_: Any) -> None:
                 pass
 
-        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-            """Each connection on its own thread, its TLS handshake there too (an idle client
-            that never finishes one holds its own thread, never the accept loop), at most
-            MAX_CONNECTIONS at once."""
-
-            allow_reuse_address = True
-            daemon_threads = True
-            slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-
-            def get_request(self) -> tuple[Any, Any]:
-                sock, addr = self.socket.accept()
-                sock.settimeout(HANDSHAKE_TIMEOUT)
-                try:
-                    return endpoint.context().wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
-                except (OSError, ValueError):
-                    sock.close()
-                    raise
-
-            def process_request(self, request: Any, client_address: Any) -> None:
-                if not self.slots.acquire(blocking=False):
-                    self.shutdown_request(request)
-                    return
-                super().process_request(request, client_address)
-
-            def process_request_thread(self, request: Any, client_address: Any) -> None:
-                try:
-                    request.do_handshake()
-                    request.settimeout(TIMEOUT)
-                    self.finish_request(request, client_address)
-                except (OSError, ValueError):
-                    pass
-                finally:
-                    self.shutdown_request(request)
-                    self.slots.release()
-
-        server = Server((host, port), Handler)
+        server = TLSThreadingServer((host, port), Handler, endpoint.context)
         server.timeout = 1.0
         log.event("metrics", "serving", url=f"https://{host}:{port}/metrics")
         with server:

@@ -9,12 +9,16 @@ without `imgverify`): on plain PXE the root of trust is the network. The
 manifest is for what comes after a first stage that checks it.
 
 Workers' join secrets are per machine, never in the public payload: given a
-kubeconfig, the server answers `GET /join/<mac>` (the join words, for stage 1,
-which wraps them into a segment itself) and `/join/<mac>.cpio` (the segment, for
-boot.ipxe's `initrd`) with a fresh single-use token bound to the node name that
-machine derives from its MAC (k4s-<last 3 bytes>), valid JOIN_TTL. Whoever can ask
-for a machine's URL before it does gets its one join: as with any PXE, the network
-is trusted here; the token makes one node of one name, never a running one.
+kubeconfig, the server answers `GET /join/<mac>` (the words, for stage 1, which
+wraps them into a segment itself, and fetches them only over https) and
+`/join/<mac>.cpio` (the segment, for boot.ipxe's `initrd`) with the node name that
+machine derives from its MAC (k4s-<last 3 bytes>) and a fresh single-use token
+bound to it, valid JOIN_TTL; the one minted before for that name is deleted, and
+a name whose node is Ready gets none. The server and the CA pin are not in it:
+they are in the payload's command line (`prepare --join`), signed for stage 1.
+Whoever can ask for a machine's URL before it does can race it for its name:
+the server then refuses both (k4s.cluster.approver); as with any PXE, plain
+http trusts the network.
 """
 
 from __future__ import annotations
@@ -60,18 +64,43 @@ class JoinMinter:
         self.kubeconfig, self.ttl, self.server = kubeconfig, ttl, server
 
     def __call__(self, mac: str) -> str:
+        """The machine's join: its node name and a fresh token bound to it, nothing else (the
+        server and the CA pin are in the payload's signed command line: `prepare --join`). The
+        token minted for that name before is deleted: one live token per machine, however
+        often it is asked for. A name whose node is Ready gets none."""
         import datetime as dt
 
-        from k4s.cluster import kubeapi
-        from k4s.cluster.pki import spki_hash_pem
+        from k4s.cluster import approver, kubeapi
+        from k4s.errors import K4sError
         from k4s.host import tokens
 
         name = node_name_for(mac)
         client = kubeapi.Client.from_kubeconfig(self.kubeconfig)
-        published, ca = tokens.cluster_server_and_ca(client)
+        try:
+            node = client.json("GET", f"/api/v1/nodes/{name}")
+        except kubeapi.APIError as e:
+            if e.status != 404:
+                raise
+            node = None
+        if node is not None and approver.ready(node):
+            raise K4sError(f"node {name} is Ready: no join for it", hint="a running node needs none")
+        for old in tokens.listed(client):
+            if old.node == name and old.description == f"netboot {name}":
+                tokens.delete(client, old.id)
         token_id, secret = tokens.create(client, dt.timedelta(seconds=self.ttl), f"netboot {name}", name)
         log.event("netboot", "join-minted", node=name, token=token_id)
-        return tokens.join_secret(self.server or published, f"{token_id}.{secret}", spki_hash_pem(ca), name)
+        return f"k4s.node-name={name} k4s.token={token_id}.{secret}"
+
+
+def join_line(kubeconfig: Path, server: str = "") -> str:
+    """The public half of every worker's join, for a worker payload's (signed) command line:
+    the role, the server and the cluster CA's pin, read from cluster-info."""
+    from k4s.cluster import kubeapi
+    from k4s.cluster.pki import spki_hash_pem
+    from k4s.host import tokens
+
+    published, ca = tokens.cluster_server_and_ca(kubeapi.Client.from_kubeconfig(kubeconfig))
+    return tokens.join_line(server or published, spki_hash_pem(ca))
 
 
 def ipxe_script(base_url: str, kernel: str, initrds: list[str], cmdline: str, join: bool = False) -> str:
@@ -164,7 +193,7 @@ class _Handler(SimpleHTTPRequestHandler):
             words = self.mint(mac)  # type: ignore[misc]
         except (OSError, K4sError) as e:
             log.event("netboot", "join-failed", level="warn", mac=mac, error=str(e))
-            return self.send_error(503, "cannot mint a join now")
+            return self.send_error(409 if "is Ready" in str(e) else 503, "no join for this machine now")
         body = joinsecret.segment(words) if wrap else (words + "\n").encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
@@ -195,11 +224,7 @@ def server(directory: Path, address: str = "127.0.0.1", port: int = DEFAULT_PORT
 
     Handler.mint = staticmethod(mint) if mint else None  # type: ignore[assignment]
 
-    try:
-        srv = ThreadingHTTPServer((address, port), Handler)
-    except OSError as e:
-        raise K4sError(f"cannot listen on {address}:{port}: {e.strerror}", hint="pick another --port") from e
-    srv.daemon_threads = True
+    ctx = None
     if tls is not None:
         import ssl
 
@@ -207,10 +232,18 @@ def server(directory: Path, address: str = "127.0.0.1", port: int = DEFAULT_PORT
         try:
             ctx.load_cert_chain(str(tls[0]), str(tls[1]))
         except (OSError, ssl.SSLError) as e:
-            srv.server_close()
             raise K4sError(f"cannot load the TLS certificate {tls[0]} and key {tls[1]}: {e}",
                            hint="pass a PEM certificate and its PEM private key") from None
-        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    try:
+        if ctx is not None:  # handshakes on each connection's thread, never in the accept loop
+            from k4s.tlsserve import TLSThreadingServer
+
+            srv: ThreadingHTTPServer = TLSThreadingServer((address, port), Handler, lambda: ctx)
+        else:
+            srv = ThreadingHTTPServer((address, port), Handler)
+    except OSError as e:
+        raise K4sError(f"cannot listen on {address}:{port}: {e.strerror}", hint="pick another --port") from e
+    srv.daemon_threads = True
     return srv
 
 

@@ -188,8 +188,9 @@ class VM:
             boot = ["-boot", "n"]
             netdev += f",tftp={self.pxe},bootfile=boot.ipxe"
         else:
-            boot_initrd = self.out / "boot-initrd.img"
-            with open(boot_initrd, "wb") as f:
+            boot_initrd = self.out / "boot-initrd.img"  # 0600: a worker's holds its join secret
+            boot_initrd.unlink(missing_ok=True)
+            with open(os.open(boot_initrd, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
                 with open(self.initrd, "rb") as src:
                     shutil.copyfileobj(src, f, 1 << 20)
                 if self.seeded:

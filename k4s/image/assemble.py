@@ -281,17 +281,18 @@ def stage0_init(kernel_root: Path) -> bytes:
 # k4s stage 0, written by mkimage. The k4s bundle is a squashfs, kept compressed
 # in RAM like the components: mount it and hand PID 1 over to k4s init.
 b=/usr/bin/busybox
+$b mount -t proc -o nosuid,nodev,noexec proc /proc
 # A root that containers can pivot_root(2) out of: the kernel refuses it on the initramfs
-# itself (the root of every mount namespace, with no parent), and runc then only moves and
-# chroots, which a process with CAP_SYS_CHROOT can leave. A bind mount of the RAM root
-# moved over / has a parent: nothing is copied, and the script runs again inside it.
-if [ "$K4S_ROOT" != bound ]; then
-    $b mkdir -p /.root && $b mount --bind / /.root && cd /.root && $b mount --move . / \
-        && K4S_ROOT=bound exec $b chroot . /init "$@"
+# itself (the root of every mount namespace: its own parent in mountinfo), and runc then only
+# moves and chroots, which a process with CAP_SYS_CHROOT can leave. A bind mount of the RAM
+# root moved over / has a parent: nothing is copied, and the script runs again inside it.
+if [ "$($b awk '$5 == "/" {{ r = ($1 == $2) }} END {{ print r }}' /proc/self/mountinfo)" = 1 ]; then
+    $b umount /proc
+    $b mkdir -p /.root && $b mount --bind / /.root && cd /.root && $b mount --move . / && exec $b chroot . /init "$@"
     echo "k4s stage 0: warning: the root stays the initramfs; containers will chroot, not pivot_root"
+    $b mount -t proc -o nosuid,nodev,noexec proc /proc
 fi
 $b mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev
-$b mount -t proc -o nosuid,nodev,noexec proc /proc
 fail() {{
     echo "k4s stage 0: error: $1"
     case " $($b cat /proc/cmdline) " in  # k4s.on-failure, as k4s init would read it

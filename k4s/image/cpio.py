@@ -385,7 +385,7 @@ def plan(members: list[Member], devices: bool = False) -> list[tuple[str, Member
         parts = rel.split("/")
         for i in range(1, len(parts)):
             parent = "/".join(parts[:i])
-            pk = kinds.get(parent, stat.S_IFDIR)
+            pk = kinds.setdefault(parent, stat.S_IFDIR)  # implied: a later entry of another kind is refused
             if pk == stat.S_IFLNK:
                 raise _refuse(m.name, f"{parent!r} is a symlink in this archive: a write through it could "
                                       "land anywhere")

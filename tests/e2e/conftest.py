@@ -14,6 +14,8 @@ from k4s.host.vm import VM, GuestLockup
 from tests.conftest import OUT, require, tool
 
 KUBECTL = OUT / "components" / "bin" / "kubectl"
+STAGE1 = OUT / "stage1.cpio.xz"
+KEYS = OUT / "keys"
 PORT = 16443
 METRICS_PORT = 16470  # the shared boot's metrics endpoint, forwarded
 MANIFEST = """apiVersion: v1
@@ -119,3 +121,18 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
             vm.power_off(120)
         if proc.poll() is None:
             proc.kill()
+
+
+def build_https_stage1(tmp: Path, min_serial: int = 0) -> tuple[Path, tuple[Path, Path]]:
+    """Stage 1 built with a payload CA (and a minimum serial), and a server certificate from that
+    CA for 10.0.2.2 (the host, from QEMU's user network): (initrd, (certificate, key))."""
+    from tests.conftest import k4s_cmd
+    from tests.unit.test_stage1 import tls_pair
+
+    require(STAGE1.exists() and (KEYS / "signing.key").exists(), "stage 1 and its key", "make stage1")
+    ca, crt, key = tls_pair(tmp, "payload", ip="10.0.2.2")
+    out = tmp / "stage1-https.cpio.xz"
+    r = k4s_cmd("mkimage", "--stage1", str(KEYS / "signing.pub"), "--bundle", str(OUT / "stage1" / "k4s"),
+                "--out", str(out), "--payload-ca", str(ca), "--min-serial", str(min_serial), timeout=600)
+    assert r.returncode == 0, r.stderr
+    return out, (crt, key)

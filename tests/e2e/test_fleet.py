@@ -389,17 +389,20 @@ def test_the_worker_rejoins_through_stage1_with_a_join_minted_for_it(fleet: Flee
     from k4s.host import netboot
     from k4s.host.vm import CMDLINE
     from tests.conftest import OUT
-    from tests.e2e.test_netboot import KEYS, STAGE1
+    from tests.e2e.conftest import KEYS, build_https_stage1
 
     payload = tmp_path / "payload"
-    # the public half, signed; the token comes only in the join (a user NIC for the payload first,
-    # the lan second, as on the server)
+    # the join's public half (role, server, CA pin) signed on the command line; the token and the
+    # name only in the join, fetched over https (a user NIC for the payload first, the lan second,
+    # as on the server)
+    public = netboot.join_line(fleet.server.vm.kubeconfig)
     netboot.prepare(payload, fleet.worker.kernel, [fleet.worker.initrd],
-                    f"{CMDLINE} k4s.role=agent k4s.interface=eth1 k4s.ip=10.77.0.2/24 k4s.mgmt-interface=eth0",
+                    f"{CMDLINE} {public} k4s.interface=eth1 k4s.ip=10.77.0.2/24 k4s.mgmt-interface=eth0",
                     key=KEYS / "signing.key", parts=netboot.parts_from_report(OUT / "image-report.json"))
-    srv = netboot.serve_in_thread(payload, mint=netboot.JoinMinter(fleet.server.vm.kubeconfig))
-    vm = make_vm(tmp_path / "worker", append=f"k4s.payload=http://10.0.2.2:{srv.server_address[1]}/ k4s.interface=eth0")
-    vm.initrd, vm.seeded, vm.lan_connect, vm.lan_mgmt, vm.mac = STAGE1, False, fleet.ports[0], True, WORKER_MAC
+    stage1, tls = build_https_stage1(tmp_path)
+    srv = netboot.serve_in_thread(payload, tls=tls, mint=netboot.JoinMinter(fleet.server.vm.kubeconfig))
+    vm = make_vm(tmp_path / "worker", append=f"k4s.payload=https://10.0.2.2:{srv.server_address[1]}/ k4s.interface=eth0")
+    vm.initrd, vm.seeded, vm.lan_connect, vm.lan_mgmt, vm.mac = stage1, False, fleet.ports[0], True, WORKER_MAC
     proc = None
     try:
         proc = boot(vm, timeout=900)

@@ -55,8 +55,7 @@ def k4s_cmd_argv() -> list[str]:
 
 # --- LinuxBoot: stage 1 (standing for the flash part) fetches, verifies and kexecs stage 2 -------------
 
-STAGE1 = OUT / "stage1.cpio.xz"
-KEYS = OUT / "keys"
+from tests.e2e.conftest import KEYS, STAGE1, build_https_stage1  # noqa: E402
 
 
 def signed_payload(tmp: Path, key: Path, serial: int | None = None) -> Path:
@@ -86,16 +85,7 @@ MIN_SERIAL = 100  # the https stage 1 refuses manifests signed with a lower seri
 def https_stage1(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[Path, Path]]:
     """Stage 1 built with a payload CA and a minimum serial, and a server certificate from that
     CA for 10.0.2.2: built once for the module."""
-    tmp = tmp_path_factory.mktemp("https-stage1")
-    from tests.conftest import k4s_cmd
-    from tests.unit.test_stage1 import tls_pair
-
-    ca, crt, key = tls_pair(tmp, "payload", ip="10.0.2.2")
-    out = tmp / "stage1-https.cpio.xz"
-    r = k4s_cmd("mkimage", "--stage1", str(KEYS / "signing.pub"), "--bundle", str(OUT / "stage1" / "k4s"),
-                "--out", str(out), "--payload-ca", str(ca), "--min-serial", str(MIN_SERIAL), timeout=600)
-    assert r.returncode == 0, r.stderr
-    return out, (crt, key)
+    return build_https_stage1(tmp_path_factory.mktemp("https-stage1"), MIN_SERIAL)
 
 
 def test_linuxboot_stage1_verifies_and_kexecs_stage2_to_a_ready_node(tmp_path, https_stage1) -> None:

@@ -266,3 +266,8 @@ def test_an_error_quotes_a_long_value_cut_short(value: str) -> None:
         config.load(os.devnull, overrides={"node-name": value})
     except ConfigError as e:
         assert len(e.value.render() if hasattr(e, "value") else e.render()) < 600
+
+
+def test_a_list_nested_a_thousand_deep_is_one_line() -> None:
+    with pytest.raises(ConfigError, match="is not a YAML list"):
+        config.load(os.devnull, cmdline="k4s.dns=" + "[" * 1000)

@@ -270,3 +270,20 @@ def test_fuzz_random_bytes_after_a_magic(tail) -> None:
         list(cpio.read(cpio.MAGIC + tail))
     except K4sError as e:
         assert "\n" not in e.render()
+
+
+def test_a_hard_link_under_a_later_symlink_is_refused(tmp_path) -> None:
+    """Hard links are made last: `d/f` (nlink 2), then `d` a symlink out, then the data `g`
+    would link through `d`. The implied directory `d` makes the symlink a second kind of `d`."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+
+    def member(name: bytes, mode: int, nlink: int, data: bytes, ino: int) -> bytes:
+        h = header(ino=ino, mode=mode, nlink=nlink, size=len(data), namesize=len(name) + 1) + name + b"\0"
+        return h + b"\0" * (-len(h) % 4) + data + b"\0" * (-len(data) % 4)
+    raw = (member(b"d/f", stat.S_IFREG | 0o644, 2, b"", 5)
+           + member(b"d", stat.S_IFLNK | 0o777, 1, str(outside).encode(), 6)
+           + member(b"g", stat.S_IFREG | 0o644, 2, b"pwned", 5) + cpio.bytes_of([]))
+    with pytest.raises(K4sError, match="a directory and a non-directory have this name"):
+        cpio.extract(raw, tmp_path / "dest")
+    assert list(outside.iterdir()) == [] and not (tmp_path / "dest").exists()

@@ -200,6 +200,7 @@ class FakeAPI:
         self.verdicts: dict[str, tuple[str, str]] = {}
         self.deleted: list[str] = []
         self.pins: dict | None = None
+        self.leases: dict[str, str] = {}  # node -> renewTime
 
     def json(self, method: str, path: str, obj: dict | None = None) -> dict:
         import urllib.parse
@@ -218,6 +219,8 @@ class FakeAPI:
                     self.deleted.append(tid)
                     return self.tokens.pop(tid)
                 return self.tokens[tid]
+        if method == "GET" and "/leases/" in path and path.rsplit("/", 1)[1] in self.leases:
+            return {"spec": {"renewTime": self.leases[path.rsplit("/", 1)[1]]}}
         if path.startswith(approver.Pins.PATH.rsplit("/", 1)[0]):
             if method == "GET" and self.pins is not None:
                 return self.pins
@@ -353,6 +356,8 @@ def reserved() -> approver.Reserved:
     ("w1", names(ips=("10.42.3.1",)), {"10.42.3.1"}, "in the pod or service network 10.42.0.0/16"),
     ("w1", names(ips=("127.0.0.1",)), {"127.0.0.1"}, "is not a node's address"),
     ("api.example", names("system:node:api.example", dns=("api.example",), ips=()), set(), "clients use"),
+    # an IPv4-mapped IPv6 address is the IPv4 one to Go's TLS stack
+    ("w1", names(ips=("::ffff:10.77.0.1",)), {"::ffff:10.77.0.1"}, "::ffff:10.77.0.1 is not an IPv4 address"),
 ])
 def test_a_node_cannot_get_a_serving_certificate_for_the_cluster(node: str, seen: dict, addresses: set[str],
                                                                   why: str) -> None:
@@ -389,3 +394,29 @@ def test_a_node_keeps_the_address_its_first_certificate_named() -> None:
     api.csrs = [serving_csr("s4", "w1", ("w1", "10.77.0.3"))]
     approver.decide_all(api, in_process, "server-1")  # type: ignore[arg-type]
     assert api.verdicts["s4"][0] == "Approved" and api.pins["data"] == {"w1": "10.77.0.3"}  # type: ignore[index]
+
+
+def test_two_requests_for_one_node_in_a_round_are_both_refused() -> None:
+    """A token sniffed on the way, racing the real machine: neither gets the name."""
+    other = tokens.secret_for("ghijkl", "0123456789abcdef", dt.timedelta(hours=1), "t", node_name="w1")
+    api = FakeAPI([client_csr("c1", "w1"), client_csr("c2", "w1", token_id="ghijkl")],
+                  tokens_={"abcdef": token_secret("w1"), "ghijkl": other})
+    approver.decide_all(api, in_process, "server-1")  # type: ignore[arg-type]
+    assert [v[0] for v in api.verdicts.values()] == ["Denied", "Denied"], api.verdicts
+    assert "another pending request names node w1" in api.verdicts["c1"][1] and not api.deleted
+
+
+def test_a_node_whose_kubelet_is_alive_is_not_taken_even_before_it_shows_not_ready() -> None:
+    import datetime as dt_
+
+    now = dt_.datetime.now(dt_.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    api = FakeAPI([client_csr("c1", "w1")], nodes={"w1": node_obj("Unknown")}, tokens_={"abcdef": token_secret("w1")})
+    api.leases["w1"] = now
+    approver.decide_all(api, in_process, "server-1")  # type: ignore[arg-type]
+    assert api.verdicts["c1"][0] == "Denied" and "exists and is Ready" in api.verdicts["c1"][1]
+
+
+def test_an_unbound_token_makes_only_new_nodes() -> None:
+    api = FakeAPI([client_csr("c1", "w1")], nodes={"w1": node_obj("Unknown")}, tokens_={"abcdef": token_secret()})
+    approver.decide_all(api, in_process, "server-1")  # type: ignore[arg-type]
+    assert api.verdicts["c1"][0] == "Denied" and "is not bound to it" in api.verdicts["c1"][1]

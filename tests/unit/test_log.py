@@ -40,3 +40,7 @@ def test_any_value_makes_one_line(value: str, message: str) -> None:
 def test_a_long_value_is_cut(capsys: pytest.CaptureFixture[str]) -> None:
     log.event("x", "y", value="a" * 100_000)
     assert len(capsys.readouterr().err) < log.FIELD_LIMIT + 100
+
+
+def test_marks_that_reorder_or_hide_text_are_escaped() -> None:
+    assert printable("ok\u202eevil\u200b\u2066") == "ok\\u202eevil\\u200b\\u2066"

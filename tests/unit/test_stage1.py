@@ -160,8 +160,7 @@ def test_a_payload_ca_bundle_is_checked_before_it_goes_into_the_image(tmp_path) 
 
 # --- a worker's join: minted per machine by netboot serve, wrapped by stage 1 -----------------------
 
-JOIN = ("k4s.role=agent k4s.server=https://10.77.0.1:6443 k4s.ca-hash=sha256:" + "a" * 64
-        + " k4s.node-name=k4s-007702 k4s.token=abcdef.0123456789abcdef")
+JOIN = "k4s.node-name=k4s-007702 k4s.token=abcdef.0123456789abcdef"
 
 
 def test_netboot_serves_each_machine_its_own_join(signed) -> None:
@@ -195,7 +194,8 @@ def test_netboot_serves_each_machine_its_own_join(signed) -> None:
     assert member.name == "etc/k4s/join" and member.mode & 0o777 == 0o600 and b"k4s-007703" in member.data
     path = payload.parent / "join"
     path.write_bytes(member.data)
-    assert load("/dev/null", join_secret=str(path)).node_name == "k4s-007703"
+    public = "k4s.role=agent k4s.server=https://10.77.0.1:6443 k4s.ca-hash=sha256:" + "a" * 64
+    assert load("/dev/null", cmdline=public, join_secret=str(path)).node_name == "k4s-007703"
 
 
 def test_a_server_without_a_kubeconfig_mints_nothing(signed) -> None:
@@ -219,8 +219,11 @@ def test_stage1_wraps_the_join_it_fetched_and_refuses_any_other_key(signed, tmp_
     payload, _ = signed
     none = tmp_path / "none"  # stage 1 booted without its own join segment
     nic = tmp_path / "sys"
-    answer = [JOIN]
-    srv = netboot.serve_in_thread(payload, mint=lambda mac: answer[0])
+    handed = "k4s.node-name=k4s-007702 k4s.token=abcdef.0123456789abcdef"  # what JoinMinter answers
+    answer = [handed]
+    ca, crt, key = tls_pair(tmp_path, "payload")
+    srv = netboot.serve_in_thread(payload, tls=(crt, key), mint=lambda mac: answer[0])
+    plain = netboot.serve_in_thread(payload, mint=lambda mac: answer[0])
     real_path = Path
 
     def fake_path(p: str) -> Path:  # /sys/class/net/<iface>/address
@@ -229,15 +232,41 @@ def test_stage1_wraps_the_join_it_fetched_and_refuses_any_other_key(signed, tmp_
     (nic / "address").write_text("52:54:00:00:77:02\n")
     monkeypatch.setattr(stage1, "Path", fake_path)
     try:
-        f = stage1.Fetch(f"http://127.0.0.1:{srv.server_address[1]}/")
+        f = stage1.Fetch(f"https://127.0.0.1:{srv.server_address[1]}/", ca=ca)
         out = stage1.fetch_join(f, "eth0", tmp_path / "join.cpio", none)
         assert out is not None
         (member,) = list(cpio.read(out.read_bytes()))
-        assert member.name == "etc/k4s/join" and member.data.decode().strip() == JOIN
-        # whatever the network says beyond the join keys is refused, not wrapped
-        answer[0] = JOIN + " k4s.bin-dir=/tmp/evil"
-        with pytest.raises(ConfigError, match="key 'bin-dir' may not be set there"):
+        assert member.name == "etc/k4s/join" and member.data.decode().strip() == handed
+        # the server and the CA pin come only from the signed command line: a join naming them is refused
+        answer[0] = handed + " k4s.server=https://10.9.9.9:6443"
+        with pytest.raises(ConfigError, match="key 'server' may not be set there"):
             stage1.fetch_join(f, "eth0", tmp_path / "join2.cpio", none)
         assert not (tmp_path / "join2.cpio").exists()
+        # over plain http, nothing is fetched (anyone on the way would read the token)
+        assert stage1.fetch_join(stage1.Fetch(f"http://127.0.0.1:{plain.server_address[1]}/"), "eth0",
+                                 tmp_path / "join3.cpio", none) is None
     finally:
         srv.shutdown()
+        plain.shutdown()
+
+
+def test_an_idle_client_does_not_stall_the_https_payload_server(signed, tmp_path) -> None:
+    """Clients that connect and never finish a TLS handshake hold their own threads: a machine
+    fetching its payload is served at once."""
+    import socket
+    import time
+
+    payload, _ = signed
+    ca, crt, key = tls_pair(tmp_path, "payload")
+    srv = netboot.serve_in_thread(payload, tls=(crt, key))
+    idle = [socket.create_connection(("127.0.0.1", srv.server_address[1]), timeout=5) for _ in range(10)]
+    try:
+        t0 = time.monotonic()
+        f = stage1.Fetch(f"https://127.0.0.1:{srv.server_address[1]}/", ca=ca)
+        raw = f.get("manifest.json", lambda cs: b"".join(cs))
+        took = time.monotonic() - t0
+    finally:
+        for s in idle:
+            s.close()
+        srv.shutdown()
+    assert raw.startswith(b"{") and took < 5.0, took
