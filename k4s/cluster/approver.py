@@ -30,6 +30,7 @@ import base64
 import ipaddress
 import threading
 import urllib.parse
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,7 @@ BOOTSTRAPPERS = "system:bootstrappers"
 TOKEN_SECRETS = "/api/v1/namespaces/kube-system/secrets"
 NODE_ANNOTATION = "k4s.io/node-name"    # a token bound to one node name
 REUSABLE_ANNOTATION = "k4s.io/reusable"  # a token that is not deleted once used (an explicit opt-in)
+MAX_PENDING = 4  # requests one requester may have decided in a round; more are denied unread
 INTERVAL = 5.0  # a worker waits at most this for its serving certificate; each look is a TLS handshake
 
 
@@ -355,9 +357,22 @@ def decide_all(client: kubeapi.Client, call_in_child: Any, server_node: str,
                reserved: Reserved = Reserved()) -> None:
     """One round: every pending node-client and kubelet-serving request decided, each on its own
     (one that fails is logged and the round goes on)."""
-    def listed(signer: str) -> list[dict[str, Any]]:  # oldest first: the requester picks the name, not the order
+    def listed(signer: str) -> list[dict[str, Any]]:
+        """Pending, oldest first (the requester picks the name, not the order); past
+        MAX_PENDING from one requester, the rest denied unread (each read is a fork)."""
         items = client.json("GET", f"{CSR_API}?fieldSelector=spec.signerName%3D{signer}").get("items", [])
-        return sorted(filter(pending, items), key=lambda c: c.get("metadata", {}).get("creationTimestamp", ""))
+        out, seen = [], Counter[str]()
+        for csr in sorted(filter(pending, items), key=lambda c: c.get("metadata", {}).get("creationTimestamp", "")):
+            user = csr.get("spec", {}).get("username", "")
+            seen[user] += 1
+            if seen[user] <= MAX_PENDING:
+                out.append(csr)
+            else:
+                try:
+                    _verdict(client, csr, f"{user} has more than {MAX_PENDING} requests pending", "")
+                except (OSError, K4sError) as e:
+                    log.event("approver", "error", level="warn", csr=csr.get("metadata", {}).get("name"), error=str(e))
+        return out
 
     def each(items: list[dict[str, Any]], decide: Callable[[dict[str, Any]], None]) -> None:
         for csr in items:

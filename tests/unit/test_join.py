@@ -420,3 +420,21 @@ def test_an_unbound_token_makes_only_new_nodes() -> None:
     api = FakeAPI([client_csr("c1", "w1")], nodes={"w1": node_obj("Unknown")}, tokens_={"abcdef": token_secret()})
     approver.decide_all(api, in_process, "server-1")  # type: ignore[arg-type]
     assert api.verdicts["c1"][0] == "Denied" and "is not bound to it" in api.verdicts["c1"][1]
+
+
+def test_a_flood_of_requests_is_denied_unread() -> None:
+    """One requester's requests past MAX_PENDING are denied without a child to parse each."""
+    flood = [serving_csr(f"s{i}", "w1", ("w1", "10.77.0.2")) for i in range(approver.MAX_PENDING + 3)]
+    for i, c in enumerate(flood):
+        c["metadata"]["creationTimestamp"] = f"2026-12-06T10:00:{i:02d}Z"
+    api = FakeAPI(flood, nodes={"w1": node_obj()})
+    parsed = []
+
+    def counting(fn, _timeout: float = 0):  # type: ignore[no-untyped-def]
+        parsed.append(1)
+        return fn()
+
+    approver.decide_all(api, counting, "server-1")  # type: ignore[arg-type]
+    assert len(parsed) == approver.MAX_PENDING
+    denied = [n for n, v in api.verdicts.items() if "more than" in v[1]]
+    assert denied == [f"s{i}" for i in range(approver.MAX_PENDING, approver.MAX_PENDING + 3)], api.verdicts
