@@ -157,51 +157,6 @@ spec:
 NODE_PROCESSES = ("etcd", "kube-apiserver", "kubelet", "containerd")
 
 
-def test_a_pod_that_allocates_without_limit_takes_only_itself_down(cluster: Cluster) -> None:
-    """No limit on the pod: it allocates until the pods' cgroup (RAM - kubeReserved) is full
-    and the kernel kills it there, never the control plane (k4s.cluster.protect), and the node
-    stays Ready throughout. The node's own processes may swap to zram; the pod may not (the
-    kubelet's NoSwap), and it cannot push them there either."""
-    def starts() -> dict[str, int]:
-        console = cluster.vm.console.read_text(errors="replace")
-        return {n: console.count(f"component={n} event=start pid=") for n in NODE_PROCESSES}
-    def ready_since() -> str:
-        return cluster.kubectl("get", "node", "-o", "jsonpath={.items[0].status.conditions[?(@.type=='Ready')]"
-                               ".lastTransitionTime}").stdout
-    before, since = starts(), ready_since()
-    assert all(v >= 1 for v in before.values()), before
-    node = json.loads(cluster.kubectl("get", "node", "-o", "json").stdout)["items"][0]["status"]
-    total = int(node["capacity"]["memory"].removesuffix("Ki")) >> 10
-    allocatable = int(node["allocatable"]["memory"].removesuffix("Ki")) >> 10
-    assert allocatable == total - protect.reserved_mib("server", total) - kubelet.EVICTION_MIB
-    subprocess.run([str(KUBECTL), "--kubeconfig", str(cluster.vm.kubeconfig), "apply", "-f", "-"], input=HOG,
-                   text=True, check=True, capture_output=True, timeout=120)
-    # its log first: an evicted pod's container, and its log, are removed at once
-    cluster.wait_for("the hog's first line", lambda: (
-        (r := cluster.kubectl("logs", "hog", check=False)).returncode == 0 and r.stdout.strip() != "", r.stdout + r.stderr))
-    assert cluster.kubectl("logs", "hog").stdout.splitlines()[0] == "swap limit 0"
-    cluster.kubectl("exec", "hog", "--", "touch", "/go")
-
-    def ended():  # type: ignore[no-untyped-def]
-        pod = json.loads(cluster.kubectl("get", "pod", "hog", "-o", "json").stdout)
-        term = ((pod["status"].get("containerStatuses") or [{}])[0].get("state") or {}).get("terminated") or {}
-        # the kubelet evicting it (its container then "ContainerStatusUnknown") or the kernel
-        reason = pod["status"].get("reason") or term.get("reason") or ""
-        return pod["status"].get("phase") == "Failed", reason
-    reason = cluster.wait_for("the hog pod killed", ended, timeout=300)
-    assert reason in ("OOMKilled", "Evicted"), reason
-    assert starts() == before  # etcd, the apiserver, the kubelet and containerd kept their pids
-    assert_node_ready(cluster.vm)
-    assert ready_since() == since, "the node was not Ready for a while"
-    console = cluster.vm.console.read_text(errors="replace")
-    if reason == "OOMKilled":  # by the pods' cgroup limit, not with the whole machine out of memory
-        assert "Memory cgroup out of memory: Killed process" in console
-        assert "] Out of memory: Killed process" not in console
-    assert "component=protect event=cgroup path=/sys/fs/cgroup/k4s memory_min_mib=256" in console
-    assert "component=init event=zram size_mib=" in console
-    assert "event=adopt-failed" not in console and "event=no-cgroup" not in console
-
-
 VOLUME = """apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: {name: scratch}
@@ -226,7 +181,8 @@ def test_a_claim_without_a_class_gets_a_local_path_volume_in_ram(cluster: Cluste
     """No data disk: the default StorageClass still binds claims, with volumes in RAM under data-dir."""
     subprocess.run([str(KUBECTL), "--kubeconfig", str(cluster.vm.kubeconfig), "apply", "-f", "-"], input=VOLUME,
                    text=True, check=True, capture_output=True, timeout=120)
-    assert cluster.wait_finished("writer", timeout=400) == "Succeeded"
+    phase = cluster.wait_finished("writer", timeout=400)
+    assert phase == "Succeeded", cluster.kubectl("get", "pod", "writer", "-o", "jsonpath={.status}").stdout
     assert cluster.kubectl("logs", "writer").stdout.strip() == "written-to-a-volume"
     pvc = json.loads(cluster.kubectl("get", "pvc", "scratch", "-o", "json").stdout)
     assert pvc["spec"]["storageClassName"] == "local-path" and pvc["status"]["phase"] == "Bound"
@@ -337,6 +293,51 @@ def test_a_node_s_serving_csr_for_the_apiserver_s_service_ip_is_denied(cluster: 
     status = json.loads(cluster.wait_for("the CSR decided", decided, timeout=60))
     assert status["conditions"][0]["type"] == "Denied" and not status.get("certificate"), status
     assert "10.43.0.1 is in the pod or service network 10.43.0.0/16" in status["conditions"][0]["message"]
+
+
+def test_a_pod_that_allocates_without_limit_takes_only_itself_down(cluster: Cluster) -> None:
+    """No limit on the pod: it allocates until the pods' cgroup (RAM - kubeReserved) is full
+    and the kernel kills it there, never the control plane (k4s.cluster.protect), and the node
+    stays Ready throughout. The node's own processes may swap to zram; the pod may not (the
+    kubelet's NoSwap), and it cannot push them there either."""
+    def starts() -> dict[str, int]:
+        console = cluster.vm.console.read_text(errors="replace")
+        return {n: console.count(f"component={n} event=start pid=") for n in NODE_PROCESSES}
+    def ready_since() -> str:
+        return cluster.kubectl("get", "node", "-o", "jsonpath={.items[0].status.conditions[?(@.type=='Ready')]"
+                               ".lastTransitionTime}").stdout
+    before, since = starts(), ready_since()
+    assert all(v >= 1 for v in before.values()), before
+    node = json.loads(cluster.kubectl("get", "node", "-o", "json").stdout)["items"][0]["status"]
+    total = int(node["capacity"]["memory"].removesuffix("Ki")) >> 10
+    allocatable = int(node["allocatable"]["memory"].removesuffix("Ki")) >> 10
+    assert allocatable == total - protect.reserved_mib("server", total) - kubelet.EVICTION_MIB
+    subprocess.run([str(KUBECTL), "--kubeconfig", str(cluster.vm.kubeconfig), "apply", "-f", "-"], input=HOG,
+                   text=True, check=True, capture_output=True, timeout=120)
+    # its log first: an evicted pod's container, and its log, are removed at once
+    cluster.wait_for("the hog's first line", lambda: (
+        (r := cluster.kubectl("logs", "hog", check=False)).returncode == 0 and r.stdout.strip() != "", r.stdout + r.stderr))
+    assert cluster.kubectl("logs", "hog").stdout.splitlines()[0] == "swap limit 0"
+    cluster.kubectl("exec", "hog", "--", "touch", "/go")
+
+    def ended():  # type: ignore[no-untyped-def]
+        pod = json.loads(cluster.kubectl("get", "pod", "hog", "-o", "json").stdout)
+        term = ((pod["status"].get("containerStatuses") or [{}])[0].get("state") or {}).get("terminated") or {}
+        # the kubelet evicting it (its container then "ContainerStatusUnknown") or the kernel
+        reason = pod["status"].get("reason") or term.get("reason") or ""
+        return pod["status"].get("phase") == "Failed", reason
+    reason = cluster.wait_for("the hog pod killed", ended, timeout=300)
+    assert reason in ("OOMKilled", "Evicted"), reason
+    assert starts() == before  # etcd, the apiserver, the kubelet and containerd kept their pids
+    assert_node_ready(cluster.vm)
+    assert ready_since() == since, "the node was not Ready for a while"
+    console = cluster.vm.console.read_text(errors="replace")
+    if reason == "OOMKilled":  # by the pods' cgroup limit, not with the whole machine out of memory
+        assert "Memory cgroup out of memory: Killed process" in console
+        assert "] Out of memory: Killed process" not in console
+    assert "component=protect event=cgroup path=/sys/fs/cgroup/k4s memory_min_mib=256" in console
+    assert "component=init event=zram size_mib=" in console
+    assert "event=adopt-failed" not in console and "event=no-cgroup" not in console
 
 
 def test_deleting_the_operators_binding_withdraws_access(cluster: Cluster) -> None:
