@@ -167,7 +167,8 @@ def _bounded(chunks: Iterator[bytes], limit: int, name: str) -> bytes:
 def fetch_join(f: Fetch, iface: str, out: Path, own: Path = layout.JOIN_SECRET) -> Path | None:
     """The machine's join segment for stage 2 (see the module's docstring), or None when there is
     none to hand on (stage 2 then says what it lacks). The words are checked before they are
-    wrapped: a join may set the join keys and nothing else."""
+    wrapped: a join handed on may set its token and node name and nothing else
+    (joinsecret.HANDED_ON)."""
     from k4s.boot import joinsecret
 
     if own.is_file():
