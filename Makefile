@@ -5,7 +5,7 @@ OUT := out
 CACHE ?= /var/cache/k4s
 export K4S_CACHE := $(CACHE)
 
-PY_SOURCES := $(shell find k4s applets -name '*.py') build/k4s.spec build/k4s_entry.py pyproject.toml
+PY_SOURCES := $(shell find k4s applets -name '*.py') k4s/mkimage/stage0.sh build/k4s.spec build/k4s_entry.py pyproject.toml
 
 .PHONY: setup components components-lock components-download images k4s image stage1 netboot run up down test test-unit bench clean
 
@@ -77,7 +77,7 @@ test-unit:
 	$(PYTHON) -m pytest -q tests/unit
 
 bench: image stage1
-	$(PYTHON) bench/run.py
+	$(PYTHON) -m bench
 
 clean:
 	rm -rf $(OUT)

@@ -14,7 +14,7 @@ import click
 from k4s import config
 from k4s.cluster import components
 from k4s.errors import K4sError
-from k4s.proc import child_env
+from k4s.sys.env import child_env
 
 PASSTHROUGH = {"--version", "version", "-version"}
 

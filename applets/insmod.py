@@ -14,7 +14,7 @@ import click
 @click.argument("path", type=click.Path(path_type=Path))
 @click.argument("params", nargs=-1)
 def cli(path: Path, params: tuple[str, ...]) -> int:
-    from k4s.boot import kmod
+    from k4s.sys import kmod
 
     kmod.insmod(path, " ".join(params))
     return 0

@@ -18,7 +18,7 @@ from k4s.errors import K4sError
 def run(args: tuple[str, ...]) -> int:
     from k4s import config
     from k4s.layout import Paths
-    from k4s.proc import child_env
+    from k4s.sys.env import child_env
 
     cfg = config.load_for_applet(None, None, ())
     env = child_env(inherit=os.environ)

@@ -10,7 +10,7 @@ import click
 
 @click.command(help=__doc__.split("\n\n")[0])
 def cli() -> int:
-    from k4s.boot import kmod
+    from k4s.sys import kmod
 
     click.echo(f"{'Module':<24}{'Size':>8}  Used by")
     for name, (size, used, users) in sorted(kmod.loaded().items()):

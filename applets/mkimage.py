@@ -18,8 +18,8 @@ from pathlib import Path
 
 import click
 
+from k4s import mkimage as image
 from k4s.fsutil import write_atomic
-from k4s.image import assemble as image
 
 P = click.Path(path_type=Path)
 

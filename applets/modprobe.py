@@ -15,7 +15,7 @@ from k4s.errors import K4sError
 
 
 def run(names: list[str], params: str, quiet: bool, dry_run: bool, root: str) -> int:
-    from k4s.boot import kmod
+    from k4s.sys import kmod
 
     idx = kmod.Index.load(root)
     failed = 0

@@ -53,7 +53,7 @@ def with_client(kubeconfig: Path, fn):  # type: ignore[no-untyped-def]
 def create(node_name: str, segment: Path | None, ttl: str, reusable: bool, server: str, description: str,
            kubeconfig: Path) -> int:
     from k4s import config
-    from k4s.boot import joinsecret
+    from k4s.cluster import joinsecret
     from k4s.cluster.pki import spki_hash_pem
     from k4s.errors import K4sError
     from k4s.fsutil import write_atomic

@@ -72,12 +72,8 @@ def kubectl_nodes(vm: VM) -> None:
 
 def bring_up(vm: VM, timeout: float, echo: bool) -> tuple[subprocess.Popen[bytes], str]:
     t0 = time.monotonic()
-    proc = vm.start()
-    try:
-        name = vm.wait_ready(proc, timeout, echo)
-    except BaseException:
-        vm.power_off(30)
-        raise
+    b = vm.boot(timeout=timeout, echo=echo)  # QEMU is stopped if it fails
+    proc, name = b.proc, b.node
     if not vm.lan_only:  # a worker has no port of its own: reach the cluster through its server
         vm.write_kubeconfig()
     click.echo(f"k4s: node {name} Ready after {time.monotonic() - t0:.1f}s (QEMU pid {proc.pid})")

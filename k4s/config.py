@@ -24,7 +24,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from k4s import layout
@@ -272,124 +272,91 @@ class Key:
 C = True  # marks the keys the kernel command line may set
 
 
-SCHEMA: tuple[Key, ...] = (
-    Key("node-name", _optional(_dns_name), "", "node name; empty means the host name", cmdline=C),
-    Key("node-ip", _optional(_ipv4), "", "the node's IPv4 address; empty means the address of `interface`", cmdline=C),
-    Key("interface", _optional(_ifname), "", "interface that carries node traffic; empty means the default route's", cmdline=C),
-    Key("ip", _interface_address, "dhcp", "boot-time address of `interface`: dhcp or CIDR (appliance only)", cmdline=C),
-    Key("gateway", _optional(_ipv4), "", "default gateway for a static `ip`", cmdline=C),
-    Key("dns", _list_of(_ipv4), (), "upstream DNS servers for a static `ip`", cmdline=C),
-    Key("mgmt-interface", _optional(_ifname), "", "a second interface, brought up by DHCP, for the operator's "
-        "access (its default route and DNS); the node's traffic stays on `interface`", cmdline=C),
-    Key("hostname", _optional(_dns_name), "", "host name to set at boot; empty keeps the kernel's or uses node-name", cmdline=C),
-    Key("role", _choice("server", "agent"), "server", "server: the control plane and a node; agent: a worker "
-        "that joins `server` with a bootstrap token (kubeadm's protocol)", cmdline=C),
-    Key("server", _optional(_server_url), "", "agent: the apiserver to join, https://HOST:PORT", cmdline=C),
-    Key("token", _optional(_token), "", "agent: a bootstrap token <id>.<secret> from `k4s token create`; "
-        "single-use, short-lived, bound to one node name; only in the machine's join segment "
-        f"({layout.JOIN_SECRET}), never on the command line every pod can read", secret=True),
-    Key("ca-hash", _optional(_ca_hash), "", "agent: sha256 of the cluster CA's public key, pinned before "
-        "anything from the server is trusted", cmdline=C),
-    Key("cluster-cidr", _cidr, "10.42.0.0/16", "pod network"),
-    Key("service-cidr", _cidr, "10.43.0.0/16", "service ClusterIP network"),
-    Key("cluster-dns", _optional(_ipv4), "", "CoreDNS ClusterIP; empty means the 10th address of service-cidr"),
-    Key("cluster-domain", _dns_name, "cluster.local", "cluster DNS domain"),
-    Key("data", _optional(_data_device), "", "a disk for the node's state (etcd, PKI, images, kubelet, volumes), "
-        "mounted at data-dir: LABEL=K4SDATA or /dev/vdb; empty: the state lives in RAM", cmdline=C),
-    Key("data-format", _bool, False, "format `data` as ext4 when it is blank (never a disk that holds anything); "
-        "LABEL=NAME formats the only blank disk with that label", cmdline=C),
-    Key("data-dir", _abs_path, str(layout.DATA_DIR), "state: PKI, datastore, images, manifests"),
-    Key("run-dir", _abs_path, str(layout.RUN_DIR), "sockets, logs, status"),
-    Key("bin-dir", _abs_path, str(layout.LIBEXEC), "where the upstream binaries are"),
-    Key("write-kubeconfig", _abs_path, str(layout.USER_KUBECONFIG), "a copy of the admin kubeconfig for users (0600)"),
-    Key("tls-san", _list_of(_san), (), "extra names or addresses in the apiserver certificate", cmdline=C),
-    Key("apiserver-port", _int_range(1, 65535), 6443, "kube-apiserver secure port"),
-    Key("component-gogc", _int_range(10, 1000), 100,
-        "GOGC of the Go components once started (start-up runs at Go's default 100, or this if higher): "
-        "lower trades idle CPU for RAM", cmdline=C),
-    Key("component-processes", _choice("shared", "separate"), "shared",
-        "shared: etcd, controller-manager and scheduler run in the apiserver's process, kube-proxy in "
-        "the kubelet's (about 65 MiB less RAM); separate: one process each, with its own log", cmdline=C),
-    Key("zram", _int_range(0, 100), 50, "compressed swap in RAM (zram) for the node's own processes, as a "
-        "percent of RAM it may take in (uncompressed); pods never swap; 0 turns it off (appliance only)", cmdline=C),
-    Key("zram-algorithm", _choice("zstd", "lzo-rle", "lz4"), "zstd", "how zram compresses: zstd keeps the most "
-        "in the least RAM, lzo-rle and lz4 spend less CPU (a missing one falls back to the kernel's default)", cmdline=C),
-    Key("log-level", _choice("debug", "info", "warn", "error"), "info", "k4s log level", cmdline=C),
-    Key("cert-renew-days", _int_range(1, 3650), 90, "re-issue leaf certificates expiring within this many days "
-        "(or a third of their validity, if that is shorter), while the node runs"),
-    Key("cert-validity", _duration(1800, 3650 * 86400), 365 * 86400, "how long a leaf certificate the node issues "
-        "is valid: 365d, 12h, 30m"),
-    Key("metrics-port", _int_range(0, 65535), 10270, "k4s's Prometheus endpoint on the node IP (HTTPS, client "
-        "certificates of the cluster's client CAs, authorized by the apiserver); 0 turns it off"),
-    Key("on-failure", _choice("poweroff", "reboot", "halt"), "poweroff", "what init does after a fatal error", cmdline=C),
-    Key("events", _optional(_serial_port), "", "a serial port that gets every event as a JSON line, for tools "
-        "(k4s vm uses ttyS1); the console keeps the lines for people", cmdline=C),
-    Key("payload", _optional(_payload_url), "", "stage 1: where the signed stage 2 is (http://HOST/PATH/); "
-        "what it fetches is verified against the key built into stage 1, so the command line may point it "
-        "anywhere", cmdline=C),
-    Key("disable", _list_of(_choice("coredns", "kube-proxy", "flannel", "local-path", "manifests")), (),
-        "bundled parts to leave out; without flannel, pods get a bridge on this node only; without local-path, "
-        "no default StorageClass"),
-    *(Key(f"{c}-arg", _list_of(_flag), (), f"extra {c} flags, e.g. --v=2 (last one wins)") for c in ARG_COMPONENTS),
-)
-KEYS: dict[str, Key] = {k.name: k for k in SCHEMA}
-CMDLINE_KEYS = tuple(k.name for k in SCHEMA if k.cmdline)
-SECRET_KEYS = tuple(k.name for k in SCHEMA if k.secret)
-JOIN_KEYS = CMDLINE_KEYS + SECRET_KEYS  # what a machine's join segment may set
-HINT_JOIN_SEGMENT = ("hand it to the machine in its own join segment: `k4s token create --node NAME --segment FILE` "
-                     "(then `k4s vm --join-secret FILE`, or `k4s netboot serve --kubeconfig` for PXE and stage 1)")
-
-
 def attr(name: str) -> str:
     return name.replace("-", "_")
 
 
+def key(parse: Callable[[Any], Any], default: Any, help: str, cmdline: bool = False, secret: bool = False) -> Any:
+    """A key, declared as a field of Config: its parser, default and help; `cmdline`: the kernel
+    command line may set it (per-machine and harmless); `secret`: a machine's secret, which only
+    its join segment (or a flag) sets and nothing echoes."""
+    return field(default=default, metadata={"key": (parse, help, cmdline, secret)})
+
+
+def component_args(component: str) -> Any:
+    """`<component>-arg`: extra flags for an upstream component, as in k3s."""
+    return key(_list_of(_flag), (), f"extra {component} flags, e.g. --v=2 (last one wins)")
+
+
 @dataclass(frozen=True)
 class Config:
-    """The effective configuration. Built only by `load`; every value is validated."""
+    """The effective configuration. Built only by `load`; every value is validated. Each field is
+    a key, declared once: its parser, default and help (`key`); `config show` and the kernel
+    command line name it with dashes (node_name: node-name)."""
 
-    node_name: str
-    node_ip: str
-    interface: str
-    ip: str
-    gateway: str
-    dns: tuple[str, ...]
-    mgmt_interface: str
-    hostname: str
-    role: str
-    server: str
-    token: str
-    ca_hash: str
-    cluster_cidr: str
-    service_cidr: str
-    cluster_dns: str
-    cluster_domain: str
-    data: str
-    data_format: bool
-    data_dir: str
-    run_dir: str
-    bin_dir: str
-    write_kubeconfig: str
-    tls_san: tuple[str, ...]
-    apiserver_port: int
-    component_gogc: int
-    component_processes: str
-    zram: int
-    zram_algorithm: str
-    log_level: str
-    cert_renew_days: int
-    cert_validity: int
-    metrics_port: int
-    on_failure: str
-    events: str
-    payload: str
-    disable: tuple[str, ...]
-    etcd_arg: tuple[str, ...]
-    kube_apiserver_arg: tuple[str, ...]
-    kube_controller_manager_arg: tuple[str, ...]
-    kube_scheduler_arg: tuple[str, ...]
-    kubelet_arg: tuple[str, ...]
-    kube_proxy_arg: tuple[str, ...]
+    node_name: str = key(_optional(_dns_name), "", "node name; empty means the host name", cmdline=C)
+    node_ip: str = key(_optional(_ipv4), "", "the node's IPv4 address; empty means the address of `interface`", cmdline=C)
+    interface: str = key(_optional(_ifname), "", "interface that carries node traffic; empty means the default route's", cmdline=C)
+    ip: str = key(_interface_address, "dhcp", "boot-time address of `interface`: dhcp or CIDR (appliance only)", cmdline=C)
+    gateway: str = key(_optional(_ipv4), "", "default gateway for a static `ip`", cmdline=C)
+    dns: tuple[str, ...] = key(_list_of(_ipv4), (), "upstream DNS servers for a static `ip`", cmdline=C)
+    mgmt_interface: str = key(_optional(_ifname), "", "a second interface, brought up by DHCP, for the operator's "
+        "access (its default route and DNS); the node's traffic stays on `interface`", cmdline=C)
+    hostname: str = key(_optional(_dns_name), "", "host name to set at boot; empty keeps the kernel's or uses node-name", cmdline=C)
+    role: str = key(_choice("server", "agent"), "server", "server: the control plane and a node; agent: a worker "
+        "that joins `server` with a bootstrap token (kubeadm's protocol)", cmdline=C)
+    server: str = key(_optional(_server_url), "", "agent: the apiserver to join, https://HOST:PORT", cmdline=C)
+    token: str = key(_optional(_token), "", "agent: a bootstrap token <id>.<secret> from `k4s token create`; "
+        "single-use, short-lived, bound to one node name; only in the machine's join segment "
+        f"({layout.JOIN_SECRET}), never on the command line every pod can read", secret=True)
+    ca_hash: str = key(_optional(_ca_hash), "", "agent: sha256 of the cluster CA's public key, pinned before "
+        "anything from the server is trusted", cmdline=C)
+    cluster_cidr: str = key(_cidr, "10.42.0.0/16", "pod network")
+    service_cidr: str = key(_cidr, "10.43.0.0/16", "service ClusterIP network")
+    cluster_dns: str = key(_optional(_ipv4), "", "CoreDNS ClusterIP; empty means the 10th address of service-cidr")
+    cluster_domain: str = key(_dns_name, "cluster.local", "cluster DNS domain")
+    data: str = key(_optional(_data_device), "", "a disk for the node's state (etcd, PKI, images, kubelet, volumes), "
+        "mounted at data-dir: LABEL=K4SDATA or /dev/vdb; empty: the state lives in RAM", cmdline=C)
+    data_format: bool = key(_bool, False, "format `data` as ext4 when it is blank (never a disk that holds anything); "
+        "LABEL=NAME formats the only blank disk with that label", cmdline=C)
+    data_dir: str = key(_abs_path, str(layout.DATA_DIR), "state: PKI, datastore, images, manifests")
+    run_dir: str = key(_abs_path, str(layout.RUN_DIR), "sockets, logs, status")
+    bin_dir: str = key(_abs_path, str(layout.LIBEXEC), "where the upstream binaries are")
+    write_kubeconfig: str = key(_abs_path, str(layout.USER_KUBECONFIG), "a copy of the admin kubeconfig for users (0600)")
+    tls_san: tuple[str, ...] = key(_list_of(_san), (), "extra names or addresses in the apiserver certificate", cmdline=C)
+    apiserver_port: int = key(_int_range(1, 65535), 6443, "kube-apiserver secure port")
+    component_gogc: int = key(_int_range(10, 1000), 100,
+        "GOGC of the Go components once started (start-up runs at Go's default 100, or this if higher): "
+        "lower trades idle CPU for RAM", cmdline=C)
+    component_processes: str = key(_choice("shared", "separate"), "shared",
+        "shared: etcd, controller-manager and scheduler run in the apiserver's process, kube-proxy in "
+        "the kubelet's (about 65 MiB less RAM); separate: one process each, with its own log", cmdline=C)
+    zram: int = key(_int_range(0, 100), 50, "compressed swap in RAM (zram) for the node's own processes, as a "
+        "percent of RAM it may take in (uncompressed); pods never swap; 0 turns it off (appliance only)", cmdline=C)
+    zram_algorithm: str = key(_choice("zstd", "lzo-rle", "lz4"), "zstd", "how zram compresses: zstd keeps the most "
+        "in the least RAM, lzo-rle and lz4 spend less CPU (a missing one falls back to the kernel's default)", cmdline=C)
+    log_level: str = key(_choice("debug", "info", "warn", "error"), "info", "k4s log level", cmdline=C)
+    cert_renew_days: int = key(_int_range(1, 3650), 90, "re-issue leaf certificates expiring within this many days "
+        "(or a third of their validity, if that is shorter), while the node runs")
+    cert_validity: int = key(_duration(1800, 3650 * 86400), 365 * 86400, "how long a leaf certificate the node issues "
+        "is valid: 365d, 12h, 30m")
+    metrics_port: int = key(_int_range(0, 65535), 10270, "k4s's Prometheus endpoint on the node IP (HTTPS, client "
+        "certificates of the cluster's client CAs, authorized by the apiserver); 0 turns it off")
+    on_failure: str = key(_choice("poweroff", "reboot", "halt"), "poweroff", "what init does after a fatal error", cmdline=C)
+    events: str = key(_optional(_serial_port), "", "a serial port that gets every event as a JSON line, for tools "
+        "(k4s vm uses ttyS1); the console keeps the lines for people", cmdline=C)
+    payload: str = key(_optional(_payload_url), "", "stage 1: where the signed stage 2 is (http://HOST/PATH/); "
+        "what it fetches is verified against the key built into stage 1, so the command line may point it "
+        "anywhere", cmdline=C)
+    disable: tuple[str, ...] = key(_list_of(_choice("coredns", "kube-proxy", "flannel", "local-path", "manifests")), (),
+        "bundled parts to leave out; without flannel, pods get a bridge on this node only; without local-path, "
+        "no default StorageClass")
+    etcd_arg: tuple[str, ...] = component_args("etcd")
+    kube_apiserver_arg: tuple[str, ...] = component_args("kube-apiserver")
+    kube_controller_manager_arg: tuple[str, ...] = component_args("kube-controller-manager")
+    kube_scheduler_arg: tuple[str, ...] = component_args("kube-scheduler")
+    kubelet_arg: tuple[str, ...] = component_args("kubelet")
+    kube_proxy_arg: tuple[str, ...] = component_args("kube-proxy")
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -403,6 +370,17 @@ class Config:
             v = getattr(self, attr(key.name))
             out[key.name] = list(v) if isinstance(v, tuple) else v
         return out
+
+
+SCHEMA: tuple[Key, ...] = tuple(Key(f.name.replace("_", "-"), f.metadata["key"][0], f.default, *f.metadata["key"][1:])
+                                for f in fields(Config) if "key" in f.metadata)
+KEYS: dict[str, Key] = {k.name: k for k in SCHEMA}
+CMDLINE_KEYS = tuple(k.name for k in SCHEMA if k.cmdline)
+SECRET_KEYS = tuple(k.name for k in SCHEMA if k.secret)
+JOIN_KEYS = CMDLINE_KEYS + SECRET_KEYS  # what a machine's join segment may set
+HINT_JOIN_SEGMENT = ("hand it to the machine in its own join segment: `k4s token create --node NAME --segment FILE` "
+                     "(then `k4s vm --join-secret FILE`, or `k4s netboot serve --kubeconfig` for PXE and stage 1)")
+
 
 
 # --- the layers -------------------------------------------------------------------------

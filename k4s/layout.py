@@ -39,18 +39,65 @@ LOG_LINK = Path("/var/log/k4s")  # -> run-dir/log: the kubelet serves /var/log (
 MERGED = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
 PATH = f"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{LIBEXEC}"
 
-# The image's parts, in segment order: one compressed cpio segment each, so the size
-# report is exact and an unchanged part reuses its cached segment.
+# --- the image's parts: which file goes where (k4s.mkimage builds from this table) ---------
+
+# The parts, in segment order: one compressed cpio segment each, so the size report is
+# exact and an unchanged part reuses its cached segment.
+#   base        merged-/usr links, directories, device nodes, the rootfs overlay, stage 0
+#   k4s         the frozen bundle (BUNDLE)
+#   libs        the ldd closure of every ELF below
+#   tools       busybox and its applet links, HOST_TOOLS, XTABLES plugins
+#   kubernetes  the kube multicall (KUBE_MULTICALL) under LIBEXEC; its names link to it
+#   runtime     every other program under LIBEXEC: containerd, shim, runc, CNI, flannel, CoreDNS...
+#   images      airgap OCI tarballs (IMAGES)
+#   modules     kernel modules from MODULES_LIST and DATA_DISK_MODULES, with depmod's output
 PARTS = ("base", "k4s", "libs", "tools", "kubernetes", "runtime", "images", "modules")
 # These become squashfs files that init mounts read-only through loop devices: their
 # bytes stay compressed in RAM instead of being unpacked into the RAM root.
 SQUASHFS_PARTS = ("k4s", "kubernetes", "runtime", "images")
+KUBE_MULTICALL = "kube"  # the file every Kubernetes component name links to
+
+
+def binary_part(file: str) -> str:
+    """The part a program under LIBEXEC goes in."""
+    return "kubernetes" if file == KUBE_MULTICALL else "runtime"
+
+
+# Programs from the build host the node execs: host path -> more names (links) for it.
+HOST_TOOLS = {
+    "/usr/sbin/nft": (),
+    "/usr/sbin/xtables-nft-multi": ("iptables", "iptables-save", "iptables-restore", "ip6tables",
+                                    "ip6tables-save", "ip6tables-restore"),
+    "/usr/sbin/conntrack": (),
+    "/usr/sbin/mke2fs": ("mkfs.ext4",),  # formats a blank data disk (k4s.boot.datadisk)
+}
+XTABLES = Path("/usr/lib/x86_64-linux-gnu/xtables")  # iptables loads its matches and targets from here
+# The nodes /init needs before devtmpfs is mounted (without urandom Python dies at start):
+# (path, major, minor, mode)
+DEVICES = (("dev/console", 5, 1, 0o600), ("dev/null", 1, 3, 0o666), ("dev/urandom", 1, 9, 0o666),
+           ("dev/random", 1, 8, 0o666), ("dev/tty", 5, 0, 0o666), ("dev/kmsg", 1, 11, 0o644))
+SKELETON = ("proc", "sys", "dev", "run", "tmp", "root", "etc", str(DATA_DIR).lstrip("/"), "var/log", "usr/bin", "usr/sbin",
+            "usr/lib64", "mnt")
+# Modules a data disk needs (k4s.data): the disk's bus, and ext4. init loads them only then.
+DATA_DISK_MODULES = ("virtio_blk", "virtio_scsi", "sd_mod", "ahci", "nvme", "crc32c_generic", "ext4")
+STAGE0_MODULES = ("loop", "squashfs")  # stage 0 loads these to mount the k4s part
 # Applets worth a name of their own; the rest run as `k4s NAME`. No kubectl on the node
 # (no shell either): it is driven from outside with the kubeconfig.
 APPLET_LINKS = {
     "/usr/sbin": ("init", "poweroff", "reboot", "halt", "modprobe", "insmod", "lsmod"),
     "/usr/bin": ("cpio",),
 }
+
+# Stage 1 (LinuxBoot / PXE) is one part: a lean build of the same multicall with these applets
+# only (build/stage1.spec), /init running `stage1`, these names linked to it in /usr/sbin, the
+# NIC's modules (DHCP needs AF_PACKET, built in), and what it verifies payloads with.
+STAGE1_APPLETS = ("stage1", "kexec", "modprobe", "lsmod", "verify", "poweroff", "reboot", "halt")
+STAGE1_LINKS = ("modprobe", "kexec", "poweroff", "reboot")
+STAGE1_MODULES = ("virtio_pci", "virtio_net", "e1000", "e1000e")
+STAGE1_SKELETON = ("proc", "sys", "dev", "run", "tmp", "etc/k4s", "usr/bin", "usr/sbin", "usr/lib64")
+STAGE1_PUBLIC_KEY = Path("/etc/k4s/signing.pub")  # every payload's manifest must verify with it
+STAGE1_PAYLOAD_CA = Path("/etc/k4s/payload-ca.pem")  # `mkimage --stage1 --payload-ca`: an https server's CA
+STAGE1_MIN_SERIAL = Path("/etc/k4s/min-serial")  # `mkimage --stage1 --min-serial`: the lowest serial it boots
 
 
 def member(path: Path | str) -> str:

@@ -79,8 +79,10 @@ def run_applet(name: str, args: list[str]) -> int:
     except ModuleNotFoundError as e:  # a lean build (stage 1) carries only some applets
         if not getattr(sys, "frozen", False):
             raise
+        from k4s.layout import STAGE1_APPLETS
+
         print(f"k4s {name}: error: this build of k4s does not include it ({e.name} is missing) "
-              "(hint: stage 1 carries only stage1, kexec, modprobe, verify and the power applets)", file=sys.stderr)
+              f"(hint: stage 1 carries only {', '.join(STAGE1_APPLETS)})", file=sys.stderr)
         return 127
     try:
         rc = module.cli.main(args=args, prog_name=name, standalone_mode=False)

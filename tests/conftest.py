@@ -55,3 +55,18 @@ def k4s_cmd(*args: str, env: dict[str, str] | None = None, check: bool = False,
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "k4s", *args], cwd=ROOT, env=e, text=True,
                           capture_output=True, check=check, timeout=timeout)
+
+
+def tls_pair(tmp: Path, name: str, ip: str = "127.0.0.1") -> tuple[Path, Path, Path]:
+    """A CA and a server certificate from it for ip: (ca.crt, server.crt, server.key)."""
+    from k4s.cluster import certs, pki
+
+    ca = certs.CA(f"{name}-ca", f"{name} payload CA")
+    leaf = certs.Leaf(f"{name}-server", ca, "payload-server", usages=(certs.SERVER,), ip_addresses=(ip,))
+    ca_key, ca_cert = pki.issue_ca(ca)
+    key, cert = pki.issue_leaf(leaf, ca_key, ca_cert)
+    paths = tmp / f"{name}-ca.crt", tmp / f"{name}.crt", tmp / f"{name}.key"
+    paths[0].write_bytes(pki.cert_pem(ca_cert))
+    paths[1].write_bytes(pki.cert_pem(cert))
+    paths[2].write_bytes(pki.key_pem(key))
+    return paths

@@ -37,9 +37,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from k4s import log
-from k4s.boot import libc
+from k4s import layout, log
 from k4s.errors import K4sError
+from k4s.sys import libc
 
 DEFAULT_LABEL = "K4SDATA"  # what a device path formats with
 PROBE_BYTES = 1 << 20      # a disk is blank when this much of its start is zeros
@@ -51,7 +51,7 @@ MOUNT_FLAGS = libc.MS_NOSUID | libc.MS_NODEV
 MKFS = "mke2fs"
 # Shipped in the image's modules part, loaded only for a data disk: the disk drivers
 # of QEMU and of common servers, and ext4 (its checksums need crc32c).
-MODULES = ("virtio_blk", "virtio_scsi", "sd_mod", "ahci", "nvme", "crc32c_generic", "ext4")
+MODULES = layout.DATA_DISK_MODULES
 
 _mounted: list[str] = []  # what release() unmounts at poweroff
 
@@ -175,7 +175,7 @@ def find(spec: str, fmt: bool, settle: float = SETTLE) -> tuple[Disk, str]:
 
 
 def load_modules() -> None:
-    from k4s.boot import kmod
+    from k4s.sys import kmod
 
     idx = kmod.Index.load()
     for name in MODULES:

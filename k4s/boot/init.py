@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from k4s import layout, log
-from k4s.boot import libc
 from k4s.config import Config
 from k4s.errors import K4sError
+from k4s.sys import libc
 
 CGROUP_CONTROLLERS = ("cpuset", "cpu", "io", "memory", "hugetlb", "pids")
 SYSCTLS = {
@@ -129,7 +129,7 @@ def mount_parts() -> int:
 
 
 def lock_in_ram(path: Path) -> None:
-    """Keep a squashfs part's pages out of swap (k4s.boot.zram): they are compressed already,
+    """Keep a squashfs part's pages out of swap (k4s.sys.zram): they are compressed already,
     so zram would store them whole and squashfs would read them back on every page-cache
     miss of the binaries. Without swap, tmpfs pages stay in RAM anyway; this keeps it so."""
     try:
@@ -153,7 +153,7 @@ def grow_root() -> None:
 def load_modules() -> tuple[int, int]:
     """Load the modules the image lists; how many were loaded, and the bytes of RAM root
     their files held (deleted once loaded: kmod.drop_loaded_files)."""
-    from k4s.boot import kmod
+    from k4s.sys import kmod
 
     try:
         names = [ln.split("#")[0].strip() for ln in layout.MODULES_LIST.read_text().splitlines()]
@@ -177,7 +177,7 @@ def min_free_kbytes(mem_total_kib: int) -> int:
 
 
 def sysctls() -> None:
-    from k4s.cluster.memory import meminfo
+    from k4s.sys.mem import meminfo
 
     values = {f"/proc/sys/{k}": v for k, v in SYSCTLS.items()}
     # Huge pages only for programs that ask (madvise). With Debian's "always", the Go
@@ -196,10 +196,10 @@ def sysctls() -> None:
 
 
 def swap(percent: int, algorithm: str) -> None:
-    """Compressed swap in RAM for the node's own processes (k4s.boot.zram); without it the
+    """Compressed swap in RAM for the node's own processes (k4s.sys.zram); without it the
     node runs as before, so a failure is a warning."""
-    from k4s.boot import zram
-    from k4s.cluster.memory import meminfo
+    from k4s.sys import zram
+    from k4s.sys.mem import meminfo
 
     try:
         size, used = zram.setup(percent, meminfo()["MemTotal"], algorithm)
@@ -310,7 +310,7 @@ def main() -> None:
 
 def shutdown(action: str) -> None:
     from k4s.boot import datadisk, power
-    from k4s.cluster.supervisor import kill_all
+    from k4s.sys.process import kill_all
 
     try:
         kill_all()

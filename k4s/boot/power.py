@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from k4s import log
-from k4s.boot import libc
+from k4s.sys import libc
 
 ACTION_SIGNAL = {"poweroff": signal.SIGUSR2, "halt": signal.SIGUSR1, "reboot": signal.SIGTERM}
 SIGNAL_ACTION = {signal.SIGUSR2: "poweroff", signal.SIGPWR: "poweroff", signal.SIGUSR1: "halt",

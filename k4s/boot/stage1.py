@@ -32,14 +32,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from k4s import layout, log
-from k4s.boot import libc
 from k4s.config import Config
 from k4s.errors import K4sError
 from k4s.image import manifest
+from k4s.sys import libc
 
-PUBLIC_KEY = Path("/etc/k4s") / manifest.PUBLIC_KEY  # built into the stage-1 image
-PAYLOAD_CA = Path("/etc/k4s") / manifest.PAYLOAD_CA  # built in with `mkimage --stage1 --payload-ca`
-MIN_SERIAL = Path("/etc/k4s") / manifest.MIN_SERIAL  # built in with `mkimage --stage1 --min-serial`
+PUBLIC_KEY, PAYLOAD_CA, MIN_SERIAL = layout.STAGE1_PUBLIC_KEY, layout.STAGE1_PAYLOAD_CA, layout.STAGE1_MIN_SERIAL
 PLAUSIBLE_NOW = 1_735_689_600  # 2025-01-01: a clock before it was never set, and cannot check an expiry
 TRIES = 8
 BACKOFF = (1.0, 30.0)
@@ -169,7 +167,7 @@ def fetch_join(f: Fetch, iface: str, out: Path, own: Path = layout.JOIN_SECRET) 
     none to hand on (stage 2 then says what it lacks). The words are checked before they are
     wrapped: a join handed on may set its token and node name and nothing else
     (joinsecret.HANDED_ON)."""
-    from k4s.boot import joinsecret
+    from k4s.cluster import joinsecret
 
     if own.is_file():
         words, where = own.read_text(errors="replace"), "stage 1's own segment"

@@ -8,21 +8,10 @@ import threading
 from pathlib import Path
 
 from k4s import log
-from k4s.boot import zram
 from k4s.errors import K4sError
 from k4s.fsutil import write_atomic
-
-
-def meminfo(text: str | None = None) -> dict[str, int]:
-    """/proc/meminfo as {field: KiB}."""
-    if text is None:
-        text = Path("/proc/meminfo").read_text()
-    out = {}
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        if value := rest.split():
-            out[key] = int(value[0])
-    return out
+from k4s.sys import zram
+from k4s.sys.mem import meminfo, paging
 
 
 def memory_summary(mi: dict[str, int], zram_bytes: int | None = None) -> dict[str, int]:
@@ -49,18 +38,6 @@ def log_stats(stop: threading.Event, log_dir: Path | None = None, every: float =
         log.event("k4s", "stats", **memory_summary(mi), **paging(), load1=f"{os.getloadavg()[0]:.2f}")
         if log_dir is not None:
             write_memory_report(log_dir / "memory.txt", mi)
-
-
-def paging(text: str | None = None) -> dict[str, int]:
-    """Pages read back since boot: from swap (zram), and of files whose page cache was dropped
-    (refaults: the binaries, read back from squashfs). Both climbing fast is thrashing."""
-    try:
-        if text is None:
-            text = Path("/proc/vmstat").read_text()
-        counts = dict(line.split() for line in text.splitlines())
-        return {"swapins": int(counts.get("pswpin", 0)), "refaults": int(counts.get("workingset_refault_file", 0))}
-    except (OSError, ValueError):
-        return {}
 
 
 def anon_by_process() -> list[tuple[int, int, str]]:

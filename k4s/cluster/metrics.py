@@ -33,9 +33,10 @@ from typing import Any
 
 from k4s import log
 from k4s.cluster import kubeapi, renew
-from k4s.cluster.memory import anon_by_process, meminfo, memory_summary
+from k4s.cluster.memory import anon_by_process, memory_summary
 from k4s.errors import K4sError
 from k4s.layout import Paths
+from k4s.sys.mem import meminfo
 from k4s.tlsserve import TLSThreadingServer
 
 TIMEOUT = 10.0        # a client that has not finished its request by then is dropped

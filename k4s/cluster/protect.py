@@ -20,7 +20,7 @@ is the failure to avoid: the OOM killer chose the control plane). Three fences:
   - the kubelet's kubeReserved (with enforceNodeAllocatable: pods): the pods' cgroup,
     kubepods, gets memory.max = RAM - what the node itself uses (kernel, the RAM root,
     its processes). memory.min only fences the node's first 256 MiB; the rest of its
-    memory is swappable to zram (k4s.boot.zram), and a pod filling the machine pushed
+    memory is swappable to zram (k4s.sys.zram), and a pod filling the machine pushed
     it there until the whole node thrashed and went NotReady. With the cap, a pod that
     allocates without limit meets its cgroup's OOM killer before the machine is short.
 

@@ -12,13 +12,15 @@ import threading
 
 from k4s import log
 from k4s.cluster import components, metrics, renew, services, tasks
-from k4s.cluster.memory import log_stats, meminfo
+from k4s.cluster.memory import log_stats
 from k4s.cluster.node import Node
 from k4s.cluster.preflight import preflight
 from k4s.cluster.protect import Protector
-from k4s.cluster.supervisor import Supervisor, call_in_child
+from k4s.cluster.supervisor import Supervisor
 from k4s.cluster.tasks import ManifestWatcher
 from k4s.config import Config
+from k4s.sys.mem import meminfo
+from k4s.sys.process import call_in_child
 
 PKI_TIMEOUT = 120.0  # key generation under emulation takes seconds, not minutes
 JOIN_DEADLINE = 600.0  # a worker may boot before its server is up
@@ -70,7 +72,7 @@ def run_server(cfg: Config, control_plane_only: bool,
     Raises K4sError on a fatal failure, after stopping whatever had started. The caller has
     set up logging (log.setup).
     """
-    from k4s.boot import libc
+    from k4s.sys import libc
 
     node = Node.of(cfg)
     names = selected(control_plane_only, cfg)
@@ -78,7 +80,7 @@ def run_server(cfg: Config, control_plane_only: bool,
     preflight(node, names)
     if cfg.role == "agent":
         ca_hash = join_cluster(node)
-        from k4s.boot import joinsecret
+        from k4s.cluster import joinsecret
 
         joinsecret.forget(cfg.sources.get("token", ""))  # spent: the server deleted the token too
     else:

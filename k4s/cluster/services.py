@@ -33,7 +33,7 @@ from collections.abc import Callable
 from k4s.cluster import components, tasks
 from k4s.cluster.node import Node
 from k4s.cluster.supervisor import Service, Supervisor
-from k4s.proc import child_env
+from k4s.sys.env import child_env
 
 GRAPH: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("etcd", ()),

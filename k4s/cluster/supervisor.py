@@ -5,11 +5,11 @@ The order is derived from what each service waits for (`after`): a service
 starts once those are ready, and the stop runs the same order backwards.
 What waits for what is declared once, in k4s.cluster.services.
 
-This is the one module that calls waitpid. It reaps every child, including
+While it runs it reaps every child (k4s.sys.process.reaped), including
 orphans re-parented to it (it is PID 1 on the appliance and a child subreaper
 elsewhere), and hands exit codes to whoever waits on them (`run_command`,
-`call_in_child`, `kill_all`). Nothing else in k4s reaps, so no exit status is
-ever stolen.
+`call_in_child`), so no exit status is ever stolen. Spawning, renicing and
+forking live in k4s.sys.process.
 
 Three kinds of service:
   - a process: argv from a callback that also writes its config files;
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import threading
 import time
@@ -38,6 +37,7 @@ from typing import Any
 from k4s import log
 from k4s.errors import K4sError
 from k4s.fsutil import write_atomic
+from k4s.sys import process
 
 TICK = 0.1                # the loop's period while anything is starting
 IDLE_TICK = 1.0           # once everything is ready: a crash is still noticed within a second
@@ -136,30 +136,15 @@ class Supervisor:
 
     # --- process plumbing ----------------------------------------------------------------
 
-    def spawn(self, argv: list[str], env: dict[str, str], log_path: Path) -> int:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            actions = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-                       (os.POSIX_SPAWN_DUP2, fd, 1), (os.POSIX_SPAWN_DUP2, fd, 2)]
-            try:
-                # setsid: a Ctrl-C on the terminal reaches us, and we stop children in order.
-                return os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
-            except OSError as e:
-                raise K4sError(f"cannot start {argv[0]}: {e.strerror}",
-                               hint="check the component is built and executable (make components)") from e
-        finally:
-            os.close(fd)
-
     def run_command(self, argv: list[str], env: dict[str, str], log_path: Path, timeout: float = 120,
                     nice: int = 0) -> int:
         """Run a helper to completion (from a task thread); its exit code. The reaper reaps it."""
         done, box = threading.Event(), []
         with self._spawn_lock:
-            pid = self.spawn(argv, env, log_path)
+            pid = process.spawn(argv, env, log_path)
             self._waiters[pid] = (done, box)
             if nice:
-                renice(pid, nice)
+                process.renice(pid, nice)
         if not done.wait(timeout):
             os.kill(pid, signal.SIGKILL)
             done.wait(5)
@@ -171,24 +156,17 @@ class Supervisor:
         """call_in_child from a task thread while the supervisor runs: the reaper reaps it."""
         done, box = threading.Event(), []
         with self._spawn_lock:
-            pid, r = _fork_reply(fn)
+            pid, r = process.fork_reply(fn)
             self._waiters[pid] = (done, box)
 
         def wait() -> int:
             done.wait(10)
             return box[0] if box else -1
 
-        return _read_reply(pid, r, timeout, wait)
+        return process.read_reply(pid, r, timeout, wait)
 
     def reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            code = os.waitstatus_to_exitcode(status)
+        for pid, code in process.reaped():
             with self._spawn_lock:
                 waiter = self._waiters.pop(pid, None)
             if waiter:
@@ -265,7 +243,7 @@ class Supervisor:
         assert s.argv is not None
         try:
             argv = s.argv()
-            s.pid = self.spawn(argv, s.env, self.log_path(s))
+            s.pid = process.spawn(argv, s.env, self.log_path(s))
             if self.adopt is not None:
                 self.adopt(s.pid)
         except K4sError as e:
@@ -487,95 +465,3 @@ class Supervisor:
             write_atomic(self.status_path, json.dumps(doc, indent=1) + "\n")
         except (OSError, K4sError):
             pass
-
-
-def renice(pid: int | None, nice: int) -> None:
-    """Set the nice value of every thread of pid. On Linux nice is per thread, and
-    setpriority(PRIO_PROCESS, pid) reaches only the main one: a Go program's worker
-    threads (containerd unpacking a layer) would keep running at full priority."""
-    if pid is None:
-        return
-    try:
-        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        tids = [pid]
-    for tid in tids:
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, nice)
-        except OSError:
-            pass  # the thread (or process) is gone
-
-
-def _fork_reply(fn: Callable[[], Any]) -> tuple[int, int]:
-    """Fork a child that runs fn() and writes its JSON reply to a pipe; (pid, read end).
-    The child only imports, computes, and writes (no lock another thread might hold)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
-        code = 0
-        try:
-            os.close(r)
-            reply: dict[str, Any] = {"result": fn()}
-        except K4sError as e:
-            reply = {"error": e.message, "hint": e.hint}
-        except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
-            reply = {"error": f"{type(e).__name__}: {e}", "hint": "this is a bug in k4s; please report it"}
-        try:
-            with os.fdopen(w, "w") as f:
-                json.dump(reply, f)
-        except BaseException:  # noqa: BLE001
-            code = 1
-        os._exit(code)
-    os.close(w)
-    return pid, r
-
-
-def _read_reply(pid: int, r: int, timeout: float, wait: Callable[[], int]) -> Any:
-    """The child's result, or its K4sError raised here; killed at the timeout."""
-    raw, end = b"", time.monotonic() + timeout
-    with os.fdopen(r, "rb") as f:
-        while time.monotonic() < end and select.select([f], [], [], end - time.monotonic())[0]:
-            chunk = f.read1(65536)
-            if not chunk:
-                break
-            raw += chunk
-        else:
-            os.kill(pid, signal.SIGKILL)
-    code = wait()
-    try:
-        reply = json.loads(raw)
-    except ValueError:
-        raise K4sError(f"the child died ({code})", hint="run the step on its own to see its error") from None
-    if "error" in reply:
-        raise K4sError(reply["error"], hint=reply.get("hint"))
-    return reply["result"]
-
-
-def call_in_child(fn: Callable[[], Any], timeout: float) -> Any:
-    """fn() in a forked child; its JSON-able result, or its K4sError raised here.
-
-    For a one-off job whose imports should not stay in this long-lived process (PID 1
-    never imports cryptography). Before the supervisor runs; once it does, use
-    Supervisor.call_in_child, whose reaper hands the exit status over."""
-    pid, r = _fork_reply(fn)
-    return _read_reply(pid, r, timeout, lambda: os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-
-
-def kill_all(grace: float = 3.0) -> None:
-    """As PID 1 at shutdown: every other process gets TERM, a grace period, then KILL; all reaped."""
-    try:
-        os.kill(-1, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    end = time.monotonic() + grace
-    while time.monotonic() < end:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            time.sleep(0.05)
-    try:
-        os.kill(-1, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

@@ -15,11 +15,12 @@ from k4s import layout, log
 from k4s.cluster import addons, approver, certs, kubeapi
 from k4s.cluster.components import containerd, flannel, kubelet
 from k4s.cluster.node import Node
-from k4s.cluster.supervisor import Supervisor, renice
+from k4s.cluster.supervisor import Supervisor
 from k4s.errors import K4sError
 from k4s.fsutil import write_atomic
 from k4s.image import oci
-from k4s.proc import child_env
+from k4s.sys.env import child_env
+from k4s.sys.process import renice
 
 IMPORT_NICE = 15
 POD_STOP_GRACE = 10.0  # CoreDNS's lameduck is 5 s

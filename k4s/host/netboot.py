@@ -179,7 +179,7 @@ class _Handler(SimpleHTTPRequestHandler):
 
     def send_join(self, name: str) -> None:
         """A machine's join: words (for stage 1) or a segment (name.cpio, for iPXE)."""
-        from k4s.boot import joinsecret
+        from k4s.cluster import joinsecret
         from k4s.errors import K4sError
 
         wrap = name.endswith(".cpio")

@@ -128,5 +128,5 @@ def join_line(server: str, ca_hash: str, node_name: str = "") -> str:
 
 
 def join_secret(server: str, token: str, ca_hash: str, node_name: str = "") -> str:
-    """A machine's whole join, secret included: the text of its join segment (k4s.boot.joinsecret)."""
+    """A machine's whole join, secret included: the text of its join segment (k4s.cluster.joinsecret)."""
     return f"{join_line(server, ca_hash, node_name)} k4s.token={token}"

@@ -19,13 +19,19 @@ import socket
 import stat
 import subprocess
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from k4s import events as ev
 from k4s import layout, log
 from k4s.cluster import certs
 from k4s.config import KEYS
 from k4s.errors import K4sError
+from k4s.events import Event
 from k4s.host.operator import NotYet, Operator
 from k4s.host.operator import write_kubeconfig as write_pinned_kubeconfig
 from k4s.image import cpio
@@ -46,6 +52,37 @@ CMDLINE = f"console=ttyS0 quiet {KERNEL_DIAGNOSTICS} panic=-1 k4s.events={EVENTS
 
 class GuestLockup(K4sError):
     """The guest kernel locked up (see LOCKUP_MARKS); the message carries the stacks it printed."""
+
+
+class LockupWarning(UserWarning):
+    """A guest kernel lockup that a second boot got past."""
+
+
+EXIT = "exit"  # wait for QEMU to exit by itself (-no-reboot: a poweroff or a reboot ends it)
+Until = Event | str  # an event from k4s.events, or EXIT
+
+
+@dataclass
+class Boot:
+    """One boot of a VM: QEMU's process and the event it was waited for."""
+    vm: VM
+    proc: subprocess.Popen[bytes]
+    reached: dict[str, Any]  # the awaited event's fields, or {"rc": QEMU's status} for EXIT
+
+    @property
+    def rc(self) -> int | None:
+        return self.proc.poll()
+
+    @property
+    def node(self) -> str:
+        return str(self.reached.get("node", ""))
+
+    def console(self) -> str:
+        return self.vm.console.read_text(errors="replace")
+
+    def events(self, which: Event | None = None) -> list[dict[str, Any]]:
+        got = log.read_events(self.vm.events)
+        return [e for e in got if which is None or which.matches(e)]
 
 
 def lockup_report(console: str) -> str | None:
@@ -146,7 +183,7 @@ class VM:
     def join_segment(self) -> bytes:
         """The machine's join secret as an initrd segment: the file as `k4s token create --segment`
         wrote it, or a join line (k4s.token=...) wrapped into one; checked before QEMU starts."""
-        from k4s.boot import joinsecret
+        from k4s.cluster import joinsecret
 
         try:
             raw = self.join_secret.read_bytes()  # type: ignore[union-attr]
@@ -283,12 +320,16 @@ class VM:
             return None
         return pid if alive(pid) else None  # a QEMU killed -9 leaves its pidfile (and maybe a zombie)
 
-    def wait_ready(self, proc: subprocess.Popen[bytes] | None, timeout: float, echo: bool = True) -> str:
-        """Follow the boot until the node is Ready; its name. Raises on a fatal error or exit.
-        The guest's events (JSON lines on its second serial port) say what happened; the
-        console is echoed for people."""
+    def wait(self, proc: subprocess.Popen[bytes] | None, until: Until = ev.NODE_READY, timeout: float = 900,
+             echo: bool = False) -> dict[str, Any]:
+        """Follow the boot until the event `until` (the event's fields) or, with until="exit",
+        until QEMU exits by itself ({"rc": its status}). Raises K4sError on a fatal error
+        (unless waiting for the exit), on an exit before the event, or at the timeout, and
+        GuestLockup when the guest kernel locks up. The guest's events (JSON lines on its
+        second serial port) say what happened; the console is echoed for people."""
         end = time.monotonic() + timeout
         pos = seen = 0
+        what = "QEMU's exit" if until == EXIT else f"{until.component} {until.event}"  # type: ignore[union-attr]
         while time.monotonic() < end:
             text = self.console.read_text(errors="replace") if self.console.exists() else ""
             if lockup_report(text):
@@ -298,21 +339,63 @@ class VM:
                 for line in new.splitlines():
                     if "component=" in line or line.startswith("k4s"):
                         print(line, flush=True)
-            events = log.read_events(self.events)
-            for e in events[seen:]:
-                if e.get("component") == "pki" and e.get("event") == "ca":
+            got = log.read_events(self.events)
+            for e in got[seen:]:
+                if ev.CA.matches(e):
                     self.ca_hash = str(e.get("hash"))
-                if e.get("event") == "fatal":
+                if until != EXIT and e.get("event") == ev.FATAL:
                     hint = f" (hint: {e['hint']})" if e.get("hint") else ""
                     raise K4sError(f"the appliance failed: {e.get('error')}{hint}", hint=f"see {self.console}")
-                if e.get("component") == "node" and e.get("event") == "ready":
-                    return str(e.get("node"))
-            seen = len(events)
+                if until != EXIT and until.matches(e):  # type: ignore[union-attr]
+                    return e
+            seen = len(got)
             if proc is not None and proc.poll() is not None:
-                raise K4sError(f"QEMU exited ({proc.returncode}) before the node was Ready",
+                if until == EXIT:
+                    return {"rc": proc.returncode}
+                raise K4sError(f"QEMU exited ({proc.returncode}) before {what}",
                                hint=f"see {self.console} and {self.out / 'qemu.stderr'}")
             time.sleep(0.5)
-        raise K4sError(f"the node was not Ready within {timeout:.0f}s", hint=f"see {self.console}")
+        raise K4sError(f"no {what} within {timeout:.0f}s", hint=f"see {self.console}")
+
+    def boot(self, until: Until = ev.NODE_READY, timeout: float = 900, echo: bool = False,
+             again_on_lockup: bool = True) -> Boot:
+        """Start QEMU and wait for `until` (see wait). A guest kernel lockup (GuestLockup: the
+        console shows a soft lockup or an RCU stall under TCG, never a k4s failure) is a
+        LockupWarning, with the stacks the kernel printed, and the machine boots once more; the
+        locked console is kept as console-lockup.log. Any other failure, or a second lockup,
+        raises, with QEMU stopped."""
+        proc = self.start()
+        try:
+            return Boot(self, proc, self.wait(proc, until, timeout, echo))
+        except BaseException as e:
+            self.pull_plug()
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(30)
+            if not (again_on_lockup and isinstance(e, GuestLockup)):
+                raise
+            self.console.replace(self.out / "console-lockup.log")
+            warnings.warn(f"{e.message}; booting {self.out.name} once more", LockupWarning, stacklevel=2)
+        return self.boot(until, timeout, echo, again_on_lockup=False)
+
+    @contextmanager
+    def booted(self, until: Until = ev.NODE_READY, timeout: float = 900, echo: bool = False) -> Iterator[Boot]:
+        """`with vm.booted(until=...) as b:` the machine booted to `until` (see boot); on the way
+        out, powered off (the power button, then QEMU killed if it does not stop)."""
+        b = self.boot(until, timeout, echo)
+        try:
+            yield b
+        finally:
+            self.stop(b.proc)
+
+    def stop(self, proc: subprocess.Popen[bytes] | None = None, timeout: float = 120) -> None:
+        """Power off if running (the power button, then kill); reap QEMU's process."""
+        if self.running():
+            self.power_off(timeout)
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(30)
 
     def raise_lockup(self) -> None:
         """Give the kernel a moment to print every CPU's stack, then raise GuestLockup with them."""

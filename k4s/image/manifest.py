@@ -31,18 +31,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from k4s import layout
 from k4s.errors import K4sError
 from k4s.fsutil import write_atomic
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
-PUBLIC_KEY = "signing.pub"
-PAYLOAD_CA = "payload-ca.pem"  # stage 1: the CA bundle an https:// payload server is checked against
-PARTS_SHA256 = "parts.sha256"  # what stage 1 hands stage 2: `sha256sum -c` lines for its parts
+PUBLIC_KEY = layout.STAGE1_PUBLIC_KEY.name
+PAYLOAD_CA = layout.STAGE1_PAYLOAD_CA.name  # stage 1: the CA bundle an https:// payload server is checked against
+PARTS_SHA256 = layout.PARTS_CHECK.name  # what stage 1 hands stage 2: `sha256sum -c` lines for its parts
 SECRET_KEY = "signing.key"
 ROLES = ("kernel", "initrd", "config", "part")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a file name in the payload directory, nothing else
-MIN_SERIAL = "min-serial"  # built into stage 1: the lowest serial it boots
+MIN_SERIAL = layout.STAGE1_MIN_SERIAL.name  # built into stage 1: the lowest serial it boots
 RESERVED = frozenset({MANIFEST, SIGNATURE, PUBLIC_KEY, PAYLOAD_CA, PARTS_SHA256, SECRET_KEY, MIN_SERIAL,
                       "boot.ipxe", "initrd.img", "handoff.cpio", "join.cpio"})  # names the boot paths use
 NODE_ROLES = ("server", "agent")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from k4s.host.vm import VM, GuestLockup
-from tests.conftest import OUT, require, tool
+from k4s.host.vm import EXIT, VM
+from tests.conftest import OUT, k4s_cmd, require, tls_pair, tool
 
 KUBECTL = OUT / "components" / "bin" / "kubectl"
 STAGE1 = OUT / "stage1.cpio.xz"
@@ -36,24 +35,11 @@ def make_vm(tmp: Path, append: str = "", manifests: list[Path] | None = None, me
               manifests=manifests or [])
 
 
-def boot(vm: VM, timeout: float = 900, again_on_lockup: bool = True) -> subprocess.Popen[bytes]:
-    """Start the VM and wait until its node is Ready; QEMU, running. A guest kernel lockup
-    (GuestLockup: the console shows a soft lockup or an RCU stall, never a k4s failure) is
-    a warning in the test report, with the stacks the kernel printed, and the machine is
-    booted once more; its console is kept as console-lockup.log. Any other failure, or a
-    second lockup, fails. On failure QEMU is stopped."""
-    proc = vm.start()
-    try:
-        vm.wait_ready(proc, timeout=timeout, echo=False)
-        return proc
-    except BaseException as e:
-        vm.pull_plug()
-        proc.wait(30)
-        if not (again_on_lockup and isinstance(e, GuestLockup)):
-            raise
-        vm.console.replace(vm.out / "console-lockup.log")
-        warnings.warn(f"{e.message}; booting {vm.out.name} once more", stacklevel=2)
-    return boot(vm, timeout, again_on_lockup=False)
+def boot_until_exit(vm: VM, timeout: float = 300) -> tuple[int, str]:
+    """Boot and wait for QEMU to exit by itself (-no-reboot: a poweroff or a reboot ends it);
+    (its status, the console)."""
+    with vm.booted(until=EXIT, timeout=timeout) as b:
+        return b.reached["rc"], b.console()
 
 
 def assert_node_ready(vm: VM) -> None:
@@ -112,27 +98,24 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
     manifest.write_text(MANIFEST)
     vm = make_vm(tmp, manifests=[manifest])
     vm.metrics_port = METRICS_PORT
-    proc = boot(vm)
-    try:
+    with vm.booted():
         vm.write_kubeconfig()
         yield Cluster(vm)
-    finally:
-        if vm.running():
-            vm.power_off(120)
-        if proc.poll() is None:
-            proc.kill()
 
 
-def build_https_stage1(tmp: Path, min_serial: int = 0) -> tuple[Path, tuple[Path, Path]]:
-    """Stage 1 built with a payload CA (and a minimum serial), and a server certificate from that
-    CA for 10.0.2.2 (the host, from QEMU's user network): (initrd, (certificate, key))."""
-    from tests.conftest import k4s_cmd
-    from tests.unit.test_stage1 import tls_pair
+MIN_SERIAL = 100  # the https stage 1 refuses manifests signed with a lower serial (a revoked, older payload)
 
+
+@pytest.fixture(scope="session")
+def https_stage1(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[Path, Path]]:
+    """Stage 1 built with a payload CA and a minimum serial (MIN_SERIAL), and a server certificate
+    from that CA for 10.0.2.2 (the host, from QEMU's user network): (initrd, (certificate, key)).
+    Built once per test run."""
+    tmp = tmp_path_factory.mktemp("https-stage1")
     require(STAGE1.exists() and (KEYS / "signing.key").exists(), "stage 1 and its key", "make stage1")
     ca, crt, key = tls_pair(tmp, "payload", ip="10.0.2.2")
     out = tmp / "stage1-https.cpio.xz"
     r = k4s_cmd("mkimage", "--stage1", str(KEYS / "signing.pub"), "--bundle", str(OUT / "stage1" / "k4s"),
-                "--out", str(out), "--payload-ca", str(ca), "--min-serial", str(min_serial), timeout=600)
+                "--out", str(out), "--payload-ca", str(ca), "--min-serial", str(MIN_SERIAL), timeout=600)
     assert r.returncode == 0, r.stderr
     return out, (crt, key)

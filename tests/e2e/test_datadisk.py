@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from k4s import log
-from k4s.errors import K4sError
-from k4s.host.vm import VM
+from k4s import events, log
+from k4s.events import Event
+from k4s.host.vm import VM, Boot
 from tests.conftest import tool
-from tests.e2e.conftest import Cluster, boot, make_vm
+from tests.e2e.conftest import Cluster, boot_until_exit, make_vm
 
 DATA = "k4s.data=LABEL=K4SDATA"
 STATEFULSET = """apiVersion: apps/v1
@@ -53,15 +53,16 @@ spec:
 class Node:
     vm: VM
     cluster: Cluster
-    proc: subprocess.Popen[bytes] | None = None
+    last: Boot | None = None
 
     def boot(self, append: str) -> None:
         self.vm.append, self.vm.ca_hash = append, ""
-        self.proc = boot(self.vm)
+        self.last = self.vm.boot()
         self.vm.write_kubeconfig()
 
-    def events(self, component: str) -> list[dict]:
-        return [e for e in log.read_events(self.vm.events) if e.get("component") == component]
+    def events(self, which: Event) -> list[dict]:
+        assert self.last is not None
+        return self.last.events(which)
 
     def keeper_line(self, boot: int) -> str:
         """The StatefulSet pod's log line in this boot (its container restarts once per boot)."""
@@ -84,8 +85,7 @@ def node(tmp_path_factory) -> Iterator[Node]:
     try:
         yield n
     finally:
-        if vm.running():
-            vm.power_off(120)
+        vm.stop(n.last.proc if n.last else None)
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +107,8 @@ def first(node: Node) -> dict[str, str]:
 
 
 def test_a_blank_disk_is_formatted_and_takes_the_state(node: Node, first: dict[str, str]) -> None:
-    [fmt] = [e for e in node.events("data") if e["event"] == "formatted"]
-    [mounted] = [e for e in node.events("data") if e["event"] == "mounted"]
+    [fmt] = node.events(events.DATA_FORMATTED)
+    [mounted] = node.events(events.DATA_MOUNTED)
     assert fmt["device"] == mounted["device"] == "/dev/vda"
     assert mounted["at"] == "/var/lib/k4s" and mounted["label"] == "K4SDATA"
     pvc = json.loads(node.cluster.kubectl("get", "pvc", "data-keeper-0", "-o", "json").stdout)
@@ -119,7 +119,7 @@ def test_a_blank_disk_is_formatted_and_takes_the_state(node: Node, first: dict[s
 def test_after_the_power_button_everything_comes_back(node: Node, first: dict[str, str]) -> None:
     assert node.vm.power_off(180), "the node did not power itself off"
     node.boot(DATA)  # no data-format: the disk is found by its label
-    assert not [e for e in node.events("data") if e["event"] == "format"]
+    assert node.events(events.DATA_MOUNTED) and not node.events(events.DATA_FORMAT)
     assert node.vm.ca_hash == first["ca"], "the cluster CA changed across the reboot"
     c = node.cluster
     assert c.kubectl("get", "node", "-o", "jsonpath={.items[0].metadata.uid}").stdout == first["node-uid"]
@@ -154,15 +154,11 @@ def test_a_disk_holding_something_else_is_refused_and_left_as_it_was(tmp_path: P
     vm.disk = tmp_path / "other.qcow2"
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(vm.disk)], check=True)
     vm.append = "k4s.data=/dev/vda k4s.data-format=1"
-    proc = vm.start()
-    try:
-        with pytest.raises(K4sError, match="holds something other than an ext4 filesystem"):
-            vm.wait_ready(proc, timeout=300, echo=False)
-        assert proc.wait(120) == 0, "the node did not power off after the error"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    lines = [ln for ln in vm.console.read_text(errors="replace").splitlines() if "something other than" in ln]
+    rc, console = boot_until_exit(vm)
+    assert rc == 0, "the node did not power off after the error"
+    [fatal] = [e for e in log.read_events(vm.events) if e.get("event") == events.FATAL]
+    assert "holds something other than an ext4 filesystem" in fatal["error"], fatal
+    lines = [ln for ln in console.splitlines() if "something other than" in ln]
     assert lines and "hint:" in lines[0], lines
     after = tmp_path / "after.raw"
     subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(vm.disk), str(after)], check=True)

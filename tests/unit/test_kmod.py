@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from k4s.boot import kmod
 from k4s.errors import K4sError
+from k4s.sys import kmod
 
 
 @pytest.fixture

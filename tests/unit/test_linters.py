@@ -11,6 +11,6 @@ from tests.conftest import ROOT, require
 def test_ruff_clean() -> None:
     ruff = shutil.which("ruff")
     require(ruff is not None, "ruff", "make setup")
-    r = subprocess.run([str(ruff), "check", "k4s", "applets", "tests", "build"], cwd=ROOT, capture_output=True,
+    r = subprocess.run([str(ruff), "check", "k4s", "applets", "tests", "build", "bench"], cwd=ROOT, capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stdout + r.stderr

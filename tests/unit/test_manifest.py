@@ -108,10 +108,10 @@ def test_parts_are_signed_by_hash_and_handed_on_as_sha256sum_lines(tmp_path) -> 
 def test_mkimage_report_names_each_squashfs_part_with_its_hash() -> None:
     import json
 
-    from k4s.image import assemble
+    from k4s import mkimage
 
-    segs = [assemble.Segment("base", 3, 10, 5, False), assemble.Segment("kubernetes", 1, 100, 40, True, "cd" * 32, 38)]
-    doc = json.loads(assemble.report_json(segs))
+    segs = [mkimage.Segment("base", 3, 10, 5, False), mkimage.Segment("kubernetes", 1, 100, 40, True, "cd" * 32, 38)]
+    doc = json.loads(mkimage.report_json(segs))
     assert doc["parts"] == [{"name": "kubernetes.squashfs", "size": 38, "sha256": "cd" * 32}]
     assert [s["part"] for s in doc["segments"]] == ["base", "kubernetes"]
 

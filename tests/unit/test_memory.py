@@ -3,6 +3,8 @@
 import os
 
 from k4s.cluster import memory as node
+from k4s.sys import mem
+from k4s.sys.mem import meminfo
 
 SAMPLE = """MemTotal:         981472 kB
 MemFree:           80396 kB
@@ -20,7 +22,7 @@ HugePages_Total:       0
 
 
 def test_summary_splits_used_memory() -> None:
-    mi = node.meminfo(SAMPLE)
+    mi = meminfo(SAMPLE)
     assert mi["HugePages_Total"] == 0
     assert node.memory_summary(mi, zram_bytes=11 << 20) == {
         "mem_used_mib": 511, "anon_mib": 340, "shmem_mib": 96, "kernel_mib": 30, "swapped_mib": 30, "zram_mib": 11,
@@ -35,7 +37,7 @@ def test_anon_by_process_sees_this_process() -> None:
 
 
 def test_memory_report_is_written(tmp_path) -> None:
-    node.write_memory_report(tmp_path / "memory.txt", node.meminfo(SAMPLE))
+    node.write_memory_report(tmp_path / "memory.txt", meminfo(SAMPLE))
     text = (tmp_path / "memory.txt").read_text()
     assert text.startswith("mem_used_mib=511 anon_mib=340")
     rows = text.split("RssAnon by process:\n", 1)[1].splitlines()
@@ -43,6 +45,6 @@ def test_memory_report_is_written(tmp_path) -> None:
 
 
 def test_paging_counts_swapins_and_refaults() -> None:
-    assert node.paging("pswpin 12\npswpout 40\nworkingset_refault_file 977\n") == {"swapins": 12, "refaults": 977}
-    live = node.paging()
+    assert mem.paging("pswpin 12\npswpout 40\nworkingset_refault_file 977\n") == {"swapins": 12, "refaults": 977}
+    live = mem.paging()
     assert set(live) == {"swapins", "refaults"} and all(v >= 0 for v in live.values())

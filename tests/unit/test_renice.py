@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from k4s.cluster.supervisor import renice
+from k4s.sys.process import renice
 
 CHILD = "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); print(flush=True); time.sleep(30)"
 

@@ -12,6 +12,7 @@ from k4s.boot import stage1
 from k4s.errors import K4sError
 from k4s.host import netboot
 from k4s.image import manifest
+from tests.conftest import tls_pair
 
 
 @pytest.fixture
@@ -109,21 +110,6 @@ def test_only_http_payloads_and_a_bounded_number_of_tries(monkeypatch) -> None:
         stage1.Fetch("http://127.0.0.1:9/").get("manifest.json", lambda cs: b"".join(cs))
 
 
-def tls_pair(tmp: Path, name: str, ip: str = "127.0.0.1") -> tuple[Path, Path, Path]:
-    """A CA and a server certificate from it for ip: (ca.crt, server.crt, server.key)."""
-    from k4s.cluster import certs, pki
-
-    ca = certs.CA(f"{name}-ca", f"{name} payload CA")
-    leaf = certs.Leaf(f"{name}-server", ca, "payload-server", usages=(certs.SERVER,), ip_addresses=(ip,))
-    ca_key, ca_cert = pki.issue_ca(ca)
-    key, cert = pki.issue_leaf(leaf, ca_key, ca_cert)
-    paths = tmp / f"{name}-ca.crt", tmp / f"{name}.crt", tmp / f"{name}.key"
-    paths[0].write_bytes(pki.cert_pem(ca_cert))
-    paths[1].write_bytes(pki.cert_pem(cert))
-    paths[2].write_bytes(pki.key_pem(key))
-    return paths
-
-
 def test_https_payloads_verify_the_server_against_the_built_in_ca(tmp_path, monkeypatch) -> None:
     from k4s.host import netboot
 
@@ -147,7 +133,7 @@ def test_https_payloads_verify_the_server_against_the_built_in_ca(tmp_path, monk
 
 
 def test_a_payload_ca_bundle_is_checked_before_it_goes_into_the_image(tmp_path) -> None:
-    from k4s.image.assemble import check_ca_bundle
+    from k4s.mkimage import check_ca_bundle
 
     ca, crt, key = tls_pair(tmp_path, "b")
     check_ca_bundle(ca)

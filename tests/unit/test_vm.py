@@ -33,7 +33,7 @@ def test_waiting_for_ready_stops_at_a_guest_lockup(tmp_path, monkeypatch):
     m.console.write_text(LOCKED)
     m.events.write_text("")
     with pytest.raises(vm.GuestLockup, match="locked up: watchdog: BUG: soft lockup .* smp_call_function_many_cond"):
-        m.wait_ready(None, timeout=600, echo=False)
+        m.wait(None, timeout=600)
 
 
 def test_a_process_whose_main_thread_exited_is_alive_until_its_last_thread_is_gone():
@@ -63,3 +63,71 @@ def test_a_process_whose_main_thread_exited_is_alive_until_its_last_thread_is_go
     finally:
         child.kill()
         child.wait()
+
+
+class FakeQemu:
+    """VM.start without QEMU: each start writes one scripted console and event stream, and
+    returns a process that exits with `rc` after `lives` seconds."""
+
+    def __init__(self, boots: list[tuple[str, list[dict], float, int]]) -> None:
+        self.boots, self.started = boots, 0
+
+    def __call__(self, m: "vm.VM"):  # type: ignore[no-untyped-def]
+        import json
+        import subprocess
+        import sys
+
+        console, evs, lives, rc = self.boots[self.started]
+        self.started += 1
+        m.out.mkdir(parents=True, exist_ok=True)
+        m.console.write_text(console)
+        m.events.write_text("".join(json.dumps(e) + "\n" for e in evs))
+        return subprocess.Popen([sys.executable, "-c", f"import time, sys; time.sleep({lives}); sys.exit({rc})"])
+
+
+def fake(monkeypatch, tmp_path, *boots):  # type: ignore[no-untyped-def]
+    q = FakeQemu(list(boots))
+    monkeypatch.setattr(vm.VM, "start", lambda self: q(self))
+    monkeypatch.setattr(vm, "LOCKUP_TRACE_WAIT", 0)
+    return vm.VM(tmp_path, tmp_path / "vmlinuz", tmp_path / "initrd"), q
+
+
+READY = [{"component": "pki", "event": "ca", "hash": "sha256:ab"}, {"component": "init", "event": "start"},
+         {"component": "node", "event": "ready", "node": "k4s-1"}]
+
+
+def test_a_boot_stops_at_the_event_it_waits_for(monkeypatch, tmp_path):
+    from k4s import events
+
+    m, _ = fake(monkeypatch, tmp_path, ("", READY[:2], 30, 0), ("", READY, 30, 0))
+    with m.booted(until=events.INIT_START) as b:
+        assert b.reached == {"component": "init", "event": "start"} and b.proc.poll() is None
+    assert b.proc.poll() is not None  # stopped on the way out
+    with m.booted() as b:
+        assert b.node == "k4s-1" and m.ca_hash == "sha256:ab"
+
+
+def test_a_lockup_boots_once_more_and_a_second_one_fails(monkeypatch, tmp_path):
+    m, q = fake(monkeypatch, tmp_path, (LOCKED, [], 30, 0), ("", READY, 30, 0))
+    with pytest.warns(vm.LockupWarning, match="soft lockup"):
+        b = m.boot()
+    m.stop(b.proc)
+    assert q.started == 2 and b.node == "k4s-1"
+    assert "soft lockup" in (tmp_path / "console-lockup.log").read_text()
+    m, q = fake(monkeypatch, tmp_path, (LOCKED, [], 30, 0), (LOCKED, [], 30, 0))
+    with pytest.warns(vm.LockupWarning), pytest.raises(vm.GuestLockup):
+        m.boot()
+    assert q.started == 2
+
+
+def test_a_fatal_event_or_an_early_exit_fails_the_boot_and_exit_is_waited_for(monkeypatch, tmp_path):
+    from k4s.errors import K4sError
+
+    fatal = [{"component": "init", "event": "fatal", "error": "bad key", "hint": "fix it"}]
+    m, _ = fake(monkeypatch, tmp_path, ("", fatal, 30, 0), ("", [], 0, 3), ("", fatal, 0, 0))
+    with pytest.raises(K4sError, match="the appliance failed: bad key \\(hint: fix it\\)"):
+        m.boot()
+    with pytest.raises(K4sError, match=r"QEMU exited \(3\) before node ready"):
+        m.boot()
+    with m.booted(until=vm.EXIT, timeout=30) as b:  # a fatal error is what it waits to see end
+        assert b.reached == {"rc": 0} and b.events()[0]["error"] == "bad key"

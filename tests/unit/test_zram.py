@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 
-from k4s.boot import libc, zram
 from k4s.errors import K4sError
+from k4s.sys import libc, zram
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

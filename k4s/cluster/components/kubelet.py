@@ -7,10 +7,10 @@ from pathlib import Path
 import yaml
 
 from k4s.cluster import certs, kubeapi, protect
-from k4s.cluster.memory import meminfo
 from k4s.cluster.node import Node
 from k4s.config import Config
 from k4s.fsutil import write_atomic
+from k4s.sys.mem import meminfo
 
 BINARY = "kubelet"
 HELPERS: tuple[str, ...] = ()  # mount, umount, nft, iptables: host tools packed by mkimage
@@ -77,7 +77,7 @@ def kubelet_config(node: Node) -> dict:
         "healthzBindAddress": "127.0.0.1",
         "healthzPort": HEALTHZ_PORT,
         "readOnlyPort": 0,
-        # The node's own processes may swap to zram (k4s.boot.zram); NoSwap keeps every
+        # The node's own processes may swap to zram (k4s.sys.zram); NoSwap keeps every
         # container's memory.swap.max at 0, so pods never do.
         "failSwapOn": False,
         "memorySwap": {"swapBehavior": "NoSwap"},

@@ -24,8 +24,8 @@ import re
 import struct
 from pathlib import Path
 
-from k4s.boot import libc
 from k4s.errors import K4sError
+from k4s.sys import libc
 
 DEVICE = "zram0"
 PRIORITY = 100

@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from k4s.boot import libc
 from k4s.errors import K4sError
+from k4s.sys import libc
 
 EEXIST = 17
 

@@ -1,0 +1,65 @@
+"""The events the host waits for and measures by, one name each.
+
+The guest writes them (k4s.log: a console line and a JSON line on its second serial
+port); k4s.host.vm waits for them, the bench reads the boot's critical path from them,
+and the tests assert on them. An event is a (component, event) pair; a component's
+name is a supervised service's name where one emits it (etcd, kube-apiserver, node).
+Standard library only: PID 1 and stage 1 import this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+
+class Event(NamedTuple):
+    component: str
+    event: str
+
+    def matches(self, e: Mapping[str, Any]) -> bool:
+        return e.get("component") == self.component and e.get("event") == self.event
+
+    def first(self, events: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+        """The first of `events` that is this one, or None."""
+        return next((e for e in events if self.matches(e)), None)
+
+    def all(self, events: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        return [e for e in events if self.matches(e)]
+
+
+FATAL = "fatal"  # any component's: PID 1 (init, stage1) records why it ends
+
+# stage 1 (LinuxBoot / PXE): fetch, verify, kexec
+STAGE1_START = Event("stage1", "start")
+STAGE1_VERIFIED = Event("stage1", "verified")            # one artifact (file=, bytes=, seconds=)
+STAGE1_PAYLOAD_VERIFIED = Event("stage1", "payload-verified")
+STAGE1_JOIN = Event("stage1", "join")                    # found=, source=
+STAGE1_HANDOFF = Event("stage1", "handoff")
+
+# init (PID 1 of stage 2), in boot order
+INIT_START = Event("init", "start")                      # stage 0 checked and mounted the bundle
+MOUNTS = Event("init", "mounts")
+MODULES = Event("init", "modules")
+PAYLOAD = Event("init", "payload")                       # the squashfs parts mounted
+NETWORK = Event("init", "network")
+DATA_FORMAT = Event("data", "format")
+DATA_FORMATTED = Event("data", "formatted")
+DATA_MOUNTED = Event("data", "mounted")
+
+# the node
+CA = Event("pki", "ca")                                  # hash=: the cluster CA's pin
+ETCD_START = Event("etcd", "start")
+ETCD_READY = Event("etcd", "ready")
+APISERVER_READY = Event("kube-apiserver", "ready")
+JOINED = Event("join", "joined")
+NODE_READY = Event("node", "ready")                      # node=: its name
+COREDNS_READY = Event("coredns", "ready")
+STATS = Event("k4s", "stats")                            # memory, every minute
+CONTAINERD_RUNTIME = Event("containerd", "runtime")      # pivot_root=
+SECRET_DELETED = Event("join", "secret-deleted")
+
+# the boot's critical path as the bench reports it: (label, event)
+TIMELINE = (("/init", INIT_START), ("mounts", MOUNTS), ("modules", MODULES), ("network", NETWORK),
+            ("pki", ETCD_START), ("etcd ready", ETCD_READY), ("apiserver ready", APISERVER_READY),
+            ("node Ready", NODE_READY), ("CoreDNS Ready", COREDNS_READY))

@@ -1,0 +1,48 @@
+"""A fleet in QEMU on one host: a server and workers on a virtual lan.
+
+The server's QEMU runs the lan's hub, with one listening loopback socket per other VM
+(k4s.host.vm.VM.network); its user network stays its management NIC (eth0), the lan is
+eth1. A worker has one NIC, on the lan, and joins with a join segment from
+`k4s token create --segment` (never a token on its command line). The tests and the
+bench boot fleets through this module.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from k4s.errors import K4sError
+from k4s.host.vm import VM
+
+SERVER_IP = "10.77.0.1"
+SERVER_APPEND = f"k4s.interface=eth1 k4s.ip={SERVER_IP}/24 k4s.mgmt-interface=eth0"
+
+
+def node_name(mac: str) -> str:
+    """The node name a machine without k4s.node-name takes: k4s- and its MAC's last three bytes."""
+    return "k4s-" + mac.replace(":", "")[-6:].lower()
+
+
+def server(out: Path, kernel: Path, initrd: Path, lan_ports: tuple[int, ...], memory: int = 1536,
+           port: int = 6443) -> VM:
+    """The server: the lan's hub, its apiserver forwarded to the host's `port`."""
+    return VM(out, kernel, initrd, memory=memory, port=port, lan_ports=tuple(lan_ports), append=SERVER_APPEND)
+
+
+def worker(out: Path, kernel: Path, initrd: Path, lan_port: int, mac: str, ip: str, join: Path,
+           memory: int = 1024) -> VM:
+    """A lan-only worker: no user network, no forwarded port, no seed; its only secret is its
+    join (a segment, or the line `k4s token create` printed), appended to its initrd."""
+    return VM(out, kernel, initrd, memory=memory, lan_connect=lan_port, mac=mac, seeded=False,
+              append=f"k4s.ip={ip}/24 k4s.gateway={SERVER_IP}", join_secret=join)
+
+
+def token_create(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`k4s token create` against the server, from this source tree."""
+    r = subprocess.run([sys.executable, "-m", "k4s", "token", "create", "--kubeconfig", str(kubeconfig), *args],
+                       capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    if r.returncode != 0:
+        raise K4sError(f"k4s token create failed: {r.stderr.strip()}", hint="is the server up?")
+    return r
