@@ -7,7 +7,7 @@ export K4S_CACHE := $(CACHE)
 
 PY_SOURCES := $(shell find k4s applets -name '*.py') k4s/mkimage/stage0.sh build/k4s.spec build/k4s_entry.py pyproject.toml
 
-.PHONY: setup components components-lock components-download images k4s image stage1 netboot run up down test test-unit bench clean
+.PHONY: setup components components-lock components-download images k4s image stage1 netboot run up down test test-unit test-repro bench clean
 
 setup:
 	bash build/setup.sh
@@ -70,8 +70,13 @@ components-lock:
 	$(PYTHON) build/components/build.py --update-lock
 
 # The README's test command: installs, builds, then runs every tier.
+# Two test processes (pytest-xdist): an e2e module's tests share one boot and stay in one process.
 test: image stage1
-	$(PYTHON) -m pytest -v -ra --durations=10 tests
+	$(PYTHON) -m pytest -v -ra --durations=10 -n 2 --dist loadgroup -m "not repro" tests
+
+# A cold rebuild of the whole image gives the same sha256 (minutes of zstd -19 and mksquashfs).
+test-repro: image
+	$(PYTHON) -m pytest -v -m repro tests
 
 test-unit:
 	$(PYTHON) -m pytest -q tests/unit

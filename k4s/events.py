@@ -28,17 +28,17 @@ class Event(NamedTuple):
         return [e for e in events if self.matches(e)]
 
 
-FATAL = "fatal"  # any component's: PID 1 (init, stage1) records why it ends
+START, FATAL = "start", "fatal"  # PID 1 (init, stage1) records its start, and why it ends
 
 # stage 1 (LinuxBoot / PXE): fetch, verify, kexec
-STAGE1_START = Event("stage1", "start")
+STAGE1_START = Event("stage1", START)
 STAGE1_VERIFIED = Event("stage1", "verified")            # one artifact (file=, bytes=, seconds=)
 STAGE1_PAYLOAD_VERIFIED = Event("stage1", "payload-verified")
 STAGE1_JOIN = Event("stage1", "join")                    # found=, source=
 STAGE1_HANDOFF = Event("stage1", "handoff")
 
 # init (PID 1 of stage 2), in boot order
-INIT_START = Event("init", "start")                      # stage 0 checked and mounted the bundle
+INIT_START = Event("init", START)                      # stage 0 checked and mounted the bundle
 MOUNTS = Event("init", "mounts")
 MODULES = Event("init", "modules")
 PAYLOAD = Event("init", "payload")                       # the squashfs parts mounted

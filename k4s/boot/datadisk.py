@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from k4s import layout, log
+from k4s import events, layout, log
 from k4s.errors import K4sError
 from k4s.sys import libc
 
@@ -231,10 +231,10 @@ def mount(spec: str, fmt: bool, data_dir: Path, staging: Path) -> Disk:
     load_modules()
     disk, label = find(spec, fmt)
     if label:
-        log.event("data", "format", device=disk.name, label=label)
+        log.event(*events.DATA_FORMAT, device=disk.name, label=label)
         t0 = time.monotonic()
         make_filesystem(disk, label)
-        log.event("data", "formatted", device=disk.name, seconds=round(time.monotonic() - t0, 1))
+        log.event(*events.DATA_FORMATTED, device=disk.name, seconds=round(time.monotonic() - t0, 1))
     staging.mkdir(parents=True, exist_ok=True)
     try:
         libc.mount(disk.name, str(staging), "ext4", MOUNT_FLAGS, "")
@@ -251,7 +251,7 @@ def mount(spec: str, fmt: bool, data_dir: Path, staging: Path) -> Disk:
                        hint="the disk may be full or read-only; check it (e2fsck)") from None
     _mounted.append(str(data_dir))
     used = shutil.disk_usage(data_dir)
-    log.event("data", "mounted", device=disk.name, label=label or disk.label, at=str(data_dir),
+    log.event(*events.DATA_MOUNTED, device=disk.name, label=label or disk.label, at=str(data_dir),
               size_mib=used.total >> 20, used_mib=used.used >> 20)
     return disk
 

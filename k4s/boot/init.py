@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from k4s import layout, log
+from k4s import events, layout, log
 from k4s.config import Config
 from k4s.errors import K4sError
 from k4s.sys import libc
@@ -235,15 +235,15 @@ def boot() -> str:
     from k4s.cluster.server import run_server
 
     mount_all()
-    stage("mounts")
+    stage(events.MOUNTS.event)
     cfg = config.load(cmdline=config.read_proc_cmdline(), join_secret=str(layout.JOIN_SECRET))
     paths = layout.Paths.of(cfg.data_dir, cfg.run_dir)
     log.setup(paths.logs, cfg.log_level, events=paths.events, device=f"/dev/{cfg.events}" if cfg.events else None)
     stage("config", source=cfg.sources.get("node-name"))
     n, freed = load_modules()
-    stage("modules", loaded=n, freed_kib=freed >> 10)
+    stage(events.MODULES.event, loaded=n, freed_kib=freed >> 10)
     grow_root()
-    stage("payload", mounted=mount_parts())
+    stage(events.PAYLOAD.event, mounted=mount_parts())
     if cfg.data:
         from k4s.boot import datadisk
 
@@ -283,11 +283,11 @@ def run_pid1(name: str, body: Callable[[], str], failed: str) -> None:
     action = "poweroff"
     try:
         log.console(f"k4s {name}: starting (kernel {os.uname().release}, {log.uptime():.2f}s since boot)")
-        log.record(name, "start", kernel=os.uname().release)
+        log.record(name, events.START, kernel=os.uname().release)
         action = body()
     except K4sError as e:
         log.console(e.render(f"k4s {name}"))
-        log.record(name, "fatal", level="error", error=e.message, hint=e.hint)
+        log.record(name, events.FATAL, level="error", error=e.message, hint=e.hint)
         action = on_failure_action()
         log.console(f"k4s {name}: {failed}; will {action} (k4s.on-failure=poweroff|reboot|halt)")
         time.sleep(1)
@@ -297,7 +297,7 @@ def run_pid1(name: str, body: Callable[[], str], failed: str) -> None:
         traceback.print_exc()
         log.console(f"k4s {name}: error: unexpected {type(e).__name__}: {e} (hint: this is a bug; "
                     "the traceback above says where)")
-        log.record(name, "fatal", level="error", error=f"unexpected {type(e).__name__}: {e}")
+        log.record(name, events.FATAL, level="error", error=f"unexpected {type(e).__name__}: {e}")
         action = on_failure_action()
     finally:
         shutdown(action)

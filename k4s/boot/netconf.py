@@ -15,7 +15,7 @@ import time
 import types
 from pathlib import Path
 
-from k4s import log
+from k4s import events, log
 from k4s.config import Config
 from k4s.errors import K4sError
 from k4s.fsutil import write_atomic
@@ -190,9 +190,9 @@ def setup(cfg: Config, run_dir: Path) -> tuple[str, str]:
         ip = DHCP(iface, cfg.hostname or cfg.node_name, run_dir / "dhcp").start()
     else:
         ip = static(cfg, iface)
-    log.event("init", "network", interface=iface, ip=ip, mode="dhcp" if cfg.ip == "dhcp" else "static")
+    log.event(*events.NETWORK, interface=iface, ip=ip, mode="dhcp" if cfg.ip == "dhcp" else "static")
     if cfg.mgmt_interface:  # after the static node interface: its DHCP lease sets the default route and DNS
         mgmt = wait_for_interface(cfg.mgmt_interface)
         mip = DHCP(mgmt, cfg.hostname or cfg.node_name, run_dir / "dhcp-mgmt").start()
-        log.event("init", "network", interface=mgmt, ip=mip, mode="dhcp", role="management")
+        log.event(*events.NETWORK, interface=mgmt, ip=mip, mode="dhcp", role="management")
     return iface, ip

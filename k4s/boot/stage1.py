@@ -31,7 +31,7 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
-from k4s import layout, log
+from k4s import events, layout, log
 from k4s.config import Config
 from k4s.errors import K4sError
 from k4s.image import manifest
@@ -149,7 +149,7 @@ def fetch_verified(base: str, directory: Path, pub: bytes, role: str | None = No
                 return manifest.check_stream(art, chunks, out)
 
         n = f.get(art.name, consume)
-        log.event("stage1", "verified", file=art.name, bytes=n, seconds=time.monotonic() - t0)
+        log.event(*events.STAGE1_VERIFIED, file=art.name, bytes=n, seconds=time.monotonic() - t0)
     return m
 
 
@@ -172,7 +172,7 @@ def fetch_join(f: Fetch, iface: str, out: Path, own: Path = layout.JOIN_SECRET) 
     if own.is_file():
         words, where = own.read_text(errors="replace"), "stage 1's own segment"
     elif f.ctx is None:  # plain http: anyone on the way would read the token, or hand over another
-        log.event("stage1", "join", level="warn", found=False,
+        log.event(*events.STAGE1_JOIN, level="warn", found=False,
                   reason="a join is fetched only over https (mkimage --stage1 --payload-ca)")
         return None
     else:
@@ -182,11 +182,11 @@ def fetch_join(f: Fetch, iface: str, out: Path, own: Path = layout.JOIN_SECRET) 
             return None
         words, where = _get_join(f, mac), f"{f.path}join/{mac}"
         if words is None:
-            log.event("stage1", "join", found=False, asked=where)
+            log.event(*events.STAGE1_JOIN, found=False, asked=where)
             return None
     out.write_bytes(joinsecret.segment(joinsecret.words(words, joinsecret.HANDED_ON)))
     out.chmod(0o600)
-    log.event("stage1", "join", found=True, source=where)
+    log.event(*events.STAGE1_JOIN, found=True, source=where)
     return out
 
 
@@ -224,7 +224,7 @@ def handoff(m: manifest.Manifest, out: Path) -> Path:
 
     check = manifest.parts_check(m, str(layout.PARTS_DIR))
     out.write_bytes(cpio.bytes_of([cpio.Entry(layout.member(layout.PARTS_CHECK), stat.S_IFREG | 0o444, check)]))
-    log.event("stage1", "handoff", parts=len(m.by_role("part")))
+    log.event(*events.STAGE1_HANDOFF, parts=len(m.by_role("part")))
     return out
 
 
@@ -291,14 +291,14 @@ def boot() -> str:
 
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     n, freed = init.load_modules()  # the freed RAM is room for the payload it fetches
-    init.stage("modules", loaded=n, freed_kib=freed >> 10)
+    init.stage(events.MODULES.event, loaded=n, freed_kib=freed >> 10)
     iface, ip = netconf.setup(cfg, paths.run)
     log.event("stage1", "fetch", payload=cfg.payload)
     t0 = time.monotonic()
     stage2 = paths.run / "stage2"
     m = fetch_verified(cfg.payload, stage2, pub, cfg.role if cfg.sources.get("role") != "default" else None)
     total = sum(a.size for a in [*m.by_role("kernel"), *m.by_role("initrd")])
-    log.event("stage1", "payload-verified", bytes=total, seconds=time.monotonic() - t0)
+    log.event(*events.STAGE1_PAYLOAD_VERIFIED, bytes=total, seconds=time.monotonic() - t0)
     initrds = [stage2 / a.name for a in m.by_role("initrd")]
     if m.node_role == "agent" and (join := fetch_join(Fetch(cfg.payload), iface, stage2 / "join.cpio")):
         initrds.append(join)

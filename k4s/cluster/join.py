@@ -29,7 +29,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from k4s import log
+from k4s import events, log
 from k4s.cluster import addons, certs, kubeapi
 from k4s.cluster.components import apiserver, kubelet
 from k4s.errors import K4sError
@@ -239,5 +239,5 @@ def join(server: str, token_text: str, ca_hash: str, node_name: str, files: cert
             time.sleep(delay)
             delay = min(delay * 2, 15.0)
     write_credentials(files, cert_dir, server, ca_pem, cert, key)
-    log.event("join", "joined", server=server, token=token.id)
+    log.event(*events.JOINED, server=server, token=token.id)
     return ca_hash

@@ -17,7 +17,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from k4s import layout, log
+from k4s import events, layout, log
 from k4s.image import cpio
 
 
@@ -50,7 +50,7 @@ def forget(source: str) -> None:
     path = Path(source[len(prefix):])
     try:
         path.unlink()
-        log.event("join", "secret-deleted", path=path)
+        log.event(*events.SECRET_DELETED, path=path)
     except FileNotFoundError:
         pass
     except OSError as e:

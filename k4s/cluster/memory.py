@@ -7,7 +7,7 @@ import os
 import threading
 from pathlib import Path
 
-from k4s import log
+from k4s import events, log
 from k4s.errors import K4sError
 from k4s.fsutil import write_atomic
 from k4s.sys import zram
@@ -35,7 +35,7 @@ def log_stats(stop: threading.Event, log_dir: Path | None = None, every: float =
             mi = meminfo()
         except (OSError, ValueError):
             continue  # no /proc: nothing to report
-        log.event("k4s", "stats", **memory_summary(mi), **paging(), load1=f"{os.getloadavg()[0]:.2f}")
+        log.event(*events.STATS, **memory_summary(mi), **paging(), load1=f"{os.getloadavg()[0]:.2f}")
         if log_dir is not None:
             write_memory_report(log_dir / "memory.txt", mi)
 

@@ -10,7 +10,7 @@ import os
 import signal
 import threading
 
-from k4s import log
+from k4s import events, log
 from k4s.cluster import components, metrics, renew, services, tasks
 from k4s.cluster.memory import log_stats
 from k4s.cluster.node import Node
@@ -91,7 +91,7 @@ def run_server(cfg: Config, control_plane_only: bool,
         renew.write_status(node.paths.certs, expires, 0)
     # the pin a client checks the CA it is handed against (kubeadm's --discovery-token-ca-cert-hash)
     log.console(f"k4s: cluster CA {ca_hash}")
-    log.record("pki", "ca", hash=ca_hash)
+    log.record(*events.CA, hash=ca_hash)
     try:
         libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)  # container shims re-parent to us, so stop can end them
     except OSError:

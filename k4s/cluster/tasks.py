@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from k4s import layout, log
+from k4s import events, layout, log
 from k4s.cluster import addons, approver, certs, kubeapi
 from k4s.cluster.components import containerd, flannel, kubelet
 from k4s.cluster.node import Node
@@ -207,7 +207,7 @@ def wait_node_ready(node: Node, sup: Supervisor) -> None:
             beat = dt.datetime.fromisoformat(ready.get("lastHeartbeatTime", "1970-01-01T00:00:00Z").replace("Z", "+00:00"))
             if ready.get("status") == "True" and beat >= started:
                 log.console(f"k4s: node {node.cfg.node_name} Ready")
-                log.record("node", "ready", node=node.cfg.node_name)
+                log.record(*events.NODE_READY, node=node.cfg.node_name)
                 if "coredns" not in node.cfg.disable:
                     threading.Thread(target=wait_coredns, args=(client, stop), name="coredns", daemon=True).start()
                 return
@@ -223,7 +223,7 @@ def wait_coredns(client: kubeapi.Client, stop: threading.Event) -> None:
         try:
             d = client.json("GET", "/apis/apps/v1/namespaces/kube-system/deployments/coredns")
             if d.get("status", {}).get("availableReplicas", 0) >= 1:
-                log.event("coredns", "ready")
+                log.event(*events.COREDNS_READY)
                 return
         except (OSError, K4sError):
             pass

@@ -380,18 +380,24 @@ class VM:
 
     @contextmanager
     def booted(self, until: Until = ev.NODE_READY, timeout: float = 900, echo: bool = False) -> Iterator[Boot]:
-        """`with vm.booted(until=...) as b:` the machine booted to `until` (see boot); on the way
-        out, powered off (the power button, then QEMU killed if it does not stop)."""
+        """`with vm.booted(until=...) as b:` the machine booted to `until` (see boot). On the way
+        out a Ready node gets the power button (QEMU killed if it does not stop); a boot stopped
+        at an earlier event has nothing to stop cleanly yet (init watches the button only once
+        its node starts): QEMU is killed."""
         b = self.boot(until, timeout, echo)
         try:
             yield b
         finally:
-            self.stop(b.proc)
+            self.stop(b.proc, clean=until == ev.NODE_READY)
 
-    def stop(self, proc: subprocess.Popen[bytes] | None = None, timeout: float = 120) -> None:
-        """Power off if running (the power button, then kill); reap QEMU's process."""
+    def stop(self, proc: subprocess.Popen[bytes] | None = None, timeout: float = 120, clean: bool = True) -> None:
+        """Power off if running (the power button, then kill; or at once, with clean=False);
+        reap QEMU's process."""
         if self.running():
-            self.power_off(timeout)
+            if clean:
+                self.power_off(timeout)
+            else:
+                self.pull_plug()
         if proc is not None:
             if proc.poll() is None:
                 proc.kill()

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 
+from k4s import events, log
 from k4s.cluster import protect
 from k4s.cluster.components import kubelet
 from tests.conftest import k4s_cmd
@@ -252,9 +253,9 @@ def test_a_privileged_pod_with_the_host_s_root_is_refused_in_default(cluster: Cl
 def test_containers_pivot_root_out_of_the_ram_root(cluster: Cluster) -> None:
     """Stage 0 binds the RAM root over the initramfs, so runc pivots into a container (the
     pods above run) instead of only chrooting."""
-    console = cluster.vm.console.read_text(errors="replace")
-    assert "component=containerd event=runtime pivot_root=yes" in console, console[-3000:]
-    assert "the root stays the initramfs" not in console
+    runtimes = events.CONTAINERD_RUNTIME.all(log.read_events(cluster.vm.events))
+    assert runtimes and all(r["pivot_root"] == "yes" for r in runtimes), runtimes
+    assert "the root stays the initramfs" not in cluster.vm.console.read_text(errors="replace")
 
 
 def test_a_node_s_serving_csr_for_the_apiserver_s_service_ip_is_denied(cluster: Cluster, tmp_path) -> None:

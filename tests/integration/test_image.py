@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
+
 from tests.conftest import OUT, k4s_cmd, require
 
 IMAGE = OUT / "initramfs.cpio.zst"
@@ -13,6 +15,7 @@ def sha(path) -> str:  # type: ignore[no-untyped-def]
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.repro
 def test_two_builds_give_the_same_sha256(tmp_path) -> None:
     require(IMAGE.exists(), str(IMAGE), "make image")
     # A second build from scratch: an empty segment cache, so every part is packed and compressed again.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 
-from k4s import log
+from k4s import events, log
 from k4s.cluster.node import Node
 from k4s.config import Config
 from k4s.fsutil import write_atomic
@@ -121,7 +121,7 @@ def command(node: Node) -> list[str]:
         for stale in (bridge, node.cni_conf_dir / "10-flannel.conflist"):
             stale.unlink(missing_ok=True)
     node.containerd_socket.parent.mkdir(parents=True, exist_ok=True)
-    log.event("containerd", "runtime", pivot_root="no (chroot)" if root_has_no_parent() else "yes")
+    log.event(*events.CONTAINERD_RUNTIME, pivot_root="no (chroot)" if root_has_no_parent() else "yes")
     return [str(node.bin(BINARY)), f"--config={etc / 'config.toml'}", "--log-level=warn"]
 
 
