@@ -28,26 +28,15 @@ def port(base: int) -> int:
     return base + 100 * WORKER
 
 
-def scope(nodeid: str) -> str:
-    """What runs in one test process under pytest-xdist (`make test`): an e2e module's tests share
-    their boots; the integration tests start servers on fixed host ports, one at a time; every
-    unit test may go anywhere."""
-    path = nodeid.split("::", 1)[0]
-    if path.startswith("tests/e2e/"):
-        return path
-    if path.startswith("tests/integration/"):
-        return "tests/integration"
-    return nodeid
-
-
-def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
-    from xdist.scheduler import LoadScopeScheduling
-
-    class Scheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return scope(nodeid)
-
-    return Scheduling(config, log)  # type: ignore[arg-type]
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With pytest-xdist (--dist loadgroup): the tests of one e2e module share their boots, so
+    they run in one process; so do the integration tests, which start servers on fixed ports."""
+    for item in items:
+        path = Path(str(item.fspath)).relative_to(ROOT)
+        if path.parts[:2] == ("tests", "e2e"):
+            item.add_marker(pytest.mark.xdist_group(path.stem))
+        elif path.parts[:2] == ("tests", "integration"):
+            item.add_marker(pytest.mark.xdist_group("integration"))
 
 
 def require(ok: bool, what: str, how: str) -> None:
