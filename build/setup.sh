@@ -54,7 +54,7 @@ if [ "$(printf '%s\n%s\n' "$need_go" "$have_go" | sort -V | head -1)" != "$need_
 fi
 
 # Python: the package itself with its dev extra (pytest, pyinstaller, linters).
-if ! $PY -c 'import k4s, click, cryptography, nacl, yaml, psutil, pytest, xdist, hypothesis, PyInstaller' 2>/dev/null \
+if ! $PY -c 'import k4s, click, cryptography, nacl, yaml, psutil, pytest, hypothesis, PyInstaller' 2>/dev/null \
    || [ pyproject.toml -nt "$CACHE/.pip-stamp" ]; then
   say "pip install -e .[dev]"
   $PY -m pip install -q -e ".[dev]"

@@ -19,24 +19,6 @@ OUT = ROOT / "out"
 COMPONENTS = OUT / "components"
 FROZEN = OUT / "k4s" / "k4s"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-# pytest-xdist runs the suite in two processes (`make test`): each takes its own block of host ports
-WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-
-
-def port(base: int) -> int:
-    """A fixed host port of this test process (VMs forward them, servers listen on them)."""
-    return base + 100 * WORKER
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """With pytest-xdist (--dist loadgroup): the tests of one e2e module share their boots, so
-    they run in one process; so do the integration tests, which start servers on fixed ports."""
-    for item in items:
-        path = Path(str(item.fspath)).relative_to(ROOT)
-        if path.parts[:2] == ("tests", "e2e"):
-            item.add_marker(pytest.mark.xdist_group(path.stem))
-        elif path.parts[:2] == ("tests", "integration"):
-            item.add_marker(pytest.mark.xdist_group("integration"))
 
 
 def require(ok: bool, what: str, how: str) -> None:

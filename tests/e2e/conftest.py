@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from k4s.host.vm import EXIT, VM
-from tests.conftest import OUT, k4s_cmd, port, require, tls_pair, tool
+from tests.conftest import OUT, k4s_cmd, require, tls_pair, tool
 
 KUBECTL = OUT / "components" / "bin" / "kubectl"
 STAGE1 = OUT / "stage1.cpio.xz"
 KEYS = OUT / "keys"
-PORT = port(16443)
-METRICS_PORT = port(16470)  # the shared boot's metrics endpoint, forwarded
+PORT = 16443
+METRICS_PORT = 16470  # the shared boot's metrics endpoint, forwarded
 MANIFEST = """apiVersion: v1
 kind: ConfigMap
 metadata:

@@ -21,7 +21,7 @@ import pytest
 from k4s import events, log
 from k4s.events import Event
 from k4s.host.vm import VM, Boot
-from tests.conftest import port, tool
+from tests.conftest import tool
 from tests.e2e.conftest import Cluster, boot_until_exit, make_vm
 
 DATA = "k4s.data=LABEL=K4SDATA"
@@ -150,7 +150,7 @@ def test_a_disk_holding_something_else_is_refused_and_left_as_it_was(tmp_path: P
     head[510:512] = b"\x55\xaa"
     raw.write_bytes(bytes(head) + bytes(7 << 20))
     vm = make_vm(tmp_path / "vm")
-    vm.port = port(16445)  # the module's node is still up on the usual port
+    vm.port = 16445  # the module's node is still up on the usual port
     vm.disk = tmp_path / "other.qcow2"
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(vm.disk)], check=True)
     vm.append = "k4s.data=/dev/vda k4s.data-format=1"

@@ -9,10 +9,10 @@ from pathlib import Path
 from k4s import events
 from k4s.host import netboot
 from k4s.host.vm import CMDLINE, VM
-from tests.conftest import OUT, port, require
+from tests.conftest import OUT, require
 from tests.e2e.conftest import KEYS, MIN_SERIAL, STAGE1, boot_until_exit, make_vm
 
-HTTP_PORT = port(18080)
+HTTP_PORT = 18080
 
 
 def test_pxe_boot_through_ipxe_loads_every_initrd_and_starts_the_node(tmp_path) -> None:
