@@ -20,7 +20,7 @@ from types import ModuleType
 
 from bench.common import BENCH, ROOT
 
-SECTIONS = ("startup", "components", "server", "appliance", "datadisk", "netboot", "fleet")
+SECTIONS = ("startup", "components", "server", "boot", "appliance", "datadisk", "netboot", "fleet")
 RESULTS = ROOT / "bench" / "results.json"  # kept in git: `--only` on a fresh clone keeps the other sections
 
 
@@ -28,22 +28,33 @@ def section(name: str) -> ModuleType:
     return importlib.import_module(f"bench.{name}")
 
 
-def markdown(r: dict) -> str:
-    lines = [f"Measured on {r['machine']} (`make bench`; raw numbers in bench/results.json). Each section "
-             "names the date it was measured; compare rows within a section.", ""]
-    for name in SECTIONS:
-        if name in r:
-            when = r.get("dates", {}).get(name, r.get("date", "?"))
-            lines += [f"<!-- {name}: {when} -->", f"*{section(name).TITLE}, measured {when}:*", ""]
-            lines += section(name).render(r)
+def rendered(r: dict, name: str) -> str:
+    """One section's rows, in its own marked region of the README."""
+    when = r.get("dates", {}).get(name, r.get("date", "?"))
+    lines = [f"<!-- bench:{name} -->", f"*{section(name).TITLE}, measured {when}:*", "", *section(name).render(r),
+             f"<!-- /bench:{name} -->"]
     return "\n".join(lines)
 
 
-def update_readme(text: str) -> None:
+def markdown(r: dict) -> str:
+    head = [f"Measured on {r['machine']} (`make bench`; raw numbers in bench/results.json). Each section "
+            "names the date it was measured; compare rows within a section.", ""]
+    return "\n".join(head + [rendered(r, name) + "\n" for name in SECTIONS if name in r])
+
+
+def update_readme(r: dict, names: list[str] | None) -> None:
+    """All sections (names None): the whole bench block. Some: each one's region, replaced where
+    it is, added at the end of the block where it is not; the rest of the block stays."""
     readme = ROOT / "README.md"
     s = readme.read_text()
-    s = re.sub(r"<!-- bench:begin -->.*<!-- bench:end -->", lambda _: f"<!-- bench:begin -->\n{text}\n<!-- bench:end -->",
-               s, flags=re.S)
+    if names is None:
+        s = re.sub(r"<!-- bench:begin -->.*<!-- bench:end -->",
+                   lambda _: f"<!-- bench:begin -->\n{markdown(r)}\n<!-- bench:end -->", s, flags=re.S)
+    for name in names or ():
+        region = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
+        text = rendered(r, name)
+        s = region.sub(lambda _, t=text: t, s) if region.search(s) else s.replace("<!-- bench:end -->",
+                                                                             f"{text}\n\n<!-- bench:end -->")
     readme.write_text(s)
 
 
@@ -63,14 +74,17 @@ def main() -> int:
     todo = [] if args.render else [
         n for n in (args.only or SECTIONS)
         if not (args.skip_boot and section(n).BOOTS) and not (args.skip_components and n == "components")]
-    for name in todo:
+    for name in list(todo):
+        if why := getattr(section(name), "skip", lambda: "")():
+            print(f"bench: {name} skipped: {why}", flush=True)
+            todo.remove(name)
+            continue
         print(f"bench: {section(name).TITLE}", flush=True)
         r[name] = section(name).measure()
         r.setdefault("dates", {})[name] = time.strftime("%Y-%m-%d")
         RESULTS.write_text(json.dumps(r, indent=2) + "\n")  # each section kept as soon as it is measured
-    text = markdown(r)
-    update_readme(text)
-    print(text)
+    update_readme(r, None if todo == list(SECTIONS) or args.render else todo)
+    print(markdown(r))
     return 0
 
 

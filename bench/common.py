@@ -47,7 +47,8 @@ def mem_detail(m: dict) -> str:
     return f" ({', '.join(parts)} MiB)" if parts else ""
 
 
-def boot(memory: int, wait_idle: float = 0, append: str = "", disk: Path | None = None) -> dict:
+def boot(memory: int, wait_idle: float = 0, append: str = "", disk: Path | None = None,
+         initrd: Path = INITRD, until_coredns: bool = False) -> dict:
     """One appliance boot to Ready (k4s.host.vm, with its lockup retry): the wall clock, the
     timeline of the boot's critical path (k4s.events.TIMELINE), memory at idle after wait_idle
     seconds; {"ready": False, "error": ...} when it does not get there."""
@@ -55,12 +56,15 @@ def boot(memory: int, wait_idle: float = 0, append: str = "", disk: Path | None 
     from k4s.errors import K4sError
     from k4s.host.vm import VM
 
-    vm = VM(Path(tempfile.mkdtemp()), KERNEL, INITRD, memory=memory, port=16543, append=append, disk=disk)
+    vm = VM(Path(tempfile.mkdtemp()), KERNEL, initrd, memory=memory, port=16543, append=append, disk=disk)
     t0 = time.monotonic()
     result: dict = {"memory_mib": memory}
     try:
         with vm.booted(timeout=600):
             result["ready_wall_s"] = round(time.monotonic() - t0, 1)
+            end = time.monotonic() + (60 if until_coredns else 0)
+            while time.monotonic() < end and not events.COREDNS_READY.first(log.read_events(vm.events)):
+                time.sleep(1)
             time.sleep(max(wait_idle, 0))
             got = log.read_events(vm.events)
     except K4sError as e:

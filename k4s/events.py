@@ -51,6 +51,7 @@ DATA_MOUNTED = Event("data", "mounted")
 CA = Event("pki", "ca")                                  # hash=: the cluster CA's pin
 ETCD_START = Event("etcd", "start")
 ETCD_READY = Event("etcd", "ready")
+APISERVER_READYZ = Event("kube-apiserver", "readyz")    # pending=: the /readyz checks still failing
 APISERVER_READY = Event("kube-apiserver", "ready")
 JOINED = Event("join", "joined")
 NODE_READY = Event("node", "ready")                      # node=: its name

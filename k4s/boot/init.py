@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -228,14 +229,36 @@ def default_node_name(cfg: Config) -> Config:
     return cfg
 
 
+# What PID 1 imports after its mounts, in a thread (preload): the network's code, then the node's.
+PRELOAD = ("k4s.boot.netconf", "k4s.boot.power", "k4s.cluster.server")
+
+
+def preload(modules: tuple[str, ...] = PRELOAD) -> threading.Thread:
+    """Import modules in a thread while PID 1 mounts, loads kernel modules and waits for DHCP:
+    under TCG the node's imports take seconds, and the second CPU is idle meanwhile. A module
+    the main thread needs first waits on Python's import lock; an import that fails here fails
+    again, with its error, where the main thread imports it."""
+    import importlib
+
+    def run() -> None:
+        for m in modules:
+            try:
+                importlib.import_module(m)
+            except Exception:  # noqa: BLE001 - the main thread's own import reports it
+                return
+
+    t = threading.Thread(target=run, name="preload", daemon=True)
+    t.start()
+    return t
+
+
 def boot() -> str:
     """Bring the machine up and run the node; the power action to take at the end."""
     from k4s import config
-    from k4s.boot import netconf, power
-    from k4s.cluster.server import run_server
 
     mount_all()
     stage(events.MOUNTS.event)
+    preloading = preload()
     cfg = config.load(cmdline=config.read_proc_cmdline(), join_secret=str(layout.JOIN_SECRET))
     paths = layout.Paths.of(cfg.data_dir, cfg.run_dir)
     log.setup(paths.logs, cfg.log_level, events=paths.events, device=f"/dev/{cfg.events}" if cfg.events else None)
@@ -255,11 +278,16 @@ def boot() -> str:
         libc.sethostname(cfg.hostname or cfg.node_name)
     except OSError as e:
         stage("hostname-failed", level="warn", error=e.strerror)
+    from k4s.boot import netconf, power
+
     iface, ip = netconf.setup(cfg, paths.run)
     if not cfg.node_ip:
         cfg = config.replace(cfg, node_ip=ip, interface=iface)
     buttons = power.watch_power_button(lambda: os.kill(os.getpid(), signal.SIGPWR))
     stage("power-button", devices=len(buttons))
+    preloading.join()  # no import half done in the thread when the node forks its first child
+    from k4s.cluster.server import run_server
+
     sig = run_server(cfg, control_plane_only=False, stop_signals=tuple(power.SIGNAL_ACTION))
     return power.SIGNAL_ACTION.get(signal.Signals(sig), "poweroff") if sig else cfg.on_failure
 
@@ -291,7 +319,7 @@ def run_pid1(name: str, body: Callable[[], str], failed: str) -> None:
         action = on_failure_action()
         log.console(f"k4s {name}: {failed}; will {action} (k4s.on-failure=poweroff|reboot|halt)")
         time.sleep(1)
-    except BaseException as e:  # noqa: BLE001: PID 1 must never die with a traceback
+    except BaseException as e:  # noqa: BLE001 - PID 1 must never die with a traceback
         import traceback
 
         traceback.print_exc()

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import ssl
+import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +30,27 @@ class APIError(K4sError):
         self.status = status
 
 
+_contexts: dict[tuple[Path | None, ...], tuple[tuple[float, ...], ssl.SSLContext]] = {}
+_contexts_lock = threading.Lock()
+
+
 def tls_context(ca: Path | None = None, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    """A client context trusting ca (or anything, without one), presenting cert and key. Kept
+    while the files stay as they are: readiness probes ask several times a second, and loading
+    a key is CPU a starting node needs elsewhere; a renewed certificate makes a new one."""
+    paths = (ca, cert, key)
+    stamp = tuple(os.stat(p).st_mtime if p else 0.0 for p in paths)
+    with _contexts_lock:
+        got = _contexts.get(paths)
+    if got and got[0] == stamp:
+        return got[1]
+    ctx = _new_tls_context(ca, cert, key)
+    with _contexts_lock:
+        _contexts[paths] = (stamp, ctx)
+    return ctx
+
+
+def _new_tls_context(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext:
     if ca is None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
@@ -101,6 +124,7 @@ class Client:
     timeout: float = 10.0
     bearer: str = ""  # a bearer token (a bootstrap token), when the TLS context has no client certificate
     _resources: dict[str, dict[str, tuple[str, bool]]] = field(default_factory=dict)
+    _local: threading.local = field(default_factory=threading.local, repr=False, compare=False)
 
     @classmethod
     def from_files(cls, files: Files, port: int, user: str = ADMIN, host: str = "127.0.0.1") -> Client:
@@ -116,17 +140,55 @@ class Client:
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 content_type: str = "application/json") -> tuple[int, bytes]:
-        conn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=self.timeout)
-        try:
-            headers = {"Accept": "application/json"}
-            if self.bearer:
-                headers["Authorization"] = f"Bearer {self.bearer}"
-            if body is not None:
-                headers["Content-Type"] = content_type
-            conn.request(method, path, body=body, headers=headers)
-            r = conn.getresponse()
-            return r.status, r.read()
-        finally:
+        """One request on this thread's kept-alive connection: a TLS handshake costs the
+        apiserver and us more than most requests (under TCG, tenths of a second each). A
+        connection the server closed while idle is opened again and the request sent once more,
+        except a POST, which gets a fresh connection when its own has been idle."""
+        headers = {"Accept": "application/json"}
+        if self.bearer:
+            headers["Authorization"] = f"Bearer {self.bearer}"
+        if body is not None:
+            headers["Content-Type"] = content_type
+        for attempt in (1, 2):
+            conn, reused = self._connection(fresh=method == "POST")
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                r = conn.getresponse()
+                data = r.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
+                self.close()
+                if reused and method != "POST" and attempt == 1:
+                    continue
+                raise
+            except BaseException:
+                self.close()
+                raise
+            self._local.used = time.monotonic()
+            if r.will_close:
+                self.close()
+            return r.status, data
+        raise AssertionError("not reached")
+
+    IDLE = 5.0  # seconds after which a POST does not trust a kept-alive connection
+
+    def _connection(self, fresh: bool) -> tuple[http.client.HTTPSConnection, bool]:
+        """This thread's connection (in this process: a forked child opens its own); whether it
+        has carried a request already."""
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            local.conn, local.pid = None, os.getpid()  # the parent's socket is the parent's
+        if local.conn is not None and fresh and time.monotonic() - local.used > self.IDLE:
+            self.close()
+        if local.conn is None:
+            local.conn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=self.timeout)
+            local.used = 0.0
+        return local.conn, local.used > 0
+
+    def close(self) -> None:
+        """Close this thread's connection (the next request opens another)."""
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
             conn.close()
 
     def json(self, method: str, path: str, obj: Any = None, content_type: str = "application/json") -> Any:

@@ -17,6 +17,10 @@ apiserver's pre-stop), the controllers, the apiserver, etcd and containerd last.
                   node-registered --> flannel --> pod-network
       kube-proxy (after kube-apiserver)
 
+node-registered is the Node with a podCIDR: a server gives its own Node one as its kubelet
+registers it (tasks.own_pod_cidr), so its pod network waits for no controller; a worker's
+comes from the controller-manager's node IPAM.
+
 An agent (a worker) runs only the node's part: containerd, images, the kubelet,
 kube-proxy, flannel and the tasks that wait for them; it has joined the cluster
 before any of them start (k4s.cluster.join).

@@ -7,13 +7,14 @@ import hashlib
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
 
 from k4s import events, layout, log
 from k4s.cluster import addons, approver, certs, kubeapi
-from k4s.cluster.components import containerd, flannel, kubelet
+from k4s.cluster.components import containerd, controller_manager, flannel, kubelet
 from k4s.cluster.node import Node
 from k4s.cluster.supervisor import Supervisor
 from k4s.errors import K4sError
@@ -23,6 +24,7 @@ from k4s.sys.env import child_env
 from k4s.sys.process import renice
 
 IMPORT_NICE = 15
+BOOTSTRAP_APPLIERS = 4  # bootstrap objects applied at once
 POD_STOP_GRACE = 10.0  # CoreDNS's lameduck is 5 s
 
 
@@ -132,14 +134,23 @@ def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor) -> N
     # after bootstrap acts as the node's admin, through that binding
     client = kubeapi.Client.from_files(node.certs, node.cfg.apiserver_port, certs.SUPER_ADMIN)
     server = f"https://{node.node_ip}:{node.cfg.apiserver_port}"
-    objs = addons.rbac() + addons.join_rbac() + addons.cluster_info(server, node.certs.crt(certs.CLUSTER_CA).read_bytes()) \
+    # first what the node's own start waits for: its tasks' admin binding, then flannel's and
+    # kube-proxy's rights (bound to system:nodes); namespaces before what lives in them
+    first = addons.rbac() + addons.join_rbac()
+    rest = addons.cluster_info(server, node.certs.crt(certs.CLUSTER_CA).read_bytes()) \
         + addons.kubelet_serving_ca(node.certs.crt(certs.KUBELET_SERVING_CA).read_bytes())
     if "coredns" not in node.cfg.disable:
-        objs += addons.coredns(node.cfg, Path(os.path.realpath(node.bin(addons.COREDNS))))
+        rest += addons.coredns(node.cfg, Path(os.path.realpath(node.bin(addons.COREDNS))))
     if "local-path" not in node.cfg.disable:
-        objs += addons.local_path(node.cfg, Path(os.path.realpath(node.bin(addons.LOCAL_PATH))), node.paths.storage)
-    for obj in objs:
+        rest += addons.local_path(node.cfg, Path(os.path.realpath(node.bin(addons.LOCAL_PATH))), node.paths.storage)
+    first += [o for o in rest if o["kind"] == "Namespace"]
+    for obj in first:
         client.apply(obj)
+    # the rest side by side: each apply waits on the apiserver, which has two CPUs
+    rest = [o for o in rest if o["kind"] != "Namespace"]
+    with ThreadPoolExecutor(max_workers=BOOTSTRAP_APPLIERS, thread_name_prefix="bootstrap") as pool:
+        for _ in pool.map(client.apply, rest):
+            pass
     for path in addons.REMOVED:  # what an earlier k4s applied and this one must not keep (a data disk's cluster)
         try:
             client.json("DELETE", path)
@@ -147,7 +158,7 @@ def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor) -> N
         except kubeapi.APIError as e:
             if e.status != 404:
                 raise
-    log.event("bootstrap", "applied", objects=len(objs))
+    log.event("bootstrap", "applied", objects=len(first) + len(rest))
     dst = Path(node.cfg.write_kubeconfig)
     write_atomic(dst, node.certs.kubeconfig(certs.ADMIN).read_bytes(), 0o600)
     log.event("kubeconfig", "written", path=dst)
@@ -160,13 +171,38 @@ def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor) -> N
 
 # --- the pod network ----------------------------------------------------------------------------
 
+def own_pod_cidr(client: kubeapi.Client, cluster_cidr: str, name: str) -> None:
+    """The server's own Node gets its podCIDR as the controller-manager's node IPAM would give it
+    (the first /24 of cluster-cidr no Node holds), the moment its kubelet registers it: flannel,
+    and so the node's Ready, need not wait for the controllers to start and sync. The IPAM marks
+    the range taken when it sees the Node. A podCIDR is set once: if the IPAM was first, the
+    apiserver refuses this one and the Node keeps the IPAM's."""
+    import ipaddress
+
+    held = {n.get("spec", {}).get("podCIDR") for n in client.json("GET", "/api/v1/nodes").get("items", [])}
+    free = next((str(s) for s in ipaddress.ip_network(cluster_cidr).subnets(new_prefix=controller_manager.NODE_CIDR_PREFIX)
+                 if str(s) not in held), None)
+    if free is None:
+        return  # the network is full: the IPAM says so on the Node
+    try:
+        client.json("PATCH", f"/api/v1/nodes/{name}", {"spec": {"podCIDR": free, "podCIDRs": [free]}},
+                    content_type="application/strategic-merge-patch+json")
+    except kubeapi.APIError as e:
+        if e.status not in (409, 422):
+            raise
+
+
 def node_registered(node: Node, sup: Supervisor) -> None:
-    """Block until the kubelet has registered the Node and the controller-manager has given it
-    a podCIDR: flannel's lease is that podCIDR."""
+    """Block until the kubelet has registered the Node and it has a podCIDR (a server gives its
+    own, own_pod_cidr; a worker's comes from the controller-manager): flannel's lease is that
+    podCIDR."""
     client = api_client(node)
     while not sup.stop_requested.is_set():
         try:
             obj = client.json("GET", f"/api/v1/nodes/{node.cfg.node_name}")
+            if not obj.get("spec", {}).get("podCIDR") and node.cfg.role == "server":
+                own_pod_cidr(client, node.cfg.cluster_cidr, node.cfg.node_name)
+                obj = client.json("GET", f"/api/v1/nodes/{node.cfg.node_name}")
             if obj.get("spec", {}).get("podCIDR"):
                 log.event("node", "registered", node=node.cfg.node_name, pod_cidr=obj["spec"]["podCIDR"])
                 if DRAINED_ANNOTATION in (obj["metadata"].get("annotations") or {}):

@@ -65,3 +65,32 @@ def test_an_agent_runs_the_node_part_and_its_pod_network(tmp_path) -> None:
 def test_without_flannel_there_is_no_pod_network_task(tmp_path) -> None:
     start, _ = order(tmp_path, "shared", [n for n in ALL if n != "flannel"])
     assert "pod-network" not in start and "node-ready" in start
+
+
+class Nodes:
+    """The Node objects of a cluster as kubeapi.Client.json serves them; a podCIDR is set once."""
+
+    def __init__(self, **held: str) -> None:
+        self.nodes = {n: {"metadata": {"name": n}, "spec": {"podCIDR": c} if c else {}} for n, c in held.items()}
+
+    def json(self, method: str, path: str, obj=None, content_type: str = ""):  # type: ignore[no-untyped-def]
+        from k4s.cluster import kubeapi
+
+        if path == "/api/v1/nodes":
+            return {"items": list(self.nodes.values())}
+        spec = self.nodes[path.rsplit("/", 1)[1]]["spec"]
+        if spec.get("podCIDR"):
+            raise kubeapi.APIError(422, "spec.podCIDR: Forbidden: node updates may not change podCIDR")
+        spec.update(obj["spec"])
+        return {}
+
+
+def test_the_server_gives_its_own_node_the_first_free_pod_cidr() -> None:
+    from k4s.cluster import tasks
+
+    api = Nodes(**{"k4s-server": "", "k4s-w1": "10.42.0.0/24", "k4s-w2": "10.42.2.0/24"})
+    tasks.own_pod_cidr(api, "10.42.0.0/16", "k4s-server")  # type: ignore[arg-type]
+    assert api.nodes["k4s-server"]["spec"] == {"podCIDR": "10.42.1.0/24", "podCIDRs": ["10.42.1.0/24"]}
+    api = Nodes(**{"k4s-server": "10.42.7.0/24"})  # the controller-manager was first: it keeps its own
+    tasks.own_pod_cidr(api, "10.42.0.0/16", "k4s-server")  # type: ignore[arg-type]
+    assert api.nodes["k4s-server"]["spec"] == {"podCIDR": "10.42.7.0/24"}

@@ -175,6 +175,14 @@ func runEtcdEmbedded(_ context.Context, args []string) error {
 	cfg.MaxConcurrentStreams = etcdflags.Uint32FromFlag(fs, "max-concurrent-streams")
 	cfg.LogOutputs = etcdflags.UniqueStringsFromFlag(fs, "log-outputs")
 	cfg.ClusterState = clusterState.String()
+	// etcdmain defaults this after parsing; embed.NewConfig leaves it 0, and at 0 every
+	// request is logged as slow, its content formatted: a thousand lines of CPU at start
+	if cfg.WarningUnaryRequestDuration == 0 {
+		cfg.WarningUnaryRequestDuration = cfg.ExperimentalWarningUnaryRequestDuration
+	}
+	if cfg.WarningUnaryRequestDuration == 0 {
+		cfg.WarningUnaryRequestDuration = embed.DefaultWarningUnaryRequestDuration
+	}
 	if etcdflags.IsSet(fs, "listen-client-urls") && !etcdflags.IsSet(fs, "advertise-client-urls") {
 		cfg.AdvertiseClientUrls = nil
 	}

@@ -7,6 +7,7 @@ import os
 
 import yaml
 
+from k4s import events, log
 from k4s.cluster import certs, kubeapi
 from k4s.cluster.components import etcd
 from k4s.cluster.node import Node
@@ -138,7 +139,20 @@ def command(node: Node) -> list[str]:
     ]
 
 
+_pending: list[str] = []  # the /readyz checks that failed at the last probe, as recorded
+
+
 def ready(node: Node) -> bool:
+    """/readyz; while it fails, each change in the set of checks still failing is an event (the
+    apiserver's start, step by step: its post-start hooks, etcd, informers)."""
     c = node.certs
     ctx = kubeapi.tls_context(c.crt(certs.CLUSTER_CA), c.crt(certs.ADMIN), c.key(certs.ADMIN))
-    return kubeapi.says_ok(f"{node.apiserver_url}/readyz", ctx)
+    status, body = kubeapi.get(f"{node.apiserver_url}/readyz?verbose", ctx)
+    if status == 200:
+        return True
+    pending = sorted(ln[3:].split(" ", 1)[0] for ln in body.decode(errors="replace").splitlines()
+                     if ln.startswith("[-]"))
+    if pending != _pending:
+        _pending[:] = pending
+        log.record(*events.APISERVER_READYZ, pending=",".join(pending))
+    return False

@@ -44,9 +44,12 @@ def command(node: Node) -> list[str]:
         "--controllers=*,bootstrapsigner,tokencleaner,-validatingadmissionpolicy-status-controller",
         "--allocate-node-cidrs=true",
         f"--cluster-cidr={cfg.cluster_cidr}",
-        "--node-cidr-mask-size=24",
+        f"--node-cidr-mask-size={NODE_CIDR_PREFIX}",
         f"--service-cluster-ip-range={cfg.service_cidr}",
     ]
+
+
+NODE_CIDR_PREFIX = 24  # each node's podCIDR: a /24 of cluster-cidr (the server gives its own: tasks.own_pod_cidr)
 
 
 def ready(node: Node) -> bool:
