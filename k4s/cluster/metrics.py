@@ -41,6 +41,7 @@ from k4s.tlsserve import TLSThreadingServer
 
 TIMEOUT = 10.0        # a client that has not finished its request by then is dropped
 AUTH_CACHE = 60.0     # seconds a TokenReview or SubjectAccessReview answer is reused
+DENIED_CACHE = 30.0   # ... and a refusal (as the kubelet's webhook authorizer): a grant shows sooner
 TOP_PROCESSES = 20
 PATHS = ("/metrics", "/status")
 
@@ -147,24 +148,25 @@ def cert_identity(peer: dict[str, Any] | None) -> tuple[str, list[str]] | None:
 
 
 class Authorizer:
-    """TokenReview and SubjectAccessReview through the apiserver, with a short cache."""
+    """TokenReview and SubjectAccessReview through the apiserver, with a short cache (shorter
+    for a refusal)."""
 
     def __init__(self, connect: Callable[[], kubeapi.Client]) -> None:
         self.connect = connect
-        self.cache: dict[Any, tuple[float, Any]] = {}
+        self.cache: dict[Any, tuple[float, Any]] = {}  # key -> (when it expires, the answer)
         self.lock = threading.Lock()
 
     def _cached(self, key: Any, ask: Callable[[], Any]) -> Any:
         now = time.monotonic()
         with self.lock:
             hit = self.cache.get(key)
-            if hit and now - hit[0] < AUTH_CACHE:
+            if hit and now < hit[0]:
                 return hit[1]
         answer = ask()
         with self.lock:
             if len(self.cache) > 1000:
                 self.cache.clear()
-            self.cache[key] = (now, answer)
+            self.cache[key] = (now + (AUTH_CACHE if answer else DENIED_CACHE), answer)
         return answer
 
     def token_identity(self, token: str) -> tuple[str, list[str]] | None:

@@ -138,3 +138,17 @@ def test_fifty_idle_connections_do_not_delay_an_authenticated_scrape(paths: Path
             s.close()
     assert r.status == 200 and b"k4s_component_up" in body
     assert took < tlsserve.HANDSHAKE_TIMEOUT, took  # not queued behind the idle handshakes
+
+
+def test_a_refusal_is_cached_for_less_time_than_a_grant(monkeypatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(metrics.time, "monotonic", lambda: clock[0])
+    asked: list[str] = []
+    auth = metrics.Authorizer(lambda: None)  # type: ignore[arg-type,return-value]
+    answer = {"yes": True, "no": False}
+    for key in ("yes", "no"):
+        auth._cached(key, lambda k=key: asked.append(k) or answer[k])
+    clock[0] += metrics.DENIED_CACHE + 1  # the refusal is asked again, the grant is not yet
+    for key in ("yes", "no"):
+        auth._cached(key, lambda k=key: asked.append(k) or answer[k])
+    assert asked == ["yes", "no", "no"] and metrics.DENIED_CACHE < metrics.AUTH_CACHE
