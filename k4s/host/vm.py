@@ -70,10 +70,6 @@ class Boot:
     reached: dict[str, Any]  # the awaited event's fields, or {"rc": QEMU's status} for EXIT
 
     @property
-    def rc(self) -> int | None:
-        return self.proc.poll()
-
-    @property
     def node(self) -> str:
         return str(self.reached.get("node", ""))
 
