@@ -11,6 +11,7 @@ APPLETS: dict[str, tuple[str, str]] = {
     "config": ("applets.config", "show or validate the effective configuration"),
     "containerd": ("applets.containerd", "run containerd configured from the k4s config"),
     "cpio": ("applets.cpio", "list, extract (safely) or create newc cpio archives"),
+    "crictl": ("applets.crictl", "crictl from bin-dir, talking to this node's containerd"),
     "etcd": ("applets.etcd", "run etcd configured from the k4s config"),
     "halt": ("applets.halt", "stop the node in order and halt"),
     "init": ("applets.init", "PID 1 of the appliance: mounts, network, node, clean shutdown"),

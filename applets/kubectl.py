@@ -9,10 +9,14 @@ admin kubeconfig under data-dir) is used.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import click
 
 from k4s.errors import K4sError
+
+if TYPE_CHECKING:
+    from k4s.config import Config
 
 
 def run(args: tuple[str, ...]) -> int:
@@ -27,13 +31,18 @@ def run(args: tuple[str, ...]) -> int:
             if os.path.exists(candidate):
                 env["KUBECONFIG"] = candidate
                 break
-    kubectl = os.path.join(cfg.bin_dir, "kubectl")
+    return exec_component(cfg, "kubectl", args, env, "; the appliance ships no kubectl: use the kubeconfig it "
+                          "writes (k4s vm: out/kubeconfig) from another machine")
+
+
+def exec_component(cfg: Config, name: str, args: tuple[str, ...], env: dict[str, str], hint: str = "") -> int:
+    """Replace this process with bin-dir's `name` (a client of the node: kubectl, crictl)."""
+    exe = os.path.join(cfg.bin_dir, name)
     try:
-        os.execve(kubectl, [kubectl, *args], env)
+        os.execve(exe, [exe, *args], env)
     except OSError as e:
-        raise K4sError(f"cannot run {kubectl}: {e.strerror}",
-                       hint="check bin-dir or build the components (make components); the appliance ships no "
-                            "kubectl: use the kubeconfig it writes (k4s vm: out/kubeconfig) from another machine") from e
+        raise K4sError(f"cannot run {exe}: {e.strerror}",
+                       hint="check bin-dir or build the components (make components)" + hint) from e
     return 127
 
 

@@ -22,7 +22,12 @@ SEPARATE = {"kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
             "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler", "kubelet": "k8s.io/kubernetes/cmd/kubelet",
             "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
             # the upstream mains of the other programs in the multicall; CoreDNS with the same plugins
-            "etcd": "go.etcd.io/etcd/server/v3", "etcdctl": "go.etcd.io/etcd/etcdctl/v3", "coredns": "./coredns"}
+            "etcd": "go.etcd.io/etcd/server/v3", "etcdctl": "go.etcd.io/etcd/etcdctl/v3", "coredns": "./coredns",
+            "containerd": "github.com/containerd/containerd/v2/cmd/containerd",
+            "ctr": "github.com/containerd/containerd/v2/cmd/ctr", "crictl": "sigs.k8s.io/cri-tools/cmd/crictl",
+            "flanneld": "./flanneld"}
+FLANNELD_MAIN = ('package main\n\nimport "k4s.dev/components/kube/flannel"\n\n'
+                 "func main() { flannel.Main() }\n")  # the multicall's flannel package on its own
 
 
 def coredns_main(kube_main: str) -> str:
@@ -50,11 +55,14 @@ def measure() -> dict:
             shutil.copytree(ROOT / "build/components/kube", kube_dir)
             (kube_dir / "coredns").mkdir()
             (kube_dir / "coredns" / "main.go").write_text(coredns_main((kube_dir / "main.go").read_text()))
+            (kube_dir / "flanneld").mkdir()
+            (kube_dir / "flanneld" / "main.go").write_text(FLANNELD_MAIN)
             env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod -trimpath -buildvcs=false"}
+            tags = ",".join(lock["components"][0]["outputs"][0].get("tags", []))
             for name, pkg in missing.items():
                 print(f"bench: building separate {name} (same flags as the multicall)", flush=True)
-                subprocess.run(["go", "build", "-ldflags", "-s -w -buildid=", "-o", str(sep_dir / name), pkg],
-                               cwd=kube_dir, env=env, check=True)
+                subprocess.run(["go", "build", "-tags", tags, "-ldflags", "-s -w -buildid=", "-o",
+                                str(sep_dir / name), pkg], cwd=kube_dir, env=env, check=True)
     separate = {n: (sep_dir / n).stat().st_size for n in SEPARATE}
     t = time.perf_counter()
     subprocess.run([sys.executable, str(ROOT / "build/components/build.py")], check=True, capture_output=True)

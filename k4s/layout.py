@@ -47,8 +47,9 @@ PATH = f"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{LIBEXEC}"
 #   k4s         the frozen bundle (BUNDLE)
 #   libs        the ldd closure of every ELF below
 #   tools       busybox and its applet links, HOST_TOOLS, XTABLES plugins
-#   kubernetes  the kube multicall (KUBE_MULTICALL) under LIBEXEC; its names link to it
-#   runtime     every other program under LIBEXEC: containerd, shim, runc, CNI, flannel, CoreDNS...
+#   kubernetes  the kube multicall (KUBE_MULTICALL: Kubernetes, etcd, containerd, flanneld, CoreDNS,
+#               crictl...) under LIBEXEC; its names link to it
+#   runtime     every other program under LIBEXEC: the runc shim, runc, the cni multicall
 #   images      airgap OCI tarballs (IMAGES)
 #   modules     kernel modules from MODULES_LIST and DATA_DISK_MODULES, with depmod's output
 PARTS = ("base", "k4s", "libs", "tools", "kubernetes", "runtime", "images", "modules")
@@ -85,7 +86,7 @@ STAGE0_MODULES = ("loop", "squashfs")  # stage 0 loads these to mount the k4s pa
 # (no shell either): it is driven from outside with the kubeconfig.
 APPLET_LINKS = {
     "/usr/sbin": ("init", "poweroff", "reboot", "halt", "modprobe", "insmod", "lsmod"),
-    "/usr/bin": ("cpio",),
+    "/usr/bin": ("cpio", "crictl"),  # crictl: the node's containerd, from a debug pod's chroot /host
 }
 
 # Stage 1 (LinuxBoot / PXE) is one part: a lean build of the same multicall with these applets

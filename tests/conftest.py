@@ -70,3 +70,13 @@ def tls_pair(tmp: Path, name: str, ip: str = "127.0.0.1") -> tuple[Path, Path, P
     paths[1].write_bytes(pki.cert_pem(cert))
     paths[2].write_bytes(pki.key_pem(key))
     return paths
+
+
+def components_build():  # type: ignore[no-untyped-def]
+    """build/components/build.py as a module (it is a script, outside the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("k4s_components_build", ROOT / "build" / "components" / "build.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -77,10 +77,10 @@ def cache_key(comp: dict, tc: dict[str, str]) -> str:
 
 
 # --- upstream mains as libraries -------------------------------------------------------------
-# Some upstream programs keep all their code in package main (rancher's local-path-provisioner),
-# which Go cannot import. A component lists them under "mains": their Go files, from the module
-# version go.mod pins (and go.sum verifies), become package <dir> with main() renamed Main(), so
-# one binary can run them. An import path may be rewritten ("imports": old -> new) where the
+# Some upstream programs keep all their code in package main (rancher's local-path-provisioner,
+# crictl, each CNI plugin), which Go cannot import. A component lists them under "mains": the Go
+# files of the module's root or of "path" in it, from the module version go.mod pins (and go.sum
+# verifies), become package <dir> with main() renamed Main(), so one binary can run them. An import path may be rewritten ("imports": old -> new) where the
 # binary links the same package under another spelling (Go refuses two import paths that differ
 # only in case, as github.com/Sirupsen/logrus and github.com/sirupsen/logrus). The copies are checked in (go mod tidy and vet see them) and must equal
 # what this function makes from the pinned module: they cannot drift from upstream.
@@ -110,15 +110,16 @@ def upstream_mains(comp: dict) -> dict[Path, str]:
     d = HERE / comp["dir"]
     want: dict[Path, str] = {}
     for m in comp.get("mains", []):
-        version = next(p["version"] for p in comp.get("pins", []) if p["module"] == m["module"])
+        version = next(p["version"] for p in [comp, *comp.get("pins", [])] if p["module"] == m["module"])
         info = json.loads(sh(["go", "mod", "download", "-json", f"{m['module']}@{version}"], cwd=d, env=go_env(False)))
-        src = Path(info["Dir"])
+        src = Path(info["Dir"]) / m.get("path", "")
         files = sorted(f for f in src.glob("*.go") if not f.name.endswith("_test.go"))
         if not any("func main() {" in f.read_text() for f in files):
-            raise BuildError(f"{m['module']}@{version}: no func main() at the module root")
+            raise BuildError(f"{m['module']}@{version}: no func main() in {m.get('path') or 'the module root'}")
         for f in files:
-            want[d / m["dir"] / f.name] = generated_main(m["module"], version, f.name, f.read_text(), m["dir"],
-                                                              m.get("imports", {}))
+            name = f"{m['path']}/{f.name}" if m.get("path") else f.name
+            want[d / m["dir"] / f.name] = generated_main(m["module"], version, name, f.read_text(),
+                                                         m["dir"].replace("-", ""), m.get("imports", {}))
     return want
 
 
@@ -168,9 +169,25 @@ def check_pin(comp: dict) -> None:
                              f" (hint: run `go get {pin['module']}@{pin['version']}` in build/components/{comp['dir']})")
 
 
+def expand(text: str, comp: dict) -> str:
+    """A lock entry's ldflags and checks name versions, never spell them: {version} and {minor}
+    (the component's), {NAME} and {NAME.bare} (a pin's, bare without the leading v). A version
+    then lives in one place, and an upgrade is one edit of it."""
+    values = {"version": comp["version"], "minor": comp["version"].lstrip("v").split(".")[1]}
+    for pin in comp.get("pins", []):
+        values[pin["name"]] = pin["version"]
+    values |= {f"{k}.bare": v.lstrip("v") for k, v in list(values.items()) if v.startswith("v")}
+    for k, v in values.items():
+        text = text.replace("{" + k + "}", v)
+    if "{" in text:
+        raise BuildError(f"{comp['name']}: {text!r} names a version the lock does not have "
+                         f"(one of {sorted(values)})")
+    return text
+
+
 def build_go(comp: dict, out: dict, dest: Path) -> None:
     d = HERE / comp["dir"]
-    ldflags = ["-s", "-w", "-buildid="] + [f.replace("{version}", comp["version"]) for f in out.get("ldflags", [])]
+    ldflags = ["-s", "-w", "-buildid="] + [expand(f, comp) for f in out.get("ldflags", [])]
     args = ["go", "build", "-v", "-o", str(dest), "-ldflags", " ".join(ldflags)]
     if out.get("tags"):
         args += ["-tags", ",".join(out["tags"])]
@@ -213,7 +230,7 @@ def run_checks(comp: dict, bindir: Path) -> None:
         argv = [str(bindir / check["run"][0]), *check["run"][1:]]
         r = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
                            env={"PATH": "/usr/bin:/bin"})
-        want = check["expect"].replace("{version}", comp["version"])
+        want = expand(check["expect"], comp)
         if want not in r.stdout + r.stderr:
             raise BuildError(f"{comp['name']}: `{' '.join(check['run'])}` does not report {want!r}: "
                              f"{(r.stdout + r.stderr).strip()[:300]!r}")
@@ -237,16 +254,63 @@ def place(comp: dict, built: Path, bindir: Path) -> None:
     add_links(comp, bindir)
 
 
+README = ROOT / "README.md"
+TABLE_BEGIN, TABLE_END = "<!-- components: generated from build/components/lock.json by `build.py --table` -->", \
+    "<!-- /components -->"
+
+
+def table(lock: dict) -> str:
+    """The README's component table: what each binary holds, at which version, from which module."""
+    rows = ["| binary | upstream | version | Go module |", "|---|---|---|---|"]
+    for comp in lock["components"]:
+        names = [o["name"] for o in comp["outputs"]]
+        links = ", ".join(comp.get("links", {}))
+        binary = ", ".join(f"`{n}`" for n in names) + (f" (as {links})" if links else "")
+        for i, pin in enumerate([comp, *comp.get("pins", [])]):
+            rows.append(f"| {binary if i == 0 else ''} | {pin['name']} | {pin['version']} | "
+                        f"{pin['module']} |")
+    return "\n".join(rows)
+
+
+def readme_with_table(text: str, lock: dict) -> str:
+    """text (the README) with its generated region replaced by table(lock)."""
+    try:
+        head, rest = text.split(TABLE_BEGIN, 1)
+        _, tail = rest.split(TABLE_END, 1)
+    except ValueError:
+        raise BuildError(f"README.md has no {TABLE_BEGIN} ... {TABLE_END} region") from None
+    return f"{head}{TABLE_BEGIN}\n{table(lock)}\n{TABLE_END}{tail}"
+
+
+def check_pins_agree(lock: dict) -> None:
+    """A module linked into two binaries (containerd's, in the kube multicall and the shim) has
+    one version: the lock cannot say two."""
+    seen: dict[str, tuple[str, str]] = {}
+    for comp in lock["components"]:
+        for pin in [comp, *comp.get("pins", [])]:
+            if "module" not in pin:
+                continue
+            have = seen.setdefault(pin["module"], (pin["version"], comp["name"]))
+            if have[0] != pin["version"]:
+                raise BuildError(f"lock.json pins {pin['module']} at {have[0]} ({have[1]}) and at "
+                                 f"{pin['version']} ({comp['name']}): one version, in both places")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", action="append", default=[], help="build only these components")
     ap.add_argument("--update-lock", action="store_true", help="record the sha256 of every output in lock.json")
     ap.add_argument("--regen-mains", action="store_true", help="rewrite the library copies of upstream mains")
+    ap.add_argument("--table", action="store_true", help="rewrite the README's component table from the lock")
     ap.add_argument("--out", default=str(ROOT / "out" / "components"))
     ap.add_argument("--cache", default=os.environ.get("K4S_CACHE", "/var/cache/k4s"))
     args = ap.parse_args()
 
     lock = json.loads(LOCK.read_text())
+    check_pins_agree(lock)
+    if args.table:
+        README.write_text(readme_with_table(README.read_text(), lock))
+        return 0
     tc = toolchain()
     if lock.get("toolchain") and lock["toolchain"] != tc and not args.update_lock:
         raise BuildError(f"toolchain {tc} differs from the one lock.json was recorded with {lock['toolchain']}; "

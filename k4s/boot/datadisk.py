@@ -241,19 +241,38 @@ def mount(spec: str, fmt: bool, data_dir: Path, staging: Path) -> Disk:
     except OSError as e:
         raise K4sError(f"data disk: cannot mount {disk.name}: {e.strerror}",
                        hint="the kernel needs the ext4 module; check the filesystem (e2fsck)") from None
+    put_at(staging, data_dir, disk.name, "the disk may be full or read-only; check it (e2fsck)")
+    used = shutil.disk_usage(data_dir)
+    log.event(*events.DATA_MOUNTED, device=disk.name, label=label or disk.label, at=str(data_dir),
+              size_mib=used.total >> 20, used_mib=used.used >> 20)
+    return disk
+
+
+def put_at(staging: Path, data_dir: Path, what: str, hint: str) -> None:
+    """The filesystem mounted at staging onto data_dir, with this boot's inputs from data_dir
+    copied onto it first."""
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         copy_inputs(data_dir, staging)
         libc.mount(str(staging), str(data_dir), "", libc.MS_MOVE)
     except OSError as e:
         libc.umount(str(staging))
-        raise K4sError(f"data disk: cannot put {disk.name} at {data_dir}: {e.strerror or e}",
-                       hint="the disk may be full or read-only; check it (e2fsck)") from None
+        raise K4sError(f"data: cannot put {what} at {data_dir}: {e.strerror or e}", hint=hint) from None
     _mounted.append(str(data_dir))
-    used = shutil.disk_usage(data_dir)
-    log.event(*events.DATA_MOUNTED, device=disk.name, label=label or disk.label, at=str(data_dir),
-              size_mib=used.total >> 20, used_mib=used.used >> 20)
-    return disk
+
+
+def mount_ram(data_dir: Path, staging: Path) -> None:
+    """Without a data disk, a tmpfs at data_dir rather than the initramfs's root: the kubelet's
+    cAdvisor measures the node's and the images' filesystem only on a type it knows, and
+    "rootfs" is none (the kubelet of Kubernetes 1.37 does not start on it). A tmpfs is also
+    bounded (half the RAM, as any tmpfs): a pod filling its emptyDir meets ENOSPC and the
+    kubelet's nodefs eviction, not the OOM killer."""
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        libc.mount("tmpfs", str(staging), "tmpfs", MOUNT_FLAGS, "mode=0755")
+    except OSError as e:
+        raise K4sError(f"data: cannot mount a tmpfs: {e.strerror}", hint="the kernel needs tmpfs") from None
+    put_at(staging, data_dir, "a tmpfs", "check the memory left for the node")
 
 
 def release() -> None:

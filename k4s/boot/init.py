@@ -267,10 +267,12 @@ def boot() -> str:
     stage(events.MODULES.event, loaded=n, freed_kib=freed >> 10)
     grow_root()
     stage(events.PAYLOAD.event, mounted=mount_parts())
-    if cfg.data:
-        from k4s.boot import datadisk
+    from k4s.boot import datadisk
 
+    if cfg.data:
         datadisk.mount(cfg.data, cfg.data_format, paths.data, paths.run / "data-disk")
+    else:
+        datadisk.mount_ram(paths.data, paths.run / "data-ram")
     sysctls()
     swap(cfg.zram, cfg.zram_algorithm)
     cfg = default_node_name(cfg)

@@ -20,7 +20,6 @@ NODE_BIN = "/k4s-node-bin"  # where pods that run a node program see its directo
 COREDNS = "coredns"  # the node's program CoreDNS runs (under bin-dir)
 LOCAL_PATH = "local-path-provisioner"  # the node's program the default StorageClass runs
 BINARIES = (COREDNS, LOCAL_PATH)  # what the addons need under bin-dir: mkimage packs them
-BUSYBOX = Path("/usr/bin/busybox")  # the node's shell tools, which local-path's helper pods run
 
 
 RBAC = "rbac.authorization.k8s.io"
@@ -243,28 +242,24 @@ DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
 
 def local_path(cfg: Config, binary: Path, storage: Path) -> list[Obj]:
     """rancher's local-path-provisioner as upstream deploys it (deploy/local-path-storage.yaml),
-    the default StorageClass, as in k3s. Its program is the node's own (the kube multicall), and
-    so is the shell its helper pods run to make and remove a volume's directory: the node's
-    busybox, mounted into the same empty image. No image to import or unpack. Volumes live
+    the default StorageClass, as in k3s. Its program is the node's own (the kube multicall), in an
+    empty image; its helper pods, which make and remove a volume's directory, run the airgap
+    busybox image with no volume of their own: local-path-provisioner refuses a helper template
+    with hostPath volumes (its CVE fix), and k4s does not turn that fence off. Volumes live
     under storage: on the data disk when the node has one, else in RAM."""
     ns, sa, name = LOCAL_PATH_NS, "local-path-provisioner-service-account", "local-path-provisioner"
     command, bin_mount, bin_volume = node_program(binary, LOCAL_PATH)
     labels = {"app": name, **LABELS}
     config = {"nodePathMap": [{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": [str(storage)]}]}
-    tools = str(BUSYBOX.parent)
     helper = {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "helper-pod"},
         "spec": {
             "priorityClassName": "system-node-critical",
             "tolerations": [{"key": "node.kubernetes.io/disk-pressure", "operator": "Exists", "effect": "NoSchedule"}],
             "containers": [{
-                "name": "helper-pod", "image": oci.SCRATCH, "imagePullPolicy": "Never",
-                # /bin/sh for the provisioner's command, /usr/bin for busybox's absolute links
-                "volumeMounts": [{"name": "node-tools", "mountPath": "/bin", "readOnly": True},
-                                 {"name": "node-tools", "mountPath": tools, "readOnly": True}],
+                "name": "helper-pod", "image": oci.BUSYBOX, "imagePullPolicy": "Never",
                 "resources": {"limits": {"memory": "32Mi"}},
             }],
-            "volumes": [{"name": "node-tools", "hostPath": {"path": tools, "type": "Directory"}}],
         },
     }
     import json

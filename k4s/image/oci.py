@@ -258,6 +258,7 @@ def verify(path: Path) -> list[dict]:
 
 PAUSE_VERSION = "3.10"
 BUSYBOX_TAG = "1.36"
+BUSYBOX = f"{REGISTRY}/busybox:{BUSYBOX_TAG}"  # the test workloads' and local-path's helper pods' image
 
 
 def pause_image(pause_bin: Path) -> Image:
@@ -285,5 +286,5 @@ def busybox_image(busybox_bin: Path, applets: Iterable[str]) -> Image:
     entries += [Entry("etc/passwd", data=b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"),
                 Entry("etc/group", data=b"root:x:0:\nnogroup:x:65534:\n"),
                 Entry("tmp", 0o1777, is_dir=True), Entry("root", 0o700, is_dir=True)]
-    return Image(f"{REGISTRY}/busybox:{BUSYBOX_TAG}", entries, [], cmd=["sh"])
+    return Image(BUSYBOX, entries, [], cmd=["sh"])
 

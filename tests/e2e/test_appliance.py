@@ -9,8 +9,12 @@ import subprocess
 from k4s import events, log
 from k4s.cluster import protect
 from k4s.cluster.components import kubelet
-from tests.conftest import k4s_cmd
+from tests.conftest import ROOT, k4s_cmd
 from tests.e2e.conftest import KUBECTL, Cluster, assert_node_ready
+
+LOCK = {c["name"]: c for c in json.loads((ROOT / "build" / "components" / "lock.json").read_text())["components"]}
+KUBERNETES = LOCK["kube"]["version"]
+CONTAINERD = LOCK["containerd"]["version"]
 
 
 def test_node_is_ready(cluster: Cluster) -> None:
@@ -18,8 +22,47 @@ def test_node_is_ready(cluster: Cluster) -> None:
     [node] = json.loads(r.stdout)["items"]
     conds = {c["type"]: c["status"] for c in node["status"]["conditions"]}
     assert conds["Ready"] == "True"
-    assert node["status"]["nodeInfo"]["kubeletVersion"] == "v1.35.4"
-    assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://2.2")
+    assert node["status"]["nodeInfo"]["kubeletVersion"] == KUBERNETES
+    assert node["status"]["nodeInfo"]["kubeProxyVersion"] in ("", KUBERNETES)  # deprecated: often empty
+    assert node["status"]["nodeInfo"]["containerRuntimeVersion"] == f"containerd://{CONTAINERD.lstrip('v')}"
+    server = json.loads(cluster.kubectl("version", "-o", "json").stdout)["serverVersion"]
+    assert server["gitVersion"] == KUBERNETES
+
+
+DEPRECATION = re.compile(r"deprecat|has been removed|will be removed|is no longer (supported|used)", re.I)
+
+
+def test_no_component_warns_of_a_deprecated_flag_or_field(cluster: Cluster) -> None:
+    """Every flag, feature gate and config field k4s gives a component is current upstream:
+    no component's log from this boot says otherwise."""
+    node = cluster.kubectl("get", "nodes", "-o", "jsonpath={.items[0].metadata.name}").stdout
+    logs = f"/api/v1/nodes/{node}/proxy/logs/k4s/"
+    names = sorted(set(re.findall(r'href="([\w.-]+\.log)"', cluster.kubectl("get", "--raw", logs).stdout)))
+    assert {"kubelet.log", "containerd.log", "flannel.log", "k4s.log"} <= set(names), names
+    found = {name: [ln for ln in cluster.kubectl("get", "--raw", logs + name).stdout.splitlines()
+                    if DEPRECATION.search(ln)] for name in names}
+    assert not {n: lines for n, lines in found.items() if lines}, found
+
+
+def test_crictl_lists_the_node_s_containers_and_images(cluster: Cluster) -> None:
+    """crictl on the node (the README's recipe): a sysadmin debug pod, chroot into the node's
+    root, where `crictl` is k4s's applet that points the upstream crictl at containerd."""
+    test_coredns_becomes_ready(cluster)
+    node = cluster.kubectl("get", "nodes", "-o", "jsonpath={.items[0].metadata.name}").stdout
+    out = []
+    for what in ("ps", "images"):
+        r = cluster.kubectl("debug", "-n", "kube-system", f"node/{node}", "--profile=sysadmin",
+                            "--image=k4s.local/busybox:1.36", "--image-pull-policy=Never", "--",
+                            "chroot", "/host", "crictl", what)
+        [pod] = re.findall(r"Creating debugging pod (\S+)", r.stdout + r.stderr)
+        phase = cluster.wait_for(f"debug pod {pod}", lambda pod=pod: (
+            (p := cluster.kubectl("-n", "kube-system", "get", "pod", pod, "-o", "jsonpath={.status.phase}",
+                                  check=False).stdout) in ("Succeeded", "Failed"), p))
+        out.append(cluster.kubectl("-n", "kube-system", "logs", pod).stdout)
+        assert phase == "Succeeded", out[-1]
+    ps, images = out
+    assert re.search(r"^\S+\s+\S+\s+.*\bRunning\b.*\bcoredns\b", ps, re.M), ps
+    assert "k4s.local/busybox" in images and "k4s.local/pause" in images, images
 
 
 def test_coredns_becomes_ready(cluster: Cluster) -> None:

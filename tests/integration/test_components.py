@@ -12,20 +12,20 @@ from pathlib import Path
 import pytest
 
 from k4s.image import oci
-from tests.conftest import OUT, ROOT, need_root, require
+from tests.conftest import OUT, ROOT, components_build, need_root, require
 from tests.integration.conftest import BIN
 
 LOCK = json.loads((ROOT / "build" / "components" / "lock.json").read_text())
-CHECKS = [(c["name"], c["version"], chk) for c in LOCK["components"] for chk in c["checks"]]
+CHECKS = [(c, chk) for c in LOCK["components"] for chk in c["checks"]]
 
 
-@pytest.mark.parametrize("comp,version,check", CHECKS, ids=[f"{c}:{k['run'][0]}" for c, _, k in CHECKS])
-def test_binary_reports_pinned_version(comp, version, check) -> None:
+@pytest.mark.parametrize("comp,check", CHECKS, ids=[f"{c['name']}:{k['run'][0]}" for c, k in CHECKS])
+def test_binary_reports_pinned_version(comp, check) -> None:
     exe = BIN / check["run"][0]  # for the multicall, a symlink name such as kubelet -> kube
     require(exe.exists(), f"component {exe}", "make components")
     r = subprocess.run([str(exe), *check["run"][1:]], capture_output=True, text=True, timeout=60,
                        env={"PATH": "/usr/bin:/bin"})
-    assert check["expect"].replace("{version}", version) in r.stdout + r.stderr
+    assert components_build().expand(check["expect"], comp) in r.stdout + r.stderr
 
 
 def test_lock_pins_every_output_with_sha256() -> None:
@@ -87,36 +87,27 @@ def test_containerd_imports_image_with_name_and_digest(containerd: Path, stem: s
     assert name.startswith(oci.REGISTRY + "/" + stem + ":")
 
 
-def build_module():  # type: ignore[no-untyped-def]
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("k4s_components_build", ROOT / "build" / "components" / "build.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 MAINS = [c for c in LOCK["components"] if c.get("mains")]
 
 
 @pytest.mark.parametrize("comp", MAINS, ids=[c["name"] for c in MAINS])
 def test_upstream_mains_are_exactly_what_the_pinned_module_makes(comp, tmp_path, monkeypatch) -> None:
-    """local-path-provisioner's code in the multicall is its pinned module's, renamed: a changed
+    """local-path-provisioner's and the CNI plugins' code in a multicall is the pinned module's, renamed: a changed
     byte in the checked-in copy, or a file upstream does not have, stops the build."""
     import shutil
 
     require(bool(shutil.which("go")), "go", "install Go (make setup checks it)")
-    build = build_module()
+    build = components_build()
     build.check_mains(comp, regen=False)  # the checked-in copy
     copy = tmp_path / comp["dir"]
     shutil.copytree(ROOT / "build" / "components" / comp["dir"], copy)
     monkeypatch.setattr(build, "HERE", tmp_path)
-    [m] = comp["mains"]
+    m = comp["mains"][0]
     victim = sorted((copy / m["dir"]).glob("*.go"))[0]
     victim.write_text(victim.read_text().replace("func ", "func  ", 1))
     with pytest.raises(build.BuildError, match="is not what the pinned module makes"):
         build.check_mains(comp, regen=False)
     build.check_mains(comp, regen=True)
-    (copy / m["dir"] / "extra.go").write_text(f"package {m['dir']}\n")
+    (copy / m["dir"] / "extra.go").write_text(f"package {m['dir'].replace('-', '')}\n")
     with pytest.raises(build.BuildError, match="is not in the pinned module"):
         build.check_mains(comp, regen=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import json
 import subprocess
 import sys
 import tarfile
@@ -16,6 +17,8 @@ import pytest
 from tests.conftest import ROOT
 
 FETCH = ROOT / "build" / "components" / "fetch.py"
+VERSIONS = {s["component"]: s["version"] for s in json.loads((FETCH.parent / "releases.json").read_text())["sources"]}
+KUBE, ETCD, RUNC = VERSIONS["kube"], VERSIONS["etcd"], VERSIONS["runc"]
 
 
 def tgz(members: dict[str, bytes]) -> bytes:
@@ -56,12 +59,12 @@ def test_fetch_verifies_published_sha256(mirror, tmp_path) -> None:
     put, url = mirror
     for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl"):
         data = f"#!fake {name}\n".encode()
-        put(f"/release/v1.35.4/bin/linux/amd64/{name}", data)
-        put(f"/release/v1.35.4/bin/linux/amd64/{name}.sha256", hashlib.sha256(data).hexdigest().encode())
-    tar = tgz({"etcd-v3.6.16-linux-amd64/etcd": b"etcd", "etcd-v3.6.16-linux-amd64/etcdctl": b"etcdctl"})
-    put("/etcd-io/etcd/releases/download/v3.6.16/etcd-v3.6.16-linux-amd64.tar.gz", tar)
-    put("/etcd-io/etcd/releases/download/v3.6.16/SHA256SUMS",
-        f"{'0' * 64}  other.tar.gz\n{hashlib.sha256(tar).hexdigest()}  etcd-v3.6.16-linux-amd64.tar.gz\n".encode())
+        put(f"/release/{KUBE}/bin/linux/amd64/{name}", data)
+        put(f"/release/{KUBE}/bin/linux/amd64/{name}.sha256", hashlib.sha256(data).hexdigest().encode())
+    tar = tgz({f"etcd-{ETCD}-linux-amd64/etcd": b"etcd", f"etcd-{ETCD}-linux-amd64/etcdctl": b"etcdctl"})
+    put(f"/etcd-io/etcd/releases/download/{ETCD}/etcd-{ETCD}-linux-amd64.tar.gz", tar)
+    put(f"/etcd-io/etcd/releases/download/{ETCD}/SHA256SUMS",
+        f"{'0' * 64}  other.tar.gz\n{hashlib.sha256(tar).hexdigest()}  etcd-{ETCD}-linux-amd64.tar.gz\n".encode())
     r = run(tmp_path / "bin", url, "kube", "etcd")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "bin" / "kubelet").read_bytes() == b"#!fake kubelet\n"
@@ -71,8 +74,8 @@ def test_fetch_verifies_published_sha256(mirror, tmp_path) -> None:
 
 def test_fetch_refuses_a_tampered_file_and_writes_nothing(mirror, tmp_path) -> None:
     put, url = mirror
-    put("/opencontainers/runc/releases/download/v1.4.3/runc.amd64", b"tampered")
-    put("/opencontainers/runc/releases/download/v1.4.3/runc.sha256sum",
+    put(f"/opencontainers/runc/releases/download/{RUNC}/runc.amd64", b"tampered")
+    put(f"/opencontainers/runc/releases/download/{RUNC}/runc.sha256sum",
         f"{hashlib.sha256(b'original').hexdigest()}  runc.amd64\n".encode())
     r = run(tmp_path / "bin", url, "runc")
     assert r.returncode == 1

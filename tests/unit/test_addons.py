@@ -49,7 +49,7 @@ def test_local_path_is_the_default_storage_class_and_runs_the_node_s_program() -
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
 
 
-def test_local_path_volumes_live_under_storage_and_its_helpers_run_the_node_s_busybox() -> None:
+def test_local_path_volumes_live_under_storage_and_its_helpers_run_busybox_without_volumes() -> None:
     import json
 
     import yaml
@@ -59,8 +59,7 @@ def test_local_path_volumes_live_under_storage_and_its_helpers_run_the_node_s_bu
     assert paths["paths"] == ["/var/lib/k4s/storage"]
     helper = yaml.safe_load(data["helperPod.yaml"])
     [c] = helper["spec"]["containers"]
-    assert c["image"] == oci.SCRATCH
-    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
-    assert set(mounts) == {"/bin", str(addons.BUSYBOX.parent)} and all(m["readOnly"] for m in mounts.values())
-    assert helper["spec"]["volumes"] == [{"name": "node-tools", "hostPath": {"path": "/usr/bin", "type": "Directory"}}]
+    assert c["image"] == oci.BUSYBOX and c["imagePullPolicy"] == "Never"
+    # what local-path-provisioner >= 0.0.36 refuses in a helper template (unless told not to)
+    assert "volumes" not in helper["spec"] and "volumeMounts" not in c
     assert 'mkdir -m 0777 -p "$VOL_DIR"' in data["setup"] and 'rm -rf "$VOL_DIR"' in data["teardown"]

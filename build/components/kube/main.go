@@ -1,6 +1,6 @@
-// Command kube is the upstream Kubernetes components, etcd, CoreDNS and rancher's
-// local-path-provisioner in one
-// multicall binary.
+// Command kube is the upstream Kubernetes components, etcd, containerd, flanneld,
+// CoreDNS, crictl and rancher's local-path-provisioner in one multicall binary, as
+// k3s links its node's daemons.
 //
 // The component is chosen by the name the binary is called by (a symlink such
 // as kubelet -> kube), or by the first argument: `kube kubelet --version`.
@@ -42,6 +42,10 @@ import (
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
 	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 
+	_ "github.com/containerd/containerd/v2/cmd/containerd/builtins"
+	containerd "github.com/containerd/containerd/v2/cmd/containerd/command"
+	ctr "github.com/containerd/containerd/v2/cmd/ctr/app"
+
 	"go.etcd.io/etcd/etcdctl/v3/ctlv3"
 	"go.etcd.io/etcd/server/v3/etcdmain"
 	"go.etcd.io/etcd/server/v3/storage/wal"
@@ -67,6 +71,12 @@ import (
 	// rancher's local-path-provisioner, the default StorageClass (generated from
 	// its pinned module: upstream keeps it all in package main)
 	"k4s.dev/components/kube/localpath"
+
+	// crictl and flanneld keep their code in package main upstream too: crictl's is
+	// generated from its pinned module like local-path's, flanneld's is a reviewed copy
+	// (see its header)
+	"k4s.dev/components/kube/crictl"
+	"k4s.dev/components/kube/flannel"
 )
 
 // The etcd WAL preallocates 4 MB segments instead of 64 MB, for etcd on its
@@ -94,6 +104,21 @@ var components = map[string]func() int{
 	"etcdctl":                 func() int { ctlv3.MustStart(); return 0 },
 	"coredns":                 runCoreDNS,
 	"local-path-provisioner":  func() int { localpath.Main(); return 0 },
+	"containerd":              func() int { return runApp("containerd", containerd.App()) },
+	"ctr":                     func() int { return runApp("ctr", ctr.New()) },
+	"flanneld":                func() int { flannel.Main(); return 0 },
+	"crictl":                  func() int { crictl.Main(); return 0 },
+}
+
+// runApp runs one of containerd's urfave/cli commands as its own main does.
+func runApp(name string, app interface {
+	Run(context.Context, []string) error
+}) int {
+	if err := app.Run(context.Background(), os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, name+":", err)
+		return 1
+	}
+	return 0
 }
 
 func runEtcd() int {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 
 import yaml
@@ -136,7 +137,15 @@ def command(node: Node) -> list[str]:
         "--profiling=false",
         "--enable-priority-and-fairness=false",  # one node, few clients: save the work
         "--watch-cache-sizes=" + ",".join(f"{r}#0" for r in UNCACHED),
+        *loopback_flags(node.node_ip),
     ]
+
+
+def loopback_flags(node_ip: str) -> list[str]:
+    """A control plane on a loopback address (`k4s server --set node-ip=127.0.0.1`, the host's
+    own tests): no pod could reach it there, so the `kubernetes` Service gets no endpoints
+    rather than a loopback one, which the apiserver refuses to publish."""
+    return ["--endpoint-reconciler-type=none"] if ipaddress.ip_address(node_ip).is_loopback else []
 
 
 _pending: list[str] = []  # the /readyz checks that failed at the last probe, as recorded

@@ -12,10 +12,10 @@ from k4s.fsutil import write_atomic
 from k4s.image.oci import PAUSE_VERSION, REGISTRY
 
 BINARY = "containerd"
-CTR = "ctr"  # containerd's client (a name of the same multicall)
+CTR, CRICTL = "ctr", "crictl"  # containerd's clients (names of the kube multicall; `k4s crictl`)
 SHIM, RUNC = "containerd-shim-runc-v2", "runc"
-CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
-HELPERS = (SHIM, RUNC, CTR, *CNI_PLUGINS)
+CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")  # names of the cni multicall
+HELPERS = (SHIM, RUNC, CTR, CRICTL, *CNI_PLUGINS)
 NODE = True
 HOST = None
 READY_TIMEOUT = 120.0

@@ -1,8 +1,14 @@
-// flanneld for k4s: flannel v0.28.10's main.go (Apache-2.0, flannel authors), unchanged
-// except for what is linked: the vxlan and host-gw backends and the Kubernetes subnet
-// manager. Upstream's main also links tencentvpc, whose SDK module the Go proxy does not
-// serve, cloud and ipsec backends a diskless node has no use for, and the etcd subnet
-// manager (flannel's own etcd access; a k4s node uses the Kubernetes API).
+// flanneld for k4s, as a package of the kube multicall: flannel v0.28.10's main.go
+// (Apache-2.0, flannel authors), unchanged except for
+//   - what is linked: the vxlan and host-gw backends and the Kubernetes subnet manager.
+//     Upstream's main also links tencentvpc, whose SDK module the Go proxy does not serve,
+//     cloud and ipsec backends a diskless node has no use for, and the etcd subnet manager
+//     (flannel's own etcd access; a k4s node uses the Kubernetes API);
+//   - package flannel with main() as Main(), and its init() (which parses the command line)
+//     as setup(), which Main() calls: in a multicall every process runs every package's
+//     init, and only flanneld's may parse flanneld's flags;
+//   - klog's flags registered on a flag set of its own, not on the process's default one,
+//     which other components of the multicall own.
 //
 // Copyright 2015 flannel authors
 //
@@ -18,7 +24,7 @@
 // See the License for the specific language governing permissions and
 // limitations under the License.
 
-package main
+package flannel
 
 import (
 	"context"
@@ -104,11 +110,12 @@ var (
 	errInterrupted = errors.New("interrupted")
 	errCanceled    = errors.New("canceled")
 	flannelFlags   = flag.NewFlagSet("flannel", flag.ExitOnError)
+	klogFlags      = flag.NewFlagSet("klog", flag.ExitOnError)
 	// isReady is set to true once subnet.env has been written and traffic rules are in place.
 	isReady atomic.Bool
 )
 
-func init() {
+func setup() {
 	flannelFlags.StringVar(&opts.etcdEndpoints, "etcd-endpoints", "http://127.0.0.1:4001,http://127.0.0.1:2379", "a comma-delimited list of etcd endpoints")
 	flannelFlags.StringVar(&opts.etcdPrefix, "etcd-prefix", "/coreos.com/network", "etcd prefix")
 	flannelFlags.StringVar(&opts.etcdKeyfile, "etcd-keyfile", "", "SSL key file used to secure etcd communication")
@@ -138,11 +145,11 @@ func init() {
 	flannelFlags.StringVar(&opts.netConfPath, "net-config-path", "/etc/kube-flannel/net-conf.json", "path to the network configuration file")
 	flannelFlags.BoolVar(&opts.setNodeNetworkUnavailable, "set-node-network-unavailable", true, "set NodeNetworkUnavailable after ready")
 
-	log.InitFlags(nil)
+	log.InitFlags(klogFlags)
 
 	// klog will log to tmp files by default. override so all entries
 	// can flow into journald (if running under systemd)
-	err := flag.Set("logtostderr", "true")
+	err := klogFlags.Set("logtostderr", "true")
 	if err != nil {
 		log.Error("Can't set the logtostderr flag", err)
 		os.Exit(1)
@@ -150,11 +157,11 @@ func init() {
 
 	// Opt into the fixed klog behavior so the --stderrthreshold flag is honored
 	// even when --logtostderr is enabled. See https://github.com/kubernetes/klog/issues/432
-	if err := flag.Set("legacy_stderr_threshold_behavior", "false"); err != nil {
+	if err := klogFlags.Set("legacy_stderr_threshold_behavior", "false"); err != nil {
 		log.Error("Can't set the legacy_stderr_threshold_behavior flag", err)
 		os.Exit(1)
 	}
-	if err := flag.Set("stderrthreshold", "INFO"); err != nil {
+	if err := klogFlags.Set("stderrthreshold", "INFO"); err != nil {
 		log.Error("Can't set the stderrthreshold flag", err)
 		os.Exit(1)
 	}
@@ -176,7 +183,7 @@ func init() {
 }
 
 func copyFlag(name string) {
-	flannelFlags.Var(flag.Lookup(name).Value, flag.Lookup(name).Name, flag.Lookup(name).Usage)
+	flannelFlags.Var(klogFlags.Lookup(name).Value, klogFlags.Lookup(name).Name, klogFlags.Lookup(name).Usage)
 }
 
 func usage() {
@@ -199,7 +206,9 @@ func newSubnetManager(ctx context.Context) (subnet.Manager, error) {
 	return nil, errors.New("only --kube-subnet-mgr is built in")
 }
 
-func main() {
+// Main is flanneld: it parses its flags, then runs until a signal stops it.
+func Main() {
+	setup()
 	if opts.version {
 		fmt.Fprintln(os.Stderr, version.Version)
 		os.Exit(0)

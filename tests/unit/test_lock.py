@@ -1,0 +1,55 @@
+"""The lock is the one place an upstream version is written: the build, the README's table and
+the release-download list all follow it, and a check fails where they disagree."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from tests.conftest import ROOT, components_build
+
+build = components_build()
+LOCK = json.loads(build.LOCK.read_text())
+RELEASES = json.loads((ROOT / "build" / "components" / "releases.json").read_text())
+
+
+def pinned() -> dict[str, str]:
+    """name -> version, for every component and every module pinned into one."""
+    return {p["name"]: p["version"] for c in LOCK["components"] for p in [c, *c.get("pins", [])]}
+
+
+def test_release_downloads_are_the_locked_versions() -> None:
+    versions = pinned()
+    for source in RELEASES["sources"]:
+        assert source["component"] in versions, f"releases.json has {source['component']}, the lock does not"
+        assert source["version"] == versions[source["component"]], (
+            f"releases.json downloads {source['component']} {source['version']}, "
+            f"lock.json builds {versions[source['component']]}")
+
+
+def test_readme_table_is_generated_from_the_lock() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert build.readme_with_table(readme, LOCK) == readme, "run `python3 build/components/build.py --table`"
+    for name, version in pinned().items():
+        assert f"| {name} | {version} |" in readme
+
+
+def test_every_version_a_build_names_is_in_the_lock() -> None:
+    for comp in LOCK["components"]:
+        for text in [*(f for o in comp["outputs"] for f in o.get("ldflags", [])),
+                     *(c["expect"] for c in comp.get("checks", []))]:
+            expanded = build.expand(text, comp)
+            assert "{" not in expanded and "v0.0.0" not in expanded
+
+
+def test_a_version_written_twice_fails() -> None:
+    build.check_pins_agree(LOCK)
+    lock = copy.deepcopy(LOCK)
+    kube = next(c for c in lock["components"] if c["name"] == "kube")
+    kube["pins"].append({"name": "runc", "module": "github.com/opencontainers/runc", "version": "v1.0.0"})
+    with pytest.raises(build.BuildError, match="one version, in both places"):
+        build.check_pins_agree(lock)
+    with pytest.raises(build.BuildError, match="names a version the lock does not have"):
+        build.expand("-X main.v={nosuch}", kube)
