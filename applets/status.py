@@ -32,10 +32,22 @@ def _secs(v: float | None) -> str:
 
 
 def render(doc: dict[str, Any], out: TextIO) -> None:
-    out.write(f"{'COMPONENT':<24} {'STATE':<9} {'PID':>7} {'RESTARTS':>8} {'READY':<5} {'STARTED':>8} {'READY-IN':>8}\n")
-    for name, c in doc.get("components", {}).items():
+    from k4s.cluster import services
+
+    comps = doc.get("components", {})
+    ready_at = {n: c.get("ready_at") for n, c in comps.items()}
+    could = services.deps_ready(ready_at)
+    # the boot as a critical path: when each could have started (what it waits for ready), when it
+    # did, when it was first ready (seconds since the node's start)
+    out.write(f"{'COMPONENT':<24} {'STATE':<9} {'PID':>7} {'RESTARTS':>8} {'READY':<5} {'DEPS-READY':>10} "
+              f"{'STARTED':>8} {'READY-AT':>8}\n")
+    for name, c in comps.items():
         out.write(f"{name:<24} {c['state']:<9} {c['pid'] or '-':>7} {c['restarts']:>8} "
-                  f"{'yes' if c['ready'] else 'no':<5} {_secs(c['started_after']):>8} {_secs(c['ready_after']):>8}\n")
+                  f"{'yes' if c['ready'] else 'no':<5} {_secs(could.get(name)):>10} {_secs(c['started_after']):>8} "
+                  f"{_secs(c.get('ready_at')):>8}\n")
+    if ready_at.get("node-ready") is not None:
+        out.write("critical path to node Ready: " + " -> ".join(
+            f"{n} {ready_at[n]:.1f}s" for n in services.critical_path(ready_at) if ready_at.get(n) is not None) + "\n")
     if mem := doc.get("memory"):
         out.write(f"\nmemory: {mem['mem_used_mib']} MiB used of {mem['mem_total_mib']} ({mem['mem_available_mib']} "
                   f"available): anon {mem['anon_mib']}, shmem {mem['shmem_mib']}, kernel {mem['kernel_mib']}"

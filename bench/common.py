@@ -47,6 +47,19 @@ def mem_detail(m: dict) -> str:
     return f" ({', '.join(parts)} MiB)" if parts else ""
 
 
+def spans(got: list[dict]) -> dict[str, dict[str, float]]:
+    """Each service of the node's graph: when it started and when it was first ready (seconds
+    since kernel start, from its events)."""
+    from k4s.cluster import services
+
+    names = {n for n, _ in services.GRAPH}
+    out: dict[str, dict[str, float]] = {}
+    for e in got:
+        if e.get("component") in names and e.get("event") in ("start", "ready"):
+            out.setdefault(e["component"], {}).setdefault(e["event"], e["t"])
+    return out
+
+
 def boot(memory: int, wait_idle: float = 0, append: str = "", disk: Path | None = None,
          initrd: Path = INITRD, until_coredns: bool = False) -> dict:
     """One appliance boot to Ready (k4s.host.vm, with its lockup retry): the wall clock, the
@@ -71,6 +84,7 @@ def boot(memory: int, wait_idle: float = 0, append: str = "", disk: Path | None 
         return result | {"ready": False, "error": e.message}
     result["timeline_s"] = {name: (hit or {}).get("t") for name, ev in events.TIMELINE
                             for hit in [ev.first(got)]}
+    result["spans_s"] = spans(got)
     stats = events.STATS.all(got)
     if stats:  # the last one: mem_used_mib (MemTotal - MemAvailable), anon_mib, shmem_mib, kernel_mib
         result["idle_mem_used_mib"] = int(stats[-1]["mem_used_mib"])

@@ -117,8 +117,9 @@ def dispatch(argv: list[str], aliases: dict[str, str] | None = None) -> int:
         first = args[0]
         if first == "--version":
             from k4s import __version__
+            from k4s.upstream import VERSIONS
 
-            print(f"k4s {__version__}")
+            print(f"k4s {__version__}\n" + "\n".join(f"{name} {v}" for name, v in VERSIONS.items()))
             return 0
         if first == "--list":
             print(_list())

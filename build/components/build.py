@@ -259,6 +259,22 @@ TABLE_BEGIN, TABLE_END = "<!-- components: generated from build/components/lock.
     "<!-- /components -->"
 
 
+VERSIONS_PY = ROOT / "k4s" / "upstream.py"
+TITLES = {"kube": "kubernetes"}  # a lock name as users know the project
+
+
+def versions(lock: dict) -> dict[str, str]:
+    """Every upstream project built in, once: title -> version."""
+    return {TITLES.get(p["name"], p["name"]): p["version"] for c in lock["components"] for p in [c, *c.get("pins", [])]}
+
+
+def versions_module(lock: dict) -> str:
+    """k4s/upstream.py: what `k4s --version` lists (a literal, so it costs no file read)."""
+    body = "".join(f"    {k!r}: {v!r},\n" for k, v in versions(lock).items())
+    return ('"""The upstream versions built into this k4s: generated from build/components/lock.json by\n'
+            '`python3 build/components/build.py --table`; do not edit."""\n\nVERSIONS = {\n' + body + "}\n")
+
+
 def table(lock: dict) -> str:
     """The README's component table: what each binary holds, at which version, from which module."""
     rows = ["| binary | upstream | version | Go module |", "|---|---|---|---|"]
@@ -267,7 +283,7 @@ def table(lock: dict) -> str:
         links = ", ".join(comp.get("links", {}))
         binary = ", ".join(f"`{n}`" for n in names) + (f" (as {links})" if links else "")
         for i, pin in enumerate([comp, *comp.get("pins", [])]):
-            rows.append(f"| {binary if i == 0 else ''} | {pin['name']} | {pin['version']} | "
+            rows.append(f"| {binary if i == 0 else ''} | {TITLES.get(pin['name'], pin['name'])} | {pin['version']} | "
                         f"{pin['module']} |")
     return "\n".join(rows)
 
@@ -301,7 +317,8 @@ def main() -> int:
     ap.add_argument("--only", action="append", default=[], help="build only these components")
     ap.add_argument("--update-lock", action="store_true", help="record the sha256 of every output in lock.json")
     ap.add_argument("--regen-mains", action="store_true", help="rewrite the library copies of upstream mains")
-    ap.add_argument("--table", action="store_true", help="rewrite the README's component table from the lock")
+    ap.add_argument("--table", action="store_true",
+                    help="rewrite the README's component table and k4s/upstream.py from the lock")
     ap.add_argument("--out", default=str(ROOT / "out" / "components"))
     ap.add_argument("--cache", default=os.environ.get("K4S_CACHE", "/var/cache/k4s"))
     args = ap.parse_args()
@@ -310,6 +327,7 @@ def main() -> int:
     check_pins_agree(lock)
     if args.table:
         README.write_text(readme_with_table(README.read_text(), lock))
+        VERSIONS_PY.write_text(versions_module(lock))
         return 0
     tc = toolchain()
     if lock.get("toolchain") and lock["toolchain"] != tc and not args.update_lock:

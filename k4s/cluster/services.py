@@ -32,7 +32,7 @@ whatever its members wait for.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from k4s.cluster import components, tasks
 from k4s.cluster.node import Node
@@ -54,6 +54,33 @@ GRAPH: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pod-network", ("flannel",)),
     ("node-ready", ("kubelet",)),
 )
+
+# What a task's result waits for beyond what it starts after: the kubelet reports its Node
+# Ready only once the pod network is there (the node-ready task starts with the kubelet).
+RESULT_WAITS = {"node-ready": ("pod-network",)}
+
+
+def deps_ready(ready_at: Mapping[str, float | None]) -> dict[str, float | None]:
+    """For each entry of GRAPH, when it could have started: when the last of what it waits for
+    was ready (0 with nothing to wait for; None while something it waits for is not ready)."""
+    out: dict[str, float | None] = {}
+    for name, after in GRAPH:
+        times = [ready_at.get(a) for a in after if a in ready_at]
+        out[name] = None if any(t is None for t in times) else max(times, default=0.0)  # type: ignore[type-var]
+    return out
+
+
+def critical_path(ready_at: Mapping[str, float | None], last: str = "node-ready") -> list[str]:
+    """The chain of waits that decided when `last` was ready: from it back, at each step the
+    one of what it waits for that was ready last. A boot that got slower shows here as a
+    line, which the bench and `k4s status` print."""
+    path = [last]
+    after = {n: (*a, *RESULT_WAITS.get(n, ())) for n, a in GRAPH}
+    while deps := [d for d in after.get(path[-1], ()) if ready_at.get(d) is not None]:
+        path.append(max(deps, key=lambda d: ready_at[d] or 0.0))
+    return path[::-1]
+
+
 # Tasks: (what runs, how long it may take before the boot fails, tries before it is fatal).
 TASKS: dict[str, tuple[Callable[[Node, tasks.ManifestWatcher | None], Callable[[Supervisor], None]], float, int]] = {
     "images": (lambda node, _: lambda sup: tasks.import_images(node, sup), 300.0, 3),

@@ -17,7 +17,7 @@ from tests.conftest import ROOT
 # lowest first: a module may import from its own layer and the ones below, never above
 LAYERS = (
     ("base", ("k4s.errors", "k4s.log", "k4s.events", "k4s.layout", "k4s.config", "k4s.fsutil", "k4s.tlsserve",
-              "k4s.sys")),
+              "k4s.sys", "k4s.upstream")),
     ("formats", ("k4s.image",)),
     ("node", ("k4s.cluster",)),
     ("boot", ("k4s.boot",)),

@@ -29,11 +29,18 @@ def test_release_downloads_are_the_locked_versions() -> None:
             f"lock.json builds {versions[source['component']]}")
 
 
-def test_readme_table_is_generated_from_the_lock() -> None:
+def test_readme_table_and_k4s_version_are_generated_from_the_lock() -> None:
     readme = (ROOT / "README.md").read_text()
     assert build.readme_with_table(readme, LOCK) == readme, "run `python3 build/components/build.py --table`"
+    assert build.VERSIONS_PY.read_text() == build.versions_module(LOCK), "run `build.py --table`"
     for name, version in pinned().items():
-        assert f"| {name} | {version} |" in readme
+        assert f"| {build.TITLES.get(name, name)} | {version} |" in readme
+    from tests.conftest import k4s_cmd
+
+    listed = k4s_cmd("--version", check=True).stdout.splitlines()
+    assert listed[0].startswith("k4s ")
+    assert dict(line.split(" ", 1) for line in listed[1:]) == build.versions(LOCK)
+    assert f"kubernetes {LOCK['components'][0]['version']}" in listed
 
 
 def test_every_version_a_build_names_is_in_the_lock() -> None:

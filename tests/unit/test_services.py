@@ -94,3 +94,58 @@ def test_the_server_gives_its_own_node_the_first_free_pod_cidr() -> None:
     api = Nodes(**{"k4s-server": "10.42.7.0/24"})  # the controller-manager was first: it keeps its own
     tasks.own_pod_cidr(api, "10.42.0.0/16", "k4s-server")  # type: ignore[arg-type]
     assert api.nodes["k4s-server"]["spec"] == {"podCIDR": "10.42.7.0/24"}
+
+
+# a boot's first-ready times (seconds since the node started), as the supervisor records them
+BOOT = {"etcd": 5.8, "containerd": 6.3, "images": 16.4, "kube-apiserver": 30.9, "bootstrap": 37.5,
+        "kube-controller-manager": 32.1, "kube-scheduler": 41.0, "kubelet": 33.2, "kube-proxy": 46.4,
+        "node-registered": 36.5, "flannel": 44.2, "pod-network": 44.4, "node-ready": 45.0}
+
+
+def test_the_critical_path_is_the_chain_of_last_ready_waits() -> None:
+    # the Node is Ready once its pod network is: flannel after the node's registration
+    assert services.critical_path(BOOT) == ["etcd", "kube-apiserver", "kubelet", "node-registered", "flannel",
+                                            "pod-network", "node-ready"]
+    slow_images = BOOT | {"images": 35.0}  # the regression shows as a changed line
+    assert services.critical_path(slow_images)[:3] == ["containerd", "images", "kubelet"]
+    without_flannel = {n: t for n, t in BOOT.items() if n not in ("flannel", "pod-network")}
+    assert services.critical_path(without_flannel) == ["etcd", "kube-apiserver", "kubelet", "node-ready"]
+
+
+def test_each_service_could_start_once_what_it_waits_for_was_ready() -> None:
+    could = services.deps_ready(BOOT)
+    assert could["etcd"] == 0.0 and could["kube-apiserver"] == 5.8
+    assert could["kubelet"] == 30.9  # containerd 6.3, images 16.4, the apiserver 30.9
+    assert services.deps_ready(BOOT | {"kube-apiserver": None})["kubelet"] is None
+
+
+def test_status_shows_when_each_could_start_did_start_and_was_ready() -> None:
+    import io
+
+    from applets.status import render
+
+    comps = {n: {"state": "ready", "pid": 1, "restarts": 0, "ready": True, "started_after": t - 1, "ready_at": t}
+             for n, t in BOOT.items()}
+    out = io.StringIO()
+    render({"components": comps}, out)
+    text = out.getvalue()
+    [kubelet] = [ln for ln in text.splitlines() if ln.startswith("kubelet ")]
+    assert kubelet.split()[-3:] == ["30.9s", "32.2s", "33.2s"]
+    assert ("critical path to node Ready: etcd 5.8s -> kube-apiserver 30.9s -> kubelet 33.2s -> node-registered "
+            "36.5s -> flannel 44.2s -> pod-network 44.4s -> node-ready 45.0s") in text
+
+
+def test_the_bench_draws_one_bar_per_service_and_marks_the_critical_path() -> None:
+    import xml.etree.ElementTree as ET
+
+    from bench import timeline
+
+    spans = {n: {"start": t - 2.0, "ready": t} for n, t in BOOT.items()}
+    root = ET.fromstring(timeline.svg(spans, 3.0, "a boot"))
+    ns = "{http://www.w3.org/2000/svg}"
+    bars = [r for r in root.iter(f"{ns}rect") if r.find(f"{ns}title") is not None]
+    assert len(bars) == len(BOOT)
+    red = {r.find(f"{ns}title").text.split(":")[0] for r in bars if r.get("fill") == "#c0392b"}
+    assert red == {"etcd", "kube-apiserver", "kubelet", "node-registered", "flannel", "pod-network", "node-ready"}
+    # kube-scheduler started 39.0 s, could have at 30.9 s (the apiserver ready): a wait bar
+    assert any(r.get("fill") == "#f2c14e" for r in root.iter(f"{ns}rect"))
