@@ -71,6 +71,11 @@ def create(node_name: str, segment: Path | None, ttl: str, reusable: bool, serve
     def make(client):  # type: ignore[no-untyped-def]
         published, ca = tokens.cluster_server_and_ca(client)
         token_id, secret = tokens.create(client, lifetime, description, node_name, reusable)
+        # kubeadm's join retries until the controller-manager has signed cluster-info for the
+        # token; a k4s worker refuses an unsigned one at once, so the token waits to be usable
+        if not tokens.wait_signed(client, token_id, min(tokens.SIGN_WAIT, lifetime.total_seconds())):
+            click.echo(f"k4s token: cluster-info is not signed for {token_id} yet (is the controller-manager "
+                       "running?): a worker may be refused until it is", err=True)
         return (tokens.join_line(server or published, spki_hash_pem(ca), node_name),
                 tokens.join_secret(server or published, f"{token_id}.{secret}", spki_hash_pem(ca), node_name))
 

@@ -4,6 +4,7 @@ throughput across nodes next to the same node."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import tempfile
@@ -32,19 +33,27 @@ WORKER_MAC = "52:54:00:00:77:02"
 
 
 def measure() -> dict:
+    """This image's fleet; with BENCH_BASELINE (an earlier commit's initramfs) that one's too,
+    first, in the same run."""
+    baseline = os.environ.get("BENCH_BASELINE", "")
+    out = {"baseline": fleet_of_two(Path(baseline)) | {"image": baseline}} if Path(baseline).is_file() else {}
+    return fleet_of_two(INITRD) | out
+
+
+def fleet_of_two(initrd: Path) -> dict:
     from k4s import events, log
     from k4s.host import fleet
 
     tmp = Path(tempfile.mkdtemp())
     port = 17790
-    server = fleet.server(tmp / "server", KERNEL, INITRD, (port,), port=16544)
+    server = fleet.server(tmp / "server", KERNEL, initrd, (port,), port=16544)
     out: dict = {}
     try:
         with server.booted():
             server.write_kubeconfig()
             segment = tmp / "worker.join"
             fleet.token_create(server.kubeconfig, "--node", fleet.node_name(WORKER_MAC), "--segment", str(segment))
-            worker = fleet.worker(tmp / "worker", KERNEL, INITRD, port, WORKER_MAC, "10.77.0.2", segment)
+            worker = fleet.worker(tmp / "worker", KERNEL, initrd, port, WORKER_MAC, "10.77.0.2", segment)
             t0 = time.monotonic()
             with worker.booted(timeout=600) as w:
                 out["worker_ready_wall_s"] = round(time.monotonic() - t0, 1)
@@ -97,4 +106,10 @@ def render(r: dict) -> list[str]:
             "", "| pod to pod | round trip ms | throughput MB/s |", "|---|---|---|",
             f"| same node (bridge) | {f.get('same_node_rtt_ms')} | {f.get('same_node_mb_s')} |",
             f"| across nodes (flannel vxlan over the lan) | {f.get('cross_node_rtt_ms')} | {f.get('cross_node_mb_s')} |",
-            ""] + ([f"Fleet bench error: {f['error']}", ""] if f.get("error") else [])
+            ""] + ([f"Fleet bench error: {f['error']}", ""] if f.get("error") else []) + (
+            [f"The baseline image ({Path(b['image']).name}, {b.get('run', 'the same run')}): worker Ready "
+             f"{b.get('worker_ready_wall_s')} "
+             f"s from QEMU start, idle {b.get('worker_idle_mem_used_mib')} MiB"
+             + mem_detail(b.get("worker_idle_mem_mib", {})) + "; across nodes "
+             f"{b.get('cross_node_rtt_ms')} ms, {b.get('cross_node_mb_s')} MB/s.", ""]
+            if (b := f.get("baseline")) else [])

@@ -17,6 +17,7 @@ import base64
 import datetime as dt
 import secrets
 import string
+import time
 from dataclasses import dataclass
 
 from k4s.cluster import addons, kubeapi
@@ -91,6 +92,22 @@ def create(client: kubeapi.Client, ttl: dt.timedelta, description: str, node_nam
     client.json("POST", SECRETS, secret_for(token_id, token_secret, ttl, description, node_name=node_name,
                                             reusable=reusable))
     return token_id, token_secret
+
+
+SIGN_WAIT = 60.0  # the controller-manager's bootstrapsigner signs a new token within seconds
+
+
+def wait_signed(client: kubeapi.Client, token_id: str, timeout: float) -> bool:
+    """Until cluster-info carries the token's signature (what a worker's discovery checks), for
+    at most `timeout` seconds: a token handed out before it is signed would be refused."""
+    end = time.monotonic() + timeout
+    while True:
+        data = client.json("GET", CLUSTER_INFO_PATH).get("data") or {}
+        if f"jws-kubeconfig-{token_id}" in data:
+            return True
+        if time.monotonic() >= end:
+            return False
+        time.sleep(1)
 
 
 def listed(client: kubeapi.Client) -> list[TokenInfo]:

@@ -438,3 +438,24 @@ def test_a_flood_of_requests_is_denied_unread() -> None:
     assert len(parsed) == approver.MAX_PENDING
     denied = [n for n, v in api.verdicts.items() if "more than" in v[1]]
     assert denied == [f"s{i}" for i in range(approver.MAX_PENDING, approver.MAX_PENDING + 3)], api.verdicts
+
+
+def test_token_create_hands_out_a_token_once_cluster_info_is_signed_for_it(monkeypatch) -> None:
+    """A worker's discovery refuses a token cluster-info is not signed for: `k4s token create`
+    returns once the controller-manager's bootstrapsigner has signed it, or says it has not."""
+    from k4s.host import tokens
+
+    class FakeClient:
+        def __init__(self, signed_after: int) -> None:
+            self.gets, self.signed_after = 0, signed_after
+
+        def json(self, method: str, path: str) -> dict:
+            assert (method, path) == ("GET", tokens.CLUSTER_INFO_PATH)
+            self.gets += 1
+            return {"data": {"kubeconfig": "...", **({"jws-kubeconfig-abcdef": "sig"}
+                                                     if self.gets > self.signed_after else {})}}
+
+    monkeypatch.setattr(tokens.time, "sleep", lambda s: None)
+    client = FakeClient(signed_after=3)
+    assert tokens.wait_signed(client, "abcdef", 60) and client.gets == 4
+    assert not tokens.wait_signed(FakeClient(signed_after=10**9), "abcdef", 0)
