@@ -80,10 +80,12 @@ def cache_key(comp: dict, tc: dict[str, str]) -> str:
 # Some upstream programs keep all their code in package main (rancher's local-path-provisioner,
 # crictl, each CNI plugin), which Go cannot import. A component lists them under "mains": the Go
 # files of the module's root or of "path" in it, from the module version go.mod pins (and go.sum
-# verifies), become package <dir> with main() renamed Main(), so one binary can run them. An import path may be rewritten ("imports": old -> new) where the
-# binary links the same package under another spelling (Go refuses two import paths that differ
-# only in case, as github.com/Sirupsen/logrus and github.com/sirupsen/logrus). The copies are checked in (go mod tidy and vet see them) and must equal
-# what this function makes from the pinned module: they cannot drift from upstream.
+# verifies), become package <dir> with main() renamed Main(), so one binary can run them. An
+# import path may be rewritten ("imports": old -> new) where the binary links the same package
+# under another spelling (Go refuses two import paths that differ only in case, as
+# github.com/Sirupsen/logrus and github.com/sirupsen/logrus). The copies are checked in (go mod
+# tidy and vet see them) and must equal what this function makes from the pinned module: they
+# cannot drift from upstream.
 
 def generated_main(module: str, version: str, name: str, text: str, package: str,
                    imports: dict[str, str]) -> str:
@@ -110,7 +112,7 @@ def upstream_mains(comp: dict) -> dict[Path, str]:
     d = HERE / comp["dir"]
     want: dict[Path, str] = {}
     for m in comp.get("mains", []):
-        version = next(p["version"] for p in [comp, *comp.get("pins", [])] if p["module"] == m["module"])
+        version = next(p["version"] for p in upstreams(comp) if p["module"] == m["module"])
         info = json.loads(sh(["go", "mod", "download", "-json", f"{m['module']}@{version}"], cwd=d, env=go_env(False)))
         src = Path(info["Dir"]) / m.get("path", "")
         files = sorted(f for f in src.glob("*.go") if not f.name.endswith("_test.go"))
@@ -118,8 +120,8 @@ def upstream_mains(comp: dict) -> dict[Path, str]:
             raise BuildError(f"{m['module']}@{version}: no func main() in {m.get('path') or 'the module root'}")
         for f in files:
             name = f"{m['path']}/{f.name}" if m.get("path") else f.name
-            want[d / m["dir"] / f.name] = generated_main(m["module"], version, name, f.read_text(),
-                                                         m["dir"].replace("-", ""), m.get("imports", {}))
+            want[d / m["dir"] / f.name] = generated_main(m["module"], version, name, f.read_text(), m["dir"],
+                                                         m.get("imports", {}))
     return want
 
 
@@ -156,13 +158,18 @@ def go_env(cgo: bool) -> dict[str, str]:
     return env
 
 
+def upstreams(comp: dict) -> list[dict]:
+    """The upstream modules a lock entry builds: its own, then those linked into it ("pins")."""
+    return [comp, *comp.get("pins", [])]
+
+
 def check_pin(comp: dict) -> None:
     """go.mod must require exactly the versions the lock names: the component's module and
     the other upstream modules linked into the same binary ("pins")."""
     if "c" in comp["outputs"][0]:
         return
     d = HERE / comp["dir"]
-    for pin in [{"module": comp["module"], "version": comp["version"]}, *comp.get("pins", [])]:
+    for pin in upstreams(comp):
         have = sh(["go", "list", "-m", "-f", "{{.Version}}", pin["module"]], cwd=d, env=go_env(False)).strip()
         if have != pin["version"]:
             raise BuildError(f"{comp['name']}: go.mod has {pin['module']} {have}, lock.json pins {pin['version']}"
@@ -265,7 +272,7 @@ TITLES = {"kube": "kubernetes"}  # a lock name as users know the project
 
 def versions(lock: dict) -> dict[str, str]:
     """Every upstream project built in, once: title -> version."""
-    return {TITLES.get(p["name"], p["name"]): p["version"] for c in lock["components"] for p in [c, *c.get("pins", [])]}
+    return {TITLES.get(p["name"], p["name"]): p["version"] for c in lock["components"] for p in upstreams(c)}
 
 
 def versions_module(lock: dict) -> str:
@@ -282,7 +289,7 @@ def table(lock: dict) -> str:
         names = [o["name"] for o in comp["outputs"]]
         links = ", ".join(comp.get("links", {}))
         binary = ", ".join(f"`{n}`" for n in names) + (f" (as {links})" if links else "")
-        for i, pin in enumerate([comp, *comp.get("pins", [])]):
+        for i, pin in enumerate(upstreams(comp)):
             rows.append(f"| {binary if i == 0 else ''} | {TITLES.get(pin['name'], pin['name'])} | {pin['version']} | "
                         f"{pin['module']} |")
     return "\n".join(rows)
@@ -303,9 +310,7 @@ def check_pins_agree(lock: dict) -> None:
     one version: the lock cannot say two."""
     seen: dict[str, tuple[str, str]] = {}
     for comp in lock["components"]:
-        for pin in [comp, *comp.get("pins", [])]:
-            if "module" not in pin:
-                continue
+        for pin in upstreams(comp):
             have = seen.setdefault(pin["module"], (pin["version"], comp["name"]))
             if have[0] != pin["version"]:
                 raise BuildError(f"lock.json pins {pin['module']} at {have[0]} ({have[1]}) and at "

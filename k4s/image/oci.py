@@ -23,6 +23,7 @@ from pathlib import Path
 
 from k4s.errors import K4sError
 from k4s.fsutil import write_atomic
+from k4s.upstream import VERSIONS
 
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -256,7 +257,7 @@ def verify(path: Path) -> list[dict]:
 
 # --- the airgap images the node needs ---------------------------------------------------
 
-PAUSE_VERSION = "3.10"
+PAUSE_VERSION = VERSIONS["pause"]  # the pause program the image holds (build/components/pause)
 BUSYBOX_TAG = "1.36"
 BUSYBOX = f"{REGISTRY}/busybox:{BUSYBOX_TAG}"  # the test workloads' and local-path's helper pods' image
 

@@ -17,7 +17,7 @@ RELEASES = json.loads((ROOT / "build" / "components" / "releases.json").read_tex
 
 def pinned() -> dict[str, str]:
     """name -> version, for every component and every module pinned into one."""
-    return {p["name"]: p["version"] for c in LOCK["components"] for p in [c, *c.get("pins", [])]}
+    return {p["name"]: p["version"] for c in LOCK["components"] for p in build.upstreams(c)}
 
 
 def test_release_downloads_are_the_locked_versions() -> None:
