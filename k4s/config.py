@@ -336,6 +336,9 @@ class Config:
     zram_algorithm: str = key(_choice("zstd", "lzo-rle", "lz4"), "zstd", "how zram compresses: zstd keeps the most "
         "in the least RAM, lzo-rle and lz4 spend less CPU (a missing one falls back to the kernel's default)", cmdline=C)
     log_level: str = key(_choice("debug", "info", "warn", "error"), "info", "k4s log level", cmdline=C)
+    profile: int = key(_int_range(0, 600), 0, "write a CPU profile of each Go component's first this many "
+        "seconds to the log directory's profile/ (how a slow start is found; `go tool pprof` reads it); 0: off",
+        cmdline=C)
     cert_renew_days: int = key(_int_range(1, 3650), 90, "re-issue leaf certificates expiring within this many days "
         "(or a third of their validity, if that is shorter), while the node runs")
     cert_validity: int = key(_duration(1800, 3650 * 86400), 365 * 86400, "how long a leaf certificate the node issues "

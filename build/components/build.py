@@ -68,9 +68,7 @@ def cache_key(comp: dict, tc: dict[str, str]) -> str:
     entry = {k: v for k, v in comp.items() if k != "sha256"}
     h.update(json.dumps([BUILDER_VERSION, entry, tc], sort_keys=True).encode())
     d = HERE / comp["dir"]
-    subdirs = [m["dir"] for m in comp.get("mains", [])] + comp.get("packages", [])
-    files = [*sorted(d.iterdir()), *(f for sub in subdirs for f in sorted((d / sub).iterdir()))]
-    for f in files:
+    for f in sorted(d.rglob("*")):  # every package of it: the main's, the mains', our own (flannel)
         if f.is_file() and f.suffix in (".go", ".mod", ".sum", ".c"):
             h.update(str(f.relative_to(d)).encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:20]

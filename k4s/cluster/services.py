@@ -50,14 +50,16 @@ GRAPH: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("kubelet", ("containerd", "images", "kube-apiserver")),
     ("kube-proxy", ("kube-apiserver",)),
     ("node-registered", ("kubelet",)),
-    ("flannel", ("node-registered",)),
+    # flanneld sets up its rules while the kubelet registers, and waits for the podCIDR itself
+    ("flannel", ("kube-apiserver",)),
     ("pod-network", ("flannel",)),
     ("node-ready", ("kubelet",)),
 )
 
-# What a task's result waits for beyond what it starts after: the kubelet reports its Node
-# Ready only once the pod network is there (the node-ready task starts with the kubelet).
-RESULT_WAITS = {"node-ready": ("pod-network",)}
+# What a result waits for beyond what it starts after: the kubelet reports its Node Ready
+# only once the pod network is there (the node-ready task starts with the kubelet); flannel
+# takes its lease once the Node has its podCIDR (it starts with the kubelet).
+RESULT_WAITS = {"node-ready": ("pod-network",), "flannel": ("node-registered",)}
 
 
 def deps_ready(ready_at: Mapping[str, float | None]) -> dict[str, float | None]:
@@ -106,6 +108,10 @@ def build(node: Node, names: list[str], watcher: tasks.ManifestWatcher | None = 
     """The supervisor's services for these components, in graph order."""
     env = child_env(node.bin_dir, node.cfg.component_gogc)
     env["NODE_NAME"] = node.cfg.node_name  # how flanneld's subnet manager finds its Node
+    if node.cfg.profile:  # read by the multicall's main (build/components/kube/main.go)
+        profiles = node.paths.logs / "profile"
+        profiles.mkdir(parents=True, exist_ok=True)
+        env |= {"K4S_PROFILE_DIR": str(profiles), "K4S_PROFILE_SECONDS": str(node.cfg.profile)}
     entries = selected(names)
     hosts = {n: components.host_of(n, node, names) for n in names}
     members = {n: [m for m in names if hosts[m] == n] for n in names}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from k4s import config
-from k4s.cluster import components
+from k4s.cluster import certs, components
 from k4s.cluster.node import Node
 from k4s.errors import K4sError
 from k4s.layout import Paths
@@ -58,6 +58,10 @@ def test_group_command_line_is_each_component_after_a_plus(tmp_path) -> None:
     scheduler = argv[cut[1] + 2:]
     assert scheduler == components.argv("kube-scheduler", n)[1:]
     assert "--secure-port=10259" in scheduler
+    # served with the cluster CA's certificate, not a self-signed RSA key made at every start
+    manager = argv[cut[0] + 2:cut[1]]
+    for args, leaf in ((scheduler, certs.SCHEDULER_SERVING), (manager, certs.CONTROLLER_MANAGER_SERVING)):
+        assert f"--tls-cert-file={n.certs.crt(leaf)}" in args and f"--tls-private-key-file={n.certs.key(leaf)}" in args
 
 
 # --- one owner per fact -----------------------------------------------------------------

@@ -60,6 +60,13 @@ def test_an_agent_runs_the_node_part_and_its_pod_network(tmp_path) -> None:
     start, svcs = order(tmp_path, "shared", names)
     assert start.index("kubelet") < start.index("node-registered") < start.index("flannel") < start.index("pod-network")
     assert "bootstrap" not in start and svcs["kubelet"].after == ("containerd", "images")
+    assert svcs["flannel"].after == ()  # it waits for the node's podCIDR itself
+
+
+def test_flannel_starts_with_the_kubelet_and_its_lease_waits_for_the_podcidr(tmp_path) -> None:
+    _, svcs = order(tmp_path, "shared", ALL)
+    assert svcs["flannel"].after == svcs["kubelet"].after[-1:] == ("kube-apiserver",)
+    assert services.RESULT_WAITS["flannel"] == ("node-registered",)
 
 
 def test_without_flannel_there_is_no_pod_network_task(tmp_path) -> None:

@@ -22,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -162,6 +163,33 @@ func settle() {
 	}()
 }
 
+// profileStart writes a CPU profile of the process's first K4S_PROFILE_SECONDS
+// (default 40) to K4S_PROFILE_DIR/<component>.pprof, when K4S_PROFILE_DIR is
+// set: how a slow start is measured in the VM (k4s.profile=SECONDS on the
+// kernel command line; the kubelet serves the files under /logs/k4s/profile/).
+func profileStart(name string) {
+	dir := os.Getenv("K4S_PROFILE_DIR")
+	if dir == "" {
+		return
+	}
+	secs, err := strconv.Atoi(os.Getenv("K4S_PROFILE_SECONDS"))
+	if err != nil || secs <= 0 {
+		secs = 40
+	}
+	f, err := os.Create(filepath.Join(dir, name+".pprof"))
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "kube: no CPU profile: %v\n", err)
+		return
+	}
+	time.AfterFunc(time.Duration(secs)*time.Second, func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	})
+}
+
 // versionRequested: kube-proxy merges the process's Go flags into its own, and in
 // this multicall CoreDNS has registered a Go flag named "version" first, which
 // shadows kube-proxy's: `kube-proxy --version` would start the proxy. Every
@@ -199,6 +227,7 @@ func main() {
 		os.Exit(2)
 	}
 	os.Args = host
+	profileStart(filepath.Base(os.Args[0]))
 	startEmbedded(embedded)
 	settle()
 	code := run()

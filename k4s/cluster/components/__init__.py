@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib
 import os
-from pathlib import Path
 from types import ModuleType
 
 from k4s.cluster.node import Node
@@ -79,14 +78,18 @@ def group_argv(host: str, members: list[str], node: Node) -> list[str]:
     return out
 
 
-def delegated_auth_flags(kubeconfig: Path, port: int) -> list[str]:
-    """controller-manager and scheduler: one identity for the API and for checking their callers."""
+def delegated_auth_flags(node: Node, user: str, serving: str, port: int) -> list[str]:
+    """controller-manager and scheduler: one identity for the API and for checking their callers,
+    and a serving certificate from the cluster CA."""
+    kubeconfig = node.certs.kubeconfig(user)
     return [
         f"--kubeconfig={kubeconfig}",
         f"--authentication-kubeconfig={kubeconfig}",
         f"--authorization-kubeconfig={kubeconfig}",
         "--bind-address=127.0.0.1",
         f"--secure-port={port}",
+        f"--tls-cert-file={node.certs.crt(serving)}",
+        f"--tls-private-key-file={node.certs.key(serving)}",
         "--leader-elect=false",  # one node: no lease traffic
         "--profiling=false",
     ]

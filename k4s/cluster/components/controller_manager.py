@@ -23,7 +23,7 @@ def command(node: Node) -> list[str]:
     c, cfg = node.certs, node.cfg
     return [
         str(node.bin(BINARY)),
-        *delegated_auth_flags(c.kubeconfig(certs.CONTROLLER_MANAGER), PORT),
+        *delegated_auth_flags(node, certs.CONTROLLER_MANAGER, certs.CONTROLLER_MANAGER_SERVING, PORT),
         f"--client-ca-file={c.crt(certs.CLUSTER_CA)}",
         f"--requestheader-client-ca-file={c.crt(certs.FRONT_PROXY_CA)}",
         # one CA per signer: kubelet-serving certificates from their own CA, which only the
@@ -53,4 +53,4 @@ NODE_CIDR_PREFIX = 24  # each node's podCIDR: a /24 of cluster-cidr (the server 
 
 
 def ready(node: Node) -> bool:
-    return kubeapi.says_ok(f"https://127.0.0.1:{PORT}/healthz", kubeapi.tls_context())
+    return kubeapi.says_ok(f"https://127.0.0.1:{PORT}/healthz", kubeapi.tls_context(node.certs.crt(certs.CLUSTER_CA)))

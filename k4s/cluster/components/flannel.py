@@ -22,8 +22,9 @@ from k4s.fsutil import write_atomic
 BINARY = "flanneld"
 HELPERS: tuple[str, ...] = ()  # nft: a host tool packed by mkimage
 NODE = True
-HOST = None  # its own Go program, not in the kube multicall (its etcd pins differ)
-READY_TIMEOUT = 120.0
+HOST = None  # a process of its own (upstream's main exits the process on any error)
+# it starts with the kubelet and is ready once the Node has a podCIDR (node-registered's wait)
+READY_TIMEOUT = 300.0
 HEALTHZ_PORT = 10262
 BACKEND = "vxlan"
 CNI_CONF = "10-flannel.conflist"

@@ -20,8 +20,8 @@ def ports(cfg: Config) -> list[tuple[str, int]]:
 
 
 def command(node: Node) -> list[str]:
-    return [str(node.bin(BINARY)), *delegated_auth_flags(node.certs.kubeconfig(certs.SCHEDULER), PORT)]
+    return [str(node.bin(BINARY)), *delegated_auth_flags(node, certs.SCHEDULER, certs.SCHEDULER_SERVING, PORT)]
 
 
 def ready(node: Node) -> bool:
-    return kubeapi.says_ok(f"https://127.0.0.1:{PORT}/healthz", kubeapi.tls_context())
+    return kubeapi.says_ok(f"https://127.0.0.1:{PORT}/healthz", kubeapi.tls_context(node.certs.crt(certs.CLUSTER_CA)))

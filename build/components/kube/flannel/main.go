@@ -8,7 +8,12 @@
 //     as setup(), which Main() calls: in a multicall every process runs every package's
 //     init, and only flanneld's may parse flanneld's flags;
 //   - klog's flags registered on a flag set of its own, not on the process's default one,
-//     which other components of the multicall own.
+//     which other components of the multicall own;
+//   - the order of the start (see podcidr.go): the rules that need no lease are set up
+//     before the lease (cleanup of the unused traffic manager's rules, the traffic
+//     manager's own tables), and the lease is taken once the node has a podCIDR, which
+//     flanneld watches for instead of failing. So flanneld starts with the kubelet, and
+//     what is left once the node registers is the lease and the masquerade rules.
 //
 // Copyright 2015 flannel authors
 //
@@ -373,14 +378,6 @@ func Main() {
 		os.Exit(1)
 	}
 
-	bn, err := be.RegisterNetwork(ctx, &wg, config)
-	if err != nil {
-		log.Errorf("Error registering network: %s", err)
-		cancel()
-		wg.Wait()
-		os.Exit(1)
-	}
-
 	// Instanciate a TrafficManager to clean-up the rules of the backend we don't use
 	// This is to ensure a clean state in case flannel is restarted with a different choice
 	log.Info("Cleaning-up unused traffic manager rules")
@@ -397,6 +394,22 @@ func Main() {
 	err = trafficMngr.Init(ctx)
 	if err != nil {
 		log.Error(err)
+		cancel()
+		wg.Wait()
+		os.Exit(1)
+	}
+
+	// k4s: the lease is the node's podCIDR; wait for it rather than fail without one
+	if err := waitPodCIDR(ctx, opts.kubeApiUrl, opts.kubeConfigFile); err != nil {
+		log.Errorf("Error waiting for the node's podCIDR: %s", err)
+		cancel()
+		wg.Wait()
+		os.Exit(1)
+	}
+
+	bn, err := be.RegisterNetwork(ctx, &wg, config)
+	if err != nil {
+		log.Errorf("Error registering network: %s", err)
 		cancel()
 		wg.Wait()
 		os.Exit(1)
