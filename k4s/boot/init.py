@@ -43,8 +43,10 @@ MOUNTS = [
     ("tmpfs", "/run", "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "mode=0755"),
     ("tmpfs", "/tmp", "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "mode=1777"),
     ("cgroup2", "/sys/fs/cgroup", "cgroup2", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC, "nsdelegate"),
-    ("bpf", "/sys/fs/bpf", "bpf", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC, "mode=0700"),
 ]
+# No bpffs on /sys/fs/bpf: nothing of the node pins BPF objects, and mounting it asks the kernel
+# for bpf_preload, a request_module that runs /sbin/modprobe (the k4s applet: a Python start)
+# and held PID 1 for 3.5 s under TCG. A CNI that wants it mounts it, as Cilium's agent does.
 
 
 def stage(name: str, **fields: object) -> None:
@@ -59,8 +61,6 @@ def mount_all() -> None:
         except OSError as e:
             if e.errno == 16:  # EBUSY: already mounted (e.g. the kernel mounted devtmpfs)
                 continue
-            if target == "/sys/fs/bpf":
-                continue  # optional
             raise K4sError(f"mount {fstype} on {target}: {e.strerror}", hint="the kernel lacks this filesystem") from e
     # Let kubelet's cgroupfs driver use every controller below the root.
     try:
