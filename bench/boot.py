@@ -42,9 +42,15 @@ def skip() -> str:
 def measure() -> dict:
     baseline = Path(os.environ["BENCH_BASELINE"])
     runs: dict[str, list[dict]] = {"baseline": [], "this": []}
-    for _ in range(ROUNDS):
+    for i in range(ROUNDS):
         for name, initrd in (("baseline", baseline), ("this", INITRD)):
-            runs[name].append(boot(1024, initrd=initrd, until_coredns=True, wait_idle=IDLE))
+            r = boot(1024, initrd=initrd, until_coredns=True, wait_idle=IDLE)
+            runs[name].append(r)
+            t = r.get("timeline_s", {})
+            print(f"bench: boot {i + 1}/{ROUNDS} of {name}: " + (", ".join(
+                f"{s} {t[s]} s" for s in ("apiserver ready", "node Ready", "CoreDNS Ready") if t.get(s) is not None)
+                + f", idle {r.get('idle_mem_used_mib')} MiB" if r.get("ready") else f"not Ready: {r.get('error')}"),
+                flush=True)
     out: dict = {"rounds": ROUNDS, "baseline": str(baseline), "idle_s": IDLE}
     for name, rs in runs.items():
         ok = [r for r in rs if r.get("ready")]

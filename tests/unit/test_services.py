@@ -156,3 +156,17 @@ def test_the_bench_draws_one_bar_per_service_and_marks_the_critical_path() -> No
     assert red == {"etcd", "kube-apiserver", "kubelet", "node-registered", "flannel", "pod-network", "node-ready"}
     # kube-scheduler started 39.0 s, could have at 30.9 s (the apiserver ready): a wait bar
     assert any(r.get("fill") == "#f2c14e" for r in root.iter(f"{ns}rect"))
+
+
+def test_k4s_profile_on_the_command_line_has_the_go_components_write_a_cpu_profile(tmp_path) -> None:
+    from k4s import config
+
+    n = node(tmp_path)
+    assert "K4S_PROFILE_DIR" not in services.build(n, ALL)[0].env
+    import dataclasses
+
+    n = dataclasses.replace(n, cfg=config.replace(n.cfg, profile=config.load(config_file=None,
+                                                                          cmdline="k4s.profile=45").profile))
+    env = services.build(n, ALL)[0].env
+    assert env["K4S_PROFILE_DIR"] == str(n.paths.logs / "profile") and env["K4S_PROFILE_SECONDS"] == "45"
+    assert (n.paths.logs / "profile").is_dir()
