@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"sort"
@@ -164,9 +165,11 @@ func settle() {
 }
 
 // profileStart writes a CPU profile of the process's first K4S_PROFILE_SECONDS
-// (default 40) to K4S_PROFILE_DIR/<component>.pprof, when K4S_PROFILE_DIR is
-// set: how a slow start is measured in the VM (k4s.profile=SECONDS on the
-// kernel command line; the kubelet serves the files under /logs/k4s/profile/).
+// (default 40) to K4S_PROFILE_DIR/<component>.pprof when K4S_PROFILE_DIR is
+// set, and at their end its heap (<component>.heap.pprof), its goroutines
+// (<component>.goroutines.txt) and a memstats line on stderr: how a slow start
+// or a big process is measured in the VM (k4s.profile=SECONDS on the kernel
+// command line; the kubelet serves the files under /logs/k4s/profile/).
 func profileStart(name string) {
 	dir := os.Getenv("K4S_PROFILE_DIR")
 	if dir == "" {
@@ -187,6 +190,21 @@ func profileStart(name string) {
 	time.AfterFunc(time.Duration(secs)*time.Second, func() {
 		pprof.StopCPUProfile()
 		f.Close()
+		// and what the heap holds then (after a collection, as `go tool pprof` shows inuse)
+		if h, err := os.Create(filepath.Join(dir, name+".heap.pprof")); err == nil {
+			runtime.GC()
+			pprof.WriteHeapProfile(h)
+			h.Close()
+		}
+		if g, err := os.Create(filepath.Join(dir, name+".goroutines.txt")); err == nil {
+			pprof.Lookup("goroutine").WriteTo(g, 1)
+			g.Close()
+		}
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		fmt.Fprintf(os.Stderr, "kube: memstats heap_alloc=%d heap_inuse=%d heap_idle=%d heap_released=%d stack_inuse=%d "+
+			"sys=%d goroutines=%d\n", m.HeapAlloc, m.HeapInuse, m.HeapIdle, m.HeapReleased, m.StackInuse, m.Sys,
+			runtime.NumGoroutine())
 	})
 }
 
