@@ -79,7 +79,18 @@ def fleet(tmp_path_factory) -> Iterator[Fleet]:
         line = token_create(server, "--node", WORKER_NAME)
         worker = worker_vm(tmp / "worker", ports[0], line, WORKER_MAC, "10.77.0.2")
         with worker.booted(timeout=600):
-            yield Fleet(Cluster(server), worker, line, ports, tmp)
+            f = Fleet(Cluster(server), worker, line, ports, tmp)
+            # the worker's Node is Ready once its pod network is; its serving certificate (logs,
+            # exec) comes with the server approver's next round, at most approver.INTERVAL later
+            f.wait_for("the worker's serving certificate", lambda: serving_issued(f), timeout=60)
+            yield f
+
+
+def serving_issued(fleet: Fleet) -> tuple[bool, str]:
+    csrs = json.loads(fleet.kubectl("get", "csr", "-o", "json").stdout)["items"]
+    mine = [c for c in csrs if c["spec"]["signerName"] == "kubernetes.io/kubelet-serving"
+            and c["spec"]["username"] == f"system:node:{WORKER_NAME}"]
+    return any(c["status"].get("certificate") for c in mine), json.dumps([c["status"] for c in mine])[-1500:]
 
 
 def nodes(fleet: Fleet) -> dict[str, dict]:
