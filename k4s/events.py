@@ -58,6 +58,8 @@ NODE_READY = Event("node", "ready")                      # node=: its name
 COREDNS_READY = Event("coredns", "ready")
 STATS = Event("k4s", "stats")                            # memory, every minute
 CONTAINERD_RUNTIME = Event("containerd", "runtime")      # pivot_root=
+IMAGES_IMPORTED = Event("images", "imported")            # file=, images=
+IMAGES_PRESENT = Event("images", "present")              # file=, images=: on the data disk already
 SECRET_DELETED = Event("join", "secret-deleted")
 
 # the boot's critical path as the bench reports it: (label, event)

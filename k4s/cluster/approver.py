@@ -51,7 +51,8 @@ TOKEN_SECRETS = "/api/v1/namespaces/kube-system/secrets"
 NODE_ANNOTATION = "k4s.io/node-name"    # a token bound to one node name
 REUSABLE_ANNOTATION = "k4s.io/reusable"  # a token that is not deleted once used (an explicit opt-in)
 MAX_PENDING = 4  # requests one requester may have decided in a round; more are denied unread
-INTERVAL = 5.0  # a worker waits at most this for its serving certificate; each look is a TLS handshake
+INTERVAL = 5.0  # seconds between rounds with no new request; each round is a TLS handshake
+WATCH_SECONDS = 300  # a watch the server ends after this is started again
 
 
 def read_request(request_b64: str) -> dict[str, Any]:
@@ -96,7 +97,7 @@ def client_refusal(csr: dict[str, Any], names: dict[str, Any], token: dict[str, 
                    contested: bool = False) -> str | None:
     """Why a token's node-client CSR must not be approved, or None. token: its Secret (None when
     it is gone); node: the Node of that name (None when there is none); alive: its kubelet renewed
-    its Lease within LEASE_ALIVE seconds; contested: another pending request names the same node."""
+    its Lease within LEASE_ALIVE seconds (unless the node said it shut down); contested: another pending request names the same node."""
     spec = csr.get("spec", {})
     user = spec.get("username", "")
     token_id = user[len(BOOTSTRAP_PREFIX):]
@@ -117,7 +118,7 @@ def client_refusal(csr: dict[str, Any], names: dict[str, Any], token: dict[str, 
         return f"token {token_id} is bound to node {bound}, not {name}"
     if name == server_node:
         return f"{name} is the server's own node"
-    if node is not None and (ready(node) or alive):
+    if node is not None and (ready(node) or (alive and not shut_down(node))):
         return f"node {name} exists and is Ready: a token may not take over a running node"
     if node is not None and not bound:
         return f"node {name} exists, and token {token_id} is not bound to it (take a machine back with " \
@@ -129,6 +130,16 @@ def client_refusal(csr: dict[str, Any], names: dict[str, Any], token: dict[str, 
 
 def ready(node: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in node.get("status", {}).get("conditions", []) or [])
+
+
+SHUTTING_DOWN = "node is shutting down"  # the Ready message of the kubelet's graceful node shutdown
+
+
+def shut_down(node: dict[str, Any]) -> bool:
+    """The node said it powered off: Ready False with the shutdown message, which only its own
+    credentials post (a k4s worker does once its kubelet has stopped, after its drain)."""
+    return any(c.get("type") == "Ready" and c.get("status") == "False" and c.get("message") == SHUTTING_DOWN
                for c in node.get("status", {}).get("conditions", []) or [])
 
 
@@ -390,13 +401,30 @@ def decide_all(client: kubeapi.Client, call_in_child: Any, server_node: str,
     each(listed(SIGNER), lambda csr: decide_serving(client, csr, call_in_child, reserved))
 
 
+def watch_requests(connect: Callable[[], kubeapi.Client], wake: threading.Event, stop: threading.Event) -> None:
+    """Until stop: wake the approver as soon as a request is made (a watch on CSRs), so that a
+    joining node waits for the apiserver, not for the next round."""
+    while not stop.is_set():
+        try:
+            for change in connect().watch(CSR_API, WATCH_SECONDS, stop):
+                if change.get("type") == "ADDED":
+                    wake.set()
+        except (OSError, K4sError, ValueError) as e:
+            log.event("approver", "watch-error", level="debug", error=str(e))
+        stop.wait(1.0)  # the server ended the watch, or the connection dropped: watch again
+
+
 def run(connect: Callable[[], kubeapi.Client], call_in_child: Any, stop: threading.Event, server_node: str,
         reserved: Reserved = Reserved()) -> None:
-    """Until stop: a round every INTERVAL seconds, with a new client each round (it picks up the
+    """Until stop: a round when a request is made, and every INTERVAL seconds (a request decided
+    later, e.g. before its Node has addresses), with a new client each round (it picks up the
     admin certificate after a renewal)."""
+    wake = threading.Event()
+    threading.Thread(target=watch_requests, args=(connect, wake, stop), name="approver-watch", daemon=True).start()
     while not stop.is_set():
+        wake.clear()
         try:
             decide_all(connect(), call_in_child, server_node, reserved)
         except (OSError, K4sError) as e:
             log.event("approver", "error", level="warn", error=str(e))
-        stop.wait(INTERVAL)
+        wake.wait(INTERVAL)

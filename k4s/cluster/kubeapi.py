@@ -10,10 +10,12 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import ssl
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from k4s.cluster.certs import ADMIN, CLUSTER_CA, Files
 from k4s.errors import K4sError
 
 FIELD_MANAGER = "k4s"
+MAX_WATCH_EVENT = 4 << 20  # bytes of one watch event (one object): a longer line is an error
 
 
 class APIError(K4sError):
@@ -201,6 +204,40 @@ class Client:
                 msg = data.decode(errors="replace")[:300]
             raise APIError(status, msg)
         return json.loads(data) if data else None
+
+    def watch(self, path: str, seconds: int = 300, stop: threading.Event | None = None) -> Iterator[dict[str, Any]]:
+        """A watch's events ({"type": "ADDED", "object": ...}), as the server sends them, on a
+        connection of its own, until the server ends the watch (after `seconds`), the
+        connection drops, or stop is set (the connection is shut: an apiserver that is
+        stopping waits for the watches it serves). Without a resourceVersion the objects that
+        exist come first, as ADDED."""
+        sep = "&" if "?" in path else "?"
+        headers = {"Accept": "application/json"}
+        if self.bearer:
+            headers["Authorization"] = f"Bearer {self.bearer}"
+        conn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=seconds + 30)
+        ended = threading.Event()
+
+        def shut_on_stop(stop: threading.Event) -> None:
+            while not ended.wait(0.5):
+                if stop.is_set():
+                    if conn.sock is not None:
+                        conn.sock.shutdown(socket.SHUT_RDWR)  # wakes the read below
+                    return
+
+        if stop is not None:
+            threading.Thread(target=shut_on_stop, args=(stop,), name="watch-stop", daemon=True).start()
+        try:
+            conn.request("GET", f"{path}{sep}watch=true&timeoutSeconds={seconds}", headers=headers)
+            r = conn.getresponse()
+            if r.status >= 300:
+                raise APIError(r.status, r.read(300).decode(errors="replace"))
+            while line := r.readline(MAX_WATCH_EVENT):
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            ended.set()
+            conn.close()
 
     def resources(self, api_version: str) -> dict[str, tuple[str, bool]]:
         """kind -> (plural, namespaced) for a group/version, from discovery (cached)."""

@@ -93,6 +93,9 @@ TASKS: dict[str, tuple[Callable[[Node, tasks.ManifestWatcher | None], Callable[[
 }
 # Before a component's process gets SIGTERM.
 PRE_STOP: dict[str, Callable[[Supervisor], None]] = {"kube-apiserver": tasks.stop_pods}
+# Once a component's process has ended, on a worker (which drains before it stops).
+AGENT_POST_STOP: dict[str, Callable[[Node], Callable[[Supervisor], None]]] = {
+    "kubelet": lambda node: lambda sup: tasks.report_shutdown(node)}
 
 
 def selected(names: list[str]) -> list[tuple[str, tuple[str, ...]]]:
@@ -135,5 +138,6 @@ def build(node: Node, names: list[str], watcher: tasks.ManifestWatcher | None = 
             argv=None if host else lambda n=name, ms=members[name]: components.group_argv(n, ms, node),
             # a member's clock starts with its host's process
             ready_timeout=own + components.module(host).READY_TIMEOUT if host else own,
-            pre_stop=PRE_STOP.get(name)))
+            pre_stop=PRE_STOP.get(name),
+            post_stop=AGENT_POST_STOP[name](node) if name in AGENT_POST_STOP and node.cfg.role == "agent" else None))
     return out

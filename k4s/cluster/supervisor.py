@@ -56,6 +56,7 @@ class Service:
     task: Callable[[Supervisor], None] | None = None       # or a task
     host: str | None = None                                # or a member of this service's process
     pre_stop: Callable[[Supervisor], None] | None = None   # runs before its process is sent SIGTERM
+    post_stop: Callable[[Supervisor], None] | None = None  # runs once its process has ended
     probe: Callable[[], bool] | None = None
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout: float = 120.0   # during bring-up: not ready by then is fatal
@@ -398,6 +399,11 @@ class Supervisor:
                 while s.pid is not None and time.monotonic() < limit + 5:
                     self.reap()
                     time.sleep(0.05)
+            if s.post_stop is not None:
+                try:
+                    s.post_stop(self)
+                except Exception as e:  # the stop goes on whatever happens
+                    log.event(s.name, "post-stop-failed", level="warn", error=str(e))
         self.kill_descendants()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.write_status()

@@ -49,8 +49,19 @@ def image_tarballs(node: Node) -> list[Path]:
     return out
 
 
+def present_images(sup: Supervisor, ctr: list[str], env: dict[str, str], listing: Path) -> dict[str, str]:
+    """name -> manifest digest of each image containerd holds already (`ctr images ls`)."""
+    listing.unlink(missing_ok=True)
+    if sup.run_command([*ctr, "images", "ls"], env, listing) != 0:
+        return {}
+    rows = (ln.split() for ln in listing.read_text(errors="replace").splitlines()[1:])
+    return {r[0]: r[2] for r in rows if len(r) >= 3}
+
+
 def import_images(node: Node, sup: Supervisor) -> None:
-    """Every airgap tarball into containerd's k8s.io namespace, pinned against image GC."""
+    """Every airgap tarball into containerd's k8s.io namespace, pinned against image GC. On a
+    data disk, a tarball whose every image containerd holds with the same digest (imported in an
+    earlier boot) is not imported again."""
     env = child_env(node.bin_dir, node.cfg.component_gogc)
     ctr = [str(node.bin(containerd.CTR)), f"--address={node.containerd_socket}", "--namespace=k8s.io"]
     logf = node.paths.logs / "images.log"
@@ -59,15 +70,20 @@ def import_images(node: Node, sup: Supervisor) -> None:
     containerd_pid = sup.services["containerd"].pid
     renice(containerd_pid, IMPORT_NICE)
     try:
+        present = present_images(sup, ctr, env, node.paths.logs / "images-present.txt") if node.cfg.data else {}
         for t in image_tarballs(node):
-            names = [(m.get("annotations") or {}).get("io.containerd.image.name") for m in oci.read_index(t)]
+            digests = {n: m.get("digest") for m in oci.read_index(t)
+                       if (n := (m.get("annotations") or {}).get("io.containerd.image.name"))}
+            if digests and all(present.get(n) == d for n, d in digests.items()):
+                log.event(*events.IMAGES_PRESENT, file=t.name, images=",".join(digests))
+                continue
             rc = sup.run_command([*ctr, "images", "import", "--local", "--discard-unpacked-layers", str(t)], env,
                                  logf, nice=IMPORT_NICE)
             if rc != 0:
                 raise K4sError(f"ctr images import {t} failed with exit code {rc}", hint=f"see {logf}")
-            for n in filter(None, names):
+            for n in digests:
                 sup.run_command([*ctr, "images", "label", n, "io.cri-containerd.pinned=pinned"], env, logf)
-            log.event("images", "imported", file=t.name, images=",".join(filter(None, names)))
+            log.event(*events.IMAGES_IMPORTED, file=t.name, images=",".join(digests))
     finally:
         renice(containerd_pid, 0)
 
@@ -312,6 +328,21 @@ def drain(node: Node, deadline: float = DRAIN_DEADLINE) -> None:
         log.event("drain", "timeout", level="warn", node=name, left=len(pending), deadline=f"{deadline:.0f}s")
     else:
         log.event("drain", "done", node=name, evicted=len(asked))
+
+
+def report_shutdown(node: Node) -> None:
+    """A worker powering off, once its kubelet has stopped: its Node's Ready condition False with
+    the reason and message the kubelet's graceful node shutdown gives, at once, rather than
+    Unknown after the node controller's grace period (50 s) of a silent lease."""
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    name = node.cfg.node_name
+    api_client(node).json("PATCH", f"/api/v1/nodes/{name}/status", {"status": {"conditions": [
+        {"type": "Ready", "status": "False", "reason": "KubeletNotReady", "message": approver.SHUTTING_DOWN,
+         "lastHeartbeatTime": now, "lastTransitionTime": now}]}},
+        content_type="application/strategic-merge-patch+json")
+    log.event("node", "shutdown-reported", node=name)
 
 
 def stop_pods(sup: Supervisor) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -40,6 +41,29 @@ def boot_until_exit(vm: VM, timeout: float = 300) -> tuple[int, str]:
     (its status, the console)."""
     with vm.booted(until=EXIT, timeout=timeout) as b:
         return b.reached["rc"], b.console()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def boot_side_by_side(vms: list[VM], timeout: float = 300) -> list[tuple[int, str]]:
+    """Boot machines that end by themselves (a refusal, then a poweroff) at once, each with a
+    forwarded port of its own: [(QEMU's status, the console)], in order. They share the host's
+    cores, mostly idle while each guest's kernel starts."""
+    started: list[tuple[VM, subprocess.Popen[bytes]]] = []
+    try:
+        for vm in vms:
+            if not vm.lan_only:
+                vm.port = free_port()
+            started.append((vm, vm.start()))
+        return [(vm.wait(proc, EXIT, timeout=timeout)["rc"], vm.console.read_text(errors="replace"))
+                for vm, proc in started]
+    finally:
+        for vm, proc in started:
+            vm.stop(proc)
 
 
 def assert_node_ready(vm: VM) -> None:

@@ -49,18 +49,16 @@ def test_crictl_lists_the_node_s_containers_and_images(cluster: Cluster) -> None
     root, where `crictl` is k4s's applet that points the upstream crictl at containerd."""
     test_coredns_becomes_ready(cluster)
     node = cluster.kubectl("get", "nodes", "-o", "jsonpath={.items[0].metadata.name}").stdout
-    out = []
-    for what in ("ps", "images"):
-        r = cluster.kubectl("debug", "-n", "kube-system", f"node/{node}", "--profile=sysadmin",
-                            "--image=k4s.local/busybox:1.36", "--image-pull-policy=Never", "--",
-                            "chroot", "/host", "crictl", what)
-        [pod] = re.findall(r"Creating debugging pod (\S+)", r.stdout + r.stderr)
-        phase = cluster.wait_for(f"debug pod {pod}", lambda pod=pod: (
-            (p := cluster.kubectl("-n", "kube-system", "get", "pod", pod, "-o", "jsonpath={.status.phase}",
-                                  check=False).stdout) in ("Succeeded", "Failed"), p))
-        out.append(cluster.kubectl("-n", "kube-system", "logs", pod).stdout)
-        assert phase == "Succeeded", out[-1]
-    ps, images = out
+    r = cluster.kubectl("debug", "-n", "kube-system", f"node/{node}", "--profile=sysadmin",
+                        "--image=k4s.local/busybox:1.36", "--image-pull-policy=Never", "--",
+                        "sh", "-c", "chroot /host crictl ps && echo --- && chroot /host crictl images")
+    [pod] = re.findall(r"Creating debugging pod (\S+)", r.stdout + r.stderr)
+    phase = cluster.wait_for(f"debug pod {pod}", lambda: (
+        (p := cluster.kubectl("-n", "kube-system", "get", "pod", pod, "-o", "jsonpath={.status.phase}",
+                              check=False).stdout) in ("Succeeded", "Failed"), p))
+    out = cluster.kubectl("-n", "kube-system", "logs", pod).stdout
+    assert phase == "Succeeded" and "\n---\n" in out, out
+    ps, images = out.split("\n---\n", 1)
     assert re.search(r"^\S+\s+\S+\s+.*\bRunning\b.*\bcoredns\b", ps, re.M), ps
     assert "k4s.local/busybox" in images and "k4s.local/pause" in images, images
 

@@ -120,6 +120,9 @@ def test_after_the_power_button_everything_comes_back(node: Node, first: dict[st
     assert node.vm.power_off(180), "the node did not power itself off"
     node.boot(DATA)  # no data-format: the disk is found by its label
     assert node.events(events.DATA_MOUNTED) and not node.events(events.DATA_FORMAT)
+    # the airgap images are on the disk since boot 1: none is imported again
+    assert {e["file"] for e in node.events(events.IMAGES_PRESENT)} >= {"busybox.tar", "pause.tar"}
+    assert not node.events(events.IMAGES_IMPORTED)
     assert node.vm.ca_hash == first["ca"], "the cluster CA changed across the reboot"
     c = node.cluster
     assert c.kubectl("get", "node", "-o", "jsonpath={.items[0].metadata.uid}").stdout == first["node-uid"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,19 +19,13 @@ import yaml
 
 from k4s import events
 from k4s.host import fleet as fleet_vms
-from k4s.host.vm import EXIT, VM
+from k4s.host.vm import VM
 from tests.conftest import k4s_cmd
-from tests.e2e.conftest import KUBECTL, Cluster, make_vm
+from tests.e2e.conftest import KUBECTL, Cluster, boot_side_by_side, free_port, make_vm
 
 WORKER_MAC = "52:54:00:00:77:02"
 WORKER_NAME = fleet_vms.node_name(WORKER_MAC)
 BAD_JOINS = 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def worker_vm(tmp: Path, port: int, join: str, mac: str, ip: str, memory: int = 1024) -> VM:
@@ -306,22 +299,15 @@ def test_bad_joins_are_refused_with_one_line_and_no_credentials(fleet: Fleet) ->
     boot side by side."""
     expired = token_create(fleet.server.vm, "--ttl", "1s")
     time.sleep(3)
-    vms: dict[str, tuple[VM, subprocess.Popen[bytes]]] = {}
-    try:
-        for i, (name, (_, line_of)) in enumerate(BAD.items()):
-            vm = worker_vm(fleet.tmp / name, fleet.ports[1 + i], line_of(fleet.join_line, expired),
-                           f"52:54:00:00:77:{0x10 + i:02x}", f"10.77.0.{10 + i}", memory=512)
-            vms[name] = (vm, vm.start())
-        for name, (vm, proc) in vms.items():
-            assert vm.wait(proc, EXIT, timeout=600)["rc"] == 0  # on-failure=poweroff: QEMU exits by itself
-            console = vm.console.read_text(errors="replace")
-            errors = [ln for ln in console.splitlines() if ln.startswith("k4s init: error:")]
-            assert len(errors) == 1 and BAD[name][0] in errors[0], (name, errors, console[-2000:])
-            assert "component=kubelet event=start" not in console, name
-            assert "reboot: Power down" in console, name
-    finally:
-        for vm, proc in vms.values():
-            vm.stop(proc)
+    vms = [worker_vm(fleet.tmp / name, fleet.ports[1 + i], line_of(fleet.join_line, expired),
+                     f"52:54:00:00:77:{0x10 + i:02x}", f"10.77.0.{10 + i}", memory=512)
+           for i, (name, (_, line_of)) in enumerate(BAD.items())]
+    for name, (rc, console) in zip(BAD, boot_side_by_side(vms, timeout=600), strict=True):
+        assert rc == 0  # on-failure=poweroff: QEMU exits by itself
+        errors = [ln for ln in console.splitlines() if ln.startswith("k4s init: error:")]
+        assert len(errors) == 1 and BAD[name][0] in errors[0], (name, errors, console[-2000:])
+        assert "component=kubelet event=start" not in console, name
+        assert "reboot: Power down" in console, name
     assert len(nodes(fleet)) == 2  # none of them registered
     csrs = json.loads(fleet.kubectl("get", "csr", "-o", "json").stdout)["items"]
     assert not [c for c in csrs if c["spec"]["username"] == f"system:bootstrap:{token_of(expired).split('.')[0]}"]
@@ -366,10 +352,13 @@ def test_a_worker_powered_off_drains_and_its_pods_move(fleet: Fleet) -> None:
     assert "component=drain event=done" in console, console[-3000:]
     node = nodes(fleet)[WORKER_NAME]
     assert node["spec"].get("unschedulable") is True
+    # NotReady at once, as the kubelet's graceful shutdown says it: not Unknown after the node
+    # controller's grace period
+    [cond] = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
+    assert (cond["status"], cond["message"]) == ("False", "node is shutting down"), cond
     where = fleet.wait_for("mover running on the server", lambda: (mover_node(fleet) not in ("", WORKER_NAME),
                                                                   mover_node(fleet)), timeout=120)
     assert where != WORKER_NAME
-    fleet.wait_for("the worker NotReady", lambda: (ready(nodes(fleet)[WORKER_NAME]) != "True", "still Ready"), timeout=180)
 
 
 def test_the_worker_rejoins_through_stage1_with_a_join_minted_for_it(fleet: Fleet, tmp_path: Path,
@@ -401,6 +390,11 @@ def test_the_worker_rejoins_through_stage1_with_a_join_minted_for_it(fleet: Flee
             assert ready(node) == "True" and not node["spec"].get("unschedulable"), node["spec"]
             assert {a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"} == {"10.77.0.2"}
             console = b.console()
+            # over https, checked against the CA built into stage 1: the signed manifest, every artifact,
+            # then the kexec; stage 0 checks each squashfs part against the signed list handed on
+            verified = {e["file"] for e in b.events(events.STAGE1_VERIFIED)}
+            assert verified == {"vmlinuz", "initramfs.cpio.zst"}, verified
+            assert "k4s stage 0: 4 parts match the signed manifest" in console
             [join] = b.events(events.STAGE1_JOIN)
             assert join["found"] is True and join["source"] == "/join/525400007702", console[-3000:]
             assert "event=uncordoned" in console and b.events(events.SECRET_DELETED)

@@ -10,7 +10,7 @@ from k4s import events
 from k4s.host import netboot
 from k4s.host.vm import CMDLINE, VM
 from tests.conftest import OUT, require
-from tests.e2e.conftest import KEYS, MIN_SERIAL, STAGE1, boot_until_exit, make_vm
+from tests.e2e.conftest import KEYS, MIN_SERIAL, STAGE1, boot_side_by_side, make_vm
 
 HTTP_PORT = 18080
 
@@ -43,6 +43,7 @@ def test_pxe_boot_through_ipxe_loads_every_initrd_and_starts_the_node(tmp_path) 
 
 
 # --- LinuxBoot: stage 1 (standing for the flash part) fetches, verifies and kexecs stage 2 -------------
+# Over HTTPS to a Ready node: the fleet's rejoin (tests/e2e/test_fleet.py). Here: what it refuses.
 
 
 def signed_payload(tmp: Path, key: Path, serial: int | None = None) -> Path:
@@ -65,27 +66,6 @@ def stage1_vm(tmp: Path, port: int, scheme: str = "http", initrd: Path = STAGE1)
     return vm
 
 
-def test_linuxboot_stage1_verifies_and_kexecs_stage2(tmp_path, https_stage1) -> None:
-    """Over HTTPS: stage 1 checks the payload server against the CA built into it, then the
-    signed manifest and every artifact, and kexecs stage 2, whose stage 0 checks each squashfs
-    part against the list stage 1 handed on. The boot stops once k4s init starts (the fleet's
-    rejoin takes this path on to a Ready node; over plain HTTP the tamper test covers it)."""
-    payload = signed_payload(tmp_path, KEYS / "signing.key")
-    initrd, tls = https_stage1
-    srv = netboot.serve_in_thread(payload, tls=tls)
-    vm = stage1_vm(tmp_path, srv.server_address[1], "https", initrd)
-    try:
-        with vm.booted(until=events.INIT_START, timeout=600) as b:
-            console = b.console()
-            verified = {e["file"] for e in b.events(events.STAGE1_VERIFIED)}
-            assert verified == {"vmlinuz", "initramfs.cpio.zst", "seed.cpio.zst"}, verified
-            assert console.index("(kexec)") < console.index("k4s init: starting")
-            # stage 0 checked every squashfs part against the signed list stage 1 handed on
-            assert "k4s stage 0: 4 parts match the signed manifest" in console
-    finally:
-        srv.shutdown()
-
-
 def flip_a_byte(payload: Path) -> None:
     f = payload / "initramfs.cpio.zst"
     data = bytearray(f.read_bytes())
@@ -99,21 +79,25 @@ def test_tampered_stage2_is_refused_and_nothing_runs(tmp_path, https_stage1) -> 
     below the minimum built into stage 1 (an older payload replayed): each time one console line
     naming the artifact and the reason, no kexec, the VM powers off. A manifest signed by another
     key and a server whose certificate is not from stage 1's CA take the same path to the console;
-    they are refused in tests/unit (test_manifest, test_stage1)."""
+    they are refused in tests/unit (test_manifest, test_stage1). The two machines boot side by side."""
     initrd, https_pair = https_stage1
     cases = [(flip_a_byte, "initramfs.cpio.zst: sha256 differs from the signed manifest", None, None),
              (lambda p: None, f"serial {MIN_SERIAL - 1} is below this stage 1's minimum {MIN_SERIAL}",
               https_pair, MIN_SERIAL - 1)]
-    for i, (tamper, message, tls, serial) in enumerate(cases):
-        payload = signed_payload(tmp_path / f"case{i}", KEYS / "signing.key", serial)
-        tamper(payload)
-        srv = netboot.serve_in_thread(payload, tls=tls)
-        try:
-            vm = stage1_vm(tmp_path / f"case{i}", srv.server_address[1], "https" if tls else "http",
-                           initrd if tls else STAGE1)
-            rc, console = boot_until_exit(vm)
-        finally:
+    servers = []
+    try:
+        vms = []
+        for i, (tamper, _, tls, serial) in enumerate(cases):
+            payload = signed_payload(tmp_path / f"case{i}", KEYS / "signing.key", serial)
+            tamper(payload)
+            servers.append(srv := netboot.serve_in_thread(payload, tls=tls))
+            vms.append(stage1_vm(tmp_path / f"case{i}", srv.server_address[1], "https" if tls else "http",
+                                 initrd if tls else STAGE1))
+        ended = boot_side_by_side(vms)
+    finally:
+        for srv in servers:
             srv.shutdown()
+    for (rc, console), (_, message, _, _) in zip(ended, cases, strict=True):
         errors = [ln for ln in console.splitlines() if ln.startswith("k4s stage1: error:")]
         assert len(errors) == 1 and message in errors[0] and "(hint: " in errors[0], console[-2000:]
         assert "(kexec)" not in console and "k4s init: starting" not in console and "component=etcd" not in console

@@ -416,6 +416,20 @@ def test_a_node_whose_kubelet_is_alive_is_not_taken_even_before_it_shows_not_rea
     assert api.verdicts["c1"][0] == "Denied" and "exists and is Ready" in api.verdicts["c1"][1]
 
 
+def test_a_node_that_said_it_shut_down_is_taken_back_at_once() -> None:
+    """A worker powered off cleanly (drained, then Ready False "node is shutting down" once its
+    kubelet stopped) boots again at once with a join minted for it: no wait for its Lease to age."""
+    import datetime as dt_
+
+    now = dt_.datetime.now(dt_.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    gone = node_obj("False")
+    gone["status"]["conditions"][0]["message"] = approver.SHUTTING_DOWN
+    api = FakeAPI([client_csr("c1", "w1")], nodes={"w1": gone}, tokens_={"abcdef": token_secret("w1")})
+    api.leases["w1"] = now
+    approver.decide_all(api, in_process, "server-1")  # type: ignore[arg-type]
+    assert api.verdicts["c1"][0] == "Approved", api.verdicts
+
+
 def test_an_unbound_token_makes_only_new_nodes() -> None:
     api = FakeAPI([client_csr("c1", "w1")], nodes={"w1": node_obj("Unknown")}, tokens_={"abcdef": token_secret()})
     approver.decide_all(api, in_process, "server-1")  # type: ignore[arg-type]

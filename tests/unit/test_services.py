@@ -170,3 +170,50 @@ def test_k4s_profile_on_the_command_line_has_the_go_components_write_a_cpu_profi
     env = services.build(n, ALL)[0].env
     assert env["K4S_PROFILE_DIR"] == str(n.paths.logs / "profile") and env["K4S_PROFILE_SECONDS"] == "45"
     assert (n.paths.logs / "profile").is_dir()
+
+
+@pytest.mark.parametrize("data", ["", "LABEL=K4SDATA"])
+def test_images_on_the_data_disk_already_are_not_imported_again(tmp_path, monkeypatch, data: str) -> None:
+    """A data disk's containerd holds the images of an earlier boot: a tarball whose every image
+    it holds with the same digest is skipped; one that differs is imported. RAM-only, all are."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from k4s.cluster import tasks
+
+    n = node(tmp_path)
+    n = dataclasses.replace(n, cfg=dataclasses.replace(n.cfg, data=data))
+    n.paths.logs.mkdir(parents=True)
+    tars = {tmp_path / "same.tar": ("k4s.local/pause:3.10", "sha256:aa"),
+            tmp_path / "newer.tar": ("k4s.local/busybox:1.36", "sha256:bb")}
+    monkeypatch.setattr(tasks, "image_tarballs", lambda node: list(tars))
+    monkeypatch.setattr(tasks.oci, "read_index", lambda t: [
+        {"digest": tars[t][1], "annotations": {"io.containerd.image.name": tars[t][0]}}])
+    monkeypatch.setattr(tasks, "renice", lambda pid, nice: None)
+    ran: list[list[str]] = []
+
+    def run_command(argv, env, log_path, timeout=120, nice=0):  # type: ignore[no-untyped-def]
+        ran.append(argv[3:])
+        if argv[3:5] == ["images", "ls"]:
+            log_path.write_text("REF TYPE DIGEST SIZE PLATFORMS LABELS\n"
+                                "k4s.local/pause:3.10 application/vnd.oci.image.manifest.v1+json sha256:aa 300 KiB linux/amd64 -\n"
+                                "k4s.local/busybox:1.36 application/vnd.oci.image.manifest.v1+json sha256:b0 1 MiB linux/amd64 -\n")
+        return 0
+
+    tasks.import_images(n, SimpleNamespace(services={"containerd": SimpleNamespace(pid=1)}, run_command=run_command))
+    imported = [a[-1] for a in ran if a[:2] == ["images", "import"]]
+    assert imported == ([str(tmp_path / "newer.tar")] if data else [str(t) for t in tars])
+    assert (["images", "ls"] in ran) == bool(data)
+
+
+def test_a_worker_s_kubelet_reports_its_shutdown_once_stopped_and_a_server_s_does_not(tmp_path) -> None:
+    import dataclasses
+
+    from k4s.cluster import services
+
+    n = node(tmp_path)
+    for role, hooked in (("agent", True), ("server", False)):
+        svcs = {s.name: s for s in services.build(dataclasses.replace(n, cfg=dataclasses.replace(n.cfg, role=role)),
+                                                   ALL)}
+        assert (svcs["kubelet"].post_stop is not None) is hooked, role
+        assert all(s.post_stop is None for name, s in svcs.items() if name != "kubelet")

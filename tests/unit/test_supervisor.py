@@ -131,3 +131,29 @@ def test_a_restart_says_why_in_one_line(tmp_path, capsys) -> None:
     finally:
         sup.stop_all(deadline=10)
     assert 'component=crash event=exited exit="code 2" restart_in=1.00s last="panic: boom"' in capsys.readouterr().err
+
+
+def test_a_post_stop_hook_runs_once_its_process_has_ended_and_a_failing_one_stops_nothing(tmp_path) -> None:
+    """What a worker's kubelet does at power-off: once the process has ended (never before, or
+    the kubelet would report Ready again), the Node says it is shutting down."""
+    sup, _ = group(tmp_path)
+    seen: list[tuple[int, bool]] = []
+
+    def hook(s: Supervisor) -> None:
+        pid = pids[0]
+        try:
+            os.kill(pid, 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        seen.append((pid, alive))
+        raise OSError("the apiserver is gone")
+
+    sup.services["host"].post_stop = hook
+    try:
+        step_until(sup, sup.all_ready)
+        pids = [sup.services["host"].pid]
+    finally:
+        sup.stop_all(deadline=10)
+    assert seen == [(pids[0], False)]
+    assert {s.state for s in sup.services.values()} == {"stopped"}
