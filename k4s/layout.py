@@ -64,6 +64,11 @@ def binary_part(file: str) -> str:
     return "kubernetes" if file == KUBE_MULTICALL else "runtime"
 
 
+# Names the components find first in their PATH (bin-dir, LIBEXEC) -> what answers them.
+# kube-proxy in nftables mode runs `modprobe -va ip_vs` at every start, before it serves (its
+# clean-up of IPVS leftovers, of which a fresh node has none): busybox's modprobe answers in
+# milliseconds; the k4s applet, which the kernel and people get, is a Python start.
+COMPONENT_TOOLS = {"modprobe": "/usr/bin/busybox"}
 # Programs from the build host the node execs: host path -> more names (links) for it.
 HOST_TOOLS = {
     "/usr/sbin/nft": (),

@@ -95,6 +95,8 @@ def add_tools(t: Tree, busybox: Path) -> list[Path]:
         tools.append(p.resolve())
         for ln in links:
             t.symlink(f"usr/sbin/{ln}", os.path.basename(host), "tools")
+    for name, target in layout.COMPONENT_TOOLS.items():
+        t.symlink(layout.member(str(layout.LIBEXEC / name)), target, "tools")
     for plugin in sorted(layout.XTABLES.glob("*.so")):
         t.file(str(plugin), plugin, "tools", 0o644)
         tools.append(plugin)

@@ -37,6 +37,9 @@ def test_image_has_what_boot_needs(tmp_path) -> None:
                  "usr/sbin/nft", "usr/bin/busybox"):
         assert path in names, path
     assert names["usr/lib/k4s/k4s"].endswith("-> /usr/lib/k4s/parts/k4s/k4s")
+    # the components' modprobe (kube-proxy's, at every start) is busybox's; the kernel's is k4s's
+    assert names["usr/libexec/k4s/modprobe"].endswith("-> /usr/bin/busybox")
+    assert names["usr/sbin/modprobe"].endswith("-> /usr/lib/k4s/k4s")
     # stage 0: /init loads the modules it names from the image, mounts the bundle, execs k4s init
     k4s_cmd("cpio", "-x", str(IMAGE), "-C", str(tmp_path / "x"), "--devices", check=True, timeout=300)
     tmp_path = tmp_path / "x"
