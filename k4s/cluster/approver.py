@@ -97,7 +97,8 @@ def client_refusal(csr: dict[str, Any], names: dict[str, Any], token: dict[str, 
                    contested: bool = False) -> str | None:
     """Why a token's node-client CSR must not be approved, or None. token: its Secret (None when
     it is gone); node: the Node of that name (None when there is none); alive: its kubelet renewed
-    its Lease within LEASE_ALIVE seconds (unless the node said it shut down); contested: another pending request names the same node."""
+    its Lease within LEASE_ALIVE seconds (unless the node said it shut down); contested: another
+    pending request names the same node."""
     spec = csr.get("spec", {})
     user = spec.get("username", "")
     token_id = user[len(BOOTSTRAP_PREFIX):]
