@@ -39,6 +39,15 @@ def skip() -> str:
     return ""
 
 
+def summary(r: dict) -> str:
+    """One boot in a line, as it ends: its milestones and idle memory, or why it failed."""
+    if not r.get("ready"):
+        return f"not Ready: {r.get('error')}"
+    t = r.get("timeline_s", {})
+    marks = [f"{s} {t[s]} s" for s in ("apiserver ready", "node Ready", "CoreDNS Ready") if t.get(s) is not None]
+    return ", ".join([*marks, f"idle {r.get('idle_mem_used_mib')} MiB"])
+
+
 def measure() -> dict:
     baseline = Path(os.environ["BENCH_BASELINE"])
     runs: dict[str, list[dict]] = {"baseline": [], "this": []}
@@ -46,11 +55,7 @@ def measure() -> dict:
         for name, initrd in (("baseline", baseline), ("this", INITRD)):
             r = boot(1024, initrd=initrd, until_coredns=True, wait_idle=IDLE)
             runs[name].append(r)
-            t = r.get("timeline_s", {})
-            print(f"bench: boot {i + 1}/{ROUNDS} of {name}: " + (", ".join(
-                f"{s} {t[s]} s" for s in ("apiserver ready", "node Ready", "CoreDNS Ready") if t.get(s) is not None)
-                + f", idle {r.get('idle_mem_used_mib')} MiB" if r.get("ready") else f"not Ready: {r.get('error')}"),
-                flush=True)
+            print(f"bench: boot {i + 1}/{ROUNDS} of {name}: {summary(r)}", flush=True)
     out: dict = {"rounds": ROUNDS, "baseline": str(baseline), "idle_s": IDLE}
     for name, rs in runs.items():
         ok = [r for r in rs if r.get("ready")]

@@ -147,9 +147,7 @@ class Client:
         apiserver and us more than most requests (under TCG, tenths of a second each). A
         connection the server closed while idle is opened again and the request sent once more,
         except a POST, which gets a fresh connection when its own has been idle."""
-        headers = {"Accept": "application/json"}
-        if self.bearer:
-            headers["Authorization"] = f"Bearer {self.bearer}"
+        headers = self.headers()
         if body is not None:
             headers["Content-Type"] = content_type
         for attempt in (1, 2):
@@ -171,6 +169,10 @@ class Client:
                 self.close()
             return r.status, data
         raise AssertionError("not reached")
+
+    def headers(self) -> dict[str, str]:
+        """JSON, and the bearer token if this client has one."""
+        return {"Accept": "application/json", **({"Authorization": f"Bearer {self.bearer}"} if self.bearer else {})}
 
     IDLE = 5.0  # seconds after which a POST does not trust a kept-alive connection
 
@@ -212,9 +214,6 @@ class Client:
         stopping waits for the watches it serves). Without a resourceVersion the objects that
         exist come first, as ADDED."""
         sep = "&" if "?" in path else "?"
-        headers = {"Accept": "application/json"}
-        if self.bearer:
-            headers["Authorization"] = f"Bearer {self.bearer}"
         conn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=seconds + 30)
         ended = threading.Event()
 
@@ -228,7 +227,7 @@ class Client:
         if stop is not None:
             threading.Thread(target=shut_on_stop, args=(stop,), name="watch-stop", daemon=True).start()
         try:
-            conn.request("GET", f"{path}{sep}watch=true&timeoutSeconds={seconds}", headers=headers)
+            conn.request("GET", f"{path}{sep}watch=true&timeoutSeconds={seconds}", headers=self.headers())
             r = conn.getresponse()
             if r.status >= 300:
                 raise APIError(r.status, r.read(300).decode(errors="replace"))

@@ -74,15 +74,21 @@ def fleet(tmp_path_factory) -> Iterator[Fleet]:
         with worker.booted(timeout=600):
             f = Fleet(Cluster(server), worker, line, ports, tmp)
             # the worker's Node is Ready once its pod network is; its serving certificate (logs,
-            # exec) comes with the server approver's next round, at most approver.INTERVAL later
+            # exec) once the server's approver has decided the request (at once if the Node had
+            # its addresses when it was made, else at its next round, approver.INTERVAL)
             f.wait_for("the worker's serving certificate", lambda: serving_issued(f), timeout=60)
             yield f
 
 
-def serving_issued(fleet: Fleet) -> tuple[bool, str]:
+def worker_serving_csrs(fleet: Fleet) -> list[dict]:
+    """The kubelet-serving CSRs the worker's node made for itself."""
     csrs = json.loads(fleet.kubectl("get", "csr", "-o", "json").stdout)["items"]
-    mine = [c for c in csrs if c["spec"]["signerName"] == "kubernetes.io/kubelet-serving"
+    return [c for c in csrs if c["spec"]["signerName"] == "kubernetes.io/kubelet-serving"
             and c["spec"]["username"] == f"system:node:{WORKER_NAME}"]
+
+
+def serving_issued(fleet: Fleet) -> tuple[bool, str]:
+    mine = worker_serving_csrs(fleet)
     return any(c["status"].get("certificate") for c in mine), json.dumps([c["status"] for c in mine])[-1500:]
 
 
@@ -109,17 +115,14 @@ def test_both_nodes_are_ready_and_the_worker_joined_through_csrs(fleet: Fleet) -
               and c["spec"]["username"] == f"system:bootstrap:{token_id}"]
     assert client and all(approved(c) for c in client), csrs
     # its serving certificate asked for by the node itself, approved by the server's approver
-    serving = [c for c in csrs if c["spec"]["signerName"] == "kubernetes.io/kubelet-serving"
-               and c["spec"]["username"] == f"system:node:{WORKER_NAME}"]
-    assert serving and all(approved(c) for c in serving), csrs
+    serving = worker_serving_csrs(fleet)
+    assert serving and all(approved(c) for c in serving), serving
 
 
 def test_a_kubelet_s_serving_certificate_is_no_certificate_for_the_apiserver(fleet: Fleet, tmp_path: Path) -> None:
     """The worker's serving certificate comes from the kubelet-serving CA: it does not verify
     against the CA every client trusts for the apiserver (one CA per purpose)."""
-    csrs = json.loads(fleet.kubectl("get", "csr", "-o", "json").stdout)["items"]
-    cert = next(c["status"]["certificate"] for c in csrs if c["spec"]["signerName"] == "kubernetes.io/kubelet-serving"
-                and c["spec"]["username"] == f"system:node:{WORKER_NAME}" and c["status"].get("certificate"))
+    cert = next(c["status"]["certificate"] for c in worker_serving_csrs(fleet) if c["status"].get("certificate"))
     (tmp_path / "kubelet.crt").write_bytes(base64.b64decode(cert))
     kc = yaml.safe_load(fleet.server.vm.kubeconfig.read_text())
     (tmp_path / "ca.crt").write_bytes(base64.b64decode(kc["clusters"][0]["cluster"]["certificate-authority-data"]))
