@@ -1,6 +1,7 @@
 """token: make, list and delete bootstrap tokens that let workers join (kubeadm token).
 
-    k4s token create [--node NAME] [--segment FILE] [--ttl 1h] [--reusable] [--server URL] [--kubeconfig out/kubeconfig]
+    k4s token create [--node NAME] [--segment FILE] [--ttl 1h] [--reusable | --control-plane] [--server URL]
+                     [--kubeconfig out/kubeconfig]
     k4s token list | delete ID
 
 `create` makes a single-use token (deleted by the server once a node has joined with it),
@@ -10,6 +11,11 @@ before it trusts anything) and the token. The token is a secret and never goes o
 line (every pod can read /proc/cmdline): with --segment FILE it is written into FILE, the
 machine's own initrd segment (0600; `k4s vm --join-secret FILE`), and only the public half is
 printed. Run on the operator's host; it reaches the cluster through the apiserver.
+
+With --control-plane it prints a server's join instead (kubeadm's `join --control-plane
+--certificate-key`): role server, and a certificate key beside the token, with which a running
+server seals the cluster's shared CA keys for the joining one (k4s.cluster.copycerts). Both are
+secrets: give them to the machine in its join segment.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 
 import click
 
+DESCRIPTION = "k4s worker join"
 KUBECONFIG = click.option("--kubeconfig", type=click.Path(path_type=Path), default=Path("out/kubeconfig"),
                           show_default=True, help="The operator's kubeconfig (k4s vm writes it).")
 
@@ -47,11 +54,14 @@ def with_client(kubeconfig: Path, fn):  # type: ignore[no-untyped-def]
                    "the public half.")
 @click.option("--ttl", default="1h", show_default=True, help="How long the token lives (e.g. 30m, 24h; at most 7d).")
 @click.option("--reusable", is_flag=True, help="Many machines may join with it until it expires (TTL at most 24h).")
+@click.option("--control-plane", is_flag=True,
+              help="A server's join (kubeadm join --control-plane): the token and a certificate key that opens "
+                   "the cluster's shared CA keys, which a server seals for it (TTL at most 2h).")
 @click.option("--server", default="", help="The apiserver URL workers use [default: the one cluster-info names].")
-@click.option("--description", default="k4s worker join", show_default=True)
+@click.option("--description", default=DESCRIPTION, show_default=True)
 @KUBECONFIG
-def create(node_name: str, segment: Path | None, ttl: str, reusable: bool, server: str, description: str,
-           kubeconfig: Path) -> int:
+def create(node_name: str, segment: Path | None, ttl: str, reusable: bool, control_plane: bool, server: str,
+           description: str, kubeconfig: Path) -> int:
     from k4s import config
     from k4s.cluster import joinsecret
     from k4s.cluster.pki import spki_hash_pem
@@ -59,7 +69,9 @@ def create(node_name: str, segment: Path | None, ttl: str, reusable: bool, serve
     from k4s.fsutil import write_atomic
     from k4s.host import tokens
 
-    lifetime = tokens.parse_ttl(ttl, reusable)  # checked before anything is asked of the server
+    if control_plane and reusable:
+        raise K4sError("--control-plane and --reusable together", hint="a server's join is for one machine")
+    lifetime = tokens.parse_ttl(ttl, reusable, control_plane)  # checked before anything is asked of the server
     if node_name:
         try:
             node_name = config.KEYS["node-name"].parse(node_name)
@@ -70,14 +82,25 @@ def create(node_name: str, segment: Path | None, ttl: str, reusable: bool, serve
 
     def make(client):  # type: ignore[no-untyped-def]
         published, ca = tokens.cluster_server_and_ca(client)
-        token_id, secret = tokens.create(client, lifetime, description, node_name, reusable)
+        key = ""
+        if control_plane:
+            token_id, secret, key = tokens.create_control_plane(
+                client, lifetime, "k4s control-plane join" if description == DESCRIPTION else description, node_name)
+        else:
+            token_id, secret = tokens.create(client, lifetime, description, node_name, reusable)
         # kubeadm's join retries until the controller-manager has signed cluster-info for the
         # token; a k4s worker refuses an unsigned one at once, so the token waits to be usable
-        if not tokens.wait_signed(client, token_id, min(tokens.SIGN_WAIT, lifetime.total_seconds())):
+        wait = min(tokens.SIGN_WAIT, lifetime.total_seconds())
+        if not tokens.wait_signed(client, token_id, wait):
             click.echo(f"k4s token: cluster-info is not signed for {token_id} yet (is the controller-manager "
-                       "running?): a worker may be refused until it is", err=True)
-        return (tokens.join_line(server or published, spki_hash_pem(ca), node_name),
-                tokens.join_secret(server or published, f"{token_id}.{secret}", spki_hash_pem(ca), node_name))
+                       "running?): a machine may be refused until it is", err=True)
+        if control_plane and not tokens.wait_uploaded(client, token_id, wait):
+            raise K4sError(f"no server sealed the shared keys for token {token_id} within {wait:.0f}s",
+                           hint="a server's approver does it at its next round: is a server up? "
+                                f"`k4s token delete {token_id}` and try again")
+        role = "server" if control_plane else "agent"
+        return (tokens.join_line(server or published, spki_hash_pem(ca), node_name, role),
+                tokens.join_secret(server or published, f"{token_id}.{secret}", spki_hash_pem(ca), node_name, key))
 
     public, whole = with_client(kubeconfig, make)
     if segment is None:

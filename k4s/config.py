@@ -43,6 +43,7 @@ _SERVER_URL = re.compile(r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 _DATA_DEVICE = re.compile(r"LABEL=[A-Za-z0-9_.-]{1,16}|/dev/[a-z][a-z0-9/_-]{0,63}")
 _TOKEN = re.compile(r"[a-z0-9]{6}\.[a-z0-9]{16}")  # kubeadm's bootstrap token: <id>.<secret>
 _CA_HASH = re.compile(r"sha256:[0-9a-f]{64}")
+_CERTIFICATE_KEY = re.compile(r"[0-9a-f]{64}")
 _URL = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/([A-Za-z0-9._~-]+/)*")
 
 
@@ -106,6 +107,8 @@ _data_device = _pattern(_DATA_DEVICE, "a data disk", "write LABEL=K4SDATA (an ex
 _server_url = _pattern(_SERVER_URL, "an apiserver URL", "write https://HOST:6443, as `k4s token create` prints it")
 _token = _pattern(_TOKEN, "a bootstrap token", "write <6 of [a-z0-9]>.<16 of [a-z0-9]>, as `k4s token create` "
                   "prints it", secret=True)
+_certificate_key = _pattern(_CERTIFICATE_KEY, "a certificate key", "write 64 hex digits, as `k4s token create "
+                            "--control-plane` prints it", secret=True, lower=True)
 _ca_hash = _pattern(_CA_HASH, "a CA hash", "write sha256:<64 hex digits>, as the server's console or "
                     "`k4s token create` prints it", lower=True)
 
@@ -311,6 +314,9 @@ class Config:
         f"({layout.JOIN_SECRET}), never on the command line every pod can read", secret=True)
     ca_hash: str = key(_optional(_ca_hash), "", "agent: sha256 of the cluster CA's public key, pinned before "
         "anything from the server is trusted", cmdline=C)
+    certificate_key: str = key(_optional(_certificate_key), "", "a server that joins `server`: the key that opens "
+        "the cluster's shared CA keys (kubeadm's --certificate-key), from `k4s token create --control-plane`; "
+        f"only in the machine's join segment ({layout.JOIN_SECRET})", secret=True)
     cluster_cidr: str = key(_cidr, "10.42.0.0/16", "pod network")
     service_cidr: str = key(_cidr, "10.43.0.0/16", "service ClusterIP network")
     cluster_dns: str = key(_optional(_ipv4), "", "CoreDNS ClusterIP; empty means the 10th address of service-cidr")
@@ -361,6 +367,11 @@ class Config:
     kubelet_arg: tuple[str, ...] = component_args("kubelet")
     kube_proxy_arg: tuple[str, ...] = component_args("kube-proxy")
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def joins_control_plane(self) -> bool:
+        """A server that joins another's control plane (k4s.cluster.copycerts), not the first one."""
+        return self.role == "server" and bool(self.server)
 
     @property
     def kubernetes_service_ip(self) -> str:
@@ -564,9 +575,17 @@ def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
         if missing:
             raise ConfigError(f"role agent needs {', '.join(missing)} (role from {sources['role']})",
                               hint="boot with the line `k4s token create` prints on the operator's host")
-    elif any(values[k] for k in join):
-        raise ConfigError(f"server, token and ca-hash are for role agent ({where('role')})",
-                          hint="add k4s.role=agent, or drop them to run a server")
+        if values["certificate-key"]:
+            raise ConfigError(f"certificate-key is for a server that joins, not role agent ({where('certificate-key')})",
+                              hint="a worker holds no CA key: drop it, or boot this machine with k4s.role=server")
+    elif any(values[k] for k in (*join, "certificate-key")):
+        # a server that joins another: all four, as `k4s token create --control-plane` writes them
+        missing = [k for k in (*join, "certificate-key") if not values[k]]
+        if missing:
+            given = [k for k in (*join, "certificate-key") if values[k]]
+            raise ConfigError(f"a server that joins another needs {', '.join(missing)} too ({where(*given)})",
+                              hint="boot it with the join `k4s token create --control-plane` writes; a worker "
+                                   "needs k4s.role=agent; a first server none of them")
     if values["mgmt-interface"] and values["mgmt-interface"] == values["interface"]:
         raise ConfigError(f"mgmt-interface is the node interface ({where('mgmt-interface', 'interface')})",
                           hint="name a second interface, or drop mgmt-interface")

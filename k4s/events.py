@@ -54,6 +54,9 @@ ETCD_READY = Event("etcd", "ready")
 APISERVER_READYZ = Event("kube-apiserver", "readyz")    # pending=: the /readyz checks still failing
 APISERVER_READY = Event("kube-apiserver", "ready")
 JOINED = Event("join", "joined")
+CERTS_FETCHED = Event("join", "certs-fetched")           # a server that joins: the shared CA keys, opened
+ETCD_LEARNER = Event("etcd", "learner-added")            # member=, members=: a server that joins
+ETCD_PROMOTED = Event("etcd", "promoted")                # member=: a voting member now
 NODE_READY = Event("node", "ready")                      # node=: its name
 COREDNS_READY = Event("coredns", "ready")
 STATS = Event("k4s", "stats")                            # memory, every minute

@@ -416,16 +416,20 @@ def watch_requests(connect: Callable[[], kubeapi.Client], wake: threading.Event,
 
 
 def run(connect: Callable[[], kubeapi.Client], call_in_child: Any, stop: threading.Event, server_node: str,
-        reserved: Reserved = Reserved()) -> None:
+        reserved: Reserved = Reserved(), also: Callable[[kubeapi.Client], Any] | None = None) -> None:
     """Until stop: a round when a request is made, and every INTERVAL seconds (a request decided
     later, e.g. before its Node has addresses), with a new client each round (it picks up the
-    admin certificate after a renewal)."""
+    admin certificate after a renewal). `also` runs in each round after the CSRs: the server's
+    other requests (k4s.cluster.copycerts' uploads)."""
     wake = threading.Event()
     threading.Thread(target=watch_requests, args=(connect, wake, stop), name="approver-watch", daemon=True).start()
     while not stop.is_set():
         wake.clear()
         try:
-            decide_all(connect(), call_in_child, server_node, reserved)
+            client = connect()
+            decide_all(client, call_in_child, server_node, reserved)
+            if also is not None:
+                also(client)
         except (OSError, K4sError) as e:
             log.event("approver", "error", level="warn", error=str(e))
         wake.wait(INTERVAL)

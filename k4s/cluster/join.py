@@ -26,8 +26,10 @@ import os
 import ssl
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from k4s import events, log
 from k4s.cluster import addons, certs, kubeapi
@@ -37,6 +39,7 @@ from k4s.fsutil import write_atomic
 
 NODE_CLIENT_SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
 CSR_API = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
+T = TypeVar("T")
 HINT_NEW_TOKEN = "make a new one with `k4s token create` on the operator's host and boot with its line"
 
 
@@ -216,18 +219,14 @@ def write_credentials(files: certs.Files, cert_dir: Path, server: str, ca_pem: b
 
 
 
-def join(server: str, token_text: str, ca_hash: str, node_name: str, files: certs.Files, cert_dir: Path,
-         deadline: float = 600.0) -> str:
-    """Discovery and TLS bootstrap, retrying what the network or a starting server may fix
-    (with back-off, a line per try); the CA's hash. Refused is raised at once."""
-    token = Token.parse(token_text)
-    delay, end, attempt = 1.0, time.monotonic() + deadline, 0
+def retrying(server: str, deadline: float, attempt: Callable[[], T]) -> T:
+    """attempt() until it succeeds, retrying what the network or a starting server may fix (with
+    back-off, a line per try); Refused is raised at once."""
+    delay, end, tries = 1.0, time.monotonic() + deadline, 0
     while True:
-        attempt += 1
+        tries += 1
         try:
-            ca_pem = discover(server, token, ca_hash)
-            cert, key = request_client_cert(server, ca_pem, token, node_name)
-            break
+            return attempt()
         except Refused:
             raise
         except (OSError, K4sError) as e:
@@ -235,9 +234,62 @@ def join(server: str, token_text: str, ca_hash: str, node_name: str, files: cert
             if time.monotonic() + delay > end:
                 raise K4sError(f"could not join {server}: {msg}",
                                hint="check the server is up and reachable from this node") from None
-            log.event("join", "retry", level="warn", server=server, attempt=attempt, error=msg, wait=f"{delay:.0f}s")
+            log.event("join", "retry", level="warn", server=server, attempt=tries, error=msg, wait=f"{delay:.0f}s")
             time.sleep(delay)
             delay = min(delay * 2, 15.0)
+
+
+def join(server: str, token_text: str, ca_hash: str, node_name: str, files: certs.Files, cert_dir: Path,
+         deadline: float = 600.0) -> str:
+    """Discovery and TLS bootstrap, retrying what the network or a starting server may fix
+    (with back-off, a line per try); the CA's hash. Refused is raised at once."""
+    token = Token.parse(token_text)
+
+    def attempt() -> tuple[bytes, bytes, bytes]:
+        ca_pem = discover(server, token, ca_hash)
+        return (ca_pem, *request_client_cert(server, ca_pem, token, node_name))
+
+    ca_pem, cert, key = retrying(server, deadline, attempt)
     write_credentials(files, cert_dir, server, ca_pem, cert, key)
     log.event(*events.JOINED, server=server, token=token.id)
+    return ca_hash
+
+
+# --- a server that joins: kubeadm join --control-plane ------------------------------------------
+
+def fetch_shared(server: str, ca_pem: bytes, token: Token, certificate_key: str) -> dict[str, bytes]:
+    """kubeadm-certs, read with the token over TLS verified against the pinned CA, opened with the
+    certificate key (k4s.cluster.copycerts)."""
+    from k4s.cluster import copycerts
+
+    host, port = _host_port(server)
+    client = kubeapi.Client(host, port, ssl.create_default_context(cadata=ca_pem.decode()), bearer=token.bearer)
+    try:
+        secret = client.json("GET", f"{copycerts.SECRETS}/{copycerts.SECRET}")
+    except kubeapi.APIError as e:
+        if e.status == 401:
+            raise Refused(f"the apiserver refused token {token.id}: it has expired or was deleted",
+                          hint=HINT_NEW_TOKEN + " --control-plane") from None
+        if e.status in (403, 404):
+            raise Refused(f"token {token.id} cannot read the cluster's shared keys (HTTP {e.status}): it is not a "
+                          "control-plane token, or its upload was taken back",
+                          hint="make the server's join with `k4s token create --control-plane`") from None
+        raise
+    try:
+        return copycerts.opened(secret, certificate_key)
+    except copycerts.WrongKey as e:
+        raise Refused(e.message, hint=e.hint) from None
+
+
+def join_control_plane(server: str, token_text: str, ca_hash: str, certificate_key: str, files: certs.Files,
+                       deadline: float = 600.0) -> str:
+    """Discovery, then the shared CA keys (kubeadm's copycerts), written where this node's PKI keeps
+    them; retrying what a starting server may fix, as `join` does. The CA's hash."""
+    from k4s.cluster import copycerts
+
+    token = Token.parse(token_text)
+    shared = retrying(server, deadline, lambda: fetch_shared(server, discover(server, token, ca_hash), token,
+                                                             certificate_key))
+    copycerts.write(files, shared)
+    log.event(*events.CERTS_FETCHED, server=server, token=token.id, files=len(shared))
     return ca_hash

@@ -28,14 +28,44 @@ def memory_summary(mi: dict[str, int], zram_bytes: int | None = None) -> dict[st
             "mem_total_mib": mi["MemTotal"] >> 10}
 
 
+def cpu_by_process() -> dict[tuple[int, str], float]:
+    """CPU seconds (user + system) each process has used, by (pid, the name it was run as: a
+    multicall's component, not "kube")."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            argv0 = (d / "cmdline").read_bytes().split(b"\0", 1)[0]
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        name = os.path.basename(argv0.decode(errors="replace")) or stat[stat.index("(") + 1:stat.rindex(")")]
+        out[(int(d.name), name)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def cpu_top(before: dict[tuple[int, str], float], after: dict[tuple[int, str], float], seconds: float,
+            n: int = 5) -> str:
+    """The processes that used the most CPU between two readings: "name:percent-of-a-CPU,..."."""
+    used = sorted(((after[k] - before.get(k, 0.0), k[1]) for k in after), reverse=True)[:n]
+    return ",".join(f"{name}:{100 * s / seconds:.0f}%" for s, name in used if s > 0)
+
+
 def log_stats(stop: threading.Event, log_dir: Path | None = None, every: float = 30.0) -> None:
-    """A line of memory and load every `every` seconds."""
+    """A line of memory, load and the processes that used the most CPU every `every` seconds."""
+    cpu = cpu_by_process()
     while not stop.wait(every):
         try:
             mi = meminfo()
         except (OSError, ValueError):
             continue  # no /proc: nothing to report
-        log.event(*events.STATS, **memory_summary(mi), **paging(), load1=f"{os.getloadavg()[0]:.2f}")
+        now = cpu_by_process()
+        log.event(*events.STATS, **memory_summary(mi), **paging(), load1=f"{os.getloadavg()[0]:.2f}",
+                  cpu=cpu_top(cpu, now, every))
+        cpu = now
         if log_dir is not None:
             write_memory_report(log_dir / "memory.txt", mi)
 

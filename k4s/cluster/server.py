@@ -65,6 +65,38 @@ def join_cluster(node: Node) -> str:
                                            kubelet.cert_dir(node), JOIN_DEADLINE), JOIN_DEADLINE + 60)
 
 
+def fetch_shared_keys(node: Node) -> None:
+    """A server that joins: discovery and kubeadm-certs (k4s.cluster.join.join_control_plane)."""
+    from k4s.cluster import join
+
+    cfg = node.cfg
+    join.join_control_plane(cfg.server, cfg.token, cfg.ca_hash, cfg.certificate_key, node.certs, JOIN_DEADLINE)
+
+
+def join_etcd(node: Node) -> None:
+    """A server that joins, once it has its own certificates: etcd's member add, as a learner
+    (k4s.cluster.etcdmembers), through the server it joins; then its token, spent, is deleted
+    (with it goes the sealed upload, which the token owns)."""
+    import urllib.parse
+
+    from k4s.cluster import certs, copycerts, etcdmembers, kubeapi
+    from k4s.cluster.components import etcd
+
+    cfg = node.cfg
+    host = urllib.parse.urlsplit(cfg.server).hostname or ""
+    record = etcdmembers.join([etcdmembers.client_url(host)], etcd.client_context(node), cfg.node_name,
+                              node.node_ip, JOIN_DEADLINE)
+    etcdmembers.write_record(node.paths.data, record)
+    port = urllib.parse.urlsplit(cfg.server).port or 443
+    admin = kubeapi.Client.from_files(node.certs, port, certs.ADMIN, host)
+    token_id = cfg.token.split(".")[0]
+    try:
+        admin.json("DELETE", f"{copycerts.SECRETS}/bootstrap-token-{token_id}")
+        log.event("join", "token-deleted", token=token_id)
+    except (OSError, kubeapi.APIError) as e:
+        log.event("join", "token-delete-failed", level="warn", token=token_id, error=str(e))
+
+
 def run_server(cfg: Config, control_plane_only: bool,
                stop_signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> int:
     """Bring the node up and supervise it until one of stop_signals arrives; return that signal.
@@ -78,17 +110,24 @@ def run_server(cfg: Config, control_plane_only: bool,
     names = selected(control_plane_only, cfg)
     log.event("k4s", "starting", node=cfg.node_name, ip=node.node_ip, components=",".join(names))
     preflight(node, names)
+    from k4s.cluster import joinsecret
+
     if cfg.role == "agent":
         ca_hash = join_cluster(node)
-        from k4s.cluster import joinsecret
-
         joinsecret.forget(cfg.sources.get("token", ""))  # spent: the server deleted the token too
     else:
+        # a server that joins, the first time (its etcd has no data yet): the shared CA keys first
+        joining = cfg.joins_control_plane and not (node.paths.data / "etcd" / "member").exists()
+        if joining:
+            call_in_child(lambda: fetch_shared_keys(node), JOIN_DEADLINE + 60)
         results, ca_hash, expires = ensure_pki(cfg)
         for name, action, reason in results:
             if action != "kept":
                 log.event("pki", action, cert=name, reason=reason or None)
         renew.write_status(node.paths.certs, expires, 0)
+        if joining:
+            call_in_child(lambda: join_etcd(node), JOIN_DEADLINE + 60)
+            joinsecret.forget(cfg.sources.get("token", ""))
     # the pin a client checks the CA it is handed against (kubeadm's --discovery-token-ca-cert-hash)
     log.console(f"k4s: cluster CA {ca_hash}")
     log.record(*events.CA, hash=ca_hash)

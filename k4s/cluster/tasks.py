@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from k4s import events, layout, log
-from k4s.cluster import addons, approver, certs, kubeapi
+from k4s.cluster import addons, approver, certs, copycerts, kubeapi
 from k4s.cluster.components import containerd, controller_manager, flannel, kubelet
 from k4s.cluster.node import Node
 from k4s.cluster.supervisor import Supervisor
@@ -153,8 +153,9 @@ def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor) -> N
     # first what the node's own start waits for: its tasks' admin binding, then flannel's and
     # kube-proxy's rights (bound to system:nodes); namespaces before what lives in them
     first = addons.rbac() + addons.join_rbac()
-    rest = addons.cluster_info(server, node.certs.crt(certs.CLUSTER_CA).read_bytes()) \
-        + addons.kubelet_serving_ca(node.certs.crt(certs.KUBELET_SERVING_CA).read_bytes())
+    # cluster-info names the server workers join: the first server's, which one that joined keeps
+    info = [] if node.cfg.joins_control_plane else addons.cluster_info(server, node.certs.crt(certs.CLUSTER_CA).read_bytes())
+    rest = info + addons.kubelet_serving_ca(node.certs.crt(certs.KUBELET_SERVING_CA).read_bytes())
     if "coredns" not in node.cfg.disable:
         rest += addons.coredns(node.cfg, Path(os.path.realpath(node.bin(addons.COREDNS))))
     if "local-path" not in node.cfg.disable:
@@ -181,8 +182,12 @@ def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor) -> N
     if watcher is not None:
         threading.Thread(target=watcher.run, name="manifests", daemon=True).start()
     reserved = approver.Reserved.of(node.cfg, {node.node_ip})
+    def uploads(client: kubeapi.Client) -> None:
+        copycerts.serve_requests(client, node.certs, sup.call_in_child)
+
     threading.Thread(target=approver.run, args=(lambda: api_client(node), sup.call_in_child, sup.stop_requested,
-                                                node.cfg.node_name, reserved), name="approver", daemon=True).start()
+                                                node.cfg.node_name, reserved, uploads), name="approver",
+                     daemon=True).start()
 
 
 # --- the pod network ----------------------------------------------------------------------------

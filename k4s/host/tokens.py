@@ -20,7 +20,8 @@ import string
 import time
 from dataclasses import dataclass
 
-from k4s.cluster import addons, kubeapi
+from k4s.cluster import addons, copycerts, kubeapi
+from k4s.cluster.addons import CONTROL_PLANE_GROUP
 from k4s.cluster.approver import NODE_ANNOTATION, REUSABLE_ANNOTATION
 from k4s.cluster.components.apiserver import CLUSTER_INFO_PATH
 from k4s.errors import K4sError
@@ -32,6 +33,7 @@ EXTRA_GROUP = "system:bootstrappers:k4s:worker"
 ALPHABET = string.ascii_lowercase + string.digits
 MAX_TTL = dt.timedelta(days=7)
 MAX_REUSABLE_TTL = dt.timedelta(hours=24)
+MAX_CONTROL_PLANE_TTL = dt.timedelta(hours=2)  # kubeadm's kubeadm-certs live 2 hours
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,9 @@ def new_token() -> tuple[str, str]:
             "".join(secrets.choice(ALPHABET) for _ in range(16)))
 
 
-def parse_ttl(text: str, reusable: bool = False) -> dt.timedelta:
+def parse_ttl(text: str, reusable: bool = False, control_plane: bool = False) -> dt.timedelta:
     """kubeadm's --ttl: 30m, 24h, 1h30m, 45s (0 is refused: a worker's token must expire); at
-    most MAX_TTL, or MAX_REUSABLE_TTL for a reusable token."""
+    most MAX_TTL, or MAX_REUSABLE_TTL for a reusable token, MAX_CONTROL_PLANE_TTL for a server's."""
     import re
 
     m = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text.strip())
@@ -61,22 +63,23 @@ def parse_ttl(text: str, reusable: bool = False) -> dt.timedelta:
     ttl = dt.timedelta(hours=h, minutes=mi, seconds=s)
     if ttl <= dt.timedelta(0):
         raise K4sError("--ttl must be positive", hint="a token that never expires is a standing secret; use e.g. 1h")
-    cap = MAX_REUSABLE_TTL if reusable else MAX_TTL
+    cap = MAX_CONTROL_PLANE_TTL if control_plane else MAX_REUSABLE_TTL if reusable else MAX_TTL
     if ttl > cap:
         raise K4sError(f"--ttl {text} is longer than {cap.days * 24 or cap.seconds // 3600}h"
-                       f"{' for a reusable token' if reusable else ''}",
+                       f"{' for a reusable token' if reusable else ' for a server join' if control_plane else ''}",
                        hint="a join secret is short-lived; make a new one when a machine needs it")
     return ttl
 
 
 def secret_for(token_id: str, token_secret: str, ttl: dt.timedelta, description: str,
-               now: dt.datetime | None = None, node_name: str = "", reusable: bool = False) -> dict:
+               now: dt.datetime | None = None, node_name: str = "", reusable: bool = False,
+               group: str = EXTRA_GROUP) -> dict:
     expires = (now or dt.datetime.now(dt.UTC)) + ttl
     data = {
         "token-id": token_id, "token-secret": token_secret,
         "expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true",
-        "auth-extra-groups": EXTRA_GROUP, "description": description,
+        "auth-extra-groups": group, "description": description,
     }
     annotations = {**({NODE_ANNOTATION: node_name} if node_name else {}),
                    **({REUSABLE_ANNOTATION: "true"} if reusable else {})}
@@ -92,6 +95,35 @@ def create(client: kubeapi.Client, ttl: dt.timedelta, description: str, node_nam
     client.json("POST", SECRETS, secret_for(token_id, token_secret, ttl, description, node_name=node_name,
                                             reusable=reusable))
     return token_id, token_secret
+
+
+def create_control_plane(client: kubeapi.Client, ttl: dt.timedelta, description: str,
+                         node_name: str = "") -> tuple[str, str, str]:
+    """A server's join (kubeadm's `token create --certificate-key`): a token in the control-plane
+    group and a new certificate key, handed to the servers as an upload request
+    (k4s.cluster.copycerts). (token id, token secret, certificate key)."""
+    token_id, token_secret = new_token()
+    made = client.json("POST", SECRETS, secret_for(token_id, token_secret, ttl, description, node_name=node_name,
+                                                   group=CONTROL_PLANE_GROUP))
+    key = copycerts.new_key()
+    client.json("POST", SECRETS, copycerts.request(made, key))
+    return token_id, token_secret, key
+
+
+def wait_uploaded(client: kubeapi.Client, token_id: str, timeout: float) -> bool:
+    """Until a server has sealed the shared keys for this token (kubeadm-certs owned by it)."""
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            owners = client.json("GET", f"{SECRETS}/{copycerts.SECRET}")["metadata"].get("ownerReferences") or []
+            if any(o.get("name") == f"bootstrap-token-{token_id}" for o in owners):
+                return True
+        except kubeapi.APIError as e:
+            if e.status != 404:
+                raise
+        if time.monotonic() >= end:
+            return False
+        time.sleep(1)
 
 
 SIGN_WAIT = 60.0  # the controller-manager's bootstrapsigner signs a new token within seconds
@@ -139,11 +171,15 @@ def cluster_server_and_ca(client: kubeapi.Client) -> tuple[str, bytes]:
         raise K4sError("the server's cluster-info holds no CA", hint="is this a k4s or kubeadm server?") from None
 
 
-def join_line(server: str, ca_hash: str, node_name: str = "") -> str:
-    """The public half of a join: what a worker's command line may say."""
-    return f"k4s.role=agent k4s.server={server} k4s.ca-hash={ca_hash}" + (f" k4s.node-name={node_name}" if node_name else "")
+def join_line(server: str, ca_hash: str, node_name: str = "", role: str = "agent") -> str:
+    """The public half of a join: what a machine's command line may say."""
+    return (f"k4s.role={role} k4s.server={server} k4s.ca-hash={ca_hash}"
+            + (f" k4s.node-name={node_name}" if node_name else ""))
 
 
-def join_secret(server: str, token: str, ca_hash: str, node_name: str = "") -> str:
-    """A machine's whole join, secret included: the text of its join segment (k4s.cluster.joinsecret)."""
-    return f"{join_line(server, ca_hash, node_name)} k4s.token={token}"
+def join_secret(server: str, token: str, ca_hash: str, node_name: str = "", certificate_key: str = "") -> str:
+    """A machine's whole join, secrets included: the text of its join segment (k4s.cluster.joinsecret).
+    With a certificate key, a server's (role server: it joins the control plane)."""
+    role = "server" if certificate_key else "agent"
+    return (f"{join_line(server, ca_hash, node_name, role)} k4s.token={token}"
+            + (f" k4s.certificate-key={certificate_key}" if certificate_key else ""))

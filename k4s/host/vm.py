@@ -137,6 +137,7 @@ class VM:
     lan_ports: tuple[int, ...] = ()   # the first VM of a lan: loopback ports other VMs connect to
     lan_connect: int = 0              # a VM that joins a lan: the first VM's port (no user network of its own)
     lan_mgmt: bool = False            # with lan_connect: a user-network NIC too, first (eth0: `mac`), the lan second
+    mgmt_port: bool = False           # with lan_mgmt: `port` forwarded to it, as a lone VM's (a server on a switch)
     mac: str = ""                     # the NIC's MAC (VMs on one lan need their own; the node name derives from it)
     metrics_port: int = 0             # a host port forwarded to the node's metrics endpoint (10270)
     disk: Path | None = None          # a qcow2 data disk (/dev/vdb in the guest; boot with k4s.data=...)
@@ -253,7 +254,8 @@ class VM:
 
     @property
     def lan_only(self) -> bool:
-        return bool(self.lan_connect)
+        """Nothing forwarded from the host: a VM that joins a lan, unless its management NIC has a port."""
+        return bool(self.lan_connect) and not (self.lan_mgmt and self.mgmt_port)
 
     def network(self, user: str) -> list[str]:
         """NICs. Alone: one, on QEMU's user network (DHCP, the host's forwarded port). The first

@@ -224,9 +224,36 @@ def test_join_keys_are_checked(tmp_path, cmdline: str, message: str) -> None:
         config.load(os.devnull, join_secret=join_file(tmp_path, cmdline))
 
 
-def test_a_token_without_role_agent_is_refused(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="are for role agent"):
+def test_a_token_alone_is_refused_with_what_a_join_needs(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="a server that joins another needs server, ca-hash, certificate-key") as e:
         config.load(os.devnull, join_secret=join_file(tmp_path, TOKEN))
+    assert "k4s.role=agent" in (e.value.hint or "")
+
+
+CERT_KEY = "k4s.certificate-key=" + "0f" * 32
+SERVER_JOIN = AGENT.replace("k4s.role=agent", "k4s.role=server") + " " + CERT_KEY
+
+
+def test_a_server_joins_with_a_certificate_key_from_its_join_segment(tmp_path) -> None:
+    cfg = config.load(os.devnull, join_secret=join_file(tmp_path, SERVER_JOIN))
+    assert cfg.role == "server" and cfg.joins_control_plane and cfg.certificate_key == "0f" * 32
+    assert not config.load(os.devnull).joins_control_plane
+
+
+@pytest.mark.parametrize("words, message", [
+    (AGENT + " " + CERT_KEY, "certificate-key is for a server that joins, not role agent"),
+    (SERVER_JOIN.replace("0f" * 32, "0g" * 32), "is not a certificate key"),
+    (SERVER_JOIN.replace(" " + CERT_KEY, ""), "needs certificate-key too"),
+])
+def test_a_server_join_is_checked_and_its_key_never_echoed(tmp_path, words: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as e:
+        config.load(os.devnull, join_secret=join_file(tmp_path, words))
+    assert "0g0g" not in str(e.value) + (e.value.hint or "")
+
+
+def test_a_certificate_key_on_the_command_line_is_refused() -> None:
+    with pytest.raises(ConfigError, match="certificate-key"):
+        config.load(os.devnull, cmdline=CERT_KEY)
 
 
 def test_a_malformed_token_is_not_echoed(tmp_path) -> None:

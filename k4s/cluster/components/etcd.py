@@ -1,10 +1,16 @@
-"""etcd: the datastore, on loopback only, mutual TLS with the etcd CA."""
+"""etcd: the datastore, mutual TLS with the etcd CA for clients and peers alike.
+
+Its clients are the apiserver on loopback and, on the node network, the other servers' joins
+(k4s.cluster.etcdmembers); its peers are the other servers' etcd. A server that joined starts
+as a learner with the list its join was answered with, and is promoted by this probe.
+"""
 
 from __future__ import annotations
 
-import json
+import ipaddress
 
-from k4s.cluster import certs, kubeapi
+from k4s import log
+from k4s.cluster import certs, etcdmembers, kubeapi
 from k4s.cluster.node import Node
 from k4s.config import Config
 
@@ -26,20 +32,41 @@ def ports(cfg: Config) -> list[tuple[str, int]]:
     return [("127.0.0.1", CLIENT_PORT), ("127.0.0.1", PEER_PORT), ("127.0.0.1", METRICS_PORT)]
 
 
+# Raft's clock: etcd's defaults (100 ms, 1 s) are for a quiet LAN and idle CPUs; a server
+# under emulation, or busy starting the control plane, misses heartbeats at that pace and
+# calls needless elections. 10 heartbeats to an election, as etcd's tuning guide advises.
+HEARTBEAT_MS, ELECTION_MS = 300, 3000
+
+
+def urls(node: Node) -> tuple[list[str], str, str]:
+    """(client URLs it listens on, the client URL it advertises, its peer URL): the node address
+    beside loopback, so that other servers reach it; loopback alone on a loopback node."""
+    if ipaddress.ip_address(node.node_ip).is_loopback:
+        return [CLIENT_URL], CLIENT_URL, PEER_URL
+    own = etcdmembers.client_url(node.node_ip)
+    return [CLIENT_URL, own], own, etcdmembers.peer_url(node.node_ip)
+
+
 def command(node: Node) -> list[str]:
     c, name = node.certs, node.cfg.node_name
     data = node.paths.data / "etcd"
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    listen, advertise, peer = urls(node)
+    joined = etcdmembers.read_record(node.paths.data)
     return [
         str(node.bin(BINARY)),
         f"--name={name}",
         f"--data-dir={data}",
-        f"--listen-client-urls={CLIENT_URL}",
-        f"--advertise-client-urls={CLIENT_URL}",
-        f"--listen-peer-urls={PEER_URL}",
-        f"--initial-advertise-peer-urls={PEER_URL}",
-        f"--initial-cluster={name}={PEER_URL}",
-        "--initial-cluster-state=new",
+        f"--listen-client-urls={','.join(listen)}",
+        f"--advertise-client-urls={advertise}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        # read only while the data directory is empty: a member that joined starts from the list
+        # its join was answered with; a first server founds a cluster of one
+        f"--initial-cluster={joined['initial_cluster'] if joined else f'{name}={peer}'}",
+        f"--initial-cluster-state={'existing' if joined else 'new'}",
+        f"--heartbeat-interval={HEARTBEAT_MS}",
+        f"--election-timeout={ELECTION_MS}",
         f"--listen-metrics-urls={METRICS_URL}",
         f"--cert-file={c.crt(certs.ETCD_SERVER)}",
         f"--key-file={c.key(certs.ETCD_SERVER)}",
@@ -55,8 +82,19 @@ def command(node: Node) -> list[str]:
     ]
 
 
-def ready(node: Node) -> bool:
+def client_context(node: Node):  # type: ignore[no-untyped-def]
     c = node.certs
-    ctx = kubeapi.tls_context(c.crt(CA), c.crt(CLIENT_CERT), c.key(CLIENT_CERT))
-    status, body = kubeapi.get(f"{CLIENT_URL}/health", ctx)
-    return status == 200 and json.loads(body).get("health") == "true"
+    return kubeapi.tls_context(c.crt(CA), c.crt(CLIENT_CERT), c.key(CLIENT_CERT))
+
+
+def ready(node: Node) -> bool:
+    """/readyz: it serves linearizable reads as a voting member. A learner (a server that joined)
+    is promoted from here once it has caught up."""
+    ctx = client_context(node)
+    status, body = kubeapi.get(f"{CLIENT_URL}/readyz?verbose", ctx)
+    if status == 200:
+        return True
+    if b"non_learner failed" in body and (record := etcdmembers.read_record(node.paths.data)):
+        if etcdmembers.promote(record, ctx):
+            log.console(f"k4s: etcd member {node.cfg.node_name} promoted: a voting member now")
+    return False

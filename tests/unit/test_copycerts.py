@@ -1,0 +1,75 @@
+"""kubeadm's certificate-key protocol: what a joining server can open, and what it cannot."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from k4s.cluster import certs, copycerts, pki
+from k4s.cluster.certs import Identity
+
+OWNER = {"apiVersion": "v1", "kind": "Secret", "name": "bootstrap-token-abcdef", "uid": "u-1"}
+
+
+@pytest.fixture
+def server_pki(tmp_path: Path) -> certs.Files:
+    store = pki.PKI(tmp_path / "pki", tmp_path / "kubeconfig", 90, "https://127.0.0.1:6443")
+    store.ensure(Identity("server-1", "10.77.0.11", "10.43.0.1", "cluster.local"))
+    files = store.files
+    files.encryption_config.write_text("kind: EncryptionConfiguration\n")
+    return files
+
+
+def test_a_sealed_file_is_kubeadm_s_layout_nonce_first() -> None:
+    key = copycerts.new_key()
+    assert len(key) == 64 and int(key, 16) >= 0
+    blob = copycerts.seal(b"ca key", key)
+    # what kubeadm's cryptoutil.DecryptBytes does: the first 12 bytes are the GCM nonce
+    assert AESGCM(bytes.fromhex(key)).decrypt(blob[:12], blob[12:], None) == b"ca key"
+    assert copycerts.seal(b"ca key", key) != blob  # a new nonce each time
+
+
+def test_the_joining_server_gets_every_shared_file_back(server_pki: certs.Files, tmp_path: Path) -> None:
+    key = copycerts.new_key()
+    secret = copycerts.sealed_secret(server_pki, key, OWNER)
+    assert secret["metadata"]["name"] == "kubeadm-certs" and secret["metadata"]["ownerReferences"] == [OWNER]
+    assert {"ca.crt", "ca.key", "etcd-ca.key", "front-proxy-ca.key", "sa.key", "sa.pub",
+            "kubelet-serving-ca.key", "encryption-config.yaml"} <= set(secret["data"])
+    assert b"PRIVATE KEY" not in b"".join(base64.b64decode(v) for v in secret["data"].values())
+    joiner = certs.Files(tmp_path / "joiner" / "pki", tmp_path / "joiner" / "kubeconfig")
+    copycerts.write(joiner, copycerts.opened(secret, key))
+    for name, path, _ in copycerts.shared(server_pki):
+        if path.exists():
+            theirs = dict((n, p) for n, p, _ in copycerts.shared(joiner))[name]
+            assert theirs.read_bytes() == path.read_bytes(), name
+            assert theirs.stat().st_mode & 0o777 == (0o644 if name.endswith((".crt", ".pub")) else 0o600), name
+    # the joiner's own leaves come from the shared CAs: the cluster keeps one identity
+    store = pki.PKI(joiner.pki, joiner.kubeconfigs, 90, "https://127.0.0.1:6443")
+    results = {r.name: r.action for r in store.ensure(Identity("server-2", "10.77.0.12", "10.43.0.1", "cluster.local"))}
+    assert results["ca"] == "kept" and results["etcd/ca"] == "kept" and results["apiserver"] == "created"
+
+
+def test_a_wrong_key_or_an_altered_byte_opens_nothing(server_pki: certs.Files) -> None:
+    key = copycerts.new_key()
+    secret = copycerts.sealed_secret(server_pki, key, OWNER)
+    with pytest.raises(copycerts.WrongKey, match="does not open kubeadm-certs"):
+        copycerts.opened(secret, copycerts.new_key())
+    blob = bytearray(base64.b64decode(secret["data"]["ca.key"]))
+    blob[-1] ^= 1
+    altered = {**secret, "data": {**secret["data"], "ca.key": base64.b64encode(bytes(blob)).decode()}}
+    with pytest.raises(copycerts.WrongKey):
+        copycerts.opened(altered, key)
+    for junk in ("", "not base64!", base64.b64encode(b"short").decode()):
+        with pytest.raises(copycerts.WrongKey):
+            copycerts.opened({**secret, "data": {**secret["data"], "sa.key": junk}}, key)
+
+
+def test_a_secret_without_a_required_file_is_refused(server_pki: certs.Files) -> None:
+    key = copycerts.new_key()
+    secret = copycerts.sealed_secret(server_pki, key, OWNER)
+    del secret["data"]["etcd-ca.key"]
+    with pytest.raises(copycerts.K4sError, match="holds no etcd-ca.key"):
+        copycerts.opened(secret, key)
