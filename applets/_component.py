@@ -28,7 +28,7 @@ def exec_component(name: str, args: tuple[str, ...]) -> int:
         argv = [os.path.join(cfg.bin_dir, m.BINARY), *args]
     else:
         argv = [*components.argv(name, Node.of(cfg)), *args]
-    env = child_env(cfg.bin_dir, cfg.component_gogc)
+    env = child_env(cfg.bin_dir, cfg.component_gogc, gomaxprocs=cfg.component_gomaxprocs)
     try:
         os.execve(argv[0], argv, env)
     except OSError as e:

@@ -334,6 +334,10 @@ class Config:
     component_gogc: int = key(_int_range(10, 1000), 100,
         "GOGC of the Go components once started (start-up runs at Go's default 100, or this if higher): "
         "lower trades idle CPU for RAM", cmdline=C)
+    component_gomaxprocs: int = key(_int_range(0, 1024), 1,
+        "CPUs each Go component runs on at once after its start-up (GOMAXPROCS; start-up uses them all): 1 "
+        "spends a fifth less of an idle server's CPU, as Go's scheduler wakes less; 0: one per CPU, for a "
+        "control plane serving many clients on a big machine", cmdline=C)
     component_processes: str = key(_choice("shared", "separate"), "shared",
         "shared: etcd, controller-manager and scheduler run in the apiserver's process, kube-proxy in "
         "the kubelet's (about 65 MiB less RAM); separate: one process each, with its own log", cmdline=C)

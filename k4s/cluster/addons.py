@@ -46,7 +46,7 @@ def rbac() -> list[Obj]:
 
 
 BOOTSTRAPPERS = "system:bootstrappers"  # every bootstrap token's group
-CONTROL_PLANE_GROUP = "system:bootstrappers:k4s:control-plane"  # a control-plane token's (k4s.cluster.copycerts)
+CONTROL_PLANE_GROUP = "system:bootstrappers:k4s:control-plane"  # a server's join token (k4s.cluster.copycerts)
 NODES = "system:nodes"
 # what a node's own daemons (flannel) read and write beside the kubelet
 FLANNEL_RULES = [
@@ -80,15 +80,6 @@ def join_rbac() -> list[Obj]:
         {"apiVersion": f"{RBAC}/v1", "kind": "ClusterRole", "metadata": {"name": "k4s:flannel", "labels": LABELS},
          "rules": FLANNEL_RULES},
         _binding("k4s:flannel", "k4s:flannel", NODES),
-        # a control-plane token may read the sealed shared keys (kubeadm's kubeadm:kubeadm-certs
-        # role, bound here to the control-plane tokens' group only, not every bootstrap token)
-        {"apiVersion": f"{RBAC}/v1", "kind": "Role",
-         "metadata": {"name": "k4s:kubeadm-certs", "namespace": "kube-system", "labels": LABELS},
-         "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["kubeadm-certs"], "verbs": ["get"]}]},
-        {"apiVersion": f"{RBAC}/v1", "kind": "RoleBinding",
-         "metadata": {"name": "k4s:kubeadm-certs", "namespace": "kube-system", "labels": LABELS},
-         "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": "k4s:kubeadm-certs"},
-         "subjects": [{"apiGroup": RBAC, "kind": "Group", "name": CONTROL_PLANE_GROUP}]},
     ]
 
 

@@ -2,18 +2,23 @@
 cluster's shared keys, and nothing else does.
 
     the operator's host, `k4s token create --control-plane`:
-        a bootstrap token in addons.CONTROL_PLANE_GROUP and a certificate key (32 random bytes, hex),
-        handed to the cluster as an upload request: a Secret of type REQUEST_TYPE, owned by
-        the token's Secret, that only cluster admins can read
+        a bootstrap token (in addons.CONTROL_PLANE_GROUP) and a certificate key of its own (32
+        random bytes, hex), handed to the cluster as an upload request: a Secret of type
+        REQUEST_TYPE, owned by the token's Secret, that only cluster admins can read
     a server, at its approver's next round (serve_requests):
-        each shared file sealed with AES-256-GCM under that key into kube-system/kubeadm-certs
-        (kubeadm's name, data keys and cipher: a 12-byte nonce, then the sealed bytes), owned
-        by the token's Secret; the request deleted. When the token goes (spent, expired or
-        deleted), the garbage collector takes kubeadm-certs with it.
+        each shared file sealed with AES-256-GCM under that key into kube-system/kubeadm-certs-<id>
+        (kubeadm's data keys and cipher: a 12-byte nonce, then the sealed bytes), and a Role and
+        RoleBinding that let that one token read that one Secret, all three owned by the token's
+        Secret; the request deleted. When the token goes (spent, expired or deleted), the
+        garbage collector takes them with it.
     the joining server (k4s.cluster.join.join_control_plane):
-        discovery with the token, then kubeadm-certs read with it (RBAC grants the token's
-        group that one Secret) and opened with the key from its join segment; the CAs and keys
-        written; then it issues its own leaves and joins etcd (k4s.cluster.etcdmembers).
+        discovery with the token, then its Secret read with the token and opened with the key
+        from its join segment; the CAs and keys written; then it issues its own leaves and
+        joins etcd (k4s.cluster.etcdmembers).
+
+Unlike kubeadm's one kubeadm-certs Secret and one key for every join in a two-hour window,
+each join has its own key and Secret: one machine, one secret, as a worker's token is; two
+servers may join at once.
 
 What is shared: the cluster, etcd, front-proxy and kubelet-serving CAs (certificate and key),
 the service-account key pair, the encryption config of Secrets at rest (each apiserver reads
@@ -35,7 +40,7 @@ from k4s.errors import K4sError
 from k4s.fsutil import write_atomic
 
 NAMESPACE = "kube-system"
-SECRET = "kubeadm-certs"
+PREFIX = "kubeadm-certs-"
 SECRETS = f"/api/v1/namespaces/{NAMESPACE}/secrets"
 REQUEST_TYPE = "k4s.io/upload-certs"
 REQUEST_KEY = "certificate-key"
@@ -87,8 +92,16 @@ def owner(token_secret: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Secret", "name": meta["name"], "uid": meta["uid"]}
 
 
+def secret_name(token_id: str) -> str:
+    return PREFIX + token_id
+
+
+def token_id_of(owned_by: dict[str, Any]) -> str:
+    return str(owned_by["name"]).removeprefix("bootstrap-token-")
+
+
 def sealed_secret(files: certs.Files, key_hex: str, owned_by: dict[str, Any]) -> dict[str, Any]:
-    """kubeadm-certs for these files. Imports cryptography: run it in a child."""
+    """The sealed files for the token `owned_by` names. Imports cryptography: run it in a child."""
     data = {}
     for name, path, required in shared(files):
         try:
@@ -97,9 +110,24 @@ def sealed_secret(files: certs.Files, key_hex: str, owned_by: dict[str, Any]) ->
             if required:
                 raise K4sError(f"cannot share {path}: it is missing", hint="is this node a server?") from None
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": SECRET, "namespace": NAMESPACE, "ownerReferences": [owned_by],
-                         "labels": {"app.kubernetes.io/managed-by": "k4s"}},
+            "metadata": {"name": secret_name(token_id_of(owned_by)), "namespace": NAMESPACE,
+                         "ownerReferences": [owned_by], "labels": {"app.kubernetes.io/managed-by": "k4s"}},
             "data": data}
+
+
+def reader(owned_by: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Role to get that one Secret and its binding to that one token's user (kubeadm binds a
+    role for kubeadm-certs to every default-node-token holder), owned by the token's Secret."""
+    token_id = token_id_of(owned_by)
+    rbac = "rbac.authorization.k8s.io"
+    meta = {"name": f"k4s:{secret_name(token_id)}", "namespace": NAMESPACE, "ownerReferences": [owned_by],
+            "labels": {"app.kubernetes.io/managed-by": "k4s"}}
+    return [{"apiVersion": f"{rbac}/v1", "kind": "Role", "metadata": meta,
+             "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [secret_name(token_id)],
+                        "verbs": ["get"]}]},
+            {"apiVersion": f"{rbac}/v1", "kind": "RoleBinding", "metadata": meta,
+             "roleRef": {"apiGroup": rbac, "kind": "Role", "name": meta["name"]},
+             "subjects": [{"apiGroup": rbac, "kind": "User", "name": f"system:bootstrap:{token_id}"}]}]
 
 
 class WrongKey(K4sError):
@@ -114,7 +142,7 @@ def opened(secret: dict[str, Any], key_hex: str) -> dict[str, bytes]:
     for name, _, required in shared(certs.Files(Path("/"), Path("/"))):
         if name not in data:
             if required:
-                raise K4sError(f"{SECRET} holds no {name}", hint="was it made by a k4s server? make a new "
+                raise K4sError(f"{secret['metadata']['name']} holds no {name}", hint="was it made by a k4s server? make a new "
                                "control-plane join with `k4s token create --control-plane`")
             continue
         try:
@@ -123,9 +151,8 @@ def opened(secret: dict[str, Any], key_hex: str) -> dict[str, bytes]:
             blob = b""
         plain = unseal(blob, key_hex)
         if plain is None:
-            raise WrongKey(f"the certificate key does not open {SECRET} ({name})",
-                           hint="the key and the token must come from the same `k4s token create --control-plane`; "
-                                "a later one replaces the upload, so make a new join for this machine")
+            raise WrongKey(f"the certificate key does not open {secret['metadata']['name']} ({name})",
+                           hint="the key and the token must come from the same `k4s token create --control-plane`")
         out[name] = plain
     return out
 
@@ -151,8 +178,8 @@ def request(token_secret: dict[str, Any], key_hex: str) -> dict[str, Any]:
 
 
 def serve_requests(client: kubeapi.Client, files: certs.Files, call_in_child: Callable[..., Any]) -> int:
-    """Answer each pending upload request (a server's approver round): kubeadm-certs sealed with
-    its key, the request deleted. A request whose token is gone is deleted unanswered. The count
+    """Answer each pending upload request (a server's approver round): the files sealed with its
+    key, readable by its token alone; the request deleted. A request whose token is gone is deleted unanswered. The count
     answered."""
     items = client.json("GET", f"{SECRETS}?fieldSelector=type%3D{REQUEST_TYPE.replace('/', '%2F')}").get("items", [])
     answered = 0
@@ -163,9 +190,10 @@ def serve_requests(client: kubeapi.Client, files: certs.Files, call_in_child: Ca
         token = _get(client, f"{SECRETS}/{refs[0]['name']}") if refs else None
         if token is not None and len(key_hex) == 2 * KEY_BYTES:
             sealed = call_in_child(lambda k=key_hex, t=token: sealed_secret(files, k, owner(t)), 60)
-            client.apply(sealed)
+            for obj in (sealed, *reader(owner(token))):
+                client.apply(obj)
             answered += 1
-            log.event("certs", "uploaded", secret=f"{NAMESPACE}/{SECRET}", token=token["metadata"]["name"])
+            log.event("certs", "uploaded", secret=f"{NAMESPACE}/{sealed['metadata']['name']}")
         else:
             log.event("certs", "upload-refused", level="warn", request=name,
                       reason="its token is gone" if token is None else "the key is not 64 hex digits")

@@ -258,14 +258,14 @@ def join(server: str, token_text: str, ca_hash: str, node_name: str, files: cert
 # --- a server that joins: kubeadm join --control-plane ------------------------------------------
 
 def fetch_shared(server: str, ca_pem: bytes, token: Token, certificate_key: str) -> dict[str, bytes]:
-    """kubeadm-certs, read with the token over TLS verified against the pinned CA, opened with the
-    certificate key (k4s.cluster.copycerts)."""
+    """The token's sealed shared keys, read with the token over TLS verified against the pinned CA,
+    opened with the certificate key (k4s.cluster.copycerts)."""
     from k4s.cluster import copycerts
 
     host, port = _host_port(server)
     client = kubeapi.Client(host, port, ssl.create_default_context(cadata=ca_pem.decode()), bearer=token.bearer)
     try:
-        secret = client.json("GET", f"{copycerts.SECRETS}/{copycerts.SECRET}")
+        secret = client.json("GET", f"{copycerts.SECRETS}/{copycerts.secret_name(token.id)}")
     except kubeapi.APIError as e:
         if e.status == 401:
             raise Refused(f"the apiserver refused token {token.id}: it has expired or was deleted",

@@ -65,25 +65,50 @@ def _new_tls_context(ca: Path | None, cert: Path | None, key: Path | None) -> ss
     return ctx
 
 
-def get(url: str, ctx: ssl.SSLContext | None = None, timeout: float = 2.0) -> tuple[int, bytes]:
-    """One GET; (status, body). Connection errors raise OSError."""
+_kept = threading.local()  # a probing thread's open connections: {(scheme, host, port): (ctx, connection)}
+
+
+def get(url: str, ctx: ssl.SSLContext | None = None, timeout: float = 2.0, keep: bool = False) -> tuple[int, bytes]:
+    """One GET; (status, body). Connection errors raise OSError. With keep, the connection stays
+    open for this thread's next GET of the same server with the same context: a readiness probe
+    asks four times a second while a node starts, and a TLS handshake each time was most of
+    k4s's own CPU then (under TCG, on the way to Ready)."""
     u = urllib.parse.urlsplit(url)
-    conn: http.client.HTTPConnection
-    if u.scheme == "https":
-        conn = http.client.HTTPSConnection(u.hostname or "", u.port or 443, context=ctx, timeout=timeout)
-    else:
-        conn = http.client.HTTPConnection(u.hostname or "", u.port or 80, timeout=timeout)
-    try:
-        conn.request("GET", u.path + (f"?{u.query}" if u.query else ""))
-        r = conn.getresponse()
-        return r.status, r.read()
-    finally:
-        conn.close()
+    where = (u.scheme, u.hostname or "", u.port or (443 if u.scheme == "https" else 80))
+    if getattr(_kept, "pid", None) != os.getpid():  # a forked child opens its own
+        _kept.pid, _kept.pool = os.getpid(), {}
+    pool: dict[tuple[str, str, int], tuple[ssl.SSLContext | None, http.client.HTTPConnection]] = _kept.pool
+    held = pool.pop(where, None) if keep else None
+    if held is not None and held[0] is not ctx:
+        held[1].close()
+        held = None
+    for reused in ((True, False) if held else (False,)):
+        if reused:
+            conn = held[1]  # type: ignore[index]
+        elif u.scheme == "https":
+            conn = http.client.HTTPSConnection(where[1], where[2], context=ctx, timeout=timeout)
+        else:
+            conn = http.client.HTTPConnection(where[1], where[2], timeout=timeout)
+        try:
+            conn.request("GET", u.path + (f"?{u.query}" if u.query else ""))
+            r = conn.getresponse()
+            body = r.read()
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            if reused:
+                continue  # the server closed the idle connection (or restarted): once more, afresh
+            raise
+        if keep and not r.will_close:
+            pool[where] = (ctx, conn)
+        else:
+            conn.close()
+        return r.status, body
+    raise AssertionError("unreachable")
 
 
 def says_ok(url: str, ctx: ssl.SSLContext | None = None) -> bool:
-    """A health endpoint (/healthz, /readyz) answers 200 with the body `ok`."""
-    status, body = get(url, ctx)
+    """A health endpoint (/healthz, /readyz) answers 200 with the body `ok` (a probe: kept open)."""
+    status, body = get(url, ctx, keep=True)
     return status == 200 and body.strip() == b"ok"
 
 

@@ -109,7 +109,7 @@ def selected(names: list[str]) -> list[tuple[str, tuple[str, ...]]]:
 
 def build(node: Node, names: list[str], watcher: tasks.ManifestWatcher | None = None) -> list[Service]:
     """The supervisor's services for these components, in graph order."""
-    env = child_env(node.bin_dir, node.cfg.component_gogc)
+    env = child_env(node.bin_dir, node.cfg.component_gogc, gomaxprocs=node.cfg.component_gomaxprocs)
     env["NODE_NAME"] = node.cfg.node_name  # how flanneld's subnet manager finds its Node
     if node.cfg.profile:  # read by the multicall's main (build/components/kube/main.go)
         profiles = node.paths.logs / "profile"

@@ -62,7 +62,7 @@ def import_images(node: Node, sup: Supervisor) -> None:
     """Every airgap tarball into containerd's k8s.io namespace, pinned against image GC. On a
     data disk, a tarball whose every image containerd holds with the same digest (imported in an
     earlier boot) is not imported again."""
-    env = child_env(node.bin_dir, node.cfg.component_gogc)
+    env = child_env(node.bin_dir, node.cfg.component_gogc, gomaxprocs=node.cfg.component_gomaxprocs)
     ctr = [str(node.bin(containerd.CTR)), f"--address={node.containerd_socket}", "--namespace=k8s.io"]
     logf = node.paths.logs / "images.log"
     # Unpacking competes with the apiserver's start for the CPU, and the apiserver is on the

@@ -111,13 +111,12 @@ def create_control_plane(client: kubeapi.Client, ttl: dt.timedelta, description:
 
 
 def wait_uploaded(client: kubeapi.Client, token_id: str, timeout: float) -> bool:
-    """Until a server has sealed the shared keys for this token (kubeadm-certs owned by it)."""
+    """Until a server has sealed the shared keys for this token."""
     end = time.monotonic() + timeout
     while True:
         try:
-            owners = client.json("GET", f"{SECRETS}/{copycerts.SECRET}")["metadata"].get("ownerReferences") or []
-            if any(o.get("name") == f"bootstrap-token-{token_id}" for o in owners):
-                return True
+            client.json("GET", f"{SECRETS}/{copycerts.secret_name(token_id)}")
+            return True
         except kubeapi.APIError as e:
             if e.status != 404:
                 raise

@@ -1,13 +1,18 @@
-"""Three servers, one control plane, on a lan switch of its own: the first boots alone, the
-others join it with the join `k4s token create --control-plane` writes (a token and a
-certificate key, in each machine's own join segment), one after another (two host cores
-cannot carry three control-plane starts at once under TCG). What users check: three Nodes
-Ready, one etcd of three voting members, an object written through one server read through
-another, the joins spent, and a wrong certificate key refused with one line."""
+"""Servers that join a server, on a lan switch of its own: the first boots alone until its
+apiserver answers; then `k4s token create --control-plane` writes two joins (each a token and a
+certificate key of its own, in the machine's own join segment), and both machines boot side by
+side: the second server, and one whose key is not its join's. What users check: both Nodes
+Ready, one etcd of two voting members, an object written through one server read through the
+other, the joins spent and their sealed keys gone, and the wrong key refused with one line.
+
+Two servers, not three: under TCG on this machine's two cores, an idle server takes 0.57-0.72
+of a host core (measured from QEMU's CPU time), so three saturate it; the third one's apiserver
+took 160-210 s to start and readiness flapped on all three (README, "Three servers")."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -18,23 +23,22 @@ import pytest
 
 from k4s import events
 from k4s.host import fleet as fleet_vms
-from k4s.host.vm import VM, Boot
+from k4s.host.vm import EXIT, VM, Boot
 from tests.conftest import k4s_cmd
-from tests.e2e.conftest import KUBECTL, boot_until_exit, free_port, make_vm
+from tests.e2e.conftest import KUBECTL, Cluster, free_port, make_vm
 
 NAMES = ("server-1", "server-2", "server-3")
 IPS = ("10.77.0.11", "10.77.0.12", "10.77.0.13")
 MACS = ("52:54:00:00:77:11", "52:54:00:00:77:12", "52:54:00:00:77:13")
-CPUS = 1  # three VMs of 2 vCPUs on 2 host cores: a vCPU descheduled mid-spinlock stalls its sibling
-BAD = ("server-4", "10.77.0.14", "52:54:00:00:77:14")
+BAD = 2  # the third machine: a good token, a wrong certificate key
 
 
 @dataclass
 class HA:
     boots: list[Boot]
-    joins: list[str]  # what `k4s token create --control-plane` printed for servers 2 and 3
-    lan: tuple[int, ...]
-    tmp: Path
+    joins: list[str]  # what `k4s token create --control-plane` printed for the second server
+    segments: list[Path]
+    bad: tuple[int, str]  # the wrong key's machine: QEMU's status, its console
 
     @property
     def servers(self) -> list[VM]:
@@ -47,10 +51,10 @@ class HA:
         return r
 
 
-def server(ha_tmp: Path, lan: tuple[int, ...], i: int, join: Path | None = None) -> VM:
-    base = make_vm(ha_tmp / NAMES[i])
-    return fleet_vms.server_on(lan[i], ha_tmp / NAMES[i], base.kernel, base.initrd, MACS[i], IPS[i], NAMES[i],
-                               free_port(), join, operator_dir=ha_tmp / "operator", cpus=CPUS)
+def server(tmp: Path, lan: tuple[int, ...], i: int, join: Path | None = None) -> VM:
+    base = make_vm(tmp / NAMES[i])
+    return fleet_vms.server_on(lan[i], tmp / NAMES[i], base.kernel, base.initrd, MACS[i], IPS[i], NAMES[i],
+                               free_port(), join, operator_dir=tmp / "operator")
 
 
 def control_plane_join(first: VM, name: str, segment: Path | None = None) -> str:
@@ -64,45 +68,57 @@ def control_plane_join(first: VM, name: str, segment: Path | None = None) -> str
 @pytest.fixture(scope="module")
 def ha(tmp_path_factory) -> Iterator[HA]:
     tmp = tmp_path_factory.mktemp("ha")
-    lan = tuple(free_port() for _ in range(4))
+    lan = tuple(free_port() for _ in NAMES)
     with fleet_vms.Switch(tmp, lan), ExitStack() as stack:
         first = server(tmp, lan, 0)
-        boots = [stack.enter_context(first.booted())]
+        b1 = stack.enter_context(first.booted(until=events.APISERVER_READY))
         first.write_kubeconfig()
-        joins = []
-        for i in (1, 2):
-            joins.append(control_plane_join(first, NAMES[i], tmp / f"{NAMES[i]}.join"))
-            vm = server(tmp, lan, i, tmp / f"{NAMES[i]}.join")
-            boots.append(stack.enter_context(vm.booted()))
-            vm.write_kubeconfig()
-        yield HA(boots, joins, lan, tmp)
+        segment = tmp / f"{NAMES[1]}.join"
+        joins = [control_plane_join(first, NAMES[1], segment)]
+        whole = control_plane_join(first, NAMES[BAD])  # a good token with another key
+        key = whole.split("k4s.certificate-key=")[1].split()[0]
+        (tmp / "bad.join").write_text(whole.replace(key, "0" * 64))
+        machines = [server(tmp, lan, 1, segment), server(tmp, lan, BAD, tmp / "bad.join")]
+        started = []
+        for vm in machines:
+            started.append(vm.start())
+            stack.callback(vm.stop, started[-1], clean=False)
+        bad = machines[1].wait(started[1], EXIT, timeout=300)["rc"], machines[1].console.read_text(errors="replace")
+        first.wait(b1.proc)
+        boots = [b1, Boot(machines[0], started[0], machines[0].wait(started[0], timeout=600))]
+        machines[0].write_kubeconfig()
+        yield HA(boots, joins, [segment], bad)
 
 
-def test_three_servers_are_ready_with_one_etcd_of_three_voting_members(ha: HA) -> None:
-    nodes = json.loads(ha.kubectl(2, "get", "nodes", "-o", "json").stdout)["items"]
+def test_two_servers_are_ready_with_one_etcd_of_two_voting_members(ha: HA) -> None:
+    nodes = json.loads(ha.kubectl(1, "get", "nodes", "-o", "json").stdout)["items"]
     ready = {n["metadata"]["name"]: {c["type"]: c["status"] for c in n["status"]["conditions"]}["Ready"] for n in nodes}
-    assert ready == dict.fromkeys(NAMES, "True"), ready
-    # each joiner was added as a learner and promoted: etcd counted 2, then 3 members
-    for i, members in ((1, 2), (2, 3)):
-        learner = ha.boots[i].events(events.ETCD_LEARNER)
-        assert [e["members"] for e in learner] == [members], learner
-        assert f"k4s: etcd member {NAMES[i]} promoted" in ha.servers[i].console.read_text(errors="replace")
-    # one datastore: written through the third server's apiserver, read through the first's and second's
-    ha.kubectl(2, "create", "configmap", "written-on-3", "--from-literal=n=3")
-    for i in (0, 1):
-        assert ha.kubectl(i, "get", "configmap", "written-on-3", "-o", "jsonpath={.data.n}").stdout == "3"
+    assert ready == dict.fromkeys(NAMES[:2], "True"), ready
+    # the joiner was added as a learner (etcd counted two members) and promoted once in sync
+    learner = ha.boots[1].events(events.ETCD_LEARNER)
+    assert [e["members"] for e in learner] == [2], learner
+    assert f"k4s: etcd member {NAMES[1]} promoted" in ha.servers[1].console.read_text(errors="replace")
+    # one datastore: written through the second server's apiserver, read through the first's
+    ha.kubectl(1, "create", "configmap", "written-on-2", "--from-literal=n=2")
+    assert ha.kubectl(0, "get", "configmap", "written-on-2", "-o", "jsonpath={.data.n}").stdout == "2"
 
 
 def test_a_server_join_is_secret_spent_and_takes_the_sealed_keys_with_it(ha: HA) -> None:
-    for line, name in zip(ha.joins, NAMES[1:], strict=True):
+    for line, name in zip(ha.joins, NAMES[1:2], strict=True):
         # printed: only the public half; the token and the key went into the segment
         assert line.startswith(f"k4s.role=server k4s.server=https://{IPS[0]}:6443 k4s.ca-hash=sha256:"), line
         assert line.endswith(f"k4s.node-name={name}") and "token" not in line and "certificate-key" not in line
+    spent = [re.search(rb"k4s\.token=([a-z0-9]{6})\.", p.read_bytes()).group(1).decode()  # type: ignore[union-attr]
+             for p in ha.segments]
     listed = k4s_cmd("token", "list", "--kubeconfig", str(ha.servers[0].kubeconfig))
-    assert listed.returncode == 0 and "control-plane" not in listed.stdout, listed.stdout
-    # the token's deletion took kubeadm-certs with it (the garbage collector, its owner gone)
-    ha_cluster = ha.kubectl(0, "get", "secret", "-n", "kube-system", "kubeadm-certs", check=False)
-    assert "NotFound" in ha_cluster.stderr, ha_cluster.stdout + ha_cluster.stderr
+    assert listed.returncode == 0 and not any(t in listed.stdout for t in spent), listed.stdout
+    # each token's deletion took its sealed keys and their Role with it (the garbage collector)
+
+    def collected() -> tuple[bool, str]:
+        names = ha.kubectl(0, "get", "secrets,roles,rolebindings", "-n", "kube-system", "-o", "name").stdout
+        return not any(f"kubeadm-certs-{t}" in names for t in spent), names
+
+    Cluster(ha.servers[0]).wait_for("the sealed keys of spent joins collected", collected, timeout=60)
     for vm in ha.servers[1:]:  # one cluster identity: the first server's CA
         assert "k4s: cluster CA " + ha.servers[0].ca_hash in vm.console.read_text(errors="replace")
     for b in ha.boots[1:]:
@@ -110,16 +126,10 @@ def test_a_server_join_is_secret_spent_and_takes_the_sealed_keys_with_it(ha: HA)
 
 
 def test_a_wrong_certificate_key_is_refused_with_one_line_and_joins_nothing(ha: HA) -> None:
-    # a good token, with another key than the one the servers sealed its upload with
-    whole = control_plane_join(ha.servers[0], BAD[0])
-    key = whole.split("k4s.certificate-key=")[1].split()[0]
-    bad = ha.tmp / "bad.words"
-    bad.write_text(whole.replace(key, "0" * 64))
-    base = make_vm(ha.tmp / BAD[0])
-    vm = fleet_vms.server_on(ha.lan[3], ha.tmp / BAD[0], base.kernel, base.initrd, BAD[2], BAD[1], BAD[0],
-                             free_port(), bad, operator_dir=ha.tmp / "operator")
-    rc, console = boot_until_exit(vm, timeout=300)
-    assert "the certificate key does not open kubeadm-certs" in console, console[-3000:]
-    assert "k4s: etcd member" not in console and rc == 0
-    nodes = ha.kubectl(0, "get", "nodes", "-o", "name").stdout.split()
-    assert f"node/{BAD[0]}" not in nodes, nodes
+    rc, console = ha.bad
+    lines = [ln for ln in console.splitlines() if "the certificate key does not open kubeadm-certs-" in ln]
+    assert len(lines) == 1 and lines[0].startswith("k4s init: error:"), console[-3000:]
+    assert "k4s: etcd member" not in console and rc == 0  # k4s.on-failure: poweroff
+    assert f"node/{NAMES[BAD]}" not in ha.kubectl(0, "get", "nodes", "-o", "name").stdout.split()
+    members = [e["members"] for b in ha.boots for e in b.events(events.ETCD_LEARNER)]
+    assert members == [2], members  # nothing was added for it

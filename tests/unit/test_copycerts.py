@@ -35,7 +35,7 @@ def test_a_sealed_file_is_kubeadm_s_layout_nonce_first() -> None:
 def test_the_joining_server_gets_every_shared_file_back(server_pki: certs.Files, tmp_path: Path) -> None:
     key = copycerts.new_key()
     secret = copycerts.sealed_secret(server_pki, key, OWNER)
-    assert secret["metadata"]["name"] == "kubeadm-certs" and secret["metadata"]["ownerReferences"] == [OWNER]
+    assert secret["metadata"]["name"] == "kubeadm-certs-abcdef" and secret["metadata"]["ownerReferences"] == [OWNER]
     assert {"ca.crt", "ca.key", "etcd-ca.key", "front-proxy-ca.key", "sa.key", "sa.pub",
             "kubelet-serving-ca.key", "encryption-config.yaml"} <= set(secret["data"])
     assert b"PRIVATE KEY" not in b"".join(base64.b64decode(v) for v in secret["data"].values())
@@ -55,7 +55,7 @@ def test_the_joining_server_gets_every_shared_file_back(server_pki: certs.Files,
 def test_a_wrong_key_or_an_altered_byte_opens_nothing(server_pki: certs.Files) -> None:
     key = copycerts.new_key()
     secret = copycerts.sealed_secret(server_pki, key, OWNER)
-    with pytest.raises(copycerts.WrongKey, match="does not open kubeadm-certs"):
+    with pytest.raises(copycerts.WrongKey, match="does not open kubeadm-certs-abcdef"):
         copycerts.opened(secret, copycerts.new_key())
     blob = bytearray(base64.b64decode(secret["data"]["ca.key"]))
     blob[-1] ^= 1
@@ -73,3 +73,12 @@ def test_a_secret_without_a_required_file_is_refused(server_pki: certs.Files) ->
     del secret["data"]["etcd-ca.key"]
     with pytest.raises(copycerts.K4sError, match="holds no etcd-ca.key"):
         copycerts.opened(secret, key)
+
+
+def test_only_the_join_s_own_token_may_read_its_sealed_keys() -> None:
+    role, binding = copycerts.reader(OWNER)
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["kubeadm-certs-abcdef"],
+                              "verbs": ["get"]}]
+    assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                                    "name": "system:bootstrap:abcdef"}]
+    assert role["metadata"]["ownerReferences"] == binding["metadata"]["ownerReferences"] == [OWNER]

@@ -87,6 +87,19 @@ def test_a_connection_the_server_closed_is_opened_again(server, monkeypatch) -> 
     assert len({port for _, port in srv.requests}) == 3
 
 
+def test_a_probe_keeps_its_connection_and_opens_a_closed_one_again(server) -> None:  # type: ignore[no-untyped-def]
+    srv, client = server
+    port = srv.server_address[1]
+    url = f"https://127.0.0.1:{port}/readyz"
+    assert [kubeapi.get(url, client.ctx, keep=True)[0] for _ in range(3)] == [200, 200, 200]
+    assert len({p for _, p in srv.requests}) == 1  # one TLS handshake for three probes
+    kubeapi._kept.pool[("https", "127.0.0.1", port)][1].sock.shutdown(socket.SHUT_RDWR)  # the server restarted
+    assert kubeapi.get(url, client.ctx, keep=True)[0] == 200
+    assert kubeapi.get(url, client.ctx)[0] == 200  # without keep: a connection of its own, closed after
+    assert len({p for _, p in srv.requests}) == 3
+    kubeapi._kept.pool.pop(("https", "127.0.0.1", port))[1].close()
+
+
 def test_a_forked_child_opens_its_own_connection(server) -> None:  # type: ignore[no-untyped-def]
     from k4s.sys.process import call_in_child
 

@@ -151,6 +151,13 @@ func sortedKeys[V any](m map[string]V) []string {
 func settle() {
 	pct, err := strconv.Atoi(os.Getenv("K4S_SETTLED_GOGC"))
 	if err != nil || pct <= 0 {
+		pct = 0
+	}
+	procs, err := strconv.Atoi(os.Getenv("K4S_SETTLED_GOMAXPROCS"))
+	if err != nil || procs <= 0 {
+		procs = 0
+	}
+	if pct == 0 && procs == 0 {
 		return
 	}
 	after, err := time.ParseDuration(os.Getenv("K4S_SETTLE_AFTER"))
@@ -159,8 +166,13 @@ func settle() {
 	}
 	go func() {
 		time.Sleep(after)
-		debug.SetGCPercent(pct)
-		debug.FreeOSMemory() // collect now and hand the freed pages back
+		if procs > 0 {
+			runtime.GOMAXPROCS(procs)
+		}
+		if pct > 0 {
+			debug.SetGCPercent(pct)
+			debug.FreeOSMemory() // collect now and hand the freed pages back
+		}
 	}()
 }
 

@@ -156,7 +156,7 @@ def ready(node: Node) -> bool:
     apiserver's start, step by step: its post-start hooks, etcd, informers)."""
     c = node.certs
     ctx = kubeapi.tls_context(c.crt(certs.CLUSTER_CA), c.crt(certs.ADMIN), c.key(certs.ADMIN))
-    status, body = kubeapi.get(f"{node.apiserver_url}/readyz?verbose", ctx)
+    status, body = kubeapi.get(f"{node.apiserver_url}/readyz?verbose", ctx, keep=True)
     if status == 200:
         return True
     pending = sorted(ln[3:].split(" ", 1)[0] for ln in body.decode(errors="replace").splitlines()

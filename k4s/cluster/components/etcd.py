@@ -91,7 +91,7 @@ def ready(node: Node) -> bool:
     """/readyz: it serves linearizable reads as a voting member. A learner (a server that joined)
     is promoted from here once it has caught up."""
     ctx = client_context(node)
-    status, body = kubeapi.get(f"{CLIENT_URL}/readyz?verbose", ctx)
+    status, body = kubeapi.get(f"{CLIENT_URL}/readyz?verbose", ctx, keep=True)
     if status == 200:
         return True
     if b"non_learner failed" in body and (record := etcdmembers.read_record(node.paths.data)):
