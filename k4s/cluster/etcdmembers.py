@@ -32,10 +32,6 @@ CLIENT_PORT, PEER_PORT = 2379, 2380
 RECORD = "etcd-join.json"  # under data-dir: the join's member ID and the other members' client URLs
 
 
-class NoQuorum(K4sError):
-    pass
-
-
 @dataclass(frozen=True)
 class Member:
     id: str
@@ -87,13 +83,6 @@ def first_answer(endpoints: list[str], ctx: ssl.SSLContext) -> tuple[str, list[M
             errors.append(f"{ep}: {e.message if isinstance(e, K4sError) else e}")
     raise K4sError("no etcd member answered: " + "; ".join(errors),
                    hint="are the other servers up? etcd needs a majority of its members to change them")
-
-
-def quorum_line(all_members: list[Member], reachable: int) -> str:
-    voting = [m for m in all_members if not m.learner]
-    down = len(voting) - reachable
-    return (f"{down} of {len(voting)} etcd members unreachable: writes refused until "
-            f"{len(voting) // 2 + 1 - reachable} more return")
 
 
 def initial_cluster(all_members: list[Member], name: str, own_peer: str) -> str:
