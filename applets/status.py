@@ -77,22 +77,12 @@ def local(paths: Paths) -> tuple[dict[str, Any] | None, bool]:
 
 
 def remote(url: str, kubeconfig: Path) -> dict[str, Any]:
-    """GET <url>/status with the kubeconfig's client certificate; the node's serving certificate
-    must verify with the cluster's kubelet-serving CA, read through the apiserver (the kubeconfig's
-    CA, which clients trust for the apiserver, signs no node's serving certificate)."""
+    """GET <url>/status with the kubeconfig's client certificate (k4s.host.operator.endpoint_context)."""
     import urllib.request
 
-    from k4s.cluster import addons, kubeapi
+    from k4s.host.operator import endpoint_context
 
-    _, ctx = kubeapi.kubeconfig_tls(kubeconfig)
-    try:
-        serving_ca = kubeapi.Client.from_kubeconfig(kubeconfig).json("GET", addons.KUBELET_SERVING_CA_PATH)["data"]["ca.crt"]
-    except (kubeapi.APIError, KeyError, TypeError) as e:
-        raise K4sError(f"cannot read the kubelet-serving CA from the apiserver: {e}",
-                       hint="is the kubeconfig an admin's of this cluster?") from None
-    ctx.load_verify_locations(cadata=serving_ca)  # beside the cluster CA: the server's own node too
-    ctx.check_hostname = False  # the node's certificate names its IP and name, not the forwarded address
-    with urllib.request.urlopen(url.rstrip("/") + "/status", context=ctx, timeout=30) as r:
+    with urllib.request.urlopen(url.rstrip("/") + "/status", context=endpoint_context(kubeconfig), timeout=30) as r:
         return json.loads(r.read())
 
 

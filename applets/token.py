@@ -20,6 +20,7 @@ secrets: give them to the machine in its join segment.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -82,9 +83,9 @@ def create(node_name: str, segment: Path | None, ttl: str, reusable: bool, contr
 
     def make(client):  # type: ignore[no-untyped-def]
         published, ca = tokens.cluster_server_and_ca(client)
-        key = ""
+        key, private = "", None
         if control_plane:
-            token_id, secret, key = tokens.create_control_plane(
+            token_id, secret, private = tokens.create_control_plane(
                 client, lifetime, "k4s control-plane join" if description == DESCRIPTION else description, node_name)
         else:
             token_id, secret = tokens.create(client, lifetime, description, node_name, reusable)
@@ -94,10 +95,16 @@ def create(node_name: str, segment: Path | None, ttl: str, reusable: bool, contr
         if not tokens.wait_signed(client, token_id, wait):
             click.echo(f"k4s token: cluster-info is not signed for {token_id} yet (is the controller-manager "
                        "running?): a machine may be refused until it is", err=True)
-        if control_plane and not tokens.wait_uploaded(client, token_id, wait):
-            raise K4sError(f"no server sealed the shared keys for token {token_id} within {wait:.0f}s",
-                           hint="a server's approver does it at its next round: is a server up? "
-                                f"`k4s token delete {token_id}` and try again")
+        if control_plane:
+            try:
+                key = tokens.wait_uploaded(client, token_id, private, wait) or ""
+            finally:
+                if not key:  # no join was handed out: its token must not outlive the command
+                    with contextlib.suppress(K4sError, OSError):
+                        tokens.delete(client, token_id)
+            if not key:
+                raise K4sError(f"no server sealed the shared keys for token {token_id} within {wait:.0f}s",
+                               hint="a server's approver does it at its next round: is a server up?")
         role = "server" if control_plane else "agent"
         return (tokens.join_line(server or published, spki_hash_pem(ca), node_name, role),
                 tokens.join_secret(server or published, f"{token_id}.{secret}", spki_hash_pem(ca), node_name, key))

@@ -46,7 +46,6 @@ def rbac() -> list[Obj]:
 
 
 BOOTSTRAPPERS = "system:bootstrappers"  # every bootstrap token's group
-CONTROL_PLANE_GROUP = "system:bootstrappers:k4s:control-plane"  # a server's join token (k4s.cluster.copycerts)
 NODES = "system:nodes"
 # what a node's own daemons (flannel) read and write beside the kubelet
 FLANNEL_RULES = [

@@ -37,6 +37,7 @@ from typing import Any
 
 from k4s import log
 from k4s.cluster import kubeapi
+from k4s.cluster.certs import CONTROL_PLANE_GROUP
 from k4s.errors import K4sError
 
 SIGNER = "kubernetes.io/kubelet-serving"
@@ -114,6 +115,9 @@ def client_refusal(csr: dict[str, Any], names: dict[str, Any], token: dict[str, 
         return "a node's client certificate names nothing but the node"
     if token is None:
         return f"token {token_id} no longer exists (used, expired or deleted)"
+    groups = base64.b64decode((token.get("data") or {}).get("auth-extra-groups", "")).decode(errors="replace")
+    if CONTROL_PLANE_GROUP in groups.split(","):
+        return f"token {token_id} is a server's join (k4s token create --control-plane), not a worker's"
     bound = (token.get("metadata", {}).get("annotations") or {}).get(NODE_ANNOTATION)
     if bound and bound != name:
         return f"token {token_id} is bound to node {bound}, not {name}"

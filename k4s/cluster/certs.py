@@ -80,6 +80,7 @@ ENCRYPTION_CONFIG = "encryption-config.yaml"
 OPERATOR_CA = "operator-ca"
 CLIENT_CA_BUNDLE = "client-ca"  # the cluster CA + the operator CA: the apiserver's --client-ca-file
 OPERATORS_GROUP = "k4s:cluster-admins"  # bound to cluster-admin by bootstrap (as kubeadm:cluster-admins)
+CONTROL_PLANE_GROUP = "system:bootstrappers:k4s:control-plane"  # a server's join token (k4s.cluster.copycerts)
 NODE_ADMINS_GROUP = "k4s:node-admins"  # the node's own admin (its tasks, write-kubeconfig): its own binding
 
 

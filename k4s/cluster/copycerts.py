@@ -2,15 +2,16 @@
 cluster's shared keys, and nothing else does.
 
     the operator's host, `k4s token create --control-plane`:
-        a bootstrap token (in addons.CONTROL_PLANE_GROUP) and a certificate key of its own (32
-        random bytes, hex), handed to the cluster as an upload request: a Secret of type
-        REQUEST_TYPE, owned by the token's Secret, that only cluster admins can read
+        a bootstrap token (in certs.CONTROL_PLANE_GROUP), and an upload request: a Secret of
+        type REQUEST_TYPE, owned by the token's Secret, holding a one-time X25519 public key
     a server, at its approver's next round (serve_requests):
-        each shared file sealed with AES-256-GCM under that key into kube-system/kubeadm-certs-<id>
-        (kubeadm's data keys and cipher: a 12-byte nonce, then the sealed bytes), and a Role and
-        RoleBinding that let that one token read that one Secret, all three owned by the token's
-        Secret; the request deleted. When the token goes (spent, expired or deleted), the
-        garbage collector takes them with it.
+        a new certificate key (32 random bytes, hex); each shared file sealed with AES-256-GCM
+        under it into kube-system/kubeadm-certs-<id> (kubeadm's data keys and cipher: a 12-byte
+        nonce, then the sealed bytes), a Role and RoleBinding that let that one token read that
+        one Secret, all three owned by the token's Secret; and the key itself sealed to the
+        request's public key (HPKE) in the request. The operator's host opens it, deletes the
+        request and writes the key into the machine's join. When the token goes (spent, expired
+        or deleted), the garbage collector takes the rest with it.
     the joining server (k4s.cluster.join.join_control_plane):
         discovery with the token, then its Secret read with the token and opened with the key
         from its join segment; the CAs and keys written; then it issues its own leaves and
@@ -23,12 +24,14 @@ servers may join at once.
 What is shared: the cluster, etcd, front-proxy and kubelet-serving CAs (certificate and key),
 the service-account key pair, the encryption config of Secrets at rest (each apiserver reads
 what any other wrote), and the operator CA's certificate. Without the key the Secret is noise;
-the key never travels with the token in anything public (it is in the machine's join segment).
+the key is never in the cluster in the clear, nor in anything public (it is in the machine's
+join segment).
 """
 
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -43,7 +46,7 @@ NAMESPACE = "kube-system"
 PREFIX = "kubeadm-certs-"
 SECRETS = f"/api/v1/namespaces/{NAMESPACE}/secrets"
 REQUEST_TYPE = "k4s.io/upload-certs"
-REQUEST_KEY = "certificate-key"
+_HEX_KEY = re.compile(r"[0-9a-f]{64}")
 KEY_BYTES = 32  # AES-256, kubeadm's CertificateKeySize
 NONCE_BYTES = 12
 
@@ -166,43 +169,143 @@ def write(files: certs.Files, blobs: dict[str, bytes]) -> None:
 
 
 # --- the operator's request, and the server that answers it ------------------------------------
+#
+# The certificate key never enters the cluster in the clear: the request holds the operator's
+# one-time X25519 public key, and the server that answers makes the key, seals the files with
+# it, and hands it back sealed to that public key (HPKE, RFC 9180: X25519, HKDF-SHA256,
+# AES-256-GCM, its `info` naming the token). Whoever reads Secrets sees a public key and two
+# ciphertexts. Making the request takes creating a Secret in kube-system, which is a cluster
+# admin's right (with it one can mint any token and so become any identity anyway).
 
-def request(token_secret: dict[str, Any], key_hex: str) -> dict[str, Any]:
-    """The upload request `k4s token create --control-plane` makes: the key, for a server to seal
-    the shared files with; owned by the token's Secret."""
+HPKE_INFO = b"k4s certificate key for token "
+WRAPPED_KEY = "wrapped-key"
+PUBLIC_KEY = "public-key"
+
+
+def _suite():  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives import hpke
+
+    return hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+
+
+def request(token_secret: dict[str, Any], public_key: bytes) -> dict[str, Any]:
+    """The upload request `k4s token create --control-plane` makes: its one-time public key, for
+    the answer; owned by the token's Secret."""
     token_id = token_secret["metadata"]["name"].removeprefix("bootstrap-token-")
     return {"apiVersion": "v1", "kind": "Secret", "type": REQUEST_TYPE,
             "metadata": {"name": f"k4s-upload-certs-{token_id}", "namespace": NAMESPACE,
                          "ownerReferences": [owner(token_secret)]},
-            "stringData": {REQUEST_KEY: key_hex}}
+            "data": {PUBLIC_KEY: base64.b64encode(public_key).decode()}}
+
+
+def new_request_key() -> tuple[Any, bytes]:
+    """The operator's one-time X25519 key pair: (private key, raw public key)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    private = X25519PrivateKey.generate()
+    return private, private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def wrap_key(key_hex: str, public_key: bytes, token_id: str) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+    return _suite().encrypt(key_hex.encode(), X25519PublicKey.from_public_bytes(public_key), info=HPKE_INFO + token_id.encode())
+
+
+def unwrap_key(answer: dict[str, Any], private_key: Any, token_id: str) -> str | None:
+    """The certificate key from a server's answer (the request, updated), or None before it answers."""
+    from cryptography.exceptions import InvalidTag
+
+    wrapped = (answer.get("data") or {}).get(WRAPPED_KEY)
+    if not wrapped:
+        return None
+    try:
+        key = _suite().decrypt(base64.b64decode(wrapped), private_key, info=HPKE_INFO + token_id.encode()).decode()
+    except (InvalidTag, ValueError) as e:
+        raise K4sError(f"the server's answer for token {token_id} does not open with this request's key",
+                       hint="it was altered: delete the token and make a new join") from e
+    if not _HEX_KEY.fullmatch(key):
+        raise K4sError(f"the server's answer for token {token_id} is not a certificate key", hint="make a new join")
+    return key
+
+
+def answer(files: certs.Files, token_secret: dict[str, Any], public_key: bytes) -> dict[str, Any]:
+    """A new certificate key, the files sealed with it, and the key sealed to the operator's public
+    key: {"sealed": the Secret, "wrapped": base64}. Imports cryptography: run it in a child."""
+    key_hex = new_key()
+    token_id = token_secret["metadata"]["name"].removeprefix("bootstrap-token-")
+    return {"sealed": sealed_secret(files, key_hex, owner(token_secret)),
+            "wrapped": base64.b64encode(wrap_key(key_hex, public_key, token_id)).decode()}
+
+
+def refusal(token: dict[str, Any] | None, public_key: bytes, now: float) -> str | None:
+    """Why a request must not be answered, or None: its owner must be a live control-plane token
+    (a bootstrap token's Secret, in CONTROL_PLANE_GROUP, not expired) and its key an X25519 one."""
+    import datetime as dt
+
+    if token is None:
+        return "its token is gone"
+    if token.get("type") != "bootstrap.kubernetes.io/token":
+        return "its owner is not a bootstrap token"
+    data = {k: base64.b64decode(v).decode(errors="replace") for k, v in (token.get("data") or {}).items()}
+    if certs.CONTROL_PLANE_GROUP not in data.get("auth-extra-groups", "").split(","):
+        return "its token is not a control-plane token"
+    try:
+        expires = dt.datetime.strptime(data.get("expiration", ""), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return "its token has no expiry"
+    if expires.timestamp() <= now:
+        return "its token has expired"
+    if len(public_key) != 32:
+        return "its public key is not an X25519 key"
+    return None
 
 
 def serve_requests(client: kubeapi.Client, files: certs.Files, call_in_child: Callable[..., Any]) -> int:
-    """Answer each pending upload request (a server's approver round): the files sealed with its
-    key, readable by its token alone; the request deleted. A request whose token is gone is deleted unanswered. The count
-    answered."""
+    """Answer each pending upload request (a server's approver round): the files sealed under a new
+    key, readable by the request's token alone, and the key sealed to the request's public key in
+    the request itself (the operator's host reads and deletes it). A request that must not be
+    answered is deleted with a line saying why; a token that already has its sealed files is not
+    given new ones. The count answered."""
+    import time
+
     items = client.json("GET", f"{SECRETS}?fieldSelector=type%3D{REQUEST_TYPE.replace('/', '%2F')}").get("items", [])
     answered = 0
     for req in items:
         name = req["metadata"]["name"]
+        data = req.get("data") or {}
+        if WRAPPED_KEY in data:
+            continue  # answered: the operator's host takes it from here
         refs = req["metadata"].get("ownerReferences") or []
-        key_hex = base64.b64decode((req.get("data") or {}).get(REQUEST_KEY, "")).decode(errors="replace")
-        token = _get(client, f"{SECRETS}/{refs[0]['name']}") if refs else None
-        if token is not None and len(key_hex) == 2 * KEY_BYTES:
-            sealed = call_in_child(lambda k=key_hex, t=token: sealed_secret(files, k, owner(t)), 60)
-            for obj in (sealed, *reader(owner(token))):
-                client.apply(obj)
-            answered += 1
-            log.event("certs", "uploaded", secret=f"{NAMESPACE}/{sealed['metadata']['name']}")
-        else:
-            log.event("certs", "upload-refused", level="warn", request=name,
-                      reason="its token is gone" if token is None else "the key is not 64 hex digits")
         try:
-            client.json("DELETE", f"{SECRETS}/{name}")
-        except kubeapi.APIError as e:
-            if e.status != 404:
-                raise
+            public_key = base64.b64decode(data.get(PUBLIC_KEY, ""), validate=True)
+        except ValueError:
+            public_key = b""
+        token = _get(client, f"{SECRETS}/{refs[0]['name']}") if refs and refs[0].get("kind") == "Secret" else None
+        why = refusal(token, public_key, time.time())
+        if why is None and _get(client, f"{SECRETS}/{secret_name(token_id_of(owner(token)))}") is not None:  # type: ignore[arg-type]
+            why = "its token's sealed files exist already (one answer per join)"
+        if why is not None:
+            log.event("certs", "upload-refused", level="warn", request=name, reason=why)
+            _delete(client, f"{SECRETS}/{name}")
+            continue
+        made = call_in_child(lambda t=token, k=public_key: answer(files, t, k), 60)
+        for obj in (made["sealed"], *reader(owner(token))):  # type: ignore[arg-type]
+            client.apply(obj)
+        req["data"] = {**data, WRAPPED_KEY: made["wrapped"]}
+        client.json("PUT", f"{SECRETS}/{name}", req)
+        answered += 1
+        log.event("certs", "uploaded", secret=f"{NAMESPACE}/{made['sealed']['metadata']['name']}")
     return answered
+
+
+def _delete(client: kubeapi.Client, path: str) -> None:
+    try:
+        client.json("DELETE", path)
+    except kubeapi.APIError as e:
+        if e.status != 404:
+            raise
 
 
 def _get(client: kubeapi.Client, path: str) -> dict[str, Any] | None:

@@ -276,9 +276,15 @@ def fetch_shared(server: str, ca_pem: bytes, token: Token, certificate_key: str)
                           hint="make the server's join with `k4s token create --control-plane`") from None
         raise
     try:
-        return copycerts.opened(secret, certificate_key)
+        shared = copycerts.opened(secret, certificate_key)
     except copycerts.WrongKey as e:
         raise Refused(e.message, hint=e.hint) from None
+    from k4s.cluster.pki import spki_hash_pem
+
+    if not hmac.compare_digest(spki_hash_pem(shared["ca.crt"]), spki_hash_pem(ca_pem)):
+        raise Refused("the shared cluster CA is not the pinned one the server presented",
+                      hint="the sealed files were replaced: make a new join with `k4s token create --control-plane`")
+    return shared
 
 
 def join_control_plane(server: str, token_text: str, ca_hash: str, certificate_key: str, files: certs.Files,

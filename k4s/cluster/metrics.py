@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from k4s import log
-from k4s.cluster import kubeapi, renew
+from k4s.cluster import etcdsnapshot, kubeapi, renew
 from k4s.cluster.memory import anon_by_process, memory_summary
 from k4s.errors import K4sError
 from k4s.layout import Paths
@@ -196,8 +196,10 @@ class Endpoint:
     """The HTTPS server: the node's serving certificate (re-read when it is renewed), client
     certificates checked against client_ca (optional: a bearer token will do)."""
 
-    def __init__(self, paths: Paths, serving: tuple[Path, Path], client_ca: Path, authz: Authorizer) -> None:
+    def __init__(self, paths: Paths, serving: tuple[Path, Path], client_ca: Path, authz: Authorizer,
+                 snapshot: Callable[[], Iterator[bytes]] | None = None) -> None:
         self.paths, self.serving, self.client_ca, self.authz = paths, serving, client_ca, authz
+        self.snapshot = snapshot  # a server's etcd snapshot (k4s.cluster.etcdsnapshot)
         self._ctx: ssl.SSLContext | None = None
         self._stamp: tuple[float, ...] = ()
 
@@ -218,10 +220,11 @@ class Endpoint:
             who = self.authz.token_identity(authorization[len("Bearer "):].strip())
         return who
 
-    def answer(self, path: str, peer: dict[str, Any] | None, authorization: str | None) -> tuple[int, str, bytes]:
-        """(status, content type, body) for a GET."""
-        if path not in PATHS:
-            return 404, "text/plain", b"not found: /metrics or /status\n"
+    def answer(self, path: str, peer: dict[str, Any] | None,
+               authorization: str | None) -> tuple[int, str, bytes | Iterator[bytes]]:
+        """(status, content type, body) for a GET; the body of an etcd snapshot is a stream."""
+        if path not in PATHS and not (path == etcdsnapshot.PATH and self.snapshot):
+            return 404, "text/plain", b"not found: /metrics or /status (or, on a server, /etcd/snapshot)\n"
         try:
             who = self.identity(peer, authorization)
             if who is None:
@@ -230,6 +233,9 @@ class Endpoint:
                 return 403, "text/plain", f"forbidden: {who[0]} may not get {path}\n".encode()
         except (OSError, K4sError) as e:
             return 503, "text/plain", f"cannot reach the apiserver to check the client: {e}\n".encode()
+        if path == etcdsnapshot.PATH and self.snapshot:
+            log.event("etcd", "snapshot", by=who[0])
+            return 200, "application/octet-stream", self.snapshot()
         if path == "/metrics":
             from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -249,9 +255,21 @@ class Endpoint:
                                                       self.headers.get("Authorization"))
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
+                if isinstance(body, bytes):
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                # a stream (an etcd snapshot): its end is the connection's; one cut short is
+                # caught by the client's check of the sha256 etcd sends last
+                self.send_header("Connection", "close")
                 self.end_headers()
-                self.wfile.write(body)
+                self.close_connection = True
+                try:
+                    for block in body:
+                        self.wfile.write(block)
+                except (OSError, K4sError) as e:
+                    log.event("etcd", "snapshot-failed", level="warn", error=str(e))
 
             def log_message(self, *_: Any) -> None:
                 pass
@@ -274,7 +292,13 @@ def start(node: Any, connect: Callable[[], kubeapi.Client], stop: threading.Even
         return None
     serving = kubelet.serving_pair(node)
     client_ca = node.certs.crt(certs.CLUSTER_CA if node.cfg.role == "agent" else certs.CLIENT_CA_BUNDLE)
-    endpoint = Endpoint(node.paths, serving, client_ca, Authorizer(connect))
+    snapshot = None
+    if node.cfg.role == "server":
+        from k4s.cluster.components import etcd
+
+        def snapshot() -> Iterator[bytes]:
+            return etcdsnapshot.stream(etcd.CLIENT_URL, etcd.client_context(node))
+    endpoint = Endpoint(node.paths, serving, client_ca, Authorizer(connect), snapshot)
 
     def run() -> None:
         while not stop.is_set() and not all(p.exists() for p in serving):

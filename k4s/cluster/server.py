@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 from k4s import events, log
 from k4s.cluster import components, metrics, renew, services, tasks
@@ -19,6 +20,7 @@ from k4s.cluster.protect import Protector
 from k4s.cluster.supervisor import Supervisor
 from k4s.cluster.tasks import ManifestWatcher
 from k4s.config import Config
+from k4s.errors import K4sError
 from k4s.sys.mem import meminfo
 from k4s.sys.process import call_in_child
 
@@ -75,26 +77,47 @@ def fetch_shared_keys(node: Node) -> None:
 
 def join_etcd(node: Node) -> None:
     """A server that joins, once it has its own certificates: etcd's member add, as a learner
-    (k4s.cluster.etcdmembers), through the server it joins; then its token, spent, is deleted
-    (with it goes the sealed upload, which the token owns)."""
+    (k4s.cluster.etcdmembers), through the server it joins. A member of its name is this
+    machine's old self only once its Node is seen gone (not Ready, its Lease not renewed): a
+    join never takes over a running server. Then, or on any failure, its token is deleted:
+    spent (and with it the sealed upload, which the token owns)."""
     import urllib.parse
 
-    from k4s.cluster import certs, copycerts, etcdmembers, kubeapi
+    from k4s.cluster import approver, certs, copycerts, etcdmembers, kubeapi
     from k4s.cluster.components import etcd
 
     cfg = node.cfg
-    host = urllib.parse.urlsplit(cfg.server).hostname or ""
-    record = etcdmembers.join([etcdmembers.client_url(host)], etcd.client_context(node), cfg.node_name,
-                              node.node_ip, JOIN_DEADLINE)
-    etcdmembers.write_record(node.paths.data, record)
-    port = urllib.parse.urlsplit(cfg.server).port or 443
-    admin = kubeapi.Client.from_files(node.certs, port, certs.ADMIN, host)
+    u = urllib.parse.urlsplit(cfg.server)
+    admin = kubeapi.Client.from_files(node.certs, u.port or 443, certs.ADMIN, u.hostname or "")
     token_id = cfg.token.split(".")[0]
+
+    def running() -> bool:
+        try:
+            old = admin.json("GET", f"/api/v1/nodes/{cfg.node_name}")
+        except kubeapi.APIError as e:
+            if e.status == 404:
+                return False
+            raise
+        return approver.ready(old) or approver.lease_alive(admin, cfg.node_name)
+
     try:
-        admin.json("DELETE", f"{copycerts.SECRETS}/bootstrap-token-{token_id}")
-        log.event("join", "token-deleted", token=token_id)
-    except (OSError, kubeapi.APIError) as e:
-        log.event("join", "token-delete-failed", level="warn", token=token_id, error=str(e))
+        end = time.monotonic() + JOIN_DEADLINE
+        while running():
+            if time.monotonic() > end:
+                raise K4sError(f"a server named {cfg.node_name} is running: a join never takes over a running one",
+                               hint="give this machine another name, or power the other one off")
+            log.event("etcd", "join-waits", level="warn", node=cfg.node_name,
+                      reason="a server of this name still looks alive (its Node Ready, or its Lease renewed)")
+            time.sleep(10)
+        record = etcdmembers.join([etcdmembers.client_url(u.hostname or "")], etcd.client_context(node),
+                                  cfg.node_name, node.node_ip, JOIN_DEADLINE)
+        etcdmembers.write_record(node.paths.data, record)
+    finally:
+        try:
+            admin.json("DELETE", f"{copycerts.SECRETS}/bootstrap-token-{token_id}")
+            log.event("join", "token-deleted", token=token_id)
+        except (OSError, kubeapi.APIError) as e:
+            log.event("join", "token-delete-failed", level="warn", token=token_id, error=str(e))
 
 
 def run_server(cfg: Config, control_plane_only: bool,

@@ -102,3 +102,19 @@ def write_kubeconfig(path: Path, host: str, port: int, pin: str, op: Operator) -
     text = pki.kubeconfig_text(ADMIN.common_name, f"https://{host}:{port}", op.admin_crt.read_bytes(),
                                op.admin_key.read_bytes(), ca)
     write_atomic(path, text, 0o600)
+
+
+def endpoint_context(kubeconfig: Path) -> ssl.SSLContext:
+    """A TLS context for a node's endpoint (k4s.cluster.metrics): the kubeconfig's client
+    certificate, and the node's serving certificate verified with the cluster's kubelet-serving
+    CA, read through the apiserver (the kubeconfig's CA, which clients trust for the apiserver,
+    signs no node's serving certificate)."""
+    _, ctx = kubeapi.kubeconfig_tls(kubeconfig)
+    try:
+        serving_ca = kubeapi.Client.from_kubeconfig(kubeconfig).json("GET", addons.KUBELET_SERVING_CA_PATH)["data"]["ca.crt"]
+    except (kubeapi.APIError, KeyError, TypeError) as e:
+        raise K4sError(f"cannot read the kubelet-serving CA from the apiserver: {e}",
+                       hint="is the kubeconfig an admin's of this cluster?") from None
+    ctx.load_verify_locations(cadata=serving_ca)  # beside the cluster CA: the server's own node too
+    ctx.check_hostname = False  # the node's certificate names its IP and name, not the forwarded address
+    return ctx

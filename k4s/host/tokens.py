@@ -19,10 +19,11 @@ import secrets
 import string
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from k4s.cluster import addons, copycerts, kubeapi
-from k4s.cluster.addons import CONTROL_PLANE_GROUP
 from k4s.cluster.approver import NODE_ANNOTATION, REUSABLE_ANNOTATION
+from k4s.cluster.certs import CONTROL_PLANE_GROUP
 from k4s.cluster.components.apiserver import CLUSTER_INFO_PATH
 from k4s.errors import K4sError
 
@@ -98,30 +99,40 @@ def create(client: kubeapi.Client, ttl: dt.timedelta, description: str, node_nam
 
 
 def create_control_plane(client: kubeapi.Client, ttl: dt.timedelta, description: str,
-                         node_name: str = "") -> tuple[str, str, str]:
+                         node_name: str = "") -> tuple[str, str, Any]:
     """A server's join (kubeadm's `token create --certificate-key`): a token in the control-plane
-    group and a new certificate key, handed to the servers as an upload request
-    (k4s.cluster.copycerts). (token id, token secret, certificate key)."""
+    group, and an upload request holding a one-time public key (k4s.cluster.copycerts). (token id,
+    token secret, the request's private key)."""
     token_id, token_secret = new_token()
     made = client.json("POST", SECRETS, secret_for(token_id, token_secret, ttl, description, node_name=node_name,
                                                    group=CONTROL_PLANE_GROUP))
-    key = copycerts.new_key()
-    client.json("POST", SECRETS, copycerts.request(made, key))
-    return token_id, token_secret, key
+    private, public = copycerts.new_request_key()
+    try:
+        client.json("POST", SECRETS, copycerts.request(made, public))
+    except (OSError, K4sError):
+        delete(client, token_id)
+        raise
+    return token_id, token_secret, private
 
 
-def wait_uploaded(client: kubeapi.Client, token_id: str, timeout: float) -> bool:
-    """Until a server has sealed the shared keys for this token."""
+def wait_uploaded(client: kubeapi.Client, token_id: str, private_key: Any, timeout: float) -> str | None:
+    """The certificate key, once a server has sealed the shared files for this token and sealed the
+    key to this request's public key; the request is deleted then. None at the timeout."""
+    path = f"{SECRETS}/k4s-upload-certs-{token_id}"
     end = time.monotonic() + timeout
     while True:
         try:
-            client.json("GET", f"{SECRETS}/{copycerts.secret_name(token_id)}")
-            return True
+            key = copycerts.unwrap_key(client.json("GET", path), private_key, token_id)
         except kubeapi.APIError as e:
             if e.status != 404:
                 raise
+            raise K4sError(f"the upload request for token {token_id} was refused (deleted unanswered)",
+                           hint="see the server's `certs upload-refused` event for why") from None
+        if key is not None:
+            client.json("DELETE", path)
+            return key
         if time.monotonic() >= end:
-            return False
+            return None
         time.sleep(1)
 
 

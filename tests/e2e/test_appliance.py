@@ -267,6 +267,37 @@ def test_the_operator_reads_metrics_and_status_and_no_one_else_does(cluster: Clu
         assert series in body, series
 
 
+def test_the_operator_saves_an_etcd_snapshot_checked_and_it_holds_the_cluster(cluster: Cluster, tmp_path) -> None:
+    """`k4s etcd-snapshot save` through the server's endpoint: the database with the sha256 etcd
+    sends, 0600; a client without the operator's certificate gets none."""
+    import hashlib
+    import urllib.error
+    import urllib.request
+
+    url = f"https://127.0.0.1:{cluster.vm.metrics_port}"
+    saved = tmp_path / "etcd.db"
+    r = k4s_cmd("etcd-snapshot", "save", str(saved), "--remote", url, "--kubeconfig", str(cluster.vm.kubeconfig))
+    assert r.returncode == 0 and "sha256 checked" in r.stdout, r.stdout + r.stderr
+    data = saved.read_bytes()
+    assert hashlib.sha256(data[:-32]).digest() == data[-32:] and saved.stat().st_mode & 0o777 == 0o600
+    assert b"/registry/configmaps/default/k4s-e2e-autodeploy" in data  # what the cluster holds
+    assert not (tmp_path / "etcd.db.part").exists()
+    anonymous = ssl_unverified()
+    try:
+        urllib.request.urlopen(url + "/etcd/snapshot", context=anonymous, timeout=30)
+        raise AssertionError("an anonymous client got a snapshot")
+    except urllib.error.HTTPError as e:
+        assert e.code == 401
+
+
+def ssl_unverified():  # type: ignore[no-untyped-def]
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    return ctx
+
+
 PRIVILEGED = """apiVersion: v1
 kind: Pod
 metadata: {name: root-of-the-node}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,42 @@ def test_only_the_join_s_own_token_may_read_its_sealed_keys() -> None:
     assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
                                     "name": "system:bootstrap:abcdef"}]
     assert role["metadata"]["ownerReferences"] == binding["metadata"]["ownerReferences"] == [OWNER]
+
+
+def token_secret(groups: str = "system:bootstrappers:k4s:control-plane", expires: str = "2999-01-01T00:00:00Z",
+                 kind: str = "bootstrap.kubernetes.io/token") -> dict:
+    data = {"auth-extra-groups": groups, "expiration": expires}
+    return {"type": kind, "metadata": {"name": "bootstrap-token-abcdef", "uid": "u-1"},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+
+
+def test_the_key_is_never_in_the_cluster_in_the_clear(server_pki: certs.Files) -> None:
+    """The request holds a public key; the answer holds the key sealed to it (HPKE), which only the
+    operator's one-time private key opens, for this token alone."""
+    private, public = copycerts.new_request_key()
+    request = copycerts.request(token_secret(), public)
+    assert set(request["data"]) == {"public-key"} and request["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    made = copycerts.answer(server_pki, token_secret(), public)
+    answered = {**request, "data": {**request["data"], "wrapped-key": made["wrapped"]}}
+    key = copycerts.unwrap_key(answered, private, "abcdef")
+    assert key is not None and key not in json.dumps(answered) and key not in json.dumps(made["sealed"])
+    assert copycerts.opened(made["sealed"], key)["ca.key"] == server_pki.key(certs.CLUSTER_CA).read_bytes()
+    other, _ = copycerts.new_request_key()
+    with pytest.raises(copycerts.K4sError, match="does not open with this request's key"):
+        copycerts.unwrap_key(answered, other, "abcdef")
+    with pytest.raises(copycerts.K4sError, match="does not open"):
+        copycerts.unwrap_key(answered, private, "zzzzzz")  # the key was sealed for another token
+    assert copycerts.unwrap_key(request, private, "abcdef") is None  # not answered yet
+
+
+@pytest.mark.parametrize("token, public, why", [
+    (None, b"k" * 32, "its token is gone"),
+    (token_secret(kind="Opaque"), b"k" * 32, "not a bootstrap token"),
+    (token_secret(groups="system:bootstrappers:k4s:worker"), b"k" * 32, "not a control-plane token"),
+    (token_secret(expires="2000-01-01T00:00:00Z"), b"k" * 32, "expired"),
+    (token_secret(), b"short", "not an X25519 key"),
+    (token_secret(), b"k" * 32, None),
+])
+def test_a_server_answers_only_a_live_control_plane_token_s_request(token, public: bytes, why) -> None:  # type: ignore[no-untyped-def]
+    got = copycerts.refusal(token, public, now=1.9e9)
+    assert (got is None) if why is None else (why in got), got

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from k4s.cluster import addons, approver, join
+from k4s.cluster import addons, approver, certs, join
 from k4s.cluster.pki import spki_hash_pem
 from k4s.errors import K4sError
 from k4s.host import tokens
@@ -303,6 +303,8 @@ def test_a_reusable_token_is_kept() -> None:
     ("w1", token_secret(), {"w1": node_obj("True")}, "node w1 exists and is Ready"),
     ("w2", token_secret(bound="w1"), {}, "token abcdef is bound to node w1, not w2"),
     ("w1", None, {}, "token abcdef no longer exists"),
+    ("w1", tokens.secret_for("abcdef", "0123456789abcdef", dt.timedelta(hours=1), "t", group=certs.CONTROL_PLANE_GROUP),
+     {}, "token abcdef is a server's join"),
 ])
 def test_a_token_may_not_become_another_node(node: str, token: dict | None, nodes: dict, why: str) -> None:
     api = FakeAPI([client_csr("c1", node)], nodes=nodes, tokens_={"abcdef": token} if token else {})
