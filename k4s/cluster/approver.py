@@ -216,13 +216,6 @@ def refusal(csr: dict[str, Any], names: dict[str, Any], addresses: set[str],
     return None
 
 
-def _get(client: kubeapi.Client, path: str) -> dict[str, Any] | None:
-    try:
-        return client.json("GET", path)
-    except kubeapi.APIError as e:
-        if e.status == 404:
-            return None
-        raise
 
 
 def node_addresses(node: dict[str, Any] | None) -> set[str]:
@@ -254,7 +247,7 @@ class Pins:
 
     def __init__(self, client: kubeapi.Client) -> None:
         self.client = client
-        self.doc = _get(client, self.PATH)
+        self.doc = client.get_or_none(self.PATH)
 
     def all(self) -> dict[str, set[str]]:
         data = (self.doc or {}).get("data") or {}
@@ -297,7 +290,7 @@ def decide_serving(client: kubeapi.Client, csr: dict[str, Any], call_in_child: A
     user = csr.get("spec", {}).get("username", "")
     node = user[len(NODE_PREFIX):] if user.startswith(NODE_PREFIX) else ""
     if node:
-        addresses = node_addresses(_get(client, f"/api/v1/nodes/{urllib.parse.quote(node, safe='')}"))
+        addresses = node_addresses(client.get_or_none(f"/api/v1/nodes/{urllib.parse.quote(node, safe='')}"))
         if not addresses:
             return  # its Node has no addresses yet: decided on a later look, not denied for being early
     names = call_in_child(lambda: read_request(csr["spec"]["request"]), 30)
@@ -330,7 +323,7 @@ def lease_alive(client: kubeapi.Client, name: str, now: float | None = None) -> 
     import datetime as dt
     import time
 
-    lease = _get(client, f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{urllib.parse.quote(name, safe='')}")
+    lease = client.get_or_none(f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{urllib.parse.quote(name, safe='')}")
     renewed = ((lease or {}).get("spec") or {}).get("renewTime")
     if not renewed:
         return False
@@ -351,9 +344,9 @@ def decide_client(client: kubeapi.Client, csr: dict[str, Any], call_in_child: An
     token_id = spec["username"][len(BOOTSTRAP_PREFIX):]
     if names is None:
         names = call_in_child(lambda: read_request(spec["request"]), 30)
-    token = _get(client, f"{TOKEN_SECRETS}/bootstrap-token-{token_id}")
+    token = client.get_or_none(f"{TOKEN_SECRETS}/bootstrap-token-{token_id}")
     node_name = node_of(names)
-    node = _get(client, f"/api/v1/nodes/{urllib.parse.quote(node_name, safe='')}") if node_name else None
+    node = client.get_or_none(f"/api/v1/nodes/{urllib.parse.quote(node_name, safe='')}") if node_name else None
     alive = node is not None and lease_alive(client, node_name)
     why = client_refusal(csr, names, token, node, server_node, alive, contested)
     _verdict(client, csr, why, f"token {token_id} for node {node_name}")

@@ -282,9 +282,9 @@ def serve_requests(client: kubeapi.Client, files: certs.Files, call_in_child: Ca
             public_key = base64.b64decode(data.get(PUBLIC_KEY, ""), validate=True)
         except ValueError:
             public_key = b""
-        token = _get(client, f"{SECRETS}/{refs[0]['name']}") if refs and refs[0].get("kind") == "Secret" else None
+        token = client.get_or_none(f"{SECRETS}/{refs[0]['name']}") if refs and refs[0].get("kind") == "Secret" else None
         why = refusal(token, public_key, time.time())
-        if why is None and _get(client, f"{SECRETS}/{secret_name(token_id_of(owner(token)))}") is not None:  # type: ignore[arg-type]
+        if why is None and client.get_or_none(f"{SECRETS}/{secret_name(token_id_of(owner(token)))}") is not None:  # type: ignore[arg-type]
             why = "its token's sealed files exist already (one answer per join)"
         if why is not None:
             log.event("certs", "upload-refused", level="warn", request=name, reason=why)
@@ -306,12 +306,3 @@ def _delete(client: kubeapi.Client, path: str) -> None:
     except kubeapi.APIError as e:
         if e.status != 404:
             raise
-
-
-def _get(client: kubeapi.Client, path: str) -> dict[str, Any] | None:
-    try:
-        return client.json("GET", path)
-    except kubeapi.APIError as e:
-        if e.status == 404:
-            return None
-        raise

@@ -294,6 +294,15 @@ class Client:
             return f"{base}/namespaces/{ns}/{plural}/{name}"
         return f"{base}/{plural}/{name}"
 
+    def get_or_none(self, path: str) -> Any:
+        """GET path; None when it is not there (404)."""
+        try:
+            return self.json("GET", path)
+        except APIError as e:
+            if e.status == 404:
+                return None
+            raise
+
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply one object, taking ownership of conflicting fields."""
         path = self.path_for(obj) + f"?fieldManager={FIELD_MANAGER}&force=true"

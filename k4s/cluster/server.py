@@ -92,13 +92,8 @@ def join_etcd(node: Node) -> None:
     token_id = cfg.token.split(".")[0]
 
     def running() -> bool:
-        try:
-            old = admin.json("GET", f"/api/v1/nodes/{cfg.node_name}")
-        except kubeapi.APIError as e:
-            if e.status == 404:
-                return False
-            raise
-        return approver.ready(old) or approver.lease_alive(admin, cfg.node_name)
+        old = admin.get_or_none(f"/api/v1/nodes/{cfg.node_name}")
+        return old is not None and (approver.ready(old) or approver.lease_alive(admin, cfg.node_name))
 
     try:
         end = time.monotonic() + JOIN_DEADLINE

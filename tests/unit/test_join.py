@@ -202,6 +202,9 @@ class FakeAPI:
         self.pins: dict | None = None
         self.leases: dict[str, str] = {}  # node -> renewTime
 
+    def get_or_none(self, path: str) -> dict | None:
+        return approver.kubeapi.Client.get_or_none(self, path)  # type: ignore[arg-type]
+
     def json(self, method: str, path: str, obj: dict | None = None) -> dict:
         import urllib.parse
 
