@@ -191,7 +191,7 @@ def _suite():  # type: ignore[no-untyped-def]
 def request(token_secret: dict[str, Any], public_key: bytes) -> dict[str, Any]:
     """The upload request `k4s token create --control-plane` makes: its one-time public key, for
     the answer; owned by the token's Secret."""
-    token_id = token_secret["metadata"]["name"].removeprefix("bootstrap-token-")
+    token_id = token_id_of(token_secret["metadata"])
     return {"apiVersion": "v1", "kind": "Secret", "type": REQUEST_TYPE,
             "metadata": {"name": f"k4s-upload-certs-{token_id}", "namespace": NAMESPACE,
                          "ownerReferences": [owner(token_secret)]},
@@ -234,7 +234,7 @@ def answer(files: certs.Files, token_secret: dict[str, Any], public_key: bytes) 
     """A new certificate key, the files sealed with it, and the key sealed to the operator's public
     key: {"sealed": the Secret, "wrapped": base64}. Imports cryptography: run it in a child."""
     key_hex = new_key()
-    token_id = token_secret["metadata"]["name"].removeprefix("bootstrap-token-")
+    token_id = token_id_of(token_secret["metadata"])
     return {"sealed": sealed_secret(files, key_hex, owner(token_secret)),
             "wrapped": base64.b64encode(wrap_key(key_hex, public_key, token_id)).decode()}
 
@@ -290,11 +290,15 @@ def serve_requests(client: kubeapi.Client, files: certs.Files, call_in_child: Ca
             log.event("certs", "upload-refused", level="warn", request=name, reason=why)
             _delete(client, f"{SECRETS}/{name}")
             continue
-        made = call_in_child(lambda t=token, k=public_key: answer(files, t, k), 60)
-        for obj in (made["sealed"], *reader(owner(token))):  # type: ignore[arg-type]
-            client.apply(obj)
-        req["data"] = {**data, WRAPPED_KEY: made["wrapped"]}
-        client.json("PUT", f"{SECRETS}/{name}", req)
+        try:  # one request that fails does not stop the others; it is tried again next round
+            made = call_in_child(lambda t=token, k=public_key: answer(files, t, k), 60)
+            for obj in (made["sealed"], *reader(owner(token))):  # type: ignore[arg-type]
+                client.apply(obj)
+            req["data"] = {**data, WRAPPED_KEY: made["wrapped"]}
+            client.json("PUT", f"{SECRETS}/{name}", req)
+        except (OSError, K4sError) as e:
+            log.event("certs", "upload-failed", level="warn", request=name, error=str(e))
+            continue
         answered += 1
         log.event("certs", "uploaded", secret=f"{NAMESPACE}/{made['sealed']['metadata']['name']}")
     return answered

@@ -122,3 +122,49 @@ def test_the_key_is_never_in_the_cluster_in_the_clear(server_pki: certs.Files) -
 def test_a_server_answers_only_a_live_control_plane_token_s_request(token, public: bytes, why) -> None:  # type: ignore[no-untyped-def]
     got = copycerts.refusal(token, public, now=1.9e9)
     assert (got is None) if why is None else (why in got), got
+
+
+class FakeCluster:
+    """kube-system's Secrets, Roles and RoleBindings as a server's approver round sees them."""
+
+    def __init__(self, objects: dict[str, dict]) -> None:
+        self.objects, self.deleted = objects, []
+
+    def get_or_none(self, path: str) -> dict | None:
+        return self.objects.get(path.rsplit("/", 1)[1])
+
+    def json(self, method: str, path: str, obj: dict | None = None) -> dict:
+        if method == "GET" and "fieldSelector=type" in path:
+            return {"items": [o for o in self.objects.values() if o.get("type") == copycerts.REQUEST_TYPE]}
+        name = path.rsplit("/", 1)[1]
+        if method == "DELETE":
+            self.deleted.append(name)
+            return self.objects.pop(name)
+        if method == "PUT":
+            self.objects[name] = obj  # type: ignore[assignment]
+            return obj  # type: ignore[return-value]
+        raise AssertionError((method, path))
+
+    def apply(self, obj: dict) -> dict:
+        self.objects[obj["metadata"]["name"]] = obj
+        return obj
+
+
+def test_a_round_answers_good_requests_and_drops_the_rest(server_pki: certs.Files) -> None:
+    private, public = copycerts.new_request_key()
+    good = token_secret()
+    worker = {**token_secret(groups="system:bootstrappers:k4s:worker"),
+              "metadata": {"name": "bootstrap-token-wwwwww", "uid": "u-2"}}
+    stray = copycerts.request(worker, public)
+    cluster = FakeCluster({"bootstrap-token-abcdef": good, "bootstrap-token-wwwwww": worker,
+                           "k4s-upload-certs-abcdef": copycerts.request(good, public), "k4s-upload-certs-wwwwww": stray})
+    assert copycerts.serve_requests(cluster, server_pki, lambda fn, _t: fn()) == 1  # type: ignore[arg-type]
+    assert cluster.deleted == ["k4s-upload-certs-wwwwww"]  # a worker's token gets no CA keys
+    key = copycerts.unwrap_key(cluster.objects["k4s-upload-certs-abcdef"], private, "abcdef")
+    assert key and copycerts.opened(cluster.objects["kubeadm-certs-abcdef"], key)["etcd-ca.key"]
+    assert cluster.objects["k4s:kubeadm-certs-abcdef"]["kind"] in ("Role", "RoleBinding")
+    # answered once: a second round leaves it to the operator's host, and never seals again
+    assert copycerts.serve_requests(cluster, server_pki, lambda fn, _t: fn()) == 0  # type: ignore[arg-type]
+    del cluster.objects["k4s-upload-certs-abcdef"]["data"]["wrapped-key"]
+    assert copycerts.serve_requests(cluster, server_pki, lambda fn, _t: fn()) == 0  # type: ignore[arg-type]
+    assert "k4s-upload-certs-abcdef" in cluster.deleted
