@@ -48,6 +48,14 @@ def render(doc: dict[str, Any], out: TextIO) -> None:
     if ready_at.get("node-ready") is not None:
         out.write("critical path to node Ready: " + " -> ".join(
             f"{n} {ready_at[n]:.1f}s" for n in services.critical_path(ready_at) if ready_at.get(n) is not None) + "\n")
+    if etcd := doc.get("etcd"):
+        if "error" in etcd:
+            out.write(f"etcd: cannot list its members: {etcd['error']}\n")
+        else:
+            ms = etcd.get("members", [])
+            out.write(f"etcd: {len(ms)} members, {sum(not m['learner'] for m in ms)} voting: " + ", ".join(
+                m["name"] + (" (leader)" if m["leader"] else "") + (" (learner)" if m["learner"] else "")
+                for m in ms) + "\n")
     if mem := doc.get("memory"):
         out.write(f"\nmemory: {mem['mem_used_mib']} MiB used of {mem['mem_total_mib']} ({mem['mem_available_mib']} "
                   f"available): anon {mem['anon_mib']}, shmem {mem['shmem_mib']}, kernel {mem['kernel_mib']}"

@@ -152,3 +152,11 @@ def promote(record: dict[str, Any], ctx: ssl.SSLContext) -> bool:
         log.event(*events.ETCD_PROMOTED, id=record["member_id"], members=record.get("members", 0))
         return True
     return False
+
+
+def status(endpoint: str, ctx: ssl.SSLContext) -> dict[str, Any]:
+    """What `etcdctl member list` and `endpoint status` say, for `k4s status`: each member (name,
+    learner or voting, the leader) as the member at `endpoint` sees them."""
+    leader = str(call(endpoint, "maintenance/status", {}, ctx).get("leader", ""))
+    return {"members": [{"name": m.name or f"unstarted-{m.id}", "learner": m.learner, "leader": m.id == leader}
+                        for m in members(endpoint, ctx)]}

@@ -197,9 +197,11 @@ class Endpoint:
     certificates checked against client_ca (optional: a bearer token will do)."""
 
     def __init__(self, paths: Paths, serving: tuple[Path, Path], client_ca: Path, authz: Authorizer,
-                 snapshot: Callable[[], Iterator[bytes]] | None = None) -> None:
+                 snapshot: Callable[[], Iterator[bytes]] | None = None,
+                 etcd_status: Callable[[], dict[str, Any]] | None = None) -> None:
         self.paths, self.serving, self.client_ca, self.authz = paths, serving, client_ca, authz
         self.snapshot = snapshot  # a server's etcd snapshot (k4s.cluster.etcdsnapshot)
+        self.etcd_status = etcd_status  # a server's etcd members, for /status
         self._ctx: ssl.SSLContext | None = None
         self._stamp: tuple[float, ...] = ()
 
@@ -240,7 +242,13 @@ class Endpoint:
             from prometheus_client import CONTENT_TYPE_LATEST
 
             return 200, CONTENT_TYPE_LATEST, exposition(self.paths)
-        return 200, "application/json", (json.dumps(snapshot(self.paths), indent=1) + "\n").encode()
+        doc = snapshot(self.paths)
+        if self.etcd_status is not None:
+            try:
+                doc["etcd"] = self.etcd_status()
+            except (OSError, K4sError) as e:
+                doc["etcd"] = {"error": str(e)}
+        return 200, "application/json", (json.dumps(doc, indent=1) + "\n").encode()
 
     def serve(self, host: str, port: int, stop: threading.Event) -> None:
         endpoint = self
@@ -292,13 +300,17 @@ def start(node: Any, connect: Callable[[], kubeapi.Client], stop: threading.Even
         return None
     serving = kubelet.serving_pair(node)
     client_ca = node.certs.crt(certs.CLUSTER_CA if node.cfg.role == "agent" else certs.CLIENT_CA_BUNDLE)
-    snapshot = None
+    snapshot = members = None
     if node.cfg.role == "server":
+        from k4s.cluster import etcdmembers
         from k4s.cluster.components import etcd
 
         def snapshot() -> Iterator[bytes]:
             return etcdsnapshot.stream(etcd.CLIENT_URL, etcd.client_context(node))
-    endpoint = Endpoint(node.paths, serving, client_ca, Authorizer(connect), snapshot)
+
+        def members() -> dict[str, Any]:
+            return etcdmembers.status(etcd.CLIENT_URL, etcd.client_context(node))
+    endpoint = Endpoint(node.paths, serving, client_ca, Authorizer(connect), snapshot, members)
 
     def run() -> None:
         while not stop.is_set() and not all(p.exists() for p in serving):

@@ -140,6 +140,7 @@ class VM:
     mgmt_port: bool = False           # with lan_mgmt: `port` forwarded to it, as a lone VM's (a server on a switch)
     mac: str = ""                     # the NIC's MAC (VMs on one lan need their own; the node name derives from it)
     metrics_port: int = 0             # a host port forwarded to the node's metrics endpoint (10270)
+    metrics_guest: str = ""           # ... on this guest address (the node IP, when it is not the user NIC's)
     disk: Path | None = None          # a qcow2 data disk (/dev/vdb in the guest; boot with k4s.data=...)
     disk_size: str = "4G"             # the size `ensure_disk` creates it with
     join_secret: Path | None = None   # a worker's join segment (or its join line), appended last to the initrd
@@ -223,7 +224,7 @@ class VM:
         if self.lan_only:
             netdev = "user,id=n0"  # a worker's way out to the host's services: it forwards nothing
         elif self.metrics_port:
-            netdev += f",hostfwd=tcp:127.0.0.1:{self.metrics_port}-:{METRICS_PORT}"
+            netdev += f",hostfwd=tcp:127.0.0.1:{self.metrics_port}-{self.metrics_guest}:{METRICS_PORT}"
         if self.pxe is not None:
             # no kernel given: SeaBIOS boots the NIC's iPXE ROM, whose DHCP answer names boot.ipxe
             boot = ["-boot", "n"]

@@ -54,7 +54,7 @@ class HA:
 def server(tmp: Path, lan: tuple[int, ...], i: int, join: Path | None = None) -> VM:
     base = make_vm(tmp / NAMES[i])
     return fleet_vms.server_on(lan[i], tmp / NAMES[i], base.kernel, base.initrd, MACS[i], IPS[i], NAMES[i],
-                               free_port(), join, operator_dir=tmp / "operator")
+                               free_port(), join, operator_dir=tmp / "operator", metrics_port=free_port())
 
 
 def control_plane_join(first: VM, name: str, segment: Path | None = None) -> str:
@@ -98,6 +98,12 @@ def test_two_servers_are_ready_with_one_etcd_of_two_voting_members(ha: HA) -> No
     learner = ha.boots[1].events(events.ETCD_LEARNER)
     assert [e["members"] for e in learner] == [2], learner
     assert f"k4s: etcd member {NAMES[1]} promoted" in ha.servers[1].console.read_text(errors="replace")
+    # what the operator sees: `k4s status` on either server lists both voting members, one the leader
+    for vm in ha.servers:
+        r = k4s_cmd("status", "--remote", f"https://127.0.0.1:{vm.metrics_port}", "--kubeconfig", str(vm.kubeconfig))
+        line = next((ln for ln in r.stdout.splitlines() if ln.startswith("etcd: ")), r.stdout + r.stderr)
+        assert line.startswith("etcd: 2 members, 2 voting: ") and line.count("(leader)") == 1, line
+        assert NAMES[0] in line and NAMES[1] in line and "learner" not in line, line
     # one datastore: written through the second server's apiserver, read through the first's
     ha.kubectl(1, "create", "configmap", "written-on-2", "--from-literal=n=2")
     assert ha.kubectl(0, "get", "configmap", "written-on-2", "-o", "jsonpath={.data.n}").stdout == "2"
