@@ -99,6 +99,11 @@ def secret_name(token_id: str) -> str:
     return PREFIX + token_id
 
 
+def request_name(token_id: str) -> str:
+    """The upload request's name: the operator's host makes it and reads the answer there."""
+    return f"k4s-upload-certs-{token_id}"
+
+
 def token_id_of(owned_by: dict[str, Any]) -> str:
     return str(owned_by["name"]).removeprefix("bootstrap-token-")
 
@@ -193,7 +198,7 @@ def request(token_secret: dict[str, Any], public_key: bytes) -> dict[str, Any]:
     the answer; owned by the token's Secret."""
     token_id = token_id_of(token_secret["metadata"])
     return {"apiVersion": "v1", "kind": "Secret", "type": REQUEST_TYPE,
-            "metadata": {"name": f"k4s-upload-certs-{token_id}", "namespace": NAMESPACE,
+            "metadata": {"name": request_name(token_id), "namespace": NAMESPACE,
                          "ownerReferences": [owner(token_secret)]},
             "data": {PUBLIC_KEY: base64.b64encode(public_key).decode()}}
 

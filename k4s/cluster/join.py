@@ -261,6 +261,7 @@ def fetch_shared(server: str, ca_pem: bytes, token: Token, certificate_key: str)
     """The token's sealed shared keys, read with the token over TLS verified against the pinned CA,
     opened with the certificate key (k4s.cluster.copycerts)."""
     from k4s.cluster import copycerts
+    from k4s.cluster.pki import spki_hash_pem
 
     host, port = _host_port(server)
     client = kubeapi.Client(host, port, ssl.create_default_context(cadata=ca_pem.decode()), bearer=token.bearer)
@@ -279,8 +280,6 @@ def fetch_shared(server: str, ca_pem: bytes, token: Token, certificate_key: str)
         shared = copycerts.opened(secret, certificate_key)
     except copycerts.WrongKey as e:
         raise Refused(e.message, hint=e.hint) from None
-    from k4s.cluster.pki import spki_hash_pem
-
     if not hmac.compare_digest(spki_hash_pem(shared["ca.crt"]), spki_hash_pem(ca_pem)):
         raise Refused("the shared cluster CA is not the pinned one the server presented",
                       hint="the sealed files were replaced: make a new join with `k4s token create --control-plane`")

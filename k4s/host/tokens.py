@@ -118,7 +118,7 @@ def create_control_plane(client: kubeapi.Client, ttl: dt.timedelta, description:
 def wait_uploaded(client: kubeapi.Client, token_id: str, private_key: Any, timeout: float) -> str | None:
     """The certificate key, once a server has sealed the shared files for this token and sealed the
     key to this request's public key; the request is deleted then. None at the timeout."""
-    path = f"{SECRETS}/k4s-upload-certs-{token_id}"
+    path = f"{SECRETS}/{copycerts.request_name(token_id)}"
     end = time.monotonic() + timeout
     while True:
         try:
