@@ -32,9 +32,14 @@ image: setup components images k4s
 
 # The first stage (LinuxBoot / PXE): a lean frozen k4s that fetches, verifies and kexecs stage 2,
 # trusting out/keys/signing.pub (made once by `k4s keygen`; the private key never leaves out/keys).
+# Its UKI (out/stage1.efi) boots under UEFI Secure Boot with the db key of out/keys, from
+# an ESP or a NIC; the signed command line names the payload (the QEMU host's `make netboot`).
 STAGE1_SOURCES := $(PY_SOURCES) build/stage1.spec build/stage1_entry.py
-out/keys/signing.key:
+PAYLOAD_URL ?= http://10.0.2.2:8080/
+UKI_CMDLINE ?= console=ttyS0 quiet panic=-1 k4s.events=ttyS1 k4s.payload=$(PAYLOAD_URL)
+out/keys/db.crt:
 	$(PYTHON) -m k4s keygen --dir out/keys
+out/keys/signing.key: out/keys/db.crt
 
 $(OUT)/stage1/k4s/k4s: $(STAGE1_SOURCES)
 	@echo "k4s: freezing stage 1 with PyInstaller (onedir) -> $(OUT)/stage1"
@@ -44,6 +49,8 @@ $(OUT)/stage1/k4s/k4s: $(STAGE1_SOURCES)
 stage1: setup out/keys/signing.key $(OUT)/stage1/k4s/k4s
 	$(PYTHON) -m k4s mkimage --stage1 out/keys/signing.pub --bundle $(OUT)/stage1/k4s --out $(OUT)/stage1.cpio.xz \
 		$(if $(PAYLOAD_CA),--payload-ca $(PAYLOAD_CA))
+	$(PYTHON) -m k4s uki --kernel $(firstword $(wildcard $(CACHE)/kernel/boot/vmlinuz-*)) --initrd $(OUT)/stage1.cpio.xz --cmdline "$(UKI_CMDLINE)" --out $(OUT)/stage1.efi \
+		--vars $(OUT)/uefi-vars.fd
 
 # Serve the signed stage 2 over HTTP for PXE (boot.ipxe) and for stage 1 (k4s.payload=http://HOST:8080/).
 netboot: image stage1

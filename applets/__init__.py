@@ -18,7 +18,7 @@ APPLETS: dict[str, tuple[str, str]] = {
     "init": ("applets.init", "PID 1 of the appliance: mounts, network, node, clean shutdown"),
     "insmod": ("applets.insmod", "load one kernel module file"),
     "kexec": ("applets.kexec", "load a kernel with its initrds and boot into it (kexec_file_load)"),
-    "keygen": ("applets.keygen", "make the Ed25519 key pair that signs boot payloads (build host)"),
+    "keygen": ("applets.keygen", "make the keys that sign boot payloads and Secure Boot images (build host)"),
     "kube-apiserver": ("applets.kube_apiserver", "run kube-apiserver configured from the k4s config"),
     "kube-controller-manager": ("applets.kube_controller_manager", "run kube-controller-manager configured from the k4s config"),
     "kube-proxy": ("applets.kube_proxy", "run kube-proxy configured from the k4s config"),
@@ -38,6 +38,7 @@ APPLETS: dict[str, tuple[str, str]] = {
     "stage1": ("applets.stage1", "PID 1 of the first stage: network, fetch, verify, kexec (LinuxBoot)"),
     "status": ("applets.status", "show each component's state and readiness, memory and certificates, here or --remote"),
     "token": ("applets.token", "make, list and delete the bootstrap tokens workers join with"),
+    "uki": ("applets.uki", "build stage 1 as a signed unified kernel image for UEFI Secure Boot"),
     "verify": ("applets.verify", "check a payload directory against its signed manifest"),
     "vm": ("applets.vm", "boot the appliance in QEMU on the build host (run, up, down)"),
 }

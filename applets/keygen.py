@@ -1,10 +1,15 @@
-"""keygen: make the Ed25519 key pair that signs boot payloads (build host only).
+"""keygen: make the keys that sign what machines boot (build host only).
 
     k4s keygen [--dir out/keys]
 
-Writes signing.key (0600, in a 0700 directory; never copy it into an image)
-and signing.pub (built into the first stage, which verifies what it boots).
-Refuses to replace an existing key.
+Writes what is missing of:
+  signing.key (0600) / signing.pub   Ed25519: signs stage 2's manifest; the public key is
+                                     built into stage 1, which verifies what it boots
+  PK, KEK, db (.key 0600 / .crt)     UEFI Secure Boot (RSA-2048): the firmware runs only what
+                                     db signed (the stage-1 UKI, stage 2's kernel)
+  secureboot.guid                    the owner GUID they are enrolled under
+in a 0700 directory; a key never goes into an image. An existing key is never
+replaced (what it signed would stop booting); with every key present it is an error.
 """
 
 from __future__ import annotations
@@ -15,10 +20,20 @@ import click
 
 
 def run(directory: Path) -> int:
+    from k4s.errors import K4sError
+    from k4s.host import secureboot
     from k4s.image import manifest
 
-    key, pub = manifest.keygen(directory)
-    click.echo(f"signing key {key} (keep it on this host)\npublic key  {pub}")
+    made = []
+    if not (directory / manifest.SECRET_KEY).exists():
+        made += manifest.keygen(directory)
+    made += secureboot.keygen(directory)
+    if not made:
+        raise K4sError(f"every key in {directory} exists; refusing to replace one",
+                       hint="remove a key first if you mean to: what it signed will no longer boot")
+    for p in made:
+        kind = "keep on this host" if p.suffix == ".key" else "public"
+        click.echo(f"{p} ({kind})")
     return 0
 
 

@@ -38,6 +38,9 @@ def cli() -> None:
 @click.option("--append", default="", help="More kernel command line.")
 @click.option("--key", type=P, default=Path("out/keys/signing.key"), show_default=True,
               help="Sign with this key if it exists (k4s keygen).")
+@click.option("--secure-boot-keys", type=P, default=Path("out/keys"), show_default=True,
+              help="Sign the kernel with this directory's db key if it has one (k4s keygen): a stage 1 "
+              "under Secure Boot kexecs only a kernel its firmware trusts.")
 @click.option("--image-report", type=P, default=Path("out/image-report.json"), show_default=True,
               help="mkimage's report: the squashfs parts to name in the manifest (if it exists).")
 @click.option("--serial", type=click.IntRange(0), default=None,
@@ -49,7 +52,8 @@ def cli() -> None:
 @click.option("--kubeconfig", type=P, default=Path("out/kubeconfig"), show_default=True,
               help="With --join: the cluster workers join.")
 def prepare(out: Path, kernel: Path, initrd: tuple[Path, ...], seed: bool, operator: Path, base_url: str,
-            append: str, key: Path, image_report: Path, serial: int | None, valid: str, join: bool,
+            append: str, key: Path, secure_boot_keys: Path, image_report: Path, serial: int | None, valid: str,
+            join: bool,
             kubeconfig: Path) -> int:
     from k4s.fsutil import write_atomic
     from k4s.host import netboot
@@ -71,9 +75,11 @@ def prepare(out: Path, kernel: Path, initrd: tuple[Path, ...], seed: bool, opera
         validity = config.duration(3600, 3650 * 86400)(valid)
     except config.Invalid as e:
         raise K4sError(f"--valid: {e}", hint=e.hint) from None
+    sb = secure_boot_keys if (secure_boot_keys / "db.key").exists() else None
     files = netboot.prepare(out, kernel, initrds, cmdline, base_url, key if key.exists() else None, parts,
-                            serial, validity, join)
-    click.echo(f"{out}: {' '.join(files)}" + (" (signed)" if key.exists() else " (unsigned: no key)"))
+                            serial, validity, join, sb)
+    click.echo(f"{out}: {' '.join(files)}" + (" (signed)" if key.exists() else " (unsigned: no key)")
+               + (" kernel signed for Secure Boot" if sb else ""))
     return 0
 
 

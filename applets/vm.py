@@ -1,12 +1,16 @@
 """vm: boot the appliance in QEMU on the build host (TCG when there is no KVM).
 
     k4s vm run   [--memory MiB] [--cpus N] [--port P] [--append ARGS] [--manifest FILE]... [--pxe DIR]
+                 [--firmware uefi [--secure-boot] [--efi out/stage1.efi]...]
     k4s vm up    (the same, in the background; returns once the node is Ready)
     k4s vm down  (power off through the ACPI power button; waits for a clean exit)
 
 `run` follows the boot on the console, writes out/kubeconfig once the node is
 Ready, prints `kubectl get nodes -o wide`, and powers the VM off cleanly on
-Ctrl-C.
+Ctrl-C. `--firmware uefi` boots OVMF instead of the kernel, from an ESP holding
+the stage-1 UKI (`make stage1`), which fetches stage 2 from its signed payload URL
+(`make netboot` serves it); `--secure-boot` starts OVMF's Secure Boot build from
+out/uefi-vars.fd, where the build enrolled the project's PK, KEK and db.
 """
 
 from __future__ import annotations
@@ -47,6 +51,13 @@ def vm_options(f):  # type: ignore[no-untyped-def]
                      "--append 'k4s.data=LABEL=K4SDATA k4s.data-format=1' the first time."),
         click.option("--disk-size", default="4G", show_default=True, help="The size a new --disk gets."),
         click.option("--mac", default="", help="The NIC's MAC; each VM on a lan needs its own (e.g. 52:54:00:00:77:02)."),
+        click.option("--firmware", type=click.Choice(["bios", "uefi"]), default="bios", show_default=True,
+                     help="uefi: OVMF boots --efi from an ESP (no --kernel/--initrd)."),
+        click.option("--secure-boot", is_flag=True, help="UEFI Secure Boot with --uefi-vars' keys (implies uefi)."),
+        click.option("--efi", type=P, multiple=True, help="A PE image the firmware boots, each on its own ESP, "
+                     "tried in order [default: out/stage1.efi]."),
+        click.option("--uefi-vars", type=P, default=Path("out/uefi-vars.fd"), show_default=True,
+                     help="With --secure-boot: the variable store with the keys enrolled (`make stage1`)."),
         click.option("--join-secret", type=P, help="A worker's join segment (`k4s token create --segment FILE`), "
                      "or the join line it printed: the machine's own initrd segment, never its command line."),
     ]):
@@ -57,11 +68,17 @@ def vm_options(f):  # type: ignore[no-untyped-def]
 def make_vm(out: Path, kernel: Path, initrd: Path, memory: int, cpus: int, port: int, metrics_port: int, append: str,
             manifest: tuple[Path, ...], pxe: Path | None = None, lan_ports: tuple[int, ...] = (),
             lan_connect: int = 0, mac: str = "", disk: Path | None = None, disk_size: str = "4G",
-            join_secret: Path | None = None) -> VM:
+            join_secret: Path | None = None, firmware: str = "bios", secure_boot: bool = False,
+            efi: tuple[Path, ...] = (), uefi_vars: Path = Path("out/uefi-vars.fd")) -> VM:
+    uefi = firmware == "uefi" or secure_boot
+    if efi and not uefi:
+        raise click.UsageError("--efi needs --firmware uefi")
+    images = tuple(p.resolve() for p in efi or (Path("out/stage1.efi"),)) if uefi else ()
     return VM(out.resolve(), kernel.resolve(), initrd.resolve(), memory, cpus, port, append, list(manifest),
               pxe=pxe.resolve() if pxe else None, lan_ports=tuple(lan_ports), lan_connect=lan_connect, mac=mac,
               disk=disk.resolve() if disk else None, disk_size=disk_size, metrics_port=metrics_port,
-              join_secret=join_secret.resolve() if join_secret else None)
+              join_secret=join_secret.resolve() if join_secret else None, seeded=not uefi, efi=images,
+              secure_boot=secure_boot, uefi_vars=uefi_vars.resolve() if secure_boot else None)
 
 
 def kubectl_nodes(vm: VM) -> None:

@@ -17,6 +17,8 @@ APT_PACKAGES=(
   nftables iptables conntrack       # packed into the appliance for kube-proxy/CNI
   iproute2 kmod busybox-static      # host tests (netns) and depmod
   util-linux mount e2fsprogs
+  ovmf systemd-boot-efi binutils   # UEFI firmware for QEMU, the EFI stub of stage 1's UKI, objcopy
+  sbsigntool dosfstools mtools      # Authenticode signing (Secure Boot), an ESP image without mounting
 )
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -54,7 +56,7 @@ if [ "$(printf '%s\n%s\n' "$need_go" "$have_go" | sort -V | head -1)" != "$need_
 fi
 
 # Python: the package itself with its dev extra (pytest, pyinstaller, linters).
-if ! $PY -c 'import k4s, click, cryptography, nacl, yaml, psutil, pytest, hypothesis, PyInstaller' 2>/dev/null \
+if ! $PY -c 'import k4s, click, cryptography, nacl, yaml, psutil, pytest, hypothesis, PyInstaller, pefile, virt.firmware' 2>/dev/null \
    || [ pyproject.toml -nt "$CACHE/.pip-stamp" ]; then
   say "pip install -e .[dev]"
   $PY -m pip install -q -e ".[dev]"

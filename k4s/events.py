@@ -32,6 +32,7 @@ START, FATAL = "start", "fatal"  # PID 1 (init, stage1) records its start, and w
 
 # stage 1 (LinuxBoot / PXE): fetch, verify, kexec
 STAGE1_START = Event("stage1", START)
+STAGE1_FIRMWARE = Event("stage1", "firmware")            # firmware=uefi|bios, secure_boot=on|off, lockdown=
 STAGE1_VERIFIED = Event("stage1", "verified")            # one artifact (file=, bytes=, seconds=)
 STAGE1_PAYLOAD_VERIFIED = Event("stage1", "payload-verified")
 STAGE1_JOIN = Event("stage1", "join")                    # found=, source=
@@ -40,6 +41,7 @@ STAGE1_HANDOFF = Event("stage1", "handoff")
 # init (PID 1 of stage 2), in boot order
 INIT_START = Event("init", START)                      # stage 0 checked and mounted the bundle
 MOUNTS = Event("init", "mounts")
+FIRMWARE = Event("init", "firmware")                     # as STAGE1_FIRMWARE, in stage 2
 MODULES = Event("init", "modules")
 PAYLOAD = Event("init", "payload")                       # the squashfs parts mounted
 NETWORK = Event("init", "network")

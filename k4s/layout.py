@@ -90,6 +90,7 @@ SKELETON = ("proc", "sys", "dev", "run", "tmp", "root", "etc", str(DATA_DIR).lst
 # /sbin/modprobe (a Python start each: the missing crc64-rocksoft alone cost 6 s).
 DATA_DISK_MODULES = ("crct10dif_generic", "crc64_rocksoft_generic", "crc32c_generic", "virtio_blk", "virtio_scsi",
                      "sd_mod", "ahci", "nvme", "ext4")
+UEFI_MODULES = ("efivarfs",)  # loaded under UEFI only (elsewhere it fails): Secure Boot's state
 STAGE0_MODULES = ("loop", "squashfs")  # stage 0 loads these to mount the k4s part
 # Applets worth a name of their own; the rest run as `k4s NAME`. No kubectl on the node
 # (no shell either): it is driven from outside with the kubeconfig.

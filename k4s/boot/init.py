@@ -17,7 +17,7 @@ from pathlib import Path
 from k4s import events, layout, log
 from k4s.config import Config
 from k4s.errors import K4sError
-from k4s.sys import libc
+from k4s.sys import firmware, libc
 
 CGROUP_CONTROLLERS = ("cpuset", "cpu", "io", "memory", "hugetlb", "pids")
 SYSCTLS = {
@@ -53,6 +53,10 @@ def stage(name: str, **fields: object) -> None:
     log.event("init", name, **fields)
 
 
+# securityfs: the lockdown mode (k4s.sys.firmware), a TPM's event log. Mounted where the kernel has it.
+SECURITYFS = ("securityfs", str(firmware.SECURITYFS), "securityfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC, "")
+
+
 def mount_all() -> None:
     for source, target, fstype, flags, data in MOUNTS:
         os.makedirs(target, exist_ok=True)
@@ -62,6 +66,11 @@ def mount_all() -> None:
             if e.errno == 16:  # EBUSY: already mounted (e.g. the kernel mounted devtmpfs)
                 continue
             raise K4sError(f"mount {fstype} on {target}: {e.strerror}", hint="the kernel lacks this filesystem") from e
+    if os.path.isdir(SECURITYFS[1]):
+        try:
+            libc.mount(*SECURITYFS)
+        except OSError:
+            pass  # EBUSY (mounted already): firmware.trust reads it either way
     # Let kubelet's cgroupfs driver use every controller below the root.
     try:
         have = Path("/sys/fs/cgroup/cgroup.controllers").read_text().split()
@@ -160,6 +169,8 @@ def load_modules() -> tuple[int, int]:
         names = [ln.split("#")[0].strip() for ln in layout.MODULES_LIST.read_text().splitlines()]
     except OSError:
         return 0, 0
+    if firmware.EFI.is_dir():
+        names += layout.UEFI_MODULES
     idx = kmod.Index.load()
     count = 0
     for name in filter(None, names):
@@ -168,6 +179,18 @@ def load_modules() -> tuple[int, int]:
         except K4sError as e:
             stage("module-failed", level="warn", module=name, error=e.message)
     return count, kmod.drop_loaded_files(idx)
+
+
+def firmware_trust() -> dict[str, str]:
+    """Under UEFI, mount the firmware's variables read-only (nothing on a node writes them;
+    load_modules loaded efivarfs), then what the firmware and the kernel say about boot trust."""
+    if firmware.EFI.is_dir() and not os.path.ismount(firmware.EFIVARS):
+        try:
+            libc.mount("efivarfs", str(firmware.EFIVARS), "efivarfs",
+                       libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC)
+        except OSError as e:
+            stage("efivarfs", level="warn", error=e.strerror)
+    return firmware.trust()
 
 
 def min_free_kbytes(mem_total_kib: int) -> int:
@@ -265,6 +288,7 @@ def boot() -> str:
     stage("config", source=cfg.sources.get("node-name"))
     n, freed = load_modules()
     stage(events.MODULES.event, loaded=n, freed_kib=freed >> 10)
+    stage(events.FIRMWARE.event, **firmware_trust())
     grow_root()
     stage(events.PAYLOAD.event, mounted=mount_parts())
     from k4s.boot import datadisk

@@ -292,6 +292,7 @@ def boot() -> str:
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     n, freed = init.load_modules()  # the freed RAM is room for the payload it fetches
     init.stage(events.MODULES.event, loaded=n, freed_kib=freed >> 10)
+    log.event(*events.STAGE1_FIRMWARE, **init.firmware_trust())
     iface, ip = netconf.setup(cfg, paths.run)
     log.event("stage1", "fetch", payload=cfg.payload)
     t0 = time.monotonic()

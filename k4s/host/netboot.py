@@ -144,15 +144,24 @@ def _place(src: Path, dst: Path) -> None:
 def prepare(directory: Path, kernel: Path, initrds: list[Path], cmdline: str,
             base_url: str = f"http://${{next-server}}:{DEFAULT_PORT}/", key: Path | None = None,
             parts: list[manifest.Artifact] = (),  # type: ignore[assignment]
-            serial: int | None = None, valid: int = manifest.DEFAULT_VALIDITY, join: bool = False) -> list[str]:
+            serial: int | None = None, valid: int = manifest.DEFAULT_VALIDITY, join: bool = False,
+            secure_boot_keys: Path | None = None) -> list[str]:
     """The payload directory: the kernel as vmlinuz, the initrds under their own names,
     boot.ipxe, and (with a signing key) manifest.json + manifest.sig, which also name the
-    squashfs parts inside the initramfs (`parts`, from mkimage's report). The file names."""
+    squashfs parts inside the initramfs (`parts`, from mkimage's report). With
+    `secure_boot_keys`, the kernel is signed with their db key first: a stage 1 booted under
+    Secure Boot runs a locked-down kernel, which kexecs only a kernel its firmware's db
+    signed. The file names."""
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.iterdir():  # the directory is the payload: nothing left from before
         if stale.is_file():
             stale.unlink()
-    _place(kernel, directory / KERNEL)
+    if secure_boot_keys is not None:
+        from k4s.host import secureboot
+
+        secureboot.sign(kernel, directory / KERNEL, secure_boot_keys)
+    else:
+        _place(kernel, directory / KERNEL)
     names = []
     for p in initrds:
         if p.name in names or p.name == KERNEL or p.name in manifest.RESERVED:

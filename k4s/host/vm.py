@@ -45,6 +45,7 @@ EVENTS_PORT = "ttyS1"  # the guest's second serial port: its events as JSON line
 LOCKUP_MARKS = ("watchdog: BUG: soft lockup", "rcu: INFO: rcu_preempt self-detected stall",
                 "rcu: INFO: rcu_preempt detected stalls")
 KERNEL_DIAGNOSTICS = "loglevel=5 softlockup_all_cpu_backtrace=1"
+ESP_SLOT = 0x10  # the PCI slot of the first ESP disk (VM.efi): the firmware names each by it
 LOCKUP_TRACE_WAIT = 15  # seconds for the other CPUs' backtraces to reach the console
 # what every harness boot's kernel is told: the console, diagnostics, no reboot loop, events
 CMDLINE = f"console=ttyS0 quiet {KERNEL_DIAGNOSTICS} panic=-1 k4s.events={EVENTS_PORT}"
@@ -144,6 +145,9 @@ class VM:
     disk: Path | None = None          # a qcow2 data disk (/dev/vdb in the guest; boot with k4s.data=...)
     disk_size: str = "4G"             # the size `ensure_disk` creates it with
     join_secret: Path | None = None   # a worker's join segment (or its join line), appended last to the initrd
+    efi: tuple[Path, ...] = ()        # boot UEFI firmware (OVMF), not the kernel: one ESP disk per image, in order
+    secure_boot: bool = False         # with efi: OVMF's Secure Boot build, starting from `uefi_vars`
+    uefi_vars: Path | None = None     # with efi: the variable store to copy (its enrolled keys); OVMF's blank one
 
     @property
     def console(self) -> Path:
@@ -225,7 +229,9 @@ class VM:
             netdev = "user,id=n0"  # a worker's way out to the host's services: it forwards nothing
         elif self.metrics_port:
             netdev += f",hostfwd=tcp:127.0.0.1:{self.metrics_port}-{self.metrics_guest}:{METRICS_PORT}"
-        if self.pxe is not None:
+        if self.efi:
+            boot = self.firmware()
+        elif self.pxe is not None:
             # no kernel given: SeaBIOS boots the NIC's iPXE ROM, whose DHCP answer names boot.ipxe
             boot = ["-boot", "n"]
             netdev += f",tftp={self.pxe},bootfile=boot.ipxe"
@@ -242,8 +248,9 @@ class VM:
                     f.write(self.join_segment())
             append = f"{CMDLINE} {self.append}".strip()
             boot = ["-kernel", str(self.kernel), "-initrd", str(boot_initrd), "-append", append]
+        smm = ",smm=on" if self.efi and self.secure_boot else ""
         return [
-            qemu, "-machine", f"q35,accel={accel}", "-cpu", TCG_CPU if accel == "tcg" else "host",
+            qemu, "-machine", f"q35{smm},accel={accel}", "-cpu", TCG_CPU if accel == "tcg" else "host",
             "-smp", str(self.cpus), "-m", str(self.memory), *boot,
             "-display", "none", "-serial", f"file:{self.console}", "-serial", f"file:{self.events}",
             "-monitor", "none",
@@ -252,6 +259,30 @@ class VM:
             *(["-drive", f"file={self.disk},if=virtio,format=qcow2,discard=unmap"] if self.disk else []),
             "-no-reboot", "-pidfile", str(self.pidfile),
         ]
+
+    def firmware(self) -> list[str]:
+        """UEFI: OVMF's code (with Secure Boot, the build that keeps its variables behind SMM, so
+        the guest cannot write around the firmware), a fresh copy of the variable store, and one
+        read-only ESP per image, booted in that order: the firmware tries the next when it
+        refuses one, and stops at "No bootable option" when it refuses all."""
+        from k4s.host import secureboot
+
+        code = secureboot.OVMF_CODE_SECURE if self.secure_boot else secureboot.OVMF_CODE
+        template = self.uefi_vars or secureboot.OVMF_VARS
+        for p, hint in ((code, "run `make setup` (it installs ovmf)"), (template, "run `make stage1`")):
+            if not p.is_file():
+                raise K4sError(f"{p} not found", hint=hint)
+        store = self.out / "uefi-vars.fd"
+        shutil.copyfile(template, store)
+        args = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={store}"]
+        if self.secure_boot:
+            args = ["-global", "driver=cfi.pflash01,property=secure,value=on", *args]
+        for i, image in enumerate(self.efi):
+            disk = secureboot.esp(image, self.out / f"esp{i}.img")
+            args += ["-drive", f"if=none,id=esp{i},format=raw,readonly=on,file={disk}",
+                     "-device", f"virtio-blk-pci,drive=esp{i},addr={ESP_SLOT + i:#x},bootindex={i + 1}"]
+        return args
 
     @property
     def lan_only(self) -> bool:
@@ -294,9 +325,10 @@ class VM:
             raise K4sError(f"qemu-img create {self.disk}: {r.stderr.strip()}", hint="check the path and --disk-size")
 
     def start(self) -> subprocess.Popen[bytes]:
-        for p in (self.kernel, self.initrd) if self.pxe is None else (self.pxe / "boot.ipxe",):
+        needed = self.efi or ((self.kernel, self.initrd) if self.pxe is None else (self.pxe / "boot.ipxe",))
+        for p in needed:
             if not p.exists():
-                raise K4sError(f"{p} not found", hint="run `make image`")
+                raise K4sError(f"{p} not found", hint="run `make stage1`" if self.efi else "run `make image`")
         if self.running():
             raise K4sError(f"a VM is already running (pid {self.pidfile.read_text().strip()})",
                            hint="stop it with `make down`")

@@ -55,7 +55,7 @@ def assemble_stage1(bundle: Path, pubkey: Path, kernel_root: Path, workdir: Path
     for n in layout.STAGE1_LINKS:
         t.symlink(f"usr/sbin/{n}", str(layout.K4S), "base")
     add_closure(t, bundle_elves(bundle), skip_dir=bundle / "_internal", part="base")
-    add_modules(t, kernel_root, list(layout.STAGE1_MODULES), workdir, "base")
+    add_modules(t, kernel_root, [*layout.STAGE1_MODULES, *layout.UEFI_MODULES], workdir, "base")
     return t
 
 

@@ -16,6 +16,7 @@ from tests.conftest import OUT, k4s_cmd, require, tls_pair, tool
 KUBECTL = OUT / "components" / "bin" / "kubectl"
 STAGE1 = OUT / "stage1.cpio.xz"
 KEYS = OUT / "keys"
+UEFI_VARS = OUT / "uefi-vars.fd"  # OVMF's variable store with the keys' PK, KEK and db enrolled (make stage1)
 PORT = 16443
 METRICS_PORT = 16470  # the shared boot's metrics endpoint, forwarded
 MANIFEST = """apiVersion: v1

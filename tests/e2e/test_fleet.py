@@ -20,7 +20,7 @@ import yaml
 from k4s import events
 from k4s.host import fleet as fleet_vms
 from k4s.host.vm import VM
-from tests.conftest import k4s_cmd
+from tests.conftest import k4s_cmd, require
 from tests.e2e.conftest import KUBECTL, Cluster, boot_side_by_side, free_port, make_vm
 
 WORKER_MAC = "52:54:00:00:77:02"
@@ -366,15 +366,19 @@ def test_a_worker_powered_off_drains_and_its_pods_move(fleet: Fleet) -> None:
 
 def test_the_worker_rejoins_through_stage1_with_a_join_minted_for_it(fleet: Fleet, tmp_path: Path,
                                                                      https_stage1: tuple[Path, tuple[Path, Path]]) -> None:
-    """RAM-only, the worker comes back as LinuxBoot machines do: stage 1 fetches the signed
-    stage 2 and, since it is a worker's payload, this machine's own join from `netboot serve
-    --kubeconfig` (a single-use token bound to the name its MAC gives), which it hands on as a
-    segment. A new kubelet identity, the same Node, uncordoned."""
+    """RAM-only, the worker comes back as a LinuxBoot machine under UEFI Secure Boot: the
+    firmware (the project's keys enrolled) runs the signed stage-1 UKI, whose signed command
+    line names the payload; stage 1 fetches the signed stage 2 and, since it is a worker's
+    payload, this machine's own join from `netboot serve --kubeconfig` (a single-use token
+    bound to the name its MAC gives), which it hands on as a segment, then kexecs the kernel
+    the locked-down kernel checks against db. A new kubelet identity, the same Node, uncordoned."""
     from k4s.host import netboot
     from k4s.host.vm import CMDLINE
+    from k4s.mkimage import uki
     from tests.conftest import OUT
-    from tests.e2e.conftest import KEYS
+    from tests.e2e.conftest import KEYS, UEFI_VARS
 
+    require((KEYS / "db.key").exists() and UEFI_VARS.exists(), "the Secure Boot keys and store", "make stage1")
     payload = tmp_path / "payload"
     # the join's public half (role, server, CA pin) signed on the command line; the token and the
     # name only in the join, fetched over https (a user NIC for the payload first, the lan second,
@@ -382,17 +386,26 @@ def test_the_worker_rejoins_through_stage1_with_a_join_minted_for_it(fleet: Flee
     public = netboot.join_line(fleet.server.vm.kubeconfig)
     netboot.prepare(payload, fleet.worker.kernel, [fleet.worker.initrd],
                     f"{CMDLINE} {public} k4s.interface=eth1 k4s.ip=10.77.0.2/24 k4s.mgmt-interface=eth0",
-                    key=KEYS / "signing.key", parts=netboot.parts_from_report(OUT / "image-report.json"))
+                    key=KEYS / "signing.key", parts=netboot.parts_from_report(OUT / "image-report.json"),
+                    secure_boot_keys=KEYS)
     stage1, tls = https_stage1
     srv = netboot.serve_in_thread(payload, tls=tls, mint=netboot.JoinMinter(fleet.server.vm.kubeconfig))
-    vm = make_vm(tmp_path / "worker", append=f"k4s.payload=https://10.0.2.2:{srv.server_address[1]}/ k4s.interface=eth0")
-    vm.initrd, vm.seeded, vm.lan_connect, vm.lan_mgmt, vm.mac = stage1, False, fleet.ports[0], True, WORKER_MAC
+    efi = tmp_path / "stage1.efi"
+    uki.build(OUT / "vmlinuz", stage1,
+              f"{CMDLINE} k4s.payload=https://10.0.2.2:{srv.server_address[1]}/ k4s.interface=eth0", efi, KEYS)
+    vm = make_vm(tmp_path / "worker")
+    vm.efi, vm.secure_boot, vm.uefi_vars, vm.seeded = (efi,), True, UEFI_VARS, False
+    vm.lan_connect, vm.lan_mgmt, vm.mac = fleet.ports[0], True, WORKER_MAC
     try:
         with vm.booted(timeout=900) as b:
             node = nodes(fleet)[WORKER_NAME]
             assert ready(node) == "True" and not node["spec"].get("unschedulable"), node["spec"]
             assert {a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"} == {"10.77.0.2"}
             console = b.console()
+            # Secure Boot from the firmware to stage 2: both kernels locked down
+            for which in (events.STAGE1_FIRMWARE, events.FIRMWARE):
+                [fw] = b.events(which)
+                assert (fw["firmware"], fw["secure_boot"], fw["lockdown"]) == ("uefi", "on", "integrity"), fw
             # over https, checked against the CA built into stage 1: the signed manifest, every artifact,
             # then the kexec; stage 0 checks each squashfs part against the signed list handed on
             verified = {e["file"] for e in b.events(events.STAGE1_VERIFIED)}

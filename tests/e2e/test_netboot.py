@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from k4s import events
 from k4s.host import netboot
-from k4s.host.vm import CMDLINE, VM
-from tests.conftest import OUT, require
-from tests.e2e.conftest import KEYS, MIN_SERIAL, STAGE1, boot_side_by_side, make_vm
+from k4s.host.vm import CMDLINE, ESP_SLOT, VM
+from tests.conftest import OUT, require, tool
+from tests.e2e.conftest import KEYS, MIN_SERIAL, STAGE1, UEFI_VARS, boot_side_by_side, make_vm
 
 HTTP_PORT = 18080
 
@@ -46,7 +51,7 @@ def test_pxe_boot_through_ipxe_loads_every_initrd_and_starts_the_node(tmp_path) 
 # Over HTTPS to a Ready node: the fleet's rejoin (tests/e2e/test_fleet.py). Here: what it refuses.
 
 
-def signed_payload(tmp: Path, key: Path, serial: int | None = None) -> Path:
+def signed_payload(tmp: Path, key: Path, serial: int | None = None, secure_boot_keys: Path | None = None) -> Path:
     """Stage 2 as `k4s netboot prepare` lays it out: kernel, initramfs, seed, signed."""
     require(STAGE1.exists() and (KEYS / "signing.key").exists(), "stage 1 and its key", "make stage1")
     vm = make_vm(tmp / "stage2")
@@ -56,7 +61,8 @@ def signed_payload(tmp: Path, key: Path, serial: int | None = None) -> Path:
     payload = tmp / "payload"
     netboot.prepare(payload, vm.kernel, [vm.initrd, seed],
                     CMDLINE, key=key,
-                    parts=netboot.parts_from_report(OUT / "image-report.json"), serial=serial)
+                    parts=netboot.parts_from_report(OUT / "image-report.json"), serial=serial,
+                    secure_boot_keys=secure_boot_keys)
     return payload
 
 
@@ -74,31 +80,99 @@ def flip_a_byte(payload: Path) -> None:
     f.write_bytes(bytes(data))
 
 
-def test_tampered_stage2_is_refused_and_nothing_runs(tmp_path, https_stage1) -> None:
-    """One flipped byte in the initramfs (over HTTP), and over HTTPS a manifest whose serial is
-    below the minimum built into stage 1 (an older payload replayed): each time one console line
-    naming the artifact and the reason, no kexec, the VM powers off. A manifest signed by another
-    key and a server whose certificate is not from stage 1's CA take the same path to the console;
-    they are refused in tests/unit (test_manifest, test_stage1). The two machines boot side by side."""
+def secure_boot_images(tmp: Path, cmdline: str) -> tuple[Path, Path, Path, Path]:
+    """Stage 1's UKI four ways, in the order the firmware finds them: unsigned, signed with
+    another owner's db key, signed and then one byte flipped, and signed with the project's."""
+    from k4s.host import secureboot
+    from k4s.mkimage import uki
+
+    require((KEYS / "db.key").exists() and UEFI_VARS.exists(), "the Secure Boot keys and store", "make stage1")
+    signed = tmp / "signed.efi"
+    uki.build(OUT / "vmlinuz", STAGE1, cmdline, signed, KEYS)
+    unsigned = Path(shutil.copy(signed, tmp / "unsigned.efi"))
+    subprocess.run([tool("sbattach"), "--remove", str(unsigned)], check=True, capture_output=True)
+    secureboot.keygen(tmp / "other-keys")
+    foreign = tmp / "foreign.efi"
+    uki.build(OUT / "vmlinuz", STAGE1, cmdline, foreign, tmp / "other-keys")
+    data = bytearray(signed.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (tampered := tmp / "tampered.efi").write_bytes(bytes(data))
+    return unsigned, foreign, tampered, signed
+
+
+def firmware_lines(console: str) -> list[str]:
+    """The console without the firmware's terminal escapes, line by line."""
+    return [ln.strip() for ln in re.sub(r"\x1b\[[0-9;=?]*[A-Za-z]", "", console).replace("\r", "").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory: pytest.TempPathFactory,
+             https_stage1: tuple[Path, tuple[Path, Path]]) -> dict[str, tuple[int, str, VM]]:
+    """Two machines side by side, each stopped by a refusal:
+    - "secure boot": UEFI Secure Boot on with the project's keys, four ESPs (secure_boot_images);
+      the UKI that runs fetches a stage 2 with a flipped byte (over HTTP);
+    - "replay": LinuxBoot's stage 1 fetches, over HTTPS, a manifest whose serial is below the
+      minimum built into it (an older payload replayed).
+    {case: (QEMU's status, the console, the VM)}."""
+    tmp = tmp_path_factory.mktemp("refusals")
     initrd, https_pair = https_stage1
-    cases = [(flip_a_byte, "initramfs.cpio.zst: sha256 differs from the signed manifest", None, None),
-             (lambda p: None, f"serial {MIN_SERIAL - 1} is below this stage 1's minimum {MIN_SERIAL}",
-              https_pair, MIN_SERIAL - 1)]
-    servers = []
+    servers, vms = [], {}
     try:
-        vms = []
-        for i, (tamper, _, tls, serial) in enumerate(cases):
-            payload = signed_payload(tmp_path / f"case{i}", KEYS / "signing.key", serial)
-            tamper(payload)
-            servers.append(srv := netboot.serve_in_thread(payload, tls=tls))
-            vms.append(stage1_vm(tmp_path / f"case{i}", srv.server_address[1], "https" if tls else "http",
-                                 initrd if tls else STAGE1))
-        ended = boot_side_by_side(vms)
+        payload = signed_payload(tmp / "sb", KEYS / "signing.key", secure_boot_keys=KEYS)
+        flip_a_byte(payload)
+        servers.append(srv := netboot.serve_in_thread(payload))
+        vm = make_vm(tmp / "sb" / "vm")
+        vm.efi = secure_boot_images(tmp / "sb", f"{CMDLINE} k4s.payload=http://10.0.2.2:{srv.server_address[1]}/")
+        vm.secure_boot, vm.uefi_vars, vm.seeded = True, UEFI_VARS, False
+        vms["secure boot"] = vm
+        payload = signed_payload(tmp / "replay", KEYS / "signing.key", MIN_SERIAL - 1)
+        servers.append(srv := netboot.serve_in_thread(payload, tls=https_pair))
+        vms["replay"] = stage1_vm(tmp / "replay", srv.server_address[1], "https", initrd)
+        ended = boot_side_by_side(list(vms.values()))
     finally:
         for srv in servers:
             srv.shutdown()
-    for (rc, console), (_, message, _, _) in zip(ended, cases, strict=True):
-        errors = [ln for ln in console.splitlines() if ln.startswith("k4s stage1: error:")]
+    return {case: (rc, console, vm) for (case, vm), (rc, console) in zip(vms.items(), ended, strict=True)}
+
+
+def test_the_firmware_refuses_unsigned_foreign_and_tampered_ukis_and_runs_the_signed_one(refusals) -> None:
+    """OVMF's Secure Boot build, the project's PK, KEK and db enrolled by the build: the firmware
+    itself refuses stage 1 unsigned, signed by another key and with one byte flipped (each on the
+    console, by the PCI slot of its disk), then starts the signed one; only then does any kernel
+    run, and it runs locked down."""
+    rc, console, vm = refusals["secure boot"]
+    lines = firmware_lines(console)
+    at = {}
+    for i, what in enumerate(("unsigned", "foreign", "tampered", "signed")):
+        slot = f"PciRoot(0x0)/Pci({ESP_SLOT + i:#x},0x0)"
+        if what == "signed":
+            [start] = [n for n, ln in enumerate(lines) if ln.startswith("BdsDxe: starting") and slot in ln]
+            at[what] = start
+        else:
+            [refused] = [n for n, ln in enumerate(lines) if ln.startswith("BdsDxe: failed to load")
+                         and ln.endswith(f"{slot}: Access Denied")]
+            at[what] = refused
+    assert at["unsigned"] < at["foreign"] < at["tampered"] < at["signed"], at
+    first_kernel = next(n for n, ln in enumerate(lines) if ln.startswith(("EFI stub:", "[", "k4s")))
+    assert first_kernel > at["signed"], lines[: at["signed"] + 3]
+    [fw] = [e for e in (json.loads(ln) for ln in vm.events.read_text().splitlines() if ln.startswith("{"))
+            if events.STAGE1_FIRMWARE.matches(e)]
+    assert (fw["firmware"], fw["secure_boot"], fw["lockdown"]) == ("uefi", "on", "integrity"), fw
+    assert rc == 0
+
+
+def test_tampered_stage2_is_refused_and_nothing_runs(refusals) -> None:
+    """One flipped byte in the initramfs (over HTTP, fetched by the UKI under Secure Boot), and
+    over HTTPS a manifest whose serial is below the minimum built into stage 1 (an older payload
+    replayed): each time one console line naming the artifact and the reason, no kexec, the VM
+    powers off. A manifest signed by another key and a server whose certificate is not from
+    stage 1's CA take the same path to the console; they are refused in tests/unit
+    (test_manifest, test_stage1)."""
+    messages = {"secure boot": "initramfs.cpio.zst: sha256 differs from the signed manifest",
+                "replay": f"serial {MIN_SERIAL - 1} is below this stage 1's minimum {MIN_SERIAL}"}
+    for case, message in messages.items():
+        rc, console, _ = refusals[case]
+        errors = [ln for ln in firmware_lines(console) if ln.startswith("k4s stage1: error:")]
         assert len(errors) == 1 and message in errors[0] and "(hint: " in errors[0], console[-2000:]
         assert "(kexec)" not in console and "k4s init: starting" not in console and "component=etcd" not in console
         assert rc == 0 and "k4s: poweroff" in console and "Kernel panic" not in console

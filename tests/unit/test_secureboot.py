@@ -1,0 +1,220 @@
+"""UEFI Secure Boot on the build host: the owner's keys, the signed stage-1 UKI, the enrolled
+variable store and the ESP, checked with the tools a firmware vendor or an operator would use
+(openssl, sbverify, pefile, virt-fw-vars, mtools). The firmware's own checks: tests/e2e/test_netboot.py."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from k4s.errors import K4sError
+from k4s.host import secureboot
+from k4s.host.vm import ESP_SLOT, VM
+from k4s.mkimage import uki
+from tests.conftest import k4s_cmd, tool
+
+CMDLINE = "console=ttyS0 quiet k4s.payload=https://boot.example/k4s/"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    for t in ("sbsign", "sbverify", "objcopy", "virt-fw-vars", "mkfs.vfat", "mcopy"):
+        tool(t)
+    d = tmp_path_factory.mktemp("sb") / "keys"
+    r = k4s_cmd("keygen", "--dir", str(d), timeout=120)
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("parts")
+    (d / "vmlinuz").write_bytes(b"MZ kernel " + bytes(range(256)) * 300)
+    (d / "stage1.cpio.xz").write_bytes(b"\xfd7zXZ initrd " + bytes(range(255, -1, -1)) * 500)
+    return d / "vmlinuz", d / "stage1.cpio.xz"
+
+
+def build(keys: Path, parts: tuple[Path, Path], out: Path, cmdline: str = CMDLINE) -> Path:
+    r = k4s_cmd("uki", "--kernel", str(parts[0]), "--initrd", str(parts[1]), "--cmdline", cmdline,
+                "--keys", str(keys), "--out", str(out), timeout=120)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def sbverify(image: Path, cert: Path) -> bool:
+    return subprocess.run([tool("sbverify"), "--cert", str(cert), str(image)], capture_output=True).returncode == 0
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], *words: str) -> str:
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "(hint: " in lines[0] and "Traceback" not in r.stderr, r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def test_keygen_makes_private_keys_and_self_signed_certificates_and_never_replaces_one(keys: Path) -> None:
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+    for kind in secureboot.KEYS:
+        key, crt = keys / f"{kind}.key", keys / f"{kind}.crt"
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600 and stat.S_IMODE(crt.stat().st_mode) == 0o644
+        text = subprocess.run(["openssl", "x509", "-in", str(crt), "-noout", "-text"], capture_output=True,
+                              text=True, check=True).stdout
+        assert "Public-Key: (2048 bit)" in text and "sha256WithRSAEncryption" in text and "CA:TRUE" in text
+        subject = [ln for ln in text.splitlines() if "Subject:" in ln][0].split("Subject:")[1].strip()
+        assert kind in subject and f"Issuer: {subject}" in text  # self-signed
+        # the key and the certificate are one pair
+        mod = [subprocess.run(["openssl", kind_, "-in", str(p), "-noout", "-modulus"], capture_output=True,
+                              text=True, check=True).stdout for kind_, p in (("rsa", key), ("x509", crt))]
+        assert mod[0] == mod[1]
+    assert (keys / "signing.key").exists()  # the payload key beside them
+    before = {p.name: p.read_bytes() for p in keys.iterdir()}
+    one_line_error(k4s_cmd("keygen", "--dir", str(keys)), "refusing to replace")
+    assert {p.name: p.read_bytes() for p in keys.iterdir()} == before
+
+
+def test_keygen_adds_only_what_is_missing(tmp_path: Path, keys: Path) -> None:
+    d = tmp_path / "keys"
+    d.mkdir(mode=0o700)
+    for p in keys.iterdir():
+        if not p.name.startswith("db."):
+            (d / p.name).write_bytes(p.read_bytes())
+    r = k4s_cmd("keygen", "--dir", str(d), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert sorted(ln.split()[0] for ln in r.stdout.splitlines()) == [str(d / "db.crt"), str(d / "db.key")]
+    for p in keys.iterdir():
+        if not p.name.startswith("db."):
+            assert (d / p.name).read_bytes() == p.read_bytes()
+
+
+def test_the_uki_holds_kernel_initrd_and_command_line_and_verifies_only_with_db(
+        tmp_path: Path, keys: Path, parts: tuple[Path, Path]) -> None:
+    pefile = pytest.importorskip("pefile")
+    image = build(keys, parts, tmp_path / "stage1.efi")
+    pe = pefile.PE(str(image))
+    sections = {s.Name.rstrip(b"\0").decode(): s for s in pe.sections}
+    assert pe.OPTIONAL_HEADER.Subsystem == 10  # an EFI application
+    assert sections[".cmdline"].get_data()[: sections[".cmdline"].Misc_VirtualSize] == CMDLINE.encode()
+    for name, src in ((".linux", parts[0]), (".initrd", parts[1])):
+        s = sections[name]
+        assert s.get_data()[: s.Misc_VirtualSize] == src.read_bytes(), name
+    assert b"ID=k4s" in sections[".osrel"].get_data()
+    stub_end = max(s.VirtualAddress + s.Misc_VirtualSize for n, s in sections.items()
+                   if n in (".text", ".data", ".sdmagic", ".sbat"))
+    added = sorted(sections[n].VirtualAddress for n in (".osrel", ".cmdline", ".initrd", ".linux"))
+    assert added[0] >= stub_end and all(a % pe.OPTIONAL_HEADER.SectionAlignment == 0 for a in added)
+    assert sbverify(image, keys / "db.crt")
+    assert not sbverify(image, keys / "PK.crt") and not sbverify(image, keys / "KEK.crt")
+    tampered = bytearray(image.read_bytes())
+    tampered[sections[".cmdline"].PointerToRawData + 10] ^= 0x01  # k4s.payload= points elsewhere
+    (tmp_path / "tampered.efi").write_bytes(bytes(tampered))
+    assert not sbverify(tmp_path / "tampered.efi", keys / "db.crt")
+
+
+def test_the_unsigned_uki_is_reproducible(tmp_path: Path, keys: Path, parts: tuple[Path, Path]) -> None:
+    """Two builds of one input differ only in the signature's time: without it, byte for byte one file."""
+    a, b = build(keys, parts, tmp_path / "a.efi"), build(keys, parts, tmp_path / "b.efi")
+    for p in (a, b):
+        subprocess.run([tool("sbattach"), "--remove", str(p)], check=True, capture_output=True)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_signing_replaces_a_signature_the_owner_does_not_trust(tmp_path: Path, keys: Path,
+                                                                parts: tuple[Path, Path]) -> None:
+    """Stage 2's kernel arrives signed by its distribution; the owner's db key re-signs it."""
+    other = tmp_path / "other"
+    assert k4s_cmd("keygen", "--dir", str(other), timeout=120).returncode == 0
+    foreign = build(other, parts, tmp_path / "foreign.efi")
+    assert not sbverify(foreign, keys / "db.crt")
+    ours = secureboot.sign(foreign, tmp_path / "ours.efi", keys)
+    assert sbverify(ours, keys / "db.crt") and not sbverify(ours, other / "db.crt")
+    listed = subprocess.run([tool("sbverify"), "--list", str(ours)], capture_output=True, text=True).stdout
+    assert "signature 1\n" in listed and "signature 2" not in listed, listed  # replaced: the kernel checks only the first
+
+
+def test_the_enrolled_store_holds_the_owner_keys_with_secure_boot_on(tmp_path: Path, keys: Path) -> None:
+    store = secureboot.enroll(tmp_path / "vars.fd", keys)
+    dump = tmp_path / "vars.json"
+    subprocess.run([tool("virt-fw-vars"), "--input", str(store), "--output-json", str(dump)], check=True,
+                   capture_output=True)
+    variables = {v["name"]: v for v in json.loads(dump.read_text())["variables"]}
+    assert {"PK", "KEK", "db", "SecureBootEnable"} <= set(variables), sorted(variables)
+    assert variables["SecureBootEnable"]["data"] == "01"
+    owner = uuid.UUID(secureboot.owner_guid(keys)).bytes_le.hex()
+    for kind in secureboot.KEYS:
+        der = x509.load_pem_x509_certificate((keys / f"{kind}.crt").read_bytes()).public_bytes(Encoding.DER)
+        # an EFI signature list of one X.509 entry: the owner's GUID, then the certificate
+        assert owner + der.hex() in variables[kind]["data"], kind
+
+
+def test_the_esp_holds_the_image_at_the_removable_media_path(tmp_path: Path, keys: Path,
+                                                             parts: tuple[Path, Path]) -> None:
+    image = build(keys, parts, tmp_path / "stage1.efi")
+    disk = secureboot.esp(image, tmp_path / "esp.img")
+    got = subprocess.run([tool("mcopy"), "-i", str(disk), secureboot.ESP_BOOT_PATH, "-"], capture_output=True,
+                         env={"MTOOLS_SKIP_CHECK": "1"}, check=True).stdout
+    assert got == image.read_bytes()
+
+
+def test_a_secure_boot_vm_boots_the_firmware_from_one_esp_per_image_in_order(tmp_path: Path, keys: Path,
+                                                                           parts: tuple[Path, Path]) -> None:
+    tool("qemu-system-x86_64")
+    images = (build(keys, parts, tmp_path / "a.efi"), build(keys, parts, tmp_path / "b.efi"))
+    vm = VM(tmp_path / "vm", Path("/nonexistent"), Path("/nonexistent"), efi=images, secure_boot=True,
+            uefi_vars=secureboot.enroll(tmp_path / "vars.fd", keys), seeded=False)
+    vm.out.mkdir()
+    argv = " ".join(vm.argv())
+    assert "-kernel" not in argv and "q35,smm=on," in argv and "cfi.pflash01,property=secure,value=on" in argv
+    assert f"file={secureboot.OVMF_CODE_SECURE}" in argv and f"file={vm.out / 'uefi-vars.fd'}" in argv
+    assert (vm.out / "uefi-vars.fd").read_bytes() == (tmp_path / "vars.fd").read_bytes()  # a copy: never the build's
+    for i in range(2):
+        assert f"addr={ESP_SLOT + i:#x},bootindex={i + 1}" in argv and f"file={vm.out / f'esp{i}.img'}" in argv
+
+
+@pytest.mark.parametrize("case", ["no keys", "stub not PE", "no initrd", "newline", "unwritable"])
+def test_bad_uki_inputs_are_one_line_and_write_nothing(tmp_path: Path, keys: Path, parts: tuple[Path, Path],
+                                                        case: str) -> None:
+    out = tmp_path / "stage1.efi"
+    if case == "stub not PE":
+        (tmp_path / "stub").write_bytes(b"#!/bin/sh\n" * 100)
+        with pytest.raises(K4sError, match="not an x86-64 EFI stub"):
+            uki.build(parts[0], parts[1], CMDLINE, out, keys, stub=tmp_path / "stub")
+        assert not out.exists()
+        return
+    args = {"no keys": ["--keys", str(tmp_path / "nokeys")], "no initrd": ["--initrd", str(tmp_path / "none")],
+            "newline": ["--cmdline", "a\nb"], "unwritable": ["--out", "/proc/stage1.efi"]}[case]
+    base = {"--kernel": str(parts[0]), "--initrd": str(parts[1]), "--cmdline": CMDLINE, "--keys": str(keys),
+            "--out": str(out)}
+    base[args[0]] = args[1]
+    r = k4s_cmd("uki", *[x for kv in base.items() for x in kv], timeout=120)
+    word = {"no keys": "k4s keygen", "no initrd": "make stage1", "newline": "newline",
+            "unwritable": "cannot write"}[case]
+    one_line_error(r, word)
+    assert not out.exists() and not list(tmp_path.glob(".stage1.efi.*"))
+
+
+def test_the_boot_reads_secure_boot_and_lockdown_as_the_kernel_reports_them(tmp_path: Path) -> None:
+    """What the firmware event says (stage 1 and init): from efivarfs and securityfs."""
+    from k4s.sys import firmware
+
+    efi, sec = tmp_path / "efi", tmp_path / "security"
+    assert firmware.trust(efi, sec) == {"firmware": "bios", "secure_boot": "off", "lockdown": "unknown"}
+    (efi / "efivars").mkdir(parents=True)
+    sec.mkdir()
+    (sec / "lockdown").write_text("none [integrity] confidentiality\n")
+    assert firmware.trust(efi, sec) == {"firmware": "uefi", "secure_boot": "off", "lockdown": "integrity"}
+    var = efi / "efivars" / firmware.SECURE_BOOT_VAR
+    var.write_bytes(b"\x06\x00\x00\x00\x01")  # attributes (boot service, runtime access), then on
+    assert firmware.trust(efi, sec)["secure_boot"] == "on"
+    var.write_bytes(b"\x06\x00\x00\x00\x00")
+    assert firmware.trust(efi, sec)["secure_boot"] == "off"
+    var.write_bytes(b"\x01")  # truncated: not on
+    assert firmware.trust(efi, sec)["secure_boot"] == "off"
