@@ -6,9 +6,11 @@
 
 `prepare` puts the kernel, the initrds (the initramfs, then the seed with the
 operator CA's certificate) and boot.ipxe in one directory, and signs them when
-a signing key exists. `serve` serves that directory over HTTP until Ctrl-C.
-With QEMU's user network, `tftp=out/netboot,bootfile=boot.ipxe` hands the
-script to the NIC's iPXE ROM (`k4s vm run --pxe` does this).
+a signing key exists; with `make stage1`'s UKI, also stage1.efi, which a UEFI
+NIC boots under Secure Boot (`k4s vm run --pxe out/netboot --secure-boot`).
+`serve` serves that directory over HTTP until Ctrl-C. With QEMU's user
+network, `tftp=out/netboot,bootfile=boot.ipxe` hands the script to the NIC's
+iPXE ROM (`k4s vm run --pxe` does this): that path to stage 2 is not verified.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ def cli() -> None:
 @click.option("--secure-boot-keys", type=P, default=Path("out/keys"), show_default=True,
               help="Sign the kernel with this directory's db key if it has one (k4s keygen): a stage 1 "
               "under Secure Boot kexecs only a kernel its firmware trusts.")
+@click.option("--uki", type=P, default=Path("out/stage1.efi"), show_default=True,
+              help="Stage 1's signed UKI, as stage1.efi, if it exists (`make stage1`): what a UEFI NIC boots, "
+              "verified by the firmware; boot.ipxe's direct path to stage 2 is unverified (development only).")
 @click.option("--image-report", type=P, default=Path("out/image-report.json"), show_default=True,
               help="mkimage's report: the squashfs parts to name in the manifest (if it exists).")
 @click.option("--serial", type=click.IntRange(0), default=None,
@@ -52,9 +57,8 @@ def cli() -> None:
 @click.option("--kubeconfig", type=P, default=Path("out/kubeconfig"), show_default=True,
               help="With --join: the cluster workers join.")
 def prepare(out: Path, kernel: Path, initrd: tuple[Path, ...], seed: bool, operator: Path, base_url: str,
-            append: str, key: Path, secure_boot_keys: Path, image_report: Path, serial: int | None, valid: str,
-            join: bool,
-            kubeconfig: Path) -> int:
+            append: str, key: Path, secure_boot_keys: Path, uki: Path, image_report: Path, serial: int | None,
+            valid: str, join: bool, kubeconfig: Path) -> int:
     from k4s.fsutil import write_atomic
     from k4s.host import netboot
     from k4s.host.vm import EVENTS_PORT, VM
@@ -77,7 +81,7 @@ def prepare(out: Path, kernel: Path, initrd: tuple[Path, ...], seed: bool, opera
         raise K4sError(f"--valid: {e}", hint=e.hint) from None
     sb = secure_boot_keys if (secure_boot_keys / "db.key").exists() else None
     files = netboot.prepare(out, kernel, initrds, cmdline, base_url, key if key.exists() else None, parts,
-                            serial, validity, join, sb)
+                            serial, validity, join, sb, uki if uki.exists() else None)
     click.echo(f"{out}: {' '.join(files)}" + (" (signed)" if key.exists() else " (unsigned: no key)")
                + (" kernel signed for Secure Boot" if sb else ""))
     return 0

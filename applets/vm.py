@@ -1,15 +1,16 @@
 """vm: boot the appliance in QEMU on the build host (TCG when there is no KVM).
 
     k4s vm run   [--memory MiB] [--cpus N] [--port P] [--append ARGS] [--manifest FILE]... [--pxe DIR]
-                 [--firmware uefi [--secure-boot] [--efi out/stage1.efi]...]
+                 [--firmware uefi [--secure-boot] [--efi out/stage1.efi]... | --pxe out/netboot]
     k4s vm up    (the same, in the background; returns once the node is Ready)
     k4s vm down  (power off through the ACPI power button; waits for a clean exit)
 
 `run` follows the boot on the console, writes out/kubeconfig once the node is
 Ready, prints `kubectl get nodes -o wide`, and powers the VM off cleanly on
 Ctrl-C. `--firmware uefi` boots OVMF instead of the kernel, from an ESP holding
-the stage-1 UKI (`make stage1`), which fetches stage 2 from its signed payload URL
-(`make netboot` serves it); `--secure-boot` starts OVMF's Secure Boot build from
+the stage-1 UKI (`make stage1`) or, with --pxe, from the NIC (the UKI over
+TFTP), and the UKI fetches stage 2 from its signed payload URL (`make netboot`
+serves it); `--secure-boot` starts OVMF's Secure Boot build from
 out/uefi-vars.fd, where the build enrolled the project's PK, KEK and db.
 """
 
@@ -42,7 +43,8 @@ def vm_options(f):  # type: ignore[no-untyped-def]
         click.option("--manifest", type=P, multiple=True, help="A manifest to auto-deploy (repeatable)."),
         click.option("--timeout", type=float, default=900, show_default=True, help="Seconds to wait for Ready."),
         click.option("--pxe", type=P, help="Boot from the NIC: QEMU's TFTP hands iPXE DIR/boot.ipxe, which "
-                     "fetches the rest over HTTP (run `make netboot` to prepare and serve DIR)."),
+                     "fetches the rest over HTTP (run `make netboot` to prepare and serve DIR); with --firmware "
+                     "uefi, the firmware's PXE boots DIR/stage1.efi, before any --efi disk."),
         click.option("--lan-listen", "lan_ports", type=int, multiple=True, metavar="PORT",
                      help="Start a virtual L2 that another VM joins on this loopback port (repeatable: one per VM)."),
         click.option("--lan-connect", type=int, default=0, metavar="PORT",
@@ -73,12 +75,12 @@ def make_vm(out: Path, kernel: Path, initrd: Path, memory: int, cpus: int, port:
     uefi = firmware == "uefi" or secure_boot
     if efi and not uefi:
         raise click.UsageError("--efi needs --firmware uefi")
-    images = tuple(p.resolve() for p in efi or (Path("out/stage1.efi"),)) if uefi else ()
+    images = tuple(p.resolve() for p in efi or (() if pxe else (Path("out/stage1.efi"),))) if uefi else ()
     return VM(out.resolve(), kernel.resolve(), initrd.resolve(), memory, cpus, port, append, list(manifest),
               pxe=pxe.resolve() if pxe else None, lan_ports=tuple(lan_ports), lan_connect=lan_connect, mac=mac,
               disk=disk.resolve() if disk else None, disk_size=disk_size, metrics_port=metrics_port,
               join_secret=join_secret.resolve() if join_secret else None, seeded=not uefi, efi=images,
-              secure_boot=secure_boot, uefi_vars=uefi_vars.resolve() if secure_boot else None)
+              secure_boot=secure_boot, uefi_vars=uefi_vars.resolve() if secure_boot else None, uefi=uefi)
 
 
 def kubectl_nodes(vm: VM) -> None:

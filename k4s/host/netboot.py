@@ -38,6 +38,7 @@ from k4s.image import manifest
 
 SCRIPT = "boot.ipxe"
 KERNEL = "vmlinuz"
+UEFI_IMAGE = manifest.UEFI_IMAGE  # a UEFI NIC's boot file (QEMU's TFTP, or a DHCP server's filename)
 DEFAULT_PORT = 8080
 JOIN_PREFIX = "/join/"
 JOIN_TTL = 3600  # seconds: the machine asks for it as it boots
@@ -145,13 +146,14 @@ def prepare(directory: Path, kernel: Path, initrds: list[Path], cmdline: str,
             base_url: str = f"http://${{next-server}}:{DEFAULT_PORT}/", key: Path | None = None,
             parts: list[manifest.Artifact] = (),  # type: ignore[assignment]
             serial: int | None = None, valid: int = manifest.DEFAULT_VALIDITY, join: bool = False,
-            secure_boot_keys: Path | None = None) -> list[str]:
+            secure_boot_keys: Path | None = None, uki: Path | None = None) -> list[str]:
     """The payload directory: the kernel as vmlinuz, the initrds under their own names,
     boot.ipxe, and (with a signing key) manifest.json + manifest.sig, which also name the
     squashfs parts inside the initramfs (`parts`, from mkimage's report). With
     `secure_boot_keys`, the kernel is signed with their db key first: a stage 1 booted under
     Secure Boot runs a locked-down kernel, which kexecs only a kernel its firmware's db
-    signed. The file names."""
+    signed. With `uki`, stage 1's signed UKI as stage1.efi, for a UEFI NIC's network boot
+    (outside the manifest: the firmware verifies it). The file names."""
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.iterdir():  # the directory is the payload: nothing left from before
         if stale.is_file():
@@ -169,10 +171,12 @@ def prepare(directory: Path, kernel: Path, initrds: list[Path], cmdline: str,
         _place(p, directory / p.name)
         names.append(p.name)
     write_atomic(directory / SCRIPT, ipxe_script(base_url, KERNEL, names, cmdline, join))
+    if uki is not None:
+        _place(uki, directory / UEFI_IMAGE)
     if key is not None:
         manifest.sign(directory, key, [(KERNEL, "kernel"), *((n, "initrd") for n in names)], cmdline, parts,
                       serial, valid)
-    return [KERNEL, *names, SCRIPT]
+    return [KERNEL, *names, SCRIPT, *([UEFI_IMAGE] if uki is not None else [])]
 
 
 class _Handler(SimpleHTTPRequestHandler):

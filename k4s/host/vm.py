@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from k4s import events as ev
 from k4s import layout, log
@@ -32,6 +32,7 @@ from k4s.cluster import certs
 from k4s.config import KEYS
 from k4s.errors import K4sError
 from k4s.events import Event
+from k4s.host.netboot import UEFI_IMAGE
 from k4s.host.operator import NotYet, Operator
 from k4s.host.operator import write_kubeconfig as write_pinned_kubeconfig
 from k4s.image import cpio
@@ -67,7 +68,15 @@ class LockupWarning(UserWarning):
 
 
 EXIT = "exit"  # wait for QEMU to exit by itself (-no-reboot: a poweroff or a reboot ends it)
-Until = Event | str  # an event from k4s.events, or EXIT
+
+
+class Console(NamedTuple):
+    """Wait until the console shows this text: for what runs before k4s, which has no events
+    (the firmware's boot manager)."""
+    text: str
+
+
+Until = Event | Console | str  # an event from k4s.events, a console text, or EXIT
 
 
 @dataclass
@@ -146,6 +155,7 @@ class VM:
     disk_size: str = "4G"             # the size `ensure_disk` creates it with
     join_secret: Path | None = None   # a worker's join segment (or its join line), appended last to the initrd
     efi: tuple[Path, ...] = ()        # boot UEFI firmware (OVMF), not the kernel: one ESP disk per image, in order
+    uefi: bool = False                # OVMF without `efi`; with `pxe`, the NIC boots first (DIR/stage1.efi, TFTP)
     secure_boot: bool = False         # with efi: OVMF's Secure Boot build, starting from `uefi_vars`
     uefi_vars: Path | None = None     # with efi: the variable store to copy (its enrolled keys); OVMF's blank one
 
@@ -229,8 +239,10 @@ class VM:
             netdev = "user,id=n0"  # a worker's way out to the host's services: it forwards nothing
         elif self.metrics_port:
             netdev += f",hostfwd=tcp:127.0.0.1:{self.metrics_port}-{self.metrics_guest}:{METRICS_PORT}"
-        if self.efi:
+        if self.booting_uefi:
             boot = self.firmware()
+            if self.pxe is not None:  # the firmware's own network boot: DHCP names the UKI, TFTP serves it
+                netdev += f",tftp={self.pxe},bootfile={UEFI_IMAGE}"
         elif self.pxe is not None:
             # no kernel given: SeaBIOS boots the NIC's iPXE ROM, whose DHCP answer names boot.ipxe
             boot = ["-boot", "n"]
@@ -248,7 +260,7 @@ class VM:
                     f.write(self.join_segment())
             append = f"{CMDLINE} {self.append}".strip()
             boot = ["-kernel", str(self.kernel), "-initrd", str(boot_initrd), "-append", append]
-        smm = ",smm=on" if self.efi and self.secure_boot else ""
+        smm = ",smm=on" if self.booting_uefi and self.secure_boot else ""
         return [
             qemu, "-machine", f"q35{smm},accel={accel}", "-cpu", TCG_CPU if accel == "tcg" else "host",
             "-smp", str(self.cpus), "-m", str(self.memory), *boot,
@@ -260,11 +272,16 @@ class VM:
             "-no-reboot", "-pidfile", str(self.pidfile),
         ]
 
+    @property
+    def booting_uefi(self) -> bool:
+        return bool(self.efi) or self.uefi
+
     def firmware(self) -> list[str]:
         """UEFI: OVMF's code (with Secure Boot, the build that keeps its variables behind SMM, so
         the guest cannot write around the firmware), a fresh copy of the variable store, and one
-        read-only ESP per image, booted in that order: the firmware tries the next when it
-        refuses one, and stops at "No bootable option" when it refuses all."""
+        read-only ESP per image, booted in that order, after the NIC when there is a pxe
+        directory: the firmware tries the next when it refuses one, and stops at "No bootable
+        option" when it refuses all."""
         from k4s.host import secureboot
 
         code = secureboot.OVMF_CODE_SECURE if self.secure_boot else secureboot.OVMF_CODE
@@ -278,11 +295,19 @@ class VM:
                 "-drive", f"if=pflash,format=raw,unit=1,file={store}"]
         if self.secure_boot:
             args = ["-global", "driver=cfi.pflash01,property=secure,value=on", *args]
+        first = 2 if self.pxe is not None else 1  # the NIC is 1 (nic_options)
         for i, image in enumerate(self.efi):
             disk = secureboot.esp(image, self.out / f"esp{i}.img")
             args += ["-drive", f"if=none,id=esp{i},format=raw,readonly=on,file={disk}",
-                     "-device", f"virtio-blk-pci,drive=esp{i},addr={ESP_SLOT + i:#x},bootindex={i + 1}"]
+                     "-device", f"virtio-blk-pci,drive=esp{i},addr={ESP_SLOT + i:#x},bootindex={first + i}"]
         return args
+
+    def nic_options(self) -> str:
+        """The user-network NIC's extra -device options. Under UEFI, no iPXE option ROM: the
+        firmware's own PXE boots it (a UEFI NIC's way), first when there is a pxe directory."""
+        if not self.booting_uefi:
+            return ""
+        return ",romfile=" + (",bootindex=1" if self.pxe is not None else "")
 
     @property
     def lan_only(self) -> bool:
@@ -299,11 +324,12 @@ class VM:
         first VM does (its lan MAC is `mac` with 0x78 as its fifth byte)."""
         mac = f",mac={self.mac}" if self.mac else ""
         if self.lan_connect:
-            first = ["-netdev", user, "-device", f"virtio-net-pci,netdev=n0{mac}"] if self.lan_mgmt else []
+            first = ["-netdev", user, "-device", f"virtio-net-pci,netdev=n0{mac}{self.nic_options()}"] \
+                if self.lan_mgmt else []
             lan_mac = f",mac={self.mac[:12]}78{self.mac[14:]}" if self.mac and self.lan_mgmt else mac
             return [*first, "-netdev", f"socket,id=lan,connect=127.0.0.1:{self.lan_connect}",
                     "-device", f"virtio-net-pci,netdev=lan{lan_mac}"]
-        out = ["-netdev", user, "-device", f"virtio-net-pci,netdev=n0{mac}"]
+        out = ["-netdev", user, "-device", f"virtio-net-pci,netdev=n0{mac}{self.nic_options()}"]
         for i, port in enumerate(self.lan_ports):
             out += ["-netdev", f"socket,id=lan{i},listen=127.0.0.1:{port}",
                     "-netdev", f"hubport,id=hub-lan{i},hubid=0,netdev=lan{i}"]
@@ -325,10 +351,13 @@ class VM:
             raise K4sError(f"qemu-img create {self.disk}: {r.stderr.strip()}", hint="check the path and --disk-size")
 
     def start(self) -> subprocess.Popen[bytes]:
-        needed = self.efi or ((self.kernel, self.initrd) if self.pxe is None else (self.pxe / "boot.ipxe",))
+        if self.booting_uefi:
+            needed = [*self.efi, *([self.pxe / UEFI_IMAGE] if self.pxe is not None else [])]
+        else:
+            needed = [self.kernel, self.initrd] if self.pxe is None else [self.pxe / "boot.ipxe"]
         for p in needed:
             if not p.exists():
-                raise K4sError(f"{p} not found", hint="run `make stage1`" if self.efi else "run `make image`")
+                raise K4sError(f"{p} not found", hint="run `make stage1`" if self.booting_uefi else "run `make image`")
         if self.running():
             raise K4sError(f"a VM is already running (pid {self.pidfile.read_text().strip()})",
                            hint="stop it with `make down`")
@@ -367,11 +396,14 @@ class VM:
         second serial port) say what happened; the console is echoed for people."""
         end = time.monotonic() + timeout
         pos = seen = 0
-        what = "QEMU's exit" if until == EXIT else f"{until.component} {until.event}"  # type: ignore[union-attr]
+        what = ("QEMU's exit" if until == EXIT else f"{until.text!r} on the console" if isinstance(until, Console)
+                else f"{until.component} {until.event}")  # type: ignore[union-attr]
         while time.monotonic() < end:
             text = self.console.read_text(errors="replace") if self.console.exists() else ""
             if lockup_report(text):
                 self.raise_lockup()
+            if isinstance(until, Console) and until.text in text:
+                return {"console": until.text}
             if echo:
                 new, pos = text[pos:], len(text)
                 for line in new.splitlines():
@@ -381,10 +413,10 @@ class VM:
             for e in got[seen:]:
                 if ev.CA.matches(e):
                     self.ca_hash = str(e.get("hash"))
-                if until != EXIT and e.get("event") == ev.FATAL:
+                if isinstance(until, Event) and e.get("event") == ev.FATAL:
                     hint = f" (hint: {e['hint']})" if e.get("hint") else ""
                     raise K4sError(f"the appliance failed: {e.get('error')}{hint}", hint=f"see {self.console}")
-                if until != EXIT and until.matches(e):  # type: ignore[union-attr]
+                if isinstance(until, Event) and until.matches(e):
                     return e
             seen = len(got)
             if proc is not None and proc.poll() is not None:

@@ -41,11 +41,12 @@ PUBLIC_KEY = layout.STAGE1_PUBLIC_KEY.name
 PAYLOAD_CA = layout.STAGE1_PAYLOAD_CA.name  # stage 1: the CA bundle an https:// payload server is checked against
 PARTS_SHA256 = layout.PARTS_CHECK.name  # what stage 1 hands stage 2: `sha256sum -c` lines for its parts
 SECRET_KEY = "signing.key"
+UEFI_IMAGE = "stage1.efi"  # beside a payload, for UEFI NICs: the firmware verifies it (db), not this manifest
 ROLES = ("kernel", "initrd", "config", "part")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a file name in the payload directory, nothing else
 MIN_SERIAL = layout.STAGE1_MIN_SERIAL.name  # built into stage 1: the lowest serial it boots
 RESERVED = frozenset({MANIFEST, SIGNATURE, PUBLIC_KEY, PAYLOAD_CA, PARTS_SHA256, SECRET_KEY, MIN_SERIAL,
-                      "boot.ipxe", "initrd.img", "handoff.cpio", "join.cpio"})  # names the boot paths use
+                      "boot.ipxe", "initrd.img", "handoff.cpio", "join.cpio", UEFI_IMAGE})  # names the boot paths use
 NODE_ROLES = ("server", "agent")
 DEFAULT_VALIDITY = 30 * 86400
 MAX_MANIFEST = 1 << 20
@@ -299,7 +300,8 @@ def verify_dir(directory: Path, pub: bytes) -> Manifest:
             check_stream(a, file_chunks(directory / a.name))
         except FileNotFoundError:
             raise VerifyError(f"{a.name}: missing") from None
-    known = {a.name for a in m.artifacts if a.role != "part"} | {MANIFEST, SIGNATURE, "boot.ipxe", PUBLIC_KEY}
+    known = {a.name for a in m.artifacts if a.role != "part"} | {MANIFEST, SIGNATURE, "boot.ipxe", PUBLIC_KEY,
+                                                                  UEFI_IMAGE}
     extra = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name not in known)
     if extra:
         raise VerifyError(f"{extra[0]}: not in the signed manifest")

@@ -366,9 +366,9 @@ def test_a_worker_powered_off_drains_and_its_pods_move(fleet: Fleet) -> None:
 
 def test_the_worker_rejoins_through_stage1_with_a_join_minted_for_it(fleet: Fleet, tmp_path: Path,
                                                                      https_stage1: tuple[Path, tuple[Path, Path]]) -> None:
-    """RAM-only, the worker comes back as a LinuxBoot machine under UEFI Secure Boot: the
-    firmware (the project's keys enrolled) runs the signed stage-1 UKI, whose signed command
-    line names the payload; stage 1 fetches the signed stage 2 and, since it is a worker's
+    """RAM-only, the worker comes back by PXE under UEFI Secure Boot: the firmware (the
+    project's keys enrolled) boots its NIC, which the network hands the signed stage-1 UKI,
+    and runs it once it verifies; the UKI's signed command line names the payload; stage 1 fetches the signed stage 2 and, since it is a worker's
     payload, this machine's own join from `netboot serve --kubeconfig` (a single-use token
     bound to the name its MAC gives), which it hands on as a segment, then kexecs the kernel
     the locked-down kernel checks against db. A new kubelet identity, the same Node, uncordoned."""
@@ -377,6 +377,7 @@ def test_the_worker_rejoins_through_stage1_with_a_join_minted_for_it(fleet: Flee
     from k4s.mkimage import uki
     from tests.conftest import OUT
     from tests.e2e.conftest import KEYS, UEFI_VARS
+    from tests.e2e.test_netboot import firmware_lines
 
     require((KEYS / "db.key").exists() and UEFI_VARS.exists(), "the Secure Boot keys and store", "make stage1")
     payload = tmp_path / "payload"
@@ -390,11 +391,11 @@ def test_the_worker_rejoins_through_stage1_with_a_join_minted_for_it(fleet: Flee
                     secure_boot_keys=KEYS)
     stage1, tls = https_stage1
     srv = netboot.serve_in_thread(payload, tls=tls, mint=netboot.JoinMinter(fleet.server.vm.kubeconfig))
-    efi = tmp_path / "stage1.efi"
-    uki.build(OUT / "vmlinuz", stage1,
-              f"{CMDLINE} k4s.payload=https://10.0.2.2:{srv.server_address[1]}/ k4s.interface=eth0", efi, KEYS)
+    # the UKI a UEFI NIC boots (QEMU's DHCP names it, its TFTP serves it), its payload URL signed in
+    uki.build(OUT / "vmlinuz", stage1, f"{CMDLINE} k4s.payload=https://10.0.2.2:{srv.server_address[1]}/ "
+              "k4s.interface=eth0", payload / netboot.UEFI_IMAGE, KEYS)
     vm = make_vm(tmp_path / "worker")
-    vm.efi, vm.secure_boot, vm.uefi_vars, vm.seeded = (efi,), True, UEFI_VARS, False
+    vm.uefi, vm.pxe, vm.secure_boot, vm.uefi_vars, vm.seeded = True, payload, True, UEFI_VARS, False
     vm.lan_connect, vm.lan_mgmt, vm.mac = fleet.ports[0], True, WORKER_MAC
     try:
         with vm.booted(timeout=900) as b:
@@ -402,7 +403,10 @@ def test_the_worker_rejoins_through_stage1_with_a_join_minted_for_it(fleet: Flee
             assert ready(node) == "True" and not node["spec"].get("unschedulable"), node["spec"]
             assert {a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"} == {"10.77.0.2"}
             console = b.console()
-            # Secure Boot from the firmware to stage 2: both kernels locked down
+            # the firmware's own PXE fetched the UKI and verified it; Secure Boot from the firmware
+            # to stage 2: both kernels locked down
+            [started] = [ln for ln in firmware_lines(console) if ln.startswith("BdsDxe: starting")]
+            assert '"UEFI PXEv4 (MAC:525400007702)' in started, started
             for which in (events.STAGE1_FIRMWARE, events.FIRMWARE):
                 [fw] = b.events(which)
                 assert (fw["firmware"], fw["secure_boot"], fw["lockdown"]) == ("uefi", "on", "integrity"), fw

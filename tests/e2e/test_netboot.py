@@ -13,7 +13,7 @@ import pytest
 
 from k4s import events
 from k4s.host import netboot
-from k4s.host.vm import CMDLINE, ESP_SLOT, VM
+from k4s.host.vm import CMDLINE, ESP_SLOT, EXIT, VM, Console
 from tests.conftest import OUT, require, tool
 from tests.e2e.conftest import KEYS, MIN_SERIAL, STAGE1, UEFI_VARS, boot_side_by_side, make_vm
 
@@ -108,9 +108,10 @@ def firmware_lines(console: str) -> list[str]:
 @pytest.fixture(scope="module")
 def refusals(tmp_path_factory: pytest.TempPathFactory,
              https_stage1: tuple[Path, tuple[Path, Path]]) -> dict[str, tuple[int, str, VM]]:
-    """Two machines side by side, each stopped by a refusal:
+    """Three machines side by side, each stopped by a refusal:
     - "secure boot": UEFI Secure Boot on with the project's keys, four ESPs (secure_boot_images);
       the UKI that runs fetches a stage 2 with a flipped byte (over HTTP);
+    - "nic": the same firmware and keys; the network hands its NIC the UKI unsigned;
     - "replay": LinuxBoot's stage 1 fetches, over HTTPS, a manifest whose serial is below the
       minimum built into it (an older payload replayed).
     {case: (QEMU's status, the console, the VM)}."""
@@ -125,10 +126,19 @@ def refusals(tmp_path_factory: pytest.TempPathFactory,
         vm.efi = secure_boot_images(tmp / "sb", f"{CMDLINE} k4s.payload=http://10.0.2.2:{srv.server_address[1]}/")
         vm.secure_boot, vm.uefi_vars, vm.seeded = True, UEFI_VARS, False
         vms["secure boot"] = vm
+        # a machine that boots its NIC, which the network hands the UKI unsigned: stopped at the
+        # firmware's refusal (it would go on to try HTTP boot, a minute each for IPv4 and IPv6)
+        nic = make_vm(tmp / "nic" / "vm")
+        nic.uefi, nic.secure_boot, nic.uefi_vars, nic.seeded = True, True, UEFI_VARS, False
+        nic.pxe = tmp / "nic" / "tftp"
+        nic.pxe.mkdir(parents=True)
+        shutil.copy(vm.efi[0], nic.pxe / netboot.UEFI_IMAGE)
+        vms["nic"] = nic
         payload = signed_payload(tmp / "replay", KEYS / "signing.key", MIN_SERIAL - 1)
         servers.append(srv := netboot.serve_in_thread(payload, tls=https_pair))
         vms["replay"] = stage1_vm(tmp / "replay", srv.server_address[1], "https", initrd)
-        ended = boot_side_by_side(list(vms.values()))
+        ended = boot_side_by_side(list(vms.values()),
+                                  until=[Console(": Access Denied") if case == "nic" else EXIT for case in vms])
     finally:
         for srv in servers:
             srv.shutdown()
@@ -139,7 +149,8 @@ def test_the_firmware_refuses_unsigned_foreign_and_tampered_ukis_and_runs_the_si
     """OVMF's Secure Boot build, the project's PK, KEK and db enrolled by the build: the firmware
     itself refuses stage 1 unsigned, signed by another key and with one byte flipped (each on the
     console, by the PCI slot of its disk), then starts the signed one; only then does any kernel
-    run, and it runs locked down."""
+    run, and it runs locked down. Handed the unsigned UKI by the network, the firmware's PXE
+    refuses it too (the signed one over PXE: the fleet's rejoin, tests/e2e/test_fleet.py)."""
     rc, console, vm = refusals["secure boot"]
     lines = firmware_lines(console)
     at = {}
@@ -159,6 +170,12 @@ def test_the_firmware_refuses_unsigned_foreign_and_tampered_ukis_and_runs_the_si
             if events.STAGE1_FIRMWARE.matches(e)]
     assert (fw["firmware"], fw["secure_boot"], fw["lockdown"]) == ("uefi", "on", "integrity"), fw
     assert rc == 0
+    _, console, _ = refusals["nic"]
+    lines = firmware_lines(console)
+    assert any(ln.startswith("NBP filename is stage1.efi") for ln in lines), lines
+    refused = [ln for ln in lines if ln.startswith("BdsDxe: failed to load") and "UEFI PXEv4" in ln]
+    assert len(refused) == 1 and refused[0].endswith(": Access Denied"), lines
+    assert not any(ln.startswith(("EFI stub", "k4s", "[")) for ln in lines), lines
 
 
 def test_tampered_stage2_is_refused_and_nothing_runs(refusals) -> None:

@@ -6,6 +6,7 @@ import stat
 
 import pytest
 
+from k4s.errors import K4sError
 from k4s.image import manifest
 from k4s.image.manifest import VerifyError
 from tests.conftest import k4s_cmd
@@ -28,8 +29,14 @@ def test_keys_are_private_and_never_replaced(tmp_path) -> None:
     key, pub = manifest.keygen(tmp_path / "k")
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and stat.S_IMODE((tmp_path / "k").stat().st_mode) == 0o700
     assert pub.read_text().startswith("k4s-ed25519 ")
+    before = key.read_bytes()
+    with pytest.raises(K4sError, match="refusing to replace"):
+        manifest.keygen(tmp_path / "k")
+    r = k4s_cmd("keygen", "--dir", str(tmp_path / "k"), timeout=120)  # adds only what is missing: Secure Boot's
+    assert r.returncode == 0 and key.read_bytes() == before and "signing.key" not in r.stdout, r.stdout
     r = k4s_cmd("keygen", "--dir", str(tmp_path / "k"))
     assert r.returncode == 1 and "refusing to replace" in r.stderr and r.stderr.count("\n") == 1
+    assert key.read_bytes() == before
 
 
 def test_a_good_payload_verifies(payload) -> None:

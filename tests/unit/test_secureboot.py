@@ -177,6 +177,12 @@ def test_a_secure_boot_vm_boots_the_firmware_from_one_esp_per_image_in_order(tmp
     assert (vm.out / "uefi-vars.fd").read_bytes() == (tmp_path / "vars.fd").read_bytes()  # a copy: never the build's
     for i in range(2):
         assert f"addr={ESP_SLOT + i:#x},bootindex={i + 1}" in argv and f"file={vm.out / f'esp{i}.img'}" in argv
+    assert "romfile=" in argv and "bootfile=" not in argv  # the firmware's PXE, not iPXE's ROM; no NIC boot
+    # with a pxe directory, the NIC boots first: the UKI over QEMU's TFTP, then the disks
+    vm.pxe = tmp_path / "netboot"
+    argv = " ".join(vm.argv())
+    assert f"tftp={vm.pxe},bootfile=stage1.efi" in argv and "virtio-net-pci,netdev=n0,romfile=,bootindex=1" in argv
+    assert f"addr={ESP_SLOT:#x},bootindex=2" in argv and f"addr={ESP_SLOT + 1:#x},bootindex=3" in argv
 
 
 @pytest.mark.parametrize("case", ["no keys", "stub not PE", "no initrd", "newline", "unwritable"])
@@ -218,3 +224,26 @@ def test_the_boot_reads_secure_boot_and_lockdown_as_the_kernel_reports_them(tmp_
     assert firmware.trust(efi, sec)["secure_boot"] == "off"
     var.write_bytes(b"\x01")  # truncated: not on
     assert firmware.trust(efi, sec)["secure_boot"] == "off"
+
+
+def test_a_payload_for_uefi_nics_has_the_uki_outside_the_manifest_and_a_kernel_signed_with_db(
+        tmp_path: Path, keys: Path, parts: tuple[Path, Path]) -> None:
+    """`netboot prepare`: stage1.efi beside the payload (the firmware verifies it, not the
+    manifest), and the kernel re-signed with db, which a locked-down stage 1 requires to kexec."""
+    from k4s.host import netboot
+    from k4s.image import manifest
+
+    image = build(keys, parts, tmp_path / "stage1.efi")
+    kernel = build(keys, parts, tmp_path / "kernel.efi")  # a PE image stands in for a bzImage
+    other = tmp_path / "other"
+    assert k4s_cmd("keygen", "--dir", str(other), timeout=120).returncode == 0
+    foreign_kernel = secureboot.sign(kernel, tmp_path / "foreign-kernel.efi", other)  # as a distribution's
+    payload = tmp_path / "payload"
+    files = netboot.prepare(payload, foreign_kernel, [parts[1]], "console=ttyS0", key=other / "signing.key",
+                            secure_boot_keys=keys, uki=image)
+    assert files[-1] == netboot.UEFI_IMAGE and (payload / netboot.UEFI_IMAGE).read_bytes() == image.read_bytes()
+    m = manifest.verify_dir(payload, manifest.public_key(other / "signing.pub"))
+    assert netboot.UEFI_IMAGE not in {a.name for a in m.artifacts}
+    assert sbverify(payload / netboot.KERNEL, keys / "db.crt") and not sbverify(payload / netboot.KERNEL,
+                                                                               other / "db.crt")
+    assert sbverify(foreign_kernel, other / "db.crt")  # the input is left as it was
