@@ -48,6 +48,9 @@ def render(doc: dict[str, Any], out: TextIO) -> None:
     if ready_at.get("node-ready") is not None:
         out.write("critical path to node Ready: " + " -> ".join(
             f"{n} {ready_at[n]:.1f}s" for n in services.critical_path(ready_at) if ready_at.get(n) is not None) + "\n")
+    if boot := doc.get("boot"):
+        out.write(f"boot: {boot['firmware'].upper()} firmware, Secure Boot {boot['secure_boot']}, "
+                  f"kernel lockdown {boot['lockdown']}\n")
     if etcd := doc.get("etcd"):
         if "error" in etcd:
             out.write(f"etcd: cannot list its members: {etcd['error']}\n")

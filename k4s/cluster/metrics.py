@@ -36,6 +36,7 @@ from k4s.cluster import etcdsnapshot, kubeapi, renew
 from k4s.cluster.memory import anon_by_process, memory_summary
 from k4s.errors import K4sError
 from k4s.layout import Paths
+from k4s.sys import firmware
 from k4s.sys.mem import meminfo
 from k4s.tlsserve import TLSThreadingServer
 
@@ -60,6 +61,7 @@ def snapshot(paths: Paths, proc: bool = True) -> dict[str, Any]:
     certs = renew.read_status(paths.certs)
     doc["certificates"], doc["renewals"] = certs.get("certificates", {}), certs.get("renewals", 0)
     if proc:
+        doc["boot"] = firmware.trust()
         try:
             mi = meminfo()
             doc["memory"] = {**memory_summary(mi), "mem_available_mib": mi.get("MemAvailable", 0) >> 10}

@@ -302,12 +302,13 @@ class VM:
                      "-device", f"virtio-blk-pci,drive=esp{i},addr={ESP_SLOT + i:#x},bootindex={first + i}"]
         return args
 
-    def nic_options(self) -> str:
-        """The user-network NIC's extra -device options. Under UEFI, no iPXE option ROM: the
-        firmware's own PXE boots it (a UEFI NIC's way), first when there is a pxe directory."""
+    def nic_options(self, user: bool = False) -> str:
+        """A NIC's extra -device options. Under UEFI, no iPXE option ROM (its EFI driver would
+        take every NIC): the firmware's own PXE boots the user-network NIC (a UEFI NIC's way),
+        first when there is a pxe directory."""
         if not self.booting_uefi:
             return ""
-        return ",romfile=" + (",bootindex=1" if self.pxe is not None else "")
+        return ",romfile=" + (",bootindex=1" if user and self.pxe is not None else "")
 
     @property
     def lan_only(self) -> bool:
@@ -324,17 +325,17 @@ class VM:
         first VM does (its lan MAC is `mac` with 0x78 as its fifth byte)."""
         mac = f",mac={self.mac}" if self.mac else ""
         if self.lan_connect:
-            first = ["-netdev", user, "-device", f"virtio-net-pci,netdev=n0{mac}{self.nic_options()}"] \
+            first = ["-netdev", user, "-device", f"virtio-net-pci,netdev=n0{mac}{self.nic_options(user=True)}"] \
                 if self.lan_mgmt else []
             lan_mac = f",mac={self.mac[:12]}78{self.mac[14:]}" if self.mac and self.lan_mgmt else mac
             return [*first, "-netdev", f"socket,id=lan,connect=127.0.0.1:{self.lan_connect}",
-                    "-device", f"virtio-net-pci,netdev=lan{lan_mac}"]
-        out = ["-netdev", user, "-device", f"virtio-net-pci,netdev=n0{mac}{self.nic_options()}"]
+                    "-device", f"virtio-net-pci,netdev=lan{lan_mac}{self.nic_options()}"]
+        out = ["-netdev", user, "-device", f"virtio-net-pci,netdev=n0{mac}{self.nic_options(user=True)}"]
         for i, port in enumerate(self.lan_ports):
             out += ["-netdev", f"socket,id=lan{i},listen=127.0.0.1:{port}",
                     "-netdev", f"hubport,id=hub-lan{i},hubid=0,netdev=lan{i}"]
         if self.lan_ports:
-            out += ["-netdev", "hubport,id=hub-nic,hubid=0", "-device", "virtio-net-pci,netdev=hub-nic"]
+            out += ["-netdev", "hubport,id=hub-nic,hubid=0", "-device", f"virtio-net-pci,netdev=hub-nic{self.nic_options()}"]
         return out
 
     def ensure_disk(self) -> None:
