@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench.common import INITRD, KERNEL, OUT, STAGE1, du
 
-TITLE = "netboot (PXE and LinuxBoot boots)"
+TITLE = "netboot (PXE, LinuxBoot and UEFI Secure Boot)"
 BOOTS = True
 
 
