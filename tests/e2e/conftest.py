@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import time
@@ -42,6 +43,11 @@ def boot_until_exit(vm: VM, timeout: float = 300) -> tuple[int, str]:
     (its status, the console)."""
     with vm.booted(until=EXIT, timeout=timeout) as b:
         return b.reached["rc"], b.console()
+
+
+def firmware_lines(console: str) -> list[str]:
+    """The console without the firmware's terminal escapes, line by line."""
+    return [ln.strip() for ln in re.sub(r"\x1b\[[0-9;=?]*[A-Za-z]", "", console).replace("\r", "").splitlines()]
 
 
 def free_port() -> int:

@@ -376,8 +376,7 @@ def test_the_worker_rejoins_through_stage1_with_a_join_minted_for_it(fleet: Flee
     from k4s.host.vm import CMDLINE
     from k4s.mkimage import uki
     from tests.conftest import OUT
-    from tests.e2e.conftest import KEYS, UEFI_VARS
-    from tests.e2e.test_netboot import firmware_lines
+    from tests.e2e.conftest import KEYS, UEFI_VARS, firmware_lines
 
     require((KEYS / "db.key").exists() and UEFI_VARS.exists(), "the Secure Boot keys and store", "make stage1")
     payload = tmp_path / "payload"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -15,7 +14,15 @@ from k4s import events
 from k4s.host import netboot
 from k4s.host.vm import CMDLINE, ESP_SLOT, EXIT, VM, Console
 from tests.conftest import OUT, require, tool
-from tests.e2e.conftest import KEYS, MIN_SERIAL, STAGE1, UEFI_VARS, boot_side_by_side, make_vm
+from tests.e2e.conftest import (
+    KEYS,
+    MIN_SERIAL,
+    STAGE1,
+    UEFI_VARS,
+    boot_side_by_side,
+    firmware_lines,
+    make_vm,
+)
 
 HTTP_PORT = 18080
 
@@ -98,11 +105,6 @@ def secure_boot_images(tmp: Path, cmdline: str) -> tuple[Path, Path, Path, Path]
     data[len(data) // 2] ^= 0x01
     (tampered := tmp / "tampered.efi").write_bytes(bytes(data))
     return unsigned, foreign, tampered, signed
-
-
-def firmware_lines(console: str) -> list[str]:
-    """The console without the firmware's terminal escapes, line by line."""
-    return [ln.strip() for ln in re.sub(r"\x1b\[[0-9;=?]*[A-Za-z]", "", console).replace("\r", "").splitlines()]
 
 
 @pytest.fixture(scope="module")
