@@ -50,7 +50,9 @@ def render(doc: dict[str, Any], out: TextIO) -> None:
             f"{n} {ready_at[n]:.1f}s" for n in services.critical_path(ready_at) if ready_at.get(n) is not None) + "\n")
     if boot := doc.get("boot"):
         out.write(f"boot: {boot['firmware'].upper()} firmware, Secure Boot {boot['secure_boot']}, "
-                  f"kernel lockdown {boot['lockdown']}\n")
+                  f"kernel lockdown {boot['lockdown']}"
+                  + (f"; TPM PCR 15 sha256:{boot['pcr15']} (compare `k4s verify PAYLOAD --pcr`)" if "pcr15" in boot
+                     else "") + "\n")
     if etcd := doc.get("etcd"):
         if "error" in etcd:
             out.write(f"etcd: cannot list its members: {etcd['error']}\n")

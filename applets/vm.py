@@ -60,6 +60,7 @@ def vm_options(f):  # type: ignore[no-untyped-def]
                      "tried in order [default: out/stage1.efi]."),
         click.option("--uefi-vars", type=P, default=Path("out/uefi-vars.fd"), show_default=True,
                      help="With --secure-boot: the variable store with the keys enrolled (`make stage1`)."),
+        click.option("--tpm", is_flag=True, help="A TPM 2.0 (swtpm): stage 1 measures the payload into PCR 15."),
         click.option("--join-secret", type=P, help="A worker's join segment (`k4s token create --segment FILE`), "
                      "or the join line it printed: the machine's own initrd segment, never its command line."),
     ]):
@@ -71,7 +72,7 @@ def make_vm(out: Path, kernel: Path, initrd: Path, memory: int, cpus: int, port:
             manifest: tuple[Path, ...], pxe: Path | None = None, lan_ports: tuple[int, ...] = (),
             lan_connect: int = 0, mac: str = "", disk: Path | None = None, disk_size: str = "4G",
             join_secret: Path | None = None, firmware: str = "bios", secure_boot: bool = False,
-            efi: tuple[Path, ...] = (), uefi_vars: Path = Path("out/uefi-vars.fd")) -> VM:
+            efi: tuple[Path, ...] = (), uefi_vars: Path = Path("out/uefi-vars.fd"), tpm: bool = False) -> VM:
     uefi = firmware == "uefi" or secure_boot
     if efi and not uefi:
         raise click.UsageError("--efi needs --firmware uefi")
@@ -80,7 +81,8 @@ def make_vm(out: Path, kernel: Path, initrd: Path, memory: int, cpus: int, port:
               pxe=pxe.resolve() if pxe else None, lan_ports=tuple(lan_ports), lan_connect=lan_connect, mac=mac,
               disk=disk.resolve() if disk else None, disk_size=disk_size, metrics_port=metrics_port,
               join_secret=join_secret.resolve() if join_secret else None, seeded=not uefi, efi=images,
-              secure_boot=secure_boot, uefi_vars=uefi_vars.resolve() if secure_boot else None, uefi=uefi)
+              secure_boot=secure_boot, uefi_vars=uefi_vars.resolve() if secure_boot else None, uefi=uefi,
+              tpm=tpm)
 
 
 def kubectl_nodes(vm: VM) -> None:

@@ -19,6 +19,7 @@ APT_PACKAGES=(
   util-linux mount e2fsprogs
   ovmf systemd-boot-efi binutils   # UEFI firmware for QEMU, the EFI stub of stage 1's UKI, objcopy
   sbsigntool dosfstools mtools      # Authenticode signing (Secure Boot), an ESP image without mounting
+  swtpm                             # a TPM 2.0 for the VMs (measured boot)
 )
 
 say() { printf 'setup: %s\n' "$*"; }

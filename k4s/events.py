@@ -37,6 +37,7 @@ STAGE1_VERIFIED = Event("stage1", "verified")            # one artifact (file=, 
 STAGE1_PAYLOAD_VERIFIED = Event("stage1", "payload-verified")
 STAGE1_JOIN = Event("stage1", "join")                    # found=, source=
 STAGE1_HANDOFF = Event("stage1", "handoff")
+STAGE1_MEASURED = Event("stage1", "measured")            # tpm=, pcr=, extended=, value=: before the kexec
 
 # init (PID 1 of stage 2), in boot order
 INIT_START = Event("init", START)                      # stage 0 checked and mounted the bundle

@@ -35,7 +35,7 @@ from k4s import events, layout, log
 from k4s.config import Config
 from k4s.errors import K4sError
 from k4s.image import manifest
-from k4s.sys import libc
+from k4s.sys import libc, tpm
 
 PUBLIC_KEY, PAYLOAD_CA, MIN_SERIAL = layout.STAGE1_PUBLIC_KEY, layout.STAGE1_PAYLOAD_CA, layout.STAGE1_MIN_SERIAL
 PLAUSIBLE_NOW = 1_735_689_600  # 2025-01-01: a clock before it was never set, and cannot check an expiry
@@ -141,6 +141,7 @@ def fetch_verified(base: str, directory: Path, pub: bytes, role: str | None = No
     if len(m.by_role("kernel")) != 1:
         raise manifest.VerifyError(f"{manifest.MANIFEST}: names {len(m.by_role('kernel'))} kernels, not one")
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / manifest.MANIFEST).write_bytes(raw)  # its exact bytes: what `measure` extends a PCR with
     for art in [*m.by_role("kernel"), *m.by_role("initrd")]:
         t0 = time.monotonic()
 
@@ -213,6 +214,20 @@ def _get_join(f: Fetch, mac: str) -> str | None:
         time.sleep(attempt)
     raise K4sError(f"cannot fetch this machine's join from {f.host}:{f.port}: {error}",
                    hint="is `netboot serve --kubeconfig` running, and the server up?")
+
+
+def measure(directory: Path, m: manifest.Manifest) -> None:
+    """With a TPM: extend tpm.MEASURED_PCR with what was verified (manifest.measurements),
+    before anything of it runs, so the PCR says which payload booted and a secret sealed to it
+    opens only for that payload. Without one: an event saying so."""
+    if not tpm.present():
+        log.event(*events.STAGE1_MEASURED, tpm=False)
+        return
+    measured = manifest.measurements((directory / manifest.MANIFEST).read_bytes(), m)
+    for _, digest in measured:
+        tpm.extend(tpm.MEASURED_PCR, bytes.fromhex(digest))
+    log.event(*events.STAGE1_MEASURED, tpm=True, pcr=tpm.MEASURED_PCR, extended=len(measured),
+              value=tpm.read(tpm.MEASURED_PCR))
 
 
 def handoff(m: manifest.Manifest, out: Path) -> Path:
@@ -305,6 +320,7 @@ def boot() -> str:
         initrds.append(join)
     if m.by_role("part"):
         initrds.append(handoff(m, stage2 / "handoff.cpio"))
+    measure(stage2, m)
     kexec(stage2 / m.by_role("kernel")[0].name, initrds, m.cmdline)
     raise K4sError("reboot(RB_KEXEC) returned", hint="the kernel refused to kexec")
 

@@ -158,6 +158,8 @@ class VM:
     uefi: bool = False                # OVMF without `efi`; with `pxe`, the NIC boots first (DIR/stage1.efi, TFTP)
     secure_boot: bool = False         # with efi: OVMF's Secure Boot build, starting from `uefi_vars`
     uefi_vars: Path | None = None     # with efi: the variable store to copy (its enrolled keys); OVMF's blank one
+    tpm: bool = False                 # a TPM 2.0 (swtpm, its state in out/tpm) that stage 1 measures into
+    swtpm: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
 
     @property
     def console(self) -> Path:
@@ -269,8 +271,32 @@ class VM:
             "-qmp", f"unix:{self.qmp},server,nowait",
             *self.network(netdev),
             *(["-drive", f"file={self.disk},if=virtio,format=qcow2,discard=unmap"] if self.disk else []),
+            *(["-chardev", f"socket,id=chrtpm,path={self.tpm_socket}", "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+               "-device", "tpm-tis,tpmdev=tpm0"] if self.tpm else []),
             "-no-reboot", "-pidfile", str(self.pidfile),
         ]
+
+    @property
+    def tpm_socket(self) -> Path:
+        return self.out / "tpm" / "swtpm.sock"
+
+    def start_tpm(self) -> None:
+        """swtpm for this machine (a TPM 2.0 its firmware starts up), gone with QEMU's connection."""
+        swtpm = shutil.which("swtpm")
+        if not swtpm:
+            raise K4sError("swtpm not found", hint="run `make setup` (apt-get install swtpm)")
+        self.tpm_socket.parent.mkdir(parents=True, exist_ok=True)
+        self.tpm_socket.unlink(missing_ok=True)
+        self.swtpm = subprocess.Popen(
+            [swtpm, "socket", "--tpm2", "--tpmstate", f"dir={self.tpm_socket.parent}", "--terminate",
+             "--ctrl", f"type=unixio,path={self.tpm_socket}"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(self.out / "swtpm.stderr", "wb"),
+            start_new_session=True)
+        end = time.monotonic() + 10
+        while not self.tpm_socket.exists():
+            if self.swtpm.poll() is not None or time.monotonic() > end:
+                raise K4sError("swtpm did not start", hint=f"see {self.out / 'swtpm.stderr'}")
+            time.sleep(0.05)
 
     @property
     def booting_uefi(self) -> bool:
@@ -378,6 +404,8 @@ class VM:
         self.console.write_bytes(b"")
         self.events.write_bytes(b"")
         argv = self.argv()
+        if self.tpm:
+            self.start_tpm()
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=open(self.out / "qemu.stderr", "wb"), start_new_session=True)
 
@@ -473,6 +501,11 @@ class VM:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(30)
+        if self.swtpm is not None:  # it ends with QEMU's connection; not if QEMU never made one
+            if self.swtpm.poll() is None:
+                self.swtpm.kill()
+            self.swtpm.wait(30)
+            self.swtpm = None
 
     def raise_lockup(self) -> None:
         """Give the kernel a moment to print every CPU's stack, then raise GuestLockup with them."""

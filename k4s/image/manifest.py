@@ -252,6 +252,22 @@ def parse(raw: bytes, sig: bytes, pub: bytes) -> Manifest:
     return m
 
 
+def measurements(raw: bytes, m: Manifest) -> list[tuple[str, str]]:
+    """What stage 1 extends tpm.MEASURED_PCR with, in this order: the signed manifest's exact bytes,
+    then each kernel and initrd it boots (name, sha256 hex). Their hashes are signed, so the
+    PCR's value is predictable from the payload alone (`k4s verify --pcr`)."""
+    return [(MANIFEST, hashlib.sha256(raw).hexdigest()),
+            *((a.name, a.sha256) for a in [*m.by_role("kernel"), *m.by_role("initrd")])]
+
+
+def predict_pcr(measured: list[tuple[str, str]], start: bytes = bytes(32)) -> str:
+    """The SHA-256 PCR after extending `start` (a PCR's reset value: zeros) with each digest."""
+    value = start
+    for _, digest in measured:
+        value = hashlib.sha256(value + bytes.fromhex(digest)).digest()
+    return value.hex()
+
+
 def parts_check(m: Manifest, parts_dir: str) -> bytes:
     """The signed parts as `sha256sum -c` lines (the format busybox reads in stage 0)."""
     return "".join(f"{a.sha256}  {parts_dir.strip('/')}/{a.name}\n" for a in m.by_role("part")).encode()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from k4s.sys import tpm
+
 EFI = Path("/sys/firmware/efi")
 EFIVARS = EFI / "efivars"
 SECURITYFS = Path("/sys/kernel/security")
@@ -33,9 +35,13 @@ def lockdown(securityfs: Path = SECURITYFS) -> str:
     return next((w.strip("[]") for w in text.split() if w.startswith("[")), "unknown")
 
 
-def trust(efi: Path = EFI, securityfs: Path = SECURITYFS) -> dict[str, str]:
-    """The fields of the boot's firmware event: firmware=uefi|bios, secure_boot=on|off, lockdown=MODE."""
+def trust(efi: Path = EFI, securityfs: Path = SECURITYFS, tpm_sysfs: Path = tpm.SYSFS) -> dict[str, str]:
+    """The fields of the boot's firmware event: firmware=uefi|bios, secure_boot=on|off,
+    lockdown=MODE, and with a TPM the PCR stage 1 measured the payload into (pcr15=hex)."""
     uefi = efi.is_dir()
-    return {"firmware": "uefi" if uefi else "bios",
-            "secure_boot": "on" if uefi and secure_boot(efi / "efivars") else "off",
-            "lockdown": lockdown(securityfs)}
+    out = {"firmware": "uefi" if uefi else "bios",
+           "secure_boot": "on" if uefi and secure_boot(efi / "efivars") else "off",
+           "lockdown": lockdown(securityfs)}
+    if value := tpm.read(tpm.MEASURED_PCR, tpm_sysfs):
+        out[f"pcr{tpm.MEASURED_PCR}"] = value
+    return out

@@ -395,6 +395,7 @@ def test_the_worker_rejoins_through_stage1_with_a_join_minted_for_it(fleet: Flee
               "k4s.interface=eth0", payload / netboot.UEFI_IMAGE, KEYS)
     vm = make_vm(tmp_path / "worker")
     vm.uefi, vm.pxe, vm.secure_boot, vm.uefi_vars, vm.seeded = True, payload, True, UEFI_VARS, False
+    vm.tpm = True  # stage 1 measures the payload into PCR 15 before the kexec
     vm.lan_connect, vm.lan_mgmt, vm.mac = fleet.ports[0], True, WORKER_MAC
     try:
         with vm.booted(timeout=900) as b:
@@ -409,6 +410,15 @@ def test_the_worker_rejoins_through_stage1_with_a_join_minted_for_it(fleet: Flee
             for which in (events.STAGE1_FIRMWARE, events.FIRMWARE):
                 [fw] = b.events(which)
                 assert (fw["firmware"], fw["secure_boot"], fw["lockdown"]) == ("uefi", "on", "integrity"), fw
+            # measured boot: PCR 15 holds what the operator predicts from the signed payload alone,
+            # zeros before stage 1 measured, and stage 2 reads the same value (kexec keeps the TPM)
+            r = k4s_cmd("verify", str(payload), "--pubkey", str(KEYS / "signing.pub"), "--pcr")
+            [line] = [ln for ln in r.stdout.splitlines() if ln.startswith("pcr15 sha256:")]
+            predicted = line.split()[1].removeprefix("sha256:")
+            [measured] = b.events(events.STAGE1_MEASURED)
+            assert measured["tpm"] is True and measured["extended"] == 3 and measured["value"] == predicted, measured
+            assert b.events(events.STAGE1_FIRMWARE)[0]["pcr15"] == "00" * 32
+            assert b.events(events.FIRMWARE)[0]["pcr15"] == predicted
             # over https, checked against the CA built into stage 1: the signed manifest, every artifact,
             # then the kexec; stage 0 checks each squashfs part against the signed list handed on
             verified = {e["file"] for e in b.events(events.STAGE1_VERIFIED)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import stat
 
 import pytest
@@ -46,6 +47,13 @@ def test_a_good_payload_verifies(payload) -> None:
     r = k4s_cmd("verify", str(d), "--pubkey", str(keys / "signing.pub"))
     assert r.returncode == 0 and r.stdout.count("ok ") == 2
     assert "serial " in r.stdout and "for a server, expires 20" in r.stdout, r.stdout
+    # the PCR stage 1 measures it into: sha256 folds of the manifest's bytes, the kernel, the initrd
+    r = k4s_cmd("verify", str(d), "--pubkey", str(keys / "signing.pub"), "--pcr")
+    value = bytes(32)
+    for digest in (hashlib.sha256((d / "manifest.json").read_bytes()).digest(),
+                   *(bytes.fromhex(a.sha256) for a in m.artifacts)):
+        value = hashlib.sha256(value + digest).digest()
+    assert f"pcr15 sha256:{value.hex()} (extended with manifest.json, " in r.stdout, r.stdout
 
 
 def flip(path, at: int = 100) -> None:  # type: ignore[no-untyped-def]

@@ -211,12 +211,12 @@ def test_the_boot_reads_secure_boot_and_lockdown_as_the_kernel_reports_them(tmp_
     """What the firmware event says (stage 1 and init): from efivarfs and securityfs."""
     from k4s.sys import firmware
 
-    efi, sec = tmp_path / "efi", tmp_path / "security"
-    assert firmware.trust(efi, sec) == {"firmware": "bios", "secure_boot": "off", "lockdown": "unknown"}
+    efi, sec, tpm = tmp_path / "efi", tmp_path / "security", tmp_path / "tpm0"
+    assert firmware.trust(efi, sec, tpm) == {"firmware": "bios", "secure_boot": "off", "lockdown": "unknown"}
     (efi / "efivars").mkdir(parents=True)
     sec.mkdir()
     (sec / "lockdown").write_text("none [integrity] confidentiality\n")
-    assert firmware.trust(efi, sec) == {"firmware": "uefi", "secure_boot": "off", "lockdown": "integrity"}
+    assert firmware.trust(efi, sec, tpm) == {"firmware": "uefi", "secure_boot": "off", "lockdown": "integrity"}
     var = efi / "efivars" / firmware.SECURE_BOOT_VAR
     var.write_bytes(b"\x06\x00\x00\x00\x01")  # attributes (boot service, runtime access), then on
     assert firmware.trust(efi, sec)["secure_boot"] == "on"
@@ -224,6 +224,9 @@ def test_the_boot_reads_secure_boot_and_lockdown_as_the_kernel_reports_them(tmp_
     assert firmware.trust(efi, sec)["secure_boot"] == "off"
     var.write_bytes(b"\x01")  # truncated: not on
     assert firmware.trust(efi, sec)["secure_boot"] == "off"
+    (tpm / "pcr-sha256").mkdir(parents=True)
+    (tpm / "pcr-sha256" / "15").write_text("AB" * 32 + "\n")  # the kernel's sysfs: uppercase hex
+    assert firmware.trust(efi, sec, tpm)["pcr15"] == "ab" * 32
 
 
 def test_a_payload_for_uefi_nics_has_the_uki_outside_the_manifest_and_a_kernel_signed_with_db(
@@ -247,3 +250,51 @@ def test_a_payload_for_uefi_nics_has_the_uki_outside_the_manifest_and_a_kernel_s
     assert sbverify(payload / netboot.KERNEL, keys / "db.crt") and not sbverify(payload / netboot.KERNEL,
                                                                                other / "db.crt")
     assert sbverify(foreign_kernel, other / "db.crt")  # the input is left as it was
+
+
+def test_the_extend_command_is_what_a_tpm_accepts_and_the_pcr_is_predictable(tmp_path: Path) -> None:
+    """Stage 1's TPM2_PCR_Extend, sent to a real TPM (swtpm, libtpms): it answers success and
+    PCR 15 then holds exactly what `k4s verify --pcr` predicts from the same digests."""
+    import hashlib
+    import socket
+    import struct
+    import time
+
+    from k4s.image import manifest
+    from k4s.sys import tpm
+
+    swtpm = tool("swtpm")
+    sock = tmp_path / "tpm.sock"
+    proc = subprocess.Popen([swtpm, "socket", "--tpm2", "--tpmstate", f"dir={tmp_path}", "--flags",
+                             "not-need-init,startup-clear", "--server", f"type=unixio,path={sock}",
+                             "--ctrl", f"type=unixio,path={tmp_path / 'ctrl.sock'}"])
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+
+        def transact(command: bytes) -> tuple[int, bytes]:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(sock))
+                s.sendall(command)
+                head = s.recv(10)
+                size, rc = struct.unpack(">II", head[2:10])
+                body = b""
+                while len(body) < size - 10:
+                    body += s.recv(size - 10 - len(body))
+                return rc, body
+
+        measured = [("manifest.json", hashlib.sha256(b"m").hexdigest()), ("vmlinuz", hashlib.sha256(b"k").hexdigest())]
+        for _, digest in measured:
+            assert transact(tpm.extend_command(tpm.MEASURED_PCR, bytes.fromhex(digest)))[0] == 0
+        # TPM2_PCR_Read(sha256, {15}): no sessions; the answer ends with the one digest
+        select = struct.pack(">IHB3s", 1, tpm.TPM_ALG_SHA256, 3, (1 << 15).to_bytes(3, "little"))
+        rc, body = transact(struct.pack(">HII", 0x8001, 10 + len(select), 0x17E) + select)
+        assert rc == 0 and body[-32:].hex() == manifest.predict_pcr(measured)
+        assert transact(tpm.extend_command(tpm.MEASURED_PCR, bytes.fromhex(measured[0][1]))[:-1])[0] != 0  # short
+    finally:
+        proc.kill()
+        proc.wait(10)
+    with pytest.raises(ValueError):
+        tpm.extend_command(24, bytes(32))

@@ -134,9 +134,10 @@ def test_status_shows_when_each_could_start_did_start_and_was_ready() -> None:
     comps = {n: {"state": "ready", "pid": 1, "restarts": 0, "ready": True, "started_after": t - 1, "ready_at": t}
              for n, t in BOOT.items()}
     out = io.StringIO()
-    render({"components": comps, "boot": {"firmware": "uefi", "secure_boot": "on", "lockdown": "integrity"}}, out)
+    render({"components": comps, "boot": {"firmware": "uefi", "secure_boot": "on", "lockdown": "integrity",
+                                          "pcr15": "ab" * 32}}, out)
     text = out.getvalue()
-    assert "boot: UEFI firmware, Secure Boot on, kernel lockdown integrity" in text
+    assert f"boot: UEFI firmware, Secure Boot on, kernel lockdown integrity; TPM PCR 15 sha256:{'ab' * 32}" in text
     [kubelet] = [ln for ln in text.splitlines() if ln.startswith("kubelet ")]
     assert kubelet.split()[-3:] == ["30.9s", "32.2s", "33.2s"]
     assert ("critical path to node Ready: etcd 5.8s -> kube-apiserver 30.9s -> kubelet 33.2s -> node-registered "
