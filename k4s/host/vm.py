@@ -156,8 +156,8 @@ class VM:
     join_secret: Path | None = None   # a worker's join segment (or its join line), appended last to the initrd
     efi: tuple[Path, ...] = ()        # boot UEFI firmware (OVMF), not the kernel: one ESP disk per image, in order
     uefi: bool = False                # OVMF without `efi`; with `pxe`, the NIC boots first (DIR/stage1.efi, TFTP)
-    secure_boot: bool = False         # with efi: OVMF's Secure Boot build, starting from `uefi_vars`
-    uefi_vars: Path | None = None     # with efi: the variable store to copy (its enrolled keys); OVMF's blank one
+    secure_boot: bool = False         # under UEFI: OVMF's Secure Boot build, starting from `uefi_vars`
+    uefi_vars: Path | None = None     # under UEFI: the variable store to copy (its enrolled keys); OVMF's blank one
     tpm: bool = False                 # a TPM 2.0 (swtpm, its state in out/tpm) that stage 1 measures into
     swtpm: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
 
