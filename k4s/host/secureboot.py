@@ -26,6 +26,7 @@ from pathlib import Path
 
 from k4s.errors import K4sError
 from k4s.fsutil import write_atomic
+from k4s.mkimage import host
 
 KEYS = ("PK", "KEK", "db")
 GUID_FILE = "secureboot.guid"
@@ -46,13 +47,10 @@ def tool(name: str) -> str:
 
 
 def run(argv: list[str], env: dict[str, str] | None = None) -> str:
-    r = subprocess.run([tool(argv[0]), *argv[1:]], capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                       env={**os.environ, **(env or {})}, timeout=300)
-    if r.returncode != 0:
-        why = (r.stderr.strip() or r.stdout.strip()).splitlines()
-        raise K4sError(f"{argv[0]} failed: {why[-1] if why else f'status {r.returncode}'}",
-                       hint=f"run `{' '.join(argv)}` to see why")
-    return r.stdout
+    """mkimage's way to run a build host program (one line when it fails), after checking that
+    it is installed (a hint naming the package when not)."""
+    tool(argv[0])
+    return host.run(argv, env)
 
 
 @contextmanager
