@@ -1,7 +1,8 @@
 """What the firmware and the kernel say about boot trust: UEFI or not, Secure Boot, and the
 kernel's lockdown (which Secure Boot turns on: a locked-down kernel loads only signed modules
-and kexecs only a kernel its keyrings trust). Read from efivarfs and securityfs, which
-init.mount_all mounts (efivarfs read-only: nothing on a node writes firmware variables).
+and kexecs only a kernel its keyrings trust). Read from securityfs, which
+init.mount_all mounts, and efivarfs, which init.firmware_trust mounts read-only once its
+module is loaded (nothing on a node writes firmware variables).
 Standard library only: PID 1 and stage 1 import this."""
 
 from __future__ import annotations
