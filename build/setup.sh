@@ -20,6 +20,7 @@ APT_PACKAGES=(
   ovmf systemd-boot-efi binutils   # UEFI firmware for QEMU, the EFI stub of stage 1's UKI, objcopy
   sbsigntool dosfstools mtools      # Authenticode signing (Secure Boot), an ESP image without mounting
   swtpm                             # a TPM 2.0 for the VMs (measured boot)
+  cryptsetup-bin                    # packed into the appliance: the sealed (LUKS2) data disk
 )
 
 say() { printf 'setup: %s\n' "$*"; }

@@ -325,6 +325,9 @@ class Config:
         "mounted at data-dir: LABEL=K4SDATA or /dev/vdb; empty: the state lives in RAM", cmdline=C)
     data_format: bool = key(_bool, False, "format `data` as ext4 when it is blank (never a disk that holds anything); "
         "LABEL=NAME formats the only blank disk with that label", cmdline=C)
+    data_encrypt: str = key(_choice("none", "tpm"), "none", "tpm: format `data` as LUKS2 with its key sealed to "
+        "this machine's TPM and PCRs 7+15 (Secure Boot, the payload stage 1 measured): it opens only there and "
+        "under that payload; a sealed disk is opened whatever this says", cmdline=C)
     data_dir: str = key(_abs_path, str(layout.DATA_DIR), "state: PKI, datastore, images, manifests")
     run_dir: str = key(_abs_path, str(layout.RUN_DIR), "sockets, logs, status")
     bin_dir: str = key(_abs_path, str(layout.LIBEXEC), "where the upstream binaries are")
@@ -596,6 +599,9 @@ def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
     if values["mgmt-interface"] and (values["ip"] == "dhcp" or not values["interface"]):
         raise ConfigError(f"with mgmt-interface, the node interface needs a static ip ({where('mgmt-interface', 'ip')})",
                           hint="e.g. k4s.interface=eth1 k4s.ip=10.77.0.1/24 k4s.mgmt-interface=eth0")
+    if values["data-encrypt"] != "none" and not values["data-format"]:
+        raise ConfigError(f"data-encrypt applies when a blank disk is formatted ({where('data-encrypt')})",
+                          hint="add k4s.data-format=1; a disk sealed before opens without it")
     if values["data-format"] and not values["data"]:
         raise ConfigError(f"data-format is set but no data disk is named ({where('data-format')})",
                           hint="add k4s.data=LABEL=K4SDATA (or a device such as /dev/vdb)")

@@ -49,6 +49,8 @@ NETWORK = Event("init", "network")
 DATA_FORMAT = Event("data", "format")
 DATA_FORMATTED = Event("data", "formatted")
 DATA_MOUNTED = Event("data", "mounted")
+DATA_SEALED = Event("data", "sealed")                    # a blank disk became a LUKS2 volume, its key sealed
+DATA_UNSEALED = Event("data", "unsealed")                # the TPM unsealed a sealed volume's key
 
 # the node
 CA = Event("pki", "ca")                                  # hash=: the cluster CA's pin

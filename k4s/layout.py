@@ -76,6 +76,7 @@ HOST_TOOLS = {
                                     "ip6tables-save", "ip6tables-restore"),
     "/usr/sbin/conntrack": (),
     "/usr/sbin/mke2fs": ("mkfs.ext4",),  # formats a blank data disk (k4s.boot.datadisk)
+    "/usr/sbin/cryptsetup": (),  # formats and opens a sealed one (k4s.boot.sealeddisk)
 }
 XTABLES = Path("/usr/lib/x86_64-linux-gnu/xtables")  # iptables loads its matches and targets from here
 # The nodes /init needs before devtmpfs is mounted (without urandom Python dies at start):
@@ -90,6 +91,11 @@ SKELETON = ("proc", "sys", "dev", "run", "tmp", "root", "etc", str(DATA_DIR).lst
 # /sbin/modprobe (a Python start each: the missing crc64-rocksoft alone cost 6 s).
 DATA_DISK_MODULES = ("crct10dif_generic", "crc64_rocksoft_generic", "crc32c_generic", "virtio_blk", "virtio_scsi",
                      "sd_mod", "ahci", "nvme", "ext4")
+# ...and a sealed one (LUKS2, k4s.data-encrypt=tpm), before cryptsetup runs: device-mapper,
+# dm-crypt, AES-XTS (with AES-NI where the CPU has it), and the kernel crypto API's socket, by
+# which cryptsetup checks the cipher; each one missing would be a request_module.
+SEALED_DISK_MODULES = ("dm_mod", "dm_crypt", "ecb", "xts", "cryptd", "crypto_simd", "aesni_intel", "af_alg",
+                       "algif_skcipher")
 UEFI_MODULES = ("efivarfs",)  # loaded under UEFI only (elsewhere it fails): Secure Boot's state
 STAGE0_MODULES = ("loop", "squashfs")  # stage 0 loads these to mount the k4s part
 # Applets worth a name of their own; the rest run as `k4s NAME`. No kubectl on the node

@@ -6,13 +6,19 @@ the reason, so a developer without the Go build can still run the unit tier.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from k4s.sys import tpm
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out"
@@ -42,6 +48,31 @@ def tool(name: str) -> str:
     require(path is not None, f"host tool {name}", "make setup")
     assert path
     return path
+
+
+@contextlib.contextmanager
+def swtpm(state: Path) -> Iterator[Callable[[], tpm.Tpm]]:
+    """A real TPM 2.0 (swtpm, libtpms) with its state in `state`: yields a function that opens a
+    connection to it (the raw command channel, as /dev/tpmrm0 takes them)."""
+    state.mkdir(parents=True, exist_ok=True)
+    sock = state / "tpm.sock"
+    proc = subprocess.Popen([tool("swtpm"), "socket", "--tpm2", "--tpmstate", f"dir={state}", "--flags",
+                             "not-need-init,startup-clear", "--server", f"type=unixio,path={sock}",
+                             "--ctrl", f"type=unixio,path={state / 'ctrl.sock'}"])
+
+    def connect() -> tpm.Tpm:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(sock))
+        return tpm.Tpm(sock=s)
+    try:
+        for _ in range(200):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        yield connect
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 def need_root() -> None:

@@ -3,6 +3,7 @@
     k4s.data=LABEL=K4SDATA      the ext4 filesystem with that label
     k4s.data=/dev/vdb           that device (ext4, any label)
     k4s.data-format=1           format it first if, and only if, it is blank
+    k4s.data-encrypt=tpm        format it as LUKS2, its key sealed to the TPM (k4s.boot.sealeddisk)
 
 Without k4s.data the node is RAM-only, as it always was. With it, init mounts
 the filesystem at data-dir before anything writes there: etcd, the PKI,
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from k4s import events, layout, log
+from k4s.boot import sealeddisk
 from k4s.errors import K4sError
 from k4s.sys import libc
 
@@ -63,7 +65,7 @@ class NotYet(K4sError):
 @dataclass(frozen=True)
 class Disk:
     dev: Path
-    kind: str          # "ext4" (ext2/3/4), "blank", or "other"
+    kind: str          # "ext4" (ext2/3/4), "luks" (LUKS2, sealed: k4s.boot.sealeddisk), "blank", or "other"
     label: str = ""
     whole: bool = True  # a whole disk, not a partition
 
@@ -77,6 +79,8 @@ def classify(head: bytes) -> tuple[str, str]:
     sb = head[EXT_SUPERBLOCK:EXT_SUPERBLOCK + 1024]
     if len(sb) >= 136 and struct.unpack_from("<H", sb, 56)[0] == EXT_MAGIC:
         return "ext4", sb[120:136].split(b"\0", 1)[0].decode("utf-8", "replace")
+    if sealeddisk.is_luks(head):
+        return "luks", sealeddisk.luks_label(head)
     if not head.strip(b"\0"):
         return "blank", ""
     return "other", ""
@@ -127,7 +131,7 @@ def choose(spec: str, fmt: bool, disks: list[Disk]) -> tuple[Disk, str]:
     """The disk k4s.data names, and the label to format it with ("" to mount it as it is)."""
     if spec.startswith("LABEL="):
         label = spec[len("LABEL="):]
-        found = [d for d in disks if d.kind == "ext4" and d.label == label]
+        found = [d for d in disks if d.kind in ("ext4", "luks") and d.label == label]
         if len(found) > 1:
             raise K4sError(f"data disk: {len(found)} filesystems are labelled {label} "
                            f"({', '.join(d.name for d in found)})",
@@ -152,7 +156,7 @@ def choose(spec: str, fmt: bool, disks: list[Disk]) -> tuple[Disk, str]:
             raise K4sError(f"data disk: {spec} is removable media", hint="k4s keeps its state only on a fixed disk")
         raise NotYet(f"data disk: {spec} does not exist", hint="check the device name, e.g. /dev/vdb")
     disk = found[0]
-    if disk.kind == "ext4":
+    if disk.kind in ("ext4", "luks"):
         return disk, ""
     if disk.kind == "blank" and fmt:
         return disk, DEFAULT_LABEL
@@ -174,30 +178,30 @@ def find(spec: str, fmt: bool, settle: float = SETTLE) -> tuple[Disk, str]:
             time.sleep(0.5)
 
 
-def load_modules() -> None:
+def load_modules(names: tuple[str, ...] = MODULES) -> None:
     from k4s.sys import kmod
 
     idx = kmod.Index.load()
-    for name in MODULES:
+    for name in names:
         try:
             kmod.modprobe(idx, name)
         except K4sError as e:
             log.event("data", "module-failed", level="warn", module=name, error=e.message)
 
 
-def make_filesystem(disk: Disk, label: str) -> None:
+def make_filesystem(dev: Path, label: str) -> None:
     """ext4 with the image's mke2fs: no blocks reserved for root (the node is the only user)."""
-    argv = [MKFS, "-q", "-F", "-t", "ext4", "-L", label, "-m", "0", str(disk.dev)]
+    argv = [MKFS, "-q", "-F", "-t", "ext4", "-L", label, "-m", "0", str(dev)]
     try:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=FORMAT_TIMEOUT, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
         raise K4sError(f"data disk: {MKFS} is not in the image", hint="rebuild the image (make image)") from None
     except subprocess.TimeoutExpired:
-        raise K4sError(f"data disk: formatting {disk.name} took over {FORMAT_TIMEOUT:.0f}s",
+        raise K4sError(f"data disk: formatting {dev} took over {FORMAT_TIMEOUT:.0f}s",
                        hint="the disk is too slow or too large to format at boot; format it beforehand") from None
     if r.returncode != 0:
         err = (r.stderr.strip().splitlines() or ["no message"])[-1]
-        raise K4sError(f"data disk: formatting {disk.name} failed: {err}", hint="check the disk")
+        raise K4sError(f"data disk: formatting {dev} failed: {err}", hint="check the disk")
 
 
 def copy_inputs(src: Path, dst: Path) -> None:
@@ -225,21 +229,34 @@ def copy_inputs(src: Path, dst: Path) -> None:
             os.replace(tmp, target)
 
 
-def mount(spec: str, fmt: bool, data_dir: Path, staging: Path) -> Disk:
+def mount(spec: str, fmt: bool, data_dir: Path, staging: Path, encrypt: bool = False) -> Disk:
     """Find (and if asked, format) the data disk and mount it at data_dir, with this boot's
-    inputs from data_dir copied onto it."""
+    inputs from data_dir copied onto it. A sealed disk (LUKS2) is unsealed and opened first;
+    with `encrypt`, a blank one is formatted sealed."""
     load_modules()
     disk, label = find(spec, fmt)
+    dev = disk.dev
+    if disk.kind == "luks" or (label and encrypt):
+        load_modules(layout.SEALED_DISK_MODULES)
+    if disk.kind == "luks":
+        dev = sealeddisk.unlock(disk.dev)
     if label:
-        log.event(*events.DATA_FORMAT, device=disk.name, label=label)
+        log.event(*events.DATA_FORMAT, device=disk.name, label=label, encrypt="tpm" if encrypt else "none")
         t0 = time.monotonic()
-        make_filesystem(disk, label)
+        if encrypt:
+            dev = sealeddisk.format_and_open(disk.dev, label)
+        try:
+            make_filesystem(dev, label)
+        except K4sError:
+            if encrypt:
+                sealeddisk.discard(disk.dev)  # blank again, not a volume with nothing in it
+            raise
         log.event(*events.DATA_FORMATTED, device=disk.name, seconds=round(time.monotonic() - t0, 1))
     staging.mkdir(parents=True, exist_ok=True)
     try:
-        libc.mount(disk.name, str(staging), "ext4", MOUNT_FLAGS, "")
+        libc.mount(str(dev), str(staging), "ext4", MOUNT_FLAGS, "")
     except OSError as e:
-        raise K4sError(f"data disk: cannot mount {disk.name}: {e.strerror}",
+        raise K4sError(f"data disk: cannot mount {dev}: {e.strerror}",
                        hint="the kernel needs the ext4 module; check the filesystem (e2fsck)") from None
     put_at(staging, data_dir, disk.name, "the disk may be full or read-only; check it (e2fsck)")
     used = shutil.disk_usage(data_dir)

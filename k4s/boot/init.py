@@ -294,7 +294,8 @@ def boot() -> str:
     from k4s.boot import datadisk
 
     if cfg.data:
-        datadisk.mount(cfg.data, cfg.data_format, paths.data, paths.run / "data-disk")
+        datadisk.mount(cfg.data, cfg.data_format, paths.data, paths.run / "data-disk",
+                       encrypt=cfg.data_encrypt == "tpm")
     else:
         datadisk.mount_ram(paths.data, paths.run / "data-ram")
     sysctls()

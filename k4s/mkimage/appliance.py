@@ -139,7 +139,7 @@ def assemble(inp: Inputs, workdir: Path) -> Tree:
     wanted = [ln.split("#")[0].strip()
               for ln in (inp.rootfs / layout.member(layout.MODULES_LIST)).read_text().splitlines()]
     add_modules(t, inp.kernel_root, [*(w for w in wanted if w), *layout.DATA_DISK_MODULES,
-                                                  *layout.UEFI_MODULES], workdir, "modules")
+                                                  *layout.SEALED_DISK_MODULES, *layout.UEFI_MODULES], workdir, "modules")
     return t
 
 

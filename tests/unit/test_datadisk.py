@@ -36,7 +36,7 @@ def test_classify_reads_an_ext4_label_and_tells_blank_from_anything_else():
 @given(st.binary(max_size=4096))
 def test_classify_takes_any_bytes(head: bytes):
     kind, label = classify(head)
-    assert kind in ("ext4", "blank", "other") and len(label) <= 16
+    assert kind in ("ext4", "luks", "blank", "other") and len(label) <= 48
 
 
 DISKS = [Disk(Path("/dev/vda"), "ext4", "OTHER"), Disk(Path("/dev/vdb"), "blank"),
@@ -95,7 +95,7 @@ def test_the_image_s_mke2fs_makes_a_filesystem_the_probe_finds_by_label(tmp_path
         f.truncate(64 << 20)
     blank = datadisk.probe(img)
     assert blank.kind == "blank"
-    datadisk.make_filesystem(blank, "K4SDATA")
+    datadisk.make_filesystem(blank.dev, "K4SDATA")
     assert datadisk.probe(img) == Disk(img, "ext4", "K4SDATA")
 
 

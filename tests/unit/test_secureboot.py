@@ -256,34 +256,16 @@ def test_the_extend_command_is_what_a_tpm_accepts_and_the_pcr_is_predictable(tmp
     """Stage 1's TPM2_PCR_Extend, sent to a real TPM (swtpm, libtpms): it answers success and
     PCR 15 then holds exactly what `k4s verify --pcr` predicts from the same digests."""
     import hashlib
-    import socket
     import struct
-    import time
 
     from k4s.image import manifest
     from k4s.sys import tpm
+    from tests.conftest import swtpm
 
-    swtpm = tool("swtpm")
-    sock = tmp_path / "tpm.sock"
-    proc = subprocess.Popen([swtpm, "socket", "--tpm2", "--tpmstate", f"dir={tmp_path}", "--flags",
-                             "not-need-init,startup-clear", "--server", f"type=unixio,path={sock}",
-                             "--ctrl", f"type=unixio,path={tmp_path / 'ctrl.sock'}"])
-    try:
-        for _ in range(100):
-            if sock.exists():
-                break
-            time.sleep(0.05)
-
+    with swtpm(tmp_path) as connect, connect() as t:
         def transact(command: bytes) -> tuple[int, bytes]:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.connect(str(sock))
-                s.sendall(command)
-                head = s.recv(10)
-                size, rc = struct.unpack(">II", head[2:10])
-                body = b""
-                while len(body) < size - 10:
-                    body += s.recv(size - 10 - len(body))
-                return rc, body
+            response = t.raw(command)
+            return struct.unpack(">I", response[6:10])[0], response[10:]
 
         measured = [("manifest.json", hashlib.sha256(b"m").hexdigest()), ("vmlinuz", hashlib.sha256(b"k").hexdigest())]
         for _, digest in measured:
@@ -293,8 +275,5 @@ def test_the_extend_command_is_what_a_tpm_accepts_and_the_pcr_is_predictable(tmp
         rc, body = transact(struct.pack(">HII", 0x8001, 10 + len(select), 0x17E) + select)
         assert rc == 0 and body[-32:].hex() == manifest.predict_pcr(measured)
         assert transact(tpm.extend_command(tpm.MEASURED_PCR, bytes.fromhex(measured[0][1]))[:-1])[0] != 0  # short
-    finally:
-        proc.kill()
-        proc.wait(10)
     with pytest.raises(ValueError):
         tpm.extend_command(24, bytes(32))
