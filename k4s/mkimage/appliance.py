@@ -134,7 +134,7 @@ def assemble(inp: Inputs, workdir: Path) -> Tree:
 
     # shared libraries: the bundle's (bundle_elves), then the components' and tools' plain
     elves = [*bundle_elves(inp.bundle), *((p, None) for p in [*runtime, *tools] if is_elf(p))]
-    add_closure(t, elves, skip_dir=inp.bundle / "_internal")
+    add_closure(t, elves, skip_dir=inp.bundle / "_internal", link_dir=str(layout.BUNDLE / "_internal"))
 
     wanted = [ln.split("#")[0].strip()
               for ln in (inp.rootfs / layout.member(layout.MODULES_LIST)).read_text().splitlines()]

@@ -364,14 +364,26 @@ def test_a_worker_powered_off_drains_and_its_pods_move(fleet: Fleet) -> None:
     assert where != WORKER_NAME
 
 
-def test_the_worker_rejoins_through_stage1_with_a_join_minted_for_it(fleet: Fleet, tmp_path: Path,
+SEALED_DATA = "k4s.data=LABEL=K4SDATA k4s.data-format=1 k4s.data-encrypt=tpm"
+
+
+@pytest.fixture(scope="module")
+def rejoined() -> dict:
+    """What the rejoin left for the sealed disk's test: the machine, its payload."""
+    return {}
+
+
+def test_the_worker_rejoins_through_stage1_with_a_join_minted_for_it(fleet: Fleet, tmp_path: Path, rejoined: dict,
                                                                      https_stage1: tuple[Path, tuple[Path, Path]]) -> None:
-    """RAM-only, the worker comes back by PXE under UEFI Secure Boot: the firmware (the
+    """With a blank disk this time, the worker comes back by PXE under UEFI Secure Boot: the firmware (the
     project's keys enrolled) boots its NIC, which the network hands the signed stage-1 UKI,
     and runs it once it verifies; the UKI's signed command line names the payload; stage 1 fetches the signed stage 2 and, since it is a worker's
     payload, this machine's own join from `netboot serve --kubeconfig` (a single-use token
     bound to the name its MAC gives), which it hands on as a segment, then kexecs the kernel
-    the locked-down kernel checks against db. A new kubelet identity, the same Node, uncordoned."""
+    the locked-down kernel checks against db. A new kubelet identity, the same Node, uncordoned.
+    Its blank disk becomes a LUKS2 volume whose key the TPM seals to PCR 7+15 (Secure Boot, and
+    the payload stage 1 measured): the node keeps its state there, and nothing of it is
+    readable on the disk."""
     from k4s.host import netboot
     from k4s.host.vm import CMDLINE
     from k4s.mkimage import uki
@@ -385,7 +397,7 @@ def test_the_worker_rejoins_through_stage1_with_a_join_minted_for_it(fleet: Flee
     # as on the server)
     public = netboot.join_line(fleet.server.vm.kubeconfig)
     netboot.prepare(payload, fleet.worker.kernel, [fleet.worker.initrd],
-                    f"{CMDLINE} {public} k4s.interface=eth1 k4s.ip=10.77.0.2/24 k4s.mgmt-interface=eth0",
+                    f"{CMDLINE} {public} k4s.interface=eth1 k4s.ip=10.77.0.2/24 k4s.mgmt-interface=eth0 {SEALED_DATA}",
                     key=KEYS / "signing.key", parts=netboot.parts_from_report(OUT / "image-report.json"),
                     secure_boot_keys=KEYS)
     stage1, tls = https_stage1
@@ -397,6 +409,8 @@ def test_the_worker_rejoins_through_stage1_with_a_join_minted_for_it(fleet: Flee
     vm.uefi, vm.pxe, vm.secure_boot, vm.uefi_vars, vm.seeded = True, payload, True, UEFI_VARS, False
     vm.tpm = True  # stage 1 measures the payload into PCR 15 before the kexec
     vm.lan_connect, vm.lan_mgmt, vm.mac = fleet.ports[0], True, WORKER_MAC
+    vm.disk = tmp_path / "worker" / "data.qcow2"
+    rejoined.update(vm=vm, payload=payload)
     try:
         with vm.booted(timeout=900) as b:
             node = nodes(fleet)[WORKER_NAME]
@@ -431,5 +445,82 @@ def test_the_worker_rejoins_through_stage1_with_a_join_minted_for_it(fleet: Flee
             [joined] = b.events(events.JOINED)
             listed = k4s_cmd("token", "list", "--kubeconfig", str(fleet.server.vm.kubeconfig)).stdout
             assert joined["token"] not in listed  # spent
+            # the sealed disk: formatted, its key sealed, and the node's state on it
+            [sealed] = b.events(events.DATA_SEALED)
+            assert sealed["pcrs"] == "7+15", sealed
+            [mounted] = b.events(events.DATA_MOUNTED)
+            assert mounted["device"] == sealed["device"] and mounted["label"] == "K4SDATA", mounted
     finally:
         srv.shutdown()
+    # what it wrote is on the disk only as ciphertext: no directory name of containerd's or the kubelet's
+    assert not contains(vm.disk, (b"io.containerd.content.v1", b"kubelet", WORKER_NAME.encode()))
+
+
+def contains(path: Path, needles: tuple[bytes, ...], chunk: int = 8 << 20) -> bool:
+    overlap = max(map(len, needles))
+    with open(path, "rb") as f:
+        tail = b""
+        while block := f.read(chunk):
+            window = tail + block
+            if any(n in window for n in needles):
+                return True
+            tail = window[-overlap:]
+    return False
+
+
+def test_the_sealed_disk_opens_only_under_its_payload_on_its_machine(fleet: Fleet, tmp_path: Path, rejoined: dict,
+                                                                     https_stage1: tuple[Path, tuple[Path, Path]]) -> None:
+    """Three machines boot copies of that disk through the same signed stage 1, side by side, each
+    until its data disk opens or stays locked: the same machine (its TPM's state) under the same
+    payload opens it, with the node's state from before; the same machine under payload B (the
+    same kernel and initramfs, signed by the same owner, but another manifest: another PCR 15)
+    and another machine (a new TPM) under payload A stay locked, each saying why."""
+    import shutil
+
+    from k4s.host import netboot
+    from k4s.host.vm import CMDLINE, Console
+    from k4s.mkimage import uki
+    from tests.conftest import OUT
+    from tests.e2e.conftest import KEYS, UEFI_VARS
+
+    require("vm" in rejoined, "the rejoined worker's sealed disk", "test_the_worker_rejoins_through_stage1...")
+    worker: VM = rejoined["vm"]
+    payload_a: Path = rejoined["payload"]
+    payload_b = tmp_path / "payload-b"
+    manifest_a = json.loads((payload_a / "manifest.json").read_text())
+    netboot.prepare(payload_b, fleet.worker.kernel, [fleet.worker.initrd], manifest_a["cmdline"],
+                    key=KEYS / "signing.key", parts=netboot.parts_from_report(OUT / "image-report.json"),
+                    serial=manifest_a["serial"] + 1, secure_boot_keys=KEYS)
+    stage1, tls = https_stage1
+    # each is handed a join minted for the worker's name, as at the rejoin: none gets as far as using it
+    minter = netboot.JoinMinter(fleet.server.vm.kubeconfig)
+    servers = {name: netboot.serve_in_thread(d, tls=tls, mint=minter) for name, d in (("a", payload_a), ("b", payload_b))}
+    try:
+        ukis = {}
+        for name, srv in servers.items():
+            ukis[name] = tmp_path / f"{name}.efi"
+            uki.build(OUT / "vmlinuz", stage1, f"{CMDLINE} k4s.payload=https://10.0.2.2:{srv.server_address[1]}/ "
+                      "k4s.interface=eth0", ukis[name], KEYS)
+        machines = []
+        for name, payload, same_tpm in (("again", "a", True), ("payload-b", "b", True), ("other-machine", "a", False)):
+            vm = make_vm(tmp_path / name)
+            vm.efi, vm.secure_boot, vm.uefi_vars, vm.seeded, vm.tpm = (ukis[payload],), True, UEFI_VARS, False, True
+            vm.mac = WORKER_MAC
+            vm.disk = tmp_path / name / "data.qcow2"
+            shutil.copy(worker.disk, vm.disk)  # type: ignore[arg-type]
+            if same_tpm:
+                shutil.copytree(worker.out / "tpm", vm.out / "tpm", ignore=shutil.ignore_patterns("*.sock"))
+            machines.append(vm)
+        (_, again), (_, other_payload), (_, other_machine) = boot_side_by_side(
+            machines, timeout=600, until=[events.DATA_MOUNTED, Console("stays locked"), Console("stays locked")])
+    finally:
+        for srv in servers.values():
+            srv.shutdown()
+    assert "component=data event=unsealed" in again and "component=data event=mounted" in again, again[-3000:]
+    assert "stays locked" not in again and "event=format" not in again
+    mounted = again[again.index("component=data event=mounted"):].splitlines()[0]
+    assert "label=K4SDATA" in mounted and "used_mib=0 " not in mounted, mounted
+    for console, why in ((other_payload, "PCR 15 (the payload) holds"), (other_machine, "another machine's TPM")):
+        [line] = [ln for ln in console.splitlines() if "stays locked" in ln]
+        assert why in line and "PCR 7" not in line, line
+        assert "component=data event=mounted" not in console and "event=format" not in console

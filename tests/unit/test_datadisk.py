@@ -105,6 +105,8 @@ def test_the_image_s_mke2fs_makes_a_filesystem_the_probe_finds_by_label(tmp_path
     ("k4s.data=LABEL=this-label-is-far-too-long", "is not a data disk"),
     ("k4s.data-format=1", "data-format is set but no data disk is named"),
     ("k4s.data=LABEL=K4SDATA k4s.data-format=maybe", "is not a boolean"),
+    ("k4s.data=LABEL=K4SDATA k4s.data-encrypt=tpm", "data-encrypt applies when a blank disk is formatted"),
+    ("k4s.data=LABEL=K4SDATA k4s.data-format=1 k4s.data-encrypt=aes", "data-encrypt"),
 ])
 def test_bad_data_settings_on_the_command_line_are_one_line_errors(line: str, message: str):
     with pytest.raises(ConfigError, match=message) as e:
@@ -114,7 +116,9 @@ def test_bad_data_settings_on_the_command_line_are_one_line_errors(line: str, me
 
 def test_the_command_line_names_the_data_disk():
     cfg = config.load(config_file="/dev/null", cmdline="k4s.data=LABEL=K4SDATA k4s.data-format=1")
-    assert (cfg.data, cfg.data_format) == ("LABEL=K4SDATA", True)
+    assert (cfg.data, cfg.data_format, cfg.data_encrypt) == ("LABEL=K4SDATA", True, "none")
+    sealed = "k4s.data=LABEL=K4SDATA k4s.data-format=1 k4s.data-encrypt=tpm"
+    assert config.load(config_file="/dev/null", cmdline=sealed).data_encrypt == "tpm"
     assert config.load(config_file="/dev/null", cmdline="k4s.data=/dev/nvme0n1p2").data == "/dev/nvme0n1p2"
 
 
