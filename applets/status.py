@@ -53,6 +53,16 @@ def render(doc: dict[str, Any], out: TextIO) -> None:
                   f"kernel lockdown {boot['lockdown']}"
                   + (f"; TPM PCR 15 sha256:{boot['pcr15']} (compare `k4s verify PAYLOAD --pcr`)" if "pcr15" in boot
                      else "") + "\n")
+    if m := doc.get("measured"):
+        out.write("measured boot: " + ", ".join(f"PCR {p} sha256:{v}" for p, v in m["pcrs"].items()) + "\n")
+        if m.get("error"):
+            out.write(f"  stage 1's log: {m['error']}\n")
+        elif m["log"]:
+            out.write(f"  stage 1's log, {len(m['log'])} events, "
+                      + ("replays to PCR 15:" if m["replays"] else "DOES NOT replay to PCR 15 (it was extended "
+                         "with something else):") + "\n")
+            for r in m["log"]:
+                out.write(f"    PCR {r['pcr']} sha256:{r['digest']} {r['name']}\n")
     if etcd := doc.get("etcd"):
         if "error" in etcd:
             out.write(f"etcd: cannot list its members: {etcd['error']}\n")

@@ -25,6 +25,7 @@ fails its check is one line naming the artifact and the reason, no kexec, and
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import time
 import urllib.parse
@@ -216,30 +217,37 @@ def _get_join(f: Fetch, mac: str) -> str | None:
                    hint="is `netboot serve --kubeconfig` running, and the server up?")
 
 
-def measure(directory: Path, m: manifest.Manifest) -> None:
+def measure(directory: Path, m: manifest.Manifest) -> list[tuple[str, str]]:
     """With a TPM: extend tpm.MEASURED_PCR with what was verified (manifest.measurements),
     before anything of it runs, so the PCR says which payload booted and a secret sealed to it
-    opens only for that payload. Without one: an event saying so."""
+    opens only for that payload; what it extended, in order. Without one: an event saying so."""
     if not tpm.present():
         log.event(*events.STAGE1_MEASURED, tpm=False)
-        return
+        return []
     measured = manifest.measurements((directory / manifest.MANIFEST).read_bytes(), m)
     for _, digest in measured:
         tpm.extend(tpm.MEASURED_PCR, bytes.fromhex(digest))
     log.event(*events.STAGE1_MEASURED, tpm=True, pcr=tpm.MEASURED_PCR, extended=len(measured),
               value=tpm.read(tpm.MEASURED_PCR))
+    return measured
 
 
-def handoff(m: manifest.Manifest, out: Path) -> Path:
+def handoff(m: manifest.Manifest, measured: list[tuple[str, str]], out: Path) -> Path:
     """The last initrd segment: the signed hashes of stage 2's squashfs parts, for its stage 0
-    to check before it mounts them. Last, so no segment of the payload can replace it."""
+    to check before it mounts them, and the log of what PCR 15 was extended with, for stage 2
+    to show (k4s status) and replay. Last, so no segment of the payload can replace it."""
     import stat
 
     from k4s.image import cpio
 
-    check = manifest.parts_check(m, str(layout.PARTS_DIR))
-    out.write_bytes(cpio.bytes_of([cpio.Entry(layout.member(layout.PARTS_CHECK), stat.S_IFREG | 0o444, check)]))
-    log.event(*events.STAGE1_HANDOFF, parts=len(m.by_role("part")))
+    entries = [cpio.Entry(layout.member(layout.PARTS_CHECK), stat.S_IFREG | 0o444,
+                          manifest.parts_check(m, str(layout.PARTS_DIR)))] if m.by_role("part") else []
+    if measured:
+        records = "".join(json.dumps(tpm.log_record(i, tpm.MEASURED_PCR, digest, name)) + "\n"
+                          for i, (name, digest) in enumerate(measured))
+        entries.append(cpio.Entry(layout.member(layout.MEASURE_LOG), stat.S_IFREG | 0o444, records.encode()))
+    out.write_bytes(cpio.bytes_of(entries))
+    log.event(*events.STAGE1_HANDOFF, parts=len(m.by_role("part")), measured=len(measured))
     return out
 
 
@@ -318,9 +326,9 @@ def boot() -> str:
     initrds = [stage2 / a.name for a in m.by_role("initrd")]
     if m.node_role == "agent" and (join := fetch_join(Fetch(cfg.payload), iface, stage2 / "join.cpio")):
         initrds.append(join)
-    if m.by_role("part"):
-        initrds.append(handoff(m, stage2 / "handoff.cpio"))
-    measure(stage2, m)
+    measured = measure(stage2, m)
+    if m.by_role("part") or measured:
+        initrds.append(handoff(m, measured, stage2 / "handoff.cpio"))
     kexec(stage2 / m.by_role("kernel")[0].name, initrds, m.cmdline)
     raise K4sError("reboot(RB_KEXEC) returned", hint="the kernel refused to kexec")
 

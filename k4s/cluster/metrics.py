@@ -62,6 +62,8 @@ def snapshot(paths: Paths, proc: bool = True) -> dict[str, Any]:
     doc["certificates"], doc["renewals"] = certs.get("certificates", {}), certs.get("renewals", 0)
     if proc:
         doc["boot"] = firmware.trust()
+        if m := firmware.measured():
+            doc["measured"] = m
         try:
             mi = meminfo()
             doc["memory"] = {**memory_summary(mi), "mem_available_mib": mi.get("MemAvailable", 0) >> 10}

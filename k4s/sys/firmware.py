@@ -8,7 +8,10 @@ Standard library only: PID 1 and stage 1 import this."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from k4s import layout
+from k4s.errors import K4sError
 from k4s.sys import tpm
 
 EFI = Path("/sys/firmware/efi")
@@ -36,13 +39,32 @@ def lockdown(securityfs: Path = SECURITYFS) -> str:
     return next((w.strip("[]") for w in text.split() if w.startswith("[")), "unknown")
 
 
-def trust(efi: Path = EFI, securityfs: Path = SECURITYFS, tpm_sysfs: Path = tpm.SYSFS) -> dict[str, str]:
+def trust(efi: Path = EFI, securityfs: Path = SECURITYFS, tpm_sysfs: Path = tpm.SYSFS,
+          measure_log: Path = layout.MEASURE_LOG) -> dict[str, str]:
     """The fields of the boot's firmware event: firmware=uefi|bios, secure_boot=on|off,
-    lockdown=MODE, and with a TPM the PCR stage 1 measured the payload into (pcr15=hex)."""
+    lockdown=MODE, and with a TPM the PCR stage 1 measured the payload into (pcr15=hex), with
+    its log's length and whether the log replays to that value (log_events=N log_replays=yes|no)."""
     uefi = efi.is_dir()
     out = {"firmware": "uefi" if uefi else "bios",
            "secure_boot": "on" if uefi and secure_boot(efi / "efivars") else "off",
            "lockdown": lockdown(securityfs)}
     if value := tpm.read(tpm.MEASURED_PCR, tpm_sysfs):
         out[f"pcr{tpm.MEASURED_PCR}"] = value
+    if (m := measured(tpm_sysfs, measure_log)) and (m["log"] or m["error"]):
+        out["log_events"], out["log_replays"] = str(len(m["log"])), "yes" if m["replays"] else "no"
     return out
+
+
+def measured(tpm_sysfs: Path = tpm.SYSFS, measure_log: Path = layout.MEASURE_LOG) -> dict[str, Any] | None:
+    """With a TPM: the values of the PCRs a sealed secret is bound to, and stage 1's log of what
+    it extended PCR 15 with, replayed: if the replay equals the PCR, the log says what booted."""
+    values = {p: tpm.read(p, tpm_sysfs) for p in tpm.SEALED_PCRS}
+    if not any(values.values()):
+        return None
+    try:
+        records, error = tpm.read_log(measure_log), ""
+    except K4sError as e:
+        records, error = [], e.message
+    replayed = tpm.replay(r["digest"] for r in records if r["pcr"] == tpm.MEASURED_PCR)
+    return {"pcrs": {str(p): v for p, v in values.items()}, "log": records, "error": error,
+            "replays": bool(records) and replayed == values[tpm.MEASURED_PCR]}

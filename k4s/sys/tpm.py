@@ -21,6 +21,7 @@ TPM in the clear (a firmware TPM has no bus to probe).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import struct
@@ -282,6 +283,47 @@ class Tpm:
                     self.flush(h)
                 except K4sError:
                     pass
+
+
+# --- the measurement log: what was extended, so a reader can replay it against the PCR -----------
+
+LOG_CONTENT_TYPE = "k4s"
+MAX_LOG_RECORDS = 64  # stage 1 writes one per measured artifact: a longer log is not ours
+
+
+def log_record(recnum: int, pcr: int, digest: str, name: str) -> dict:
+    """One event, as systemd's userspace measurement log writes them (the TCG canonical event
+    log's JSON form): the PCR, the SHA-256 digest extended into it, and what was measured."""
+    return {"recnum": recnum, "pcr": pcr, "digests": [{"hashAlg": "sha256", "digest": digest}],
+            "content_type": LOG_CONTENT_TYPE, "content": {"eventType": "payload", "string": name}}
+
+
+def replay(digests: Iterable[str], start: bytes = bytes(32)) -> str:
+    """The SHA-256 PCR after extending `start` (a PCR's reset value: zeros) with each digest."""
+    value = start
+    for digest in digests:
+        value = hashlib.sha256(value + bytes.fromhex(digest)).digest()
+    return value.hex()
+
+
+def read_log(path: Path) -> list[dict]:
+    """A measurement log's records (JSON lines), [] when there is none; a malformed one is an
+    error line. Bounded: a log is a few records."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_LOG_RECORDS * 1024)
+    except OSError:
+        return []
+    records = []
+    try:
+        for line in raw.decode().splitlines()[:MAX_LOG_RECORDS]:
+            r = json.loads(line)
+            sha = [d["digest"] for d in r["digests"] if d.get("hashAlg") == "sha256"]
+            bytes.fromhex(sha[0])
+            records.append({"pcr": int(r["pcr"]), "digest": sha[0], "name": str(r["content"]["string"])})
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise K4sError(f"{path}: not a measurement log", hint="stage 1 writes it; was the handoff replaced?") from None
+    return records
 
 
 def present(device: Path = DEVICE) -> bool:

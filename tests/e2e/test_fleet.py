@@ -432,7 +432,10 @@ def test_the_worker_rejoins_through_stage1_with_a_join_minted_for_it(fleet: Flee
             [measured] = b.events(events.STAGE1_MEASURED)
             assert measured["tpm"] is True and measured["extended"] == 3 and measured["value"] == predicted, measured
             assert b.events(events.STAGE1_FIRMWARE)[0]["pcr15"] == "00" * 32
-            assert b.events(events.FIRMWARE)[0]["pcr15"] == predicted
+            [fw2] = b.events(events.FIRMWARE)
+            assert fw2["pcr15"] == predicted
+            # and stage 2 holds stage 1's log of those three extends, which replays to that value
+            assert (fw2["log_events"], fw2["log_replays"]) == ("3", "yes"), fw2
             # over https, checked against the CA built into stage 1: the signed manifest, every artifact,
             # then the kexec; stage 0 checks each squashfs part against the signed list handed on
             verified = {e["file"] for e in b.events(events.STAGE1_VERIFIED)}

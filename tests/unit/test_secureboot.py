@@ -277,3 +277,55 @@ def test_the_extend_command_is_what_a_tpm_accepts_and_the_pcr_is_predictable(tmp
         assert transact(tpm.extend_command(tpm.MEASURED_PCR, bytes.fromhex(measured[0][1]))[:-1])[0] != 0  # short
     with pytest.raises(ValueError):
         tpm.extend_command(24, bytes(32))
+
+
+def test_stage_2_gets_stage_1_s_measurement_log_and_replays_it_against_the_pcr(tmp_path: Path) -> None:
+    """Stage 1 hands on what it extended PCR 15 with (the TCG canonical event log's JSON records,
+    as systemd writes its own) in its last segment; stage 2's firmware event and `k4s status`
+    replay it: equal to the PCR, the log says what booted; a log short of one record does not."""
+    import io
+
+    from applets.status import render
+    from k4s import layout
+    from k4s.boot import stage1
+    from k4s.host import netboot
+    from k4s.image import cpio, manifest
+    from k4s.sys import firmware, tpm
+
+    manifest.keygen(tmp_path / "keys")
+    (tmp_path / "vmlinuz").write_bytes(b"K" * 5000)
+    (tmp_path / "initramfs").write_bytes(b"I" * 3000)
+    payload = tmp_path / "payload"
+    netboot.prepare(payload, tmp_path / "vmlinuz", [tmp_path / "initramfs"], "console=ttyS0",
+                    key=tmp_path / "keys" / "signing.key")
+    m = manifest.verify_dir(payload, manifest.public_key(tmp_path / "keys" / "signing.pub"))
+    measured = manifest.measurements((payload / manifest.MANIFEST).read_bytes(), m)
+    segment = stage1.handoff(m, measured, tmp_path / "handoff.cpio")
+    [member] = [x for x in cpio.read(segment.read_bytes()) if x.name == layout.member(layout.MEASURE_LOG)]
+    log = tmp_path / "tpm2-measure.log"
+    log.write_bytes(member.data)
+    first = json.loads(member.data.decode().splitlines()[0])
+    assert first["content_type"] == "k4s" and first["pcr"] == 15 and first["content"]["string"] == "manifest.json"
+    assert first["digests"] == [{"hashAlg": "sha256", "digest": measured[0][1]}]
+
+    sysfs = tmp_path / "tpm0"
+    (sysfs / "pcr-sha256").mkdir(parents=True)
+    (sysfs / "pcr-sha256" / "7").write_text("CD" * 32)
+    (sysfs / "pcr-sha256" / "15").write_text(manifest.predict_pcr(measured).upper())
+    m_boot = firmware.measured(sysfs, log)
+    assert m_boot is not None and m_boot["replays"] and [r["name"] for r in m_boot["log"]] == \
+        ["manifest.json", "vmlinuz", "initramfs"]
+    fields = firmware.trust(tmp_path / "efi", tmp_path / "sec", sysfs, log)
+    assert (fields["log_events"], fields["log_replays"]) == ("3", "yes")
+    out = io.StringIO()
+    render({"components": {}, "measured": m_boot}, out)
+    assert f"measured boot: PCR 7 sha256:{'cd' * 32}, PCR 15 sha256:{manifest.predict_pcr(measured)}" in out.getvalue()
+    assert "stage 1's log, 3 events, replays to PCR 15:" in out.getvalue()
+    assert f"    PCR 15 sha256:{measured[1][1]} vmlinuz" in out.getvalue()
+
+    log.write_text("".join(member.data.decode().splitlines(keepends=True)[:2]))  # a record short
+    assert firmware.trust(tmp_path / "efi", tmp_path / "sec", sysfs, log)["log_replays"] == "no"
+    log.write_text("{not a record\n")
+    m_bad = firmware.measured(sysfs, log)
+    assert m_bad is not None and "not a measurement log" in m_bad["error"] and not m_bad["replays"]
+    assert tpm.read_log(tmp_path / "none") == []
