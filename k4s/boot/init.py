@@ -30,8 +30,12 @@ SYSCTLS = {
     "kernel/panic_on_oops": "1",
     "fs/inotify/max_user_instances": "8192",
     "fs/inotify/max_user_watches": "524288",
-    "kernel/modprobe": "/sbin/modprobe",
 }
+# What the kernel runs for a module it wants (request_module: a crypto algorithm, an nft
+# expression, a netdev): busybox's modprobe, which answers in milliseconds, not the k4s applet
+# (/sbin/modprobe, for people), a Python start of seconds under TCG. Set at the first mount,
+# before any module is loaded.
+KERNEL_MODPROBE = str(layout.LIBEXEC / "modprobe")
 
 # (source, target, fstype, flags, data)
 MOUNTS = [
@@ -66,6 +70,10 @@ def mount_all() -> None:
             if e.errno == 16:  # EBUSY: already mounted (e.g. the kernel mounted devtmpfs)
                 continue
             raise K4sError(f"mount {fstype} on {target}: {e.strerror}", hint="the kernel lacks this filesystem") from e
+    try:
+        Path("/proc/sys/kernel/modprobe").write_text(KERNEL_MODPROBE)
+    except OSError:
+        pass  # the default, /sbin/modprobe, answers too
     if os.path.isdir(SECURITYFS[1]):
         try:
             libc.mount(*SECURITYFS)
