@@ -49,6 +49,7 @@ KEY_BYTES = 32
 CRYPTSETUP = "cryptsetup"
 TIMEOUT = 120.0
 WHAT = {tpm.SECURE_BOOT_PCR: "the Secure Boot state and keys", tpm.MEASURED_PCR: "the payload"}
+SEALED_TO = "+".join(map(str, tpm.SEALED_PCRS))  # "7+15", as the events and the README name them
 
 
 def is_luks(head: bytes) -> bool:
@@ -219,14 +220,14 @@ def unlock(dev: Path) -> Path:
     """Open a sealed volume: /dev/mapper/k4sdata."""
     with tpm.Tpm() as t:
         key = unseal(dev, t)
-    log.event(*events.DATA_UNSEALED, device=str(dev), pcrs="+".join(map(str, tpm.SEALED_PCRS)))
+    log.event(*events.DATA_UNSEALED, device=str(dev), pcrs=SEALED_TO)
     return open_volume(dev, key)
 
 
 def format_and_open(dev: Path, label: str) -> Path:
     with tpm.Tpm() as t:
         key = format_sealed(dev, label, t)
-    log.event(*events.DATA_SEALED, device=str(dev), pcrs="+".join(map(str, tpm.SEALED_PCRS)))
+    log.event(*events.DATA_SEALED, device=str(dev), pcrs=SEALED_TO)
     try:
         return open_volume(dev, key)
     except K4sError:
