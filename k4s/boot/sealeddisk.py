@@ -112,6 +112,8 @@ class Token:
         t = ours[0]
         try:
             pcrs = tuple(int(p) for p in t["tpm2-pcrs"])
+            if not pcrs or any(not 0 <= p <= 23 for p in pcrs):
+                raise ValueError("PCRs 0-23")
             sealed = tpm.Sealed(base64.b64decode(t["tpm2-public"], validate=True),
                                 base64.b64decode(t["tpm2-private"], validate=True), pcrs,
                                 bytes.fromhex(t["tpm2-policy-hash"]))
@@ -216,9 +218,12 @@ def locked(dev: Path, e: tpm.TpmError, token: Token, now: dict[int, str]) -> K4s
                     hint="check the TPM (k4s status shows PCR 15)")
 
 
-def unlock(dev: Path) -> Path:
+def unlock(dev: Path, device: Path = tpm.DEVICE) -> Path:
     """Open a sealed volume: /dev/mapper/k4sdata."""
-    with tpm.Tpm() as t:
+    if not tpm.present(device):
+        raise K4sError(f"data disk {dev} stays locked: its key is sealed to a TPM, and this machine has none "
+                       f"({device})", hint="boot it in the machine that formatted it, with its TPM enabled")
+    with tpm.Tpm(device) as t:
         key = unseal(dev, t)
     log.event(*events.DATA_UNSEALED, device=str(dev), pcrs=SEALED_TO)
     return open_volume(dev, key)

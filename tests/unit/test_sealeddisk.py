@@ -111,6 +111,10 @@ def luks_header(meta: bytes | None = None, size: int = 16384, version: int = 2) 
     (luks_header(json.dumps({"tokens": {"0": {"type": "k4s-tpm2", "tpm2-pcrs": ["x"]}}}).encode()), "malformed"),
     (luks_header(json.dumps({"tokens": {"0": {"type": "k4s-tpm2", "tpm2-pcrs": [15], "tpm2-public": "@@",
                                               "tpm2-private": "", "tpm2-policy-hash": ""}}}).encode()), "malformed"),
+    (luks_header(json.dumps({"tokens": {"0": {"type": "k4s-tpm2", "tpm2-pcrs": [99], "tpm2-public": "",
+                                              "tpm2-private": "", "tpm2-policy-hash": ""}}}).encode()), "malformed"),
+    (luks_header(json.dumps({"tokens": {"0": {"type": "k4s-tpm2", "tpm2-pcrs": [], "tpm2-public": "",
+                                              "tpm2-private": "", "tpm2-policy-hash": ""}}}).encode()), "malformed"),
     (luks_header(b"{not json"), "not JSON"),
     (luks_header(b"[]"), "not an object"),
     (luks_header(size=1 << 40), "claims"),
@@ -123,3 +127,11 @@ def test_a_hostile_header_is_one_line_in_bounded_memory(tmp_path: Path, head: by
     with pytest.raises(K4sError) as e:
         sealeddisk.Token.find(sealeddisk.metadata(disk), str(disk))
     assert says in e.value.message and "\n" not in e.value.message
+
+
+def test_a_sealed_disk_on_a_machine_without_a_tpm_stays_locked_with_one_line(tmp_path: Path) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(luks_header(b"{}"))
+    with pytest.raises(K4sError) as e:
+        sealeddisk.unlock(disk, device=tmp_path / "tpmrm0")
+    assert "stays locked" in e.value.message and "has none" in e.value.message and e.value.hint
