@@ -33,7 +33,6 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ from pathlib import Path
 from k4s import events, layout, log
 from k4s.boot import sealeddisk
 from k4s.errors import K4sError
-from k4s.sys import libc
+from k4s.sys import libc, process
 
 DEFAULT_LABEL = "K4SDATA"  # what a device path formats with
 PROBE_BYTES = 1 << 20      # a disk is blank when this much of its start is zeros
@@ -191,17 +190,8 @@ def load_modules(names: tuple[str, ...] = MODULES) -> None:
 
 def make_filesystem(dev: Path, label: str) -> None:
     """ext4 with the image's mke2fs: no blocks reserved for root (the node is the only user)."""
-    argv = [MKFS, "-q", "-F", "-t", "ext4", "-L", label, "-m", "0", str(dev)]
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=FORMAT_TIMEOUT, stdin=subprocess.DEVNULL)
-    except FileNotFoundError:
-        raise K4sError(f"data disk: {MKFS} is not in the image", hint="rebuild the image (make image)") from None
-    except subprocess.TimeoutExpired:
-        raise K4sError(f"data disk: formatting {dev} took over {FORMAT_TIMEOUT:.0f}s",
-                       hint="the disk is too slow or too large to format at boot; format it beforehand") from None
-    if r.returncode != 0:
-        err = (r.stderr.strip().splitlines() or ["no message"])[-1]
-        raise K4sError(f"data disk: formatting {dev} failed: {err}", hint="check the disk")
+    process.run_tool([MKFS, "-q", "-F", "-t", "ext4", "-L", label, "-m", "0", str(dev)], f"formatting {dev}",
+                     FORMAT_TIMEOUT, slow_hint="the disk is too slow or too large to format at boot; format it beforehand")
 
 
 def copy_inputs(src: Path, dst: Path) -> None:

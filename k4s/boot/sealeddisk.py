@@ -36,7 +36,7 @@ from pathlib import Path
 
 from k4s import events, log
 from k4s.errors import K4sError
-from k4s.sys import tpm
+from k4s.sys import process, tpm
 
 MAGIC = b"LUKS\xba\xbe"
 BINARY_HEADER = 4096            # LUKS2: the JSON area follows the 4 KiB binary header
@@ -126,17 +126,8 @@ class Token:
 
 def cryptsetup(*args: str, key: bytes = b"", what: str) -> None:
     """cryptsetup with the key (if any) on its stdin, never in a file or an argument."""
-    argv = [CRYPTSETUP, "--batch-mode", *args]
-    try:
-        r = subprocess.run(argv, input=key, capture_output=True, timeout=TIMEOUT)
-    except FileNotFoundError:
-        raise K4sError(f"data disk: {CRYPTSETUP} is not in the image", hint="rebuild the image (make image)") from None
-    except subprocess.TimeoutExpired:
-        raise K4sError(f"data disk: {what} took over {TIMEOUT:.0f}s", hint="check the disk") from None
-    if r.returncode != 0:
-        err = (r.stderr.decode(errors="replace").strip().splitlines() or [f"exit status {r.returncode}"])[-1]
-        raise K4sError(f"data disk: {what} failed: {err}",
-                       hint="the kernel needs dm-crypt (dm_mod, dm_crypt) and AES-XTS")
+    process.run_tool([CRYPTSETUP, "--batch-mode", *args], what, TIMEOUT, stdin=key,
+                     fail_hint="the kernel needs dm-crypt (dm_mod, dm_crypt) and AES-XTS")
 
 
 def measured(values: dict[int, str]) -> None:

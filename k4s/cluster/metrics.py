@@ -61,8 +61,9 @@ def snapshot(paths: Paths, proc: bool = True) -> dict[str, Any]:
     certs = renew.read_status(paths.certs)
     doc["certificates"], doc["renewals"] = certs.get("certificates", {}), certs.get("renewals", 0)
     if proc:
-        doc["boot"] = firmware.trust()
-        if m := firmware.measured():
+        m = firmware.measured()
+        doc["boot"] = firmware.trust(measured_boot=m)
+        if m:
             doc["measured"] = m
         try:
             mi = meminfo()

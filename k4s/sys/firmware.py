@@ -40,17 +40,19 @@ def lockdown(securityfs: Path = SECURITYFS) -> str:
 
 
 def trust(efi: Path = EFI, securityfs: Path = SECURITYFS, tpm_sysfs: Path = tpm.SYSFS,
-          measure_log: Path = layout.MEASURE_LOG) -> dict[str, str]:
+          measure_log: Path = layout.MEASURE_LOG, measured_boot: dict[str, Any] | None = None) -> dict[str, str]:
     """The fields of the boot's firmware event: firmware=uefi|bios, secure_boot=on|off,
     lockdown=MODE, and with a TPM the PCR stage 1 measured the payload into (pcr15=hex), with
-    its log's length and whether the log replays to that value (log_events=N log_replays=yes|no)."""
+    its log's length and whether the log replays to that value (log_events=N log_replays=yes|no).
+    `measured_boot`: measured()'s answer if the caller has read it already."""
     uefi = efi.is_dir()
     out = {"firmware": "uefi" if uefi else "bios",
            "secure_boot": "on" if uefi and secure_boot(efi / "efivars") else "off",
            "lockdown": lockdown(securityfs)}
-    if value := tpm.read(tpm.MEASURED_PCR, tpm_sysfs):
+    m = measured_boot or measured(tpm_sysfs, measure_log)
+    if m and (value := m["pcrs"][str(tpm.MEASURED_PCR)]):
         out[f"pcr{tpm.MEASURED_PCR}"] = value
-    if (m := measured(tpm_sysfs, measure_log)) and (m["log"] or m["error"]):
+    if m and (m["log"] or m["error"]):
         out["log_events"], out["log_replays"] = str(len(m["log"])), "yes" if m["replays"] else "no"
     return out
 

@@ -1,5 +1,5 @@
 """Processes: spawn with a log file, renice every thread, reap, a function in a forked child,
-and PID 1's last kill_all.
+PID 1's last kill_all, and a program from the image run to its end during the boot.
 
 This is the one module that calls waitpid. The supervisor reaps through `reaped()` and
 hands each exit status to whoever waits on it (its run_command and call_in_child);
@@ -13,12 +13,29 @@ import json
 import os
 import select
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from k4s.errors import K4sError
+
+
+def run_tool(argv: list[str], what: str, timeout: float, stdin: bytes = b"", owner: str = "data disk",
+             slow_hint: str = "check the disk", fail_hint: str = "check the disk") -> None:
+    """A program from the image, to its end, with `stdin` as its input (a key never goes in an
+    argument or a file), before the supervisor reaps: a failure is one line, "OWNER: WHAT failed:"
+    and the program's last line of stderr, with a hint. For init's boot steps (formatting a disk)."""
+    try:
+        r = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout)
+    except FileNotFoundError:
+        raise K4sError(f"{owner}: {argv[0]} is not in the image", hint="rebuild the image (make image)") from None
+    except subprocess.TimeoutExpired:
+        raise K4sError(f"{owner}: {what} took over {timeout:.0f}s", hint=slow_hint) from None
+    if r.returncode != 0:
+        err = (r.stderr.decode(errors="replace").strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+        raise K4sError(f"{owner}: {what} failed: {err}", hint=fail_hint)
 
 
 def spawn(argv: list[str], env: dict[str, str], log_path: Path) -> int:
