@@ -314,6 +314,9 @@ class Config:
         f"({layout.JOIN_SECRET}), never on the command line every pod can read", secret=True)
     ca_hash: str = key(_optional(_ca_hash), "", "agent: sha256 of the cluster CA's public key, pinned before "
         "anything from the server is trusted", cmdline=C)
+    cluster_init: bool = key(_bool, False, "the first server of a control plane that more servers will join (k3s's "
+        "--cluster-init): its controller-manager and scheduler elect a leader, as every joining server's do, so that "
+        "one of each is active; `k4s token create --control-plane` refuses a server without it", cmdline=C)
     certificate_key: str = key(_optional(_certificate_key), "", "a server that joins `server`: the key that opens "
         "the cluster's shared CA keys (kubeadm's --certificate-key), from `k4s token create --control-plane`; "
         f"only in the machine's join segment ({layout.JOIN_SECRET})", secret=True)
@@ -379,6 +382,12 @@ class Config:
     def joins_control_plane(self) -> bool:
         """A server that joins another's control plane (k4s.cluster.copycerts), not the first one."""
         return self.role == "server" and bool(self.server)
+
+    @property
+    def leader_elect(self) -> bool:
+        """The controller-manager and scheduler take turns through a Lease: on every server of a
+        control plane that has (or will have) more than one."""
+        return self.role == "server" and (self.cluster_init or self.joins_control_plane)
 
     @property
     def kubernetes_service_ip(self) -> str:
@@ -582,6 +591,9 @@ def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
         if missing:
             raise ConfigError(f"role agent needs {', '.join(missing)} (role from {sources['role']})",
                               hint="boot with the line `k4s token create` prints on the operator's host")
+        if values["cluster-init"]:
+            raise ConfigError(f"cluster-init is for the first server, not role agent ({where('cluster-init')})",
+                              hint="drop it from the worker; boot the first server with k4s.cluster-init=1")
         if values["certificate-key"]:
             raise ConfigError(f"certificate-key is for a server that joins, not role agent ({where('certificate-key')})",
                               hint="a worker holds no CA key: drop it, or boot this machine with k4s.role=server")

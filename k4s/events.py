@@ -62,6 +62,8 @@ JOINED = Event("join", "joined")
 CERTS_FETCHED = Event("join", "certs-fetched")           # a server that joins: the shared CA keys, opened
 ETCD_LEARNER = Event("etcd", "learner-added")            # member=, members=: a server that joins
 ETCD_PROMOTED = Event("etcd", "promoted")                # member=: a voting member now
+ETCD_NO_QUORUM = Event("etcd", "no-quorum")              # unreachable=, members=: writes refused
+ETCD_QUORUM = Event("etcd", "quorum")                    # a majority answers again
 NODE_READY = Event("node", "ready")                      # node=: its name
 COREDNS_READY = Event("coredns", "ready")
 STATS = Event("k4s", "stats")                            # memory, every minute

@@ -69,8 +69,11 @@ def call(endpoint: str, path: str, body: dict[str, Any], ctx: ssl.SSLContext, ti
     return answer
 
 
-def members(endpoint: str, ctx: ssl.SSLContext) -> list[Member]:
-    return [Member.of(m) for m in call(endpoint, "cluster/member/list", {"linearizable": True}, ctx).get("members", [])]
+def members(endpoint: str, ctx: ssl.SSLContext, linearizable: bool = True) -> list[Member]:
+    """The members; not linearizable: as this member last knew them, which it answers without a
+    quorum."""
+    listed = call(endpoint, "cluster/member/list", {"linearizable": linearizable}, ctx).get("members", [])
+    return [Member.of(m) for m in listed]
 
 
 def first_answer(endpoints: list[str], ctx: ssl.SSLContext) -> tuple[str, list[Member]]:
@@ -151,6 +154,55 @@ def promote(record: dict[str, Any], ctx: ssl.SSLContext) -> bool:
             continue
         log.event(*events.ETCD_PROMOTED, id=record["member_id"], members=record.get("members", 0))
         return True
+    return False
+
+
+def quorum_line(voting: list[str], gone: list[str]) -> str | None:
+    """What the console says when the voting members that answer are not a majority of them."""
+    short = len(voting) // 2 + 1 - (len(voting) - len(gone))
+    if short <= 0:
+        return None
+    back = "one returns" if short == 1 else f"{short} of them return"
+    return (f"k4s: etcd: {len(gone)} of {len(voting)} members unreachable ({', '.join(gone)}): "
+            f"writes refused until {back}")
+
+
+class Quorum:
+    """Tells the console when this member's cluster loses its quorum, and when it has it back: the
+    etcd probe reports each answer (one probe at a time, so no lock)."""
+
+    def __init__(self) -> None:
+        self.lost = self.was_healthy = False
+
+    def observe(self, endpoint: str, ctx: ssl.SSLContext, healthy: bool, timeout: float = 2.0) -> None:
+        if not (healthy or self.was_healthy):
+            return  # starting: the boot's probes ask nothing more
+        self.was_healthy = True
+        if healthy:
+            if self.lost:
+                self.lost = False
+                log.console("k4s: etcd: a majority of members answers again: writes accepted")
+                log.event(*events.ETCD_QUORUM)
+            return
+        try:
+            voting = [m for m in members(endpoint, ctx, linearizable=False) if not m.learner]
+        except (OSError, K4sError):
+            return  # this member itself does not answer: its own failure, not the quorum's
+        gone = [m.name or m.id for m in voting if not answers(m, ctx, timeout)]
+        line = quorum_line([m.name or m.id for m in voting], gone)
+        if line and not self.lost:
+            self.lost = True
+            log.console(line)
+            log.event(*events.ETCD_NO_QUORUM, level="warn", unreachable=",".join(gone), members=len(voting))
+
+
+def answers(m: Member, ctx: ssl.SSLContext, timeout: float) -> bool:
+    for url in m.client_urls:
+        try:
+            call(url, "maintenance/status", {}, ctx, timeout=timeout)
+            return True
+        except (OSError, K4sError):
+            continue
     return False
 
 

@@ -35,6 +35,7 @@ ALPHABET = string.ascii_lowercase + string.digits
 MAX_TTL = dt.timedelta(days=7)
 MAX_REUSABLE_TTL = dt.timedelta(hours=24)
 MAX_CONTROL_PLANE_TTL = dt.timedelta(hours=2)  # kubeadm's kubeadm-certs live 2 hours
+CONTROLLERS_LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/kube-controller-manager"
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ def create_control_plane(client: kubeapi.Client, ttl: dt.timedelta, description:
     """A server's join (kubeadm's `token create --certificate-key`): a token in the control-plane
     group, and an upload request holding a one-time public key (k4s.cluster.copycerts). (token id,
     token secret, the request's private key)."""
+    check_leader_elected(client)
     token_id, token_secret = new_token()
     made = client.json("POST", SECRETS, secret_for(token_id, token_secret, ttl, description, node_name=node_name,
                                                    group=CONTROL_PLANE_GROUP))
@@ -113,6 +115,21 @@ def create_control_plane(client: kubeapi.Client, ttl: dt.timedelta, description:
         delete(client, token_id)
         raise
     return token_id, token_secret, private
+
+
+def check_leader_elected(client: kubeapi.Client) -> None:
+    """A second server's controllers must take turns with the first's: refused while the cluster's
+    controller-manager holds no Lease (the first server was not booted with cluster-init)."""
+    try:
+        holder = client.json("GET", CONTROLLERS_LEASE).get("spec", {}).get("holderIdentity")
+    except kubeapi.APIError as e:
+        if e.status != 404:
+            raise
+        holder = None
+    if not holder:
+        raise K4sError("the cluster's controller-manager elects no leader: a joining server's would run beside "
+                       "it, both active", hint="boot the first server with k4s.cluster-init=1 (as k3s's "
+                       "--cluster-init) before another joins it")
 
 
 def wait_uploaded(client: kubeapi.Client, token_id: str, private_key: Any, timeout: float) -> str | None:

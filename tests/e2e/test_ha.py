@@ -2,8 +2,10 @@
 apiserver answers; then `k4s token create --control-plane` writes two joins (each a token and a
 certificate key of its own, in the machine's own join segment), and both machines boot side by
 side: the second server, and one whose key is not its join's. What users check: both Nodes
-Ready, one etcd of two voting members, an object written through one server read through the
-other, the joins spent and their sealed keys gone, and the wrong key refused with one line.
+Ready, one etcd of two voting members, one controller-manager and one scheduler holding the
+leases, an object written through one server read through the other, the joins spent and their
+sealed keys gone, the wrong key refused with one line; last, the second server loses power and
+the first says in one line that etcd has no majority, and refuses a write.
 
 Two servers, not three: under TCG on this machine's two cores, an idle server takes 0.57-0.72
 of a host core (measured from QEMU's CPU time), so three saturate it; the third one's apiserver
@@ -23,7 +25,7 @@ import pytest
 
 from k4s import events
 from k4s.host import fleet as fleet_vms
-from k4s.host.vm import EXIT, VM, Boot
+from k4s.host.vm import EXIT, VM, Boot, Console
 from tests.conftest import k4s_cmd
 from tests.e2e.conftest import KUBECTL, Cluster, free_port, make_vm
 
@@ -104,6 +106,10 @@ def test_two_servers_are_ready_with_one_etcd_of_two_voting_members(ha: HA) -> No
         line = next((ln for ln in r.stdout.splitlines() if ln.startswith("etcd: ")), r.stdout + r.stderr)
         assert line.startswith("etcd: 2 members, 2 voting: ") and line.count("(leader)") == 1, line
         assert NAMES[0] in line and NAMES[1] in line and "learner" not in line, line
+    # one of each controller is active in the cluster, on either server (cluster-init, and the join)
+    for lease in ("kube-controller-manager", "kube-scheduler"):
+        holder = ha.kubectl(0, "get", "lease", "-n", "kube-system", lease, "-o", "jsonpath={.spec.holderIdentity}")
+        assert holder.stdout.split("_")[0] in NAMES[:2], holder.stdout
     # one datastore: written through the second server's apiserver, read through the first's
     ha.kubectl(1, "create", "configmap", "written-on-2", "--from-literal=n=2")
     assert ha.kubectl(0, "get", "configmap", "written-on-2", "-o", "jsonpath={.data.n}").stdout == "2"
@@ -139,3 +145,14 @@ def test_a_wrong_certificate_key_is_refused_with_one_line_and_joins_nothing(ha: 
     assert f"node/{NAMES[BAD]}" not in ha.kubectl(0, "get", "nodes", "-o", "name").stdout.split()
     members = [e["members"] for b in ha.boots for e in b.events(events.ETCD_LEARNER)]
     assert members == [2], members  # nothing was added for it
+
+
+def test_a_server_left_without_a_majority_says_so_and_refuses_writes(ha: HA) -> None:
+    """Last in the module: the second server loses power with no warning (QEMU killed). Two etcd
+    members need both for a majority: the first server's console says so in one line, and a
+    write through its apiserver fails."""
+    ha.servers[1].pull_plug()
+    line = f"k4s: etcd: 1 of 2 members unreachable ({NAMES[1]}): writes refused until one returns"
+    ha.servers[0].wait(ha.boots[0].proc, Console(line), timeout=180)
+    r = ha.kubectl(0, "create", "configmap", "after-the-loss", "--request-timeout=30s", check=False)
+    assert r.returncode != 0, r.stdout

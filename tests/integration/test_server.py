@@ -92,6 +92,17 @@ def test_kill_9_is_restarted_and_state_survives(server: Server, victim: str) -> 
         f"deployment.apps/keep-{victim}"
 
 
+def test_a_server_join_is_refused_while_the_controllers_elect_no_leader(server: Server) -> None:
+    """This server was not booted with cluster-init: its controllers run without a lease, so a
+    second server's would run beside them. The operator is told so, and no token is left."""
+    before = server.kubectl("get", "secrets", "-n", "kube-system", "-o", "name").stdout
+    r = k4s_cmd("token", "create", "--control-plane", "--node", "server-2", "--kubeconfig", str(server.kubeconfig))
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("k4s token: error:")]
+    assert r.returncode == 1 and len(errors) == 1, r.stdout + r.stderr
+    assert "controller-manager elects no leader" in errors[0] and "k4s.cluster-init=1" in errors[0], errors
+    assert server.kubectl("get", "secrets", "-n", "kube-system", "-o", "name").stdout == before
+
+
 def test_status_applet_reports_every_component(server: Server) -> None:
     r = k4s_cmd("status", "--config", os.devnull, "--set", f"data-dir={server.data}", "--set", f"run-dir={server.run}")
     assert r.returncode == 0, r.stdout

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import socket
+import time
 
 import psutil
 
@@ -50,6 +53,39 @@ def test_separate_processes_stop_in_reverse_order(tmp_path) -> None:
     # the apiserver stops before etcd, the scheduler before the apiserver
     assert log.index("component=kube-scheduler event=stopping") < log.index("component=kube-apiserver event=stopping")
     assert log.index("component=kube-apiserver event=stopped") < log.index("component=etcd event=stopping")
+
+
+def test_elected_controllers_run_apart_and_a_lost_lease_restarts_only_them(tmp_path) -> None:
+    """cluster-init: the controller-manager and the scheduler hold Leases, in a process of their
+    own. When another holder takes the lease (as a partitioned leader finds on its return),
+    upstream ends that process; the supervisor starts it again, and the apiserver and etcd, in
+    the process a lost lease must never end, run on."""
+    s = start_server(tmp_path, "--control-plane-only", "--set", "cluster-init=1")
+    try:
+        before = s.wait_ready()
+        pid = {n: c["pid"] for n, c in before.items()}
+        assert pid["kube-scheduler"] == pid["kube-controller-manager"] != pid["kube-apiserver"] == pid["etcd"]
+        for lease in ("kube-controller-manager", "kube-scheduler"):
+            spec = json.loads(s.kubectl("get", "lease", "-n", "kube-system", lease, "-o", "json").stdout)["spec"]
+            assert spec["holderIdentity"] and spec["leaseDurationSeconds"] == 30, spec
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        s.kubectl("patch", "lease", "-n", "kube-system", "kube-controller-manager", "--type=merge", "-p",
+                  json.dumps({"spec": {"holderIdentity": "intruder", "renewTime": now, "leaseDurationSeconds": 3600}}))
+        end = time.monotonic() + 90  # the renew deadline (20 s), then a restart
+        while (st := s.status().get("components", {}))["kube-controller-manager"]["restarts"] == 0:
+            assert time.monotonic() < end, f"the lost lease did not restart the controllers: {st}"
+            time.sleep(0.5)
+        after = s.wait_ready(60)
+        assert after["kube-scheduler"]["pid"] == after["kube-controller-manager"]["pid"] != pid["kube-controller-manager"]
+        for name in ("kube-apiserver", "etcd"):
+            assert after[name]["pid"] == pid[name] and after[name]["restarts"] == 0, after
+        s.stop(timeout=60)
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+    log = s.log.read_text()
+    assert "component=kube-controller-manager event=exited" in log
+    assert "component=kube-apiserver event=exited" not in log
 
 
 def _fails_with(tmp_path, *extra: str, env_bin: str | None = None, timeout: float = 180) -> str:

@@ -15,7 +15,7 @@ from k4s.layout import Paths
 ALL = list(components.NAMES)
 
 
-def node(tmp_path: Path, processes: str = "shared", separate_binaries: bool = False) -> Node:
+def node(tmp_path: Path, processes: str = "shared", separate_binaries: bool = False, **more: str) -> Node:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "kube").touch()
@@ -26,7 +26,7 @@ def node(tmp_path: Path, processes: str = "shared", separate_binaries: bool = Fa
             (bin_dir / name).symlink_to("kube")
     cfg = config.load(config_file=None, cmdline="", overrides={
         "data-dir": str(tmp_path / "data"), "run-dir": str(tmp_path / "run"), "bin-dir": str(bin_dir),
-        "component-processes": processes, "node-name": "n1"})
+        "component-processes": processes, "node-name": "n1", **more})
     return Node(cfg, Paths.of(cfg.data_dir, cfg.run_dir), "10.0.2.15", "eth0", bin_dir)
 
 
@@ -37,6 +37,29 @@ def hosts(n: Node, names: list[str]) -> dict[str, str]:
 def test_multicall_shares_control_plane_and_node_processes(tmp_path) -> None:
     assert hosts(node(tmp_path), ALL) == {
         "etcd": "kube-apiserver", "kube-controller-manager": "kube-apiserver", "kube-scheduler": "kube-apiserver", "kube-proxy": "kubelet"}
+
+
+JOINS = {"server": "https://10.77.0.11:6443", "token": "abcdef.0123456789abcdef",
+         "ca-hash": "sha256:" + "ab" * 32, "certificate-key": "cd" * 32}
+
+
+@pytest.mark.parametrize("more", [{"cluster-init": "1"}, JOINS], ids=["first", "joining"])
+def test_elected_controllers_take_turns_in_a_process_apart_from_the_apiserver(tmp_path, more) -> None:
+    n = node(tmp_path, **more)
+    # a lost lease ends the process: the scheduler's and controller-manager's, never etcd's
+    assert hosts(n, ALL) == {"etcd": "kube-apiserver", "kube-scheduler": "kube-controller-manager",
+                             "kube-proxy": "kubelet"}
+    argv = components.group_argv("kube-controller-manager", ["kube-scheduler"], n)
+    assert argv.count("--leader-elect=true") == 2 and "--leader-elect=false" not in argv
+    assert argv.count(f"--leader-elect-renew-deadline={components.RENEW_DEADLINE}") == 2
+    assert argv[argv.index(components.EMBED_MARK) + 1] == "kube-scheduler"
+
+
+def test_a_server_alone_writes_no_lease(tmp_path) -> None:
+    n = node(tmp_path)
+    for name in ("kube-controller-manager", "kube-scheduler"):
+        assert "--leader-elect=false" in components.argv(name, n)
+        assert not any(a.startswith("--leader-elect-") for a in components.argv(name, n))
 
 
 @pytest.mark.parametrize("processes, separate_binaries", [("separate", False), ("shared", True)])
@@ -75,9 +98,11 @@ def test_which_components_can_share_a_process_matches_the_go_build() -> None:
     table = EMBED_GO.read_text().split("var embeddable = map[string]", 1)[1].split("\n}\n", 1)[0]
     in_go = set(re.findall(r'^\s*"([a-z-]+)":', table, re.M))
     assert in_go == {n for n in ALL if components.module(n).HOST}
-    for n in ALL:  # a host is a component that runs a process of its own
+    for n in ALL:  # a host is a component that runs a process of its own, elected or not
         host = components.module(n).HOST
         assert host is None or (host in ALL and components.module(host).HOST is None)
+        elected = getattr(components.module(n), "HOST_ELECTED", None)
+        assert elected is None or (elected in ALL and components.module(elected).HOST_ELECTED is None)
 
 
 def test_every_port_preflight_checks_comes_from_a_component_module(tmp_path) -> None:

@@ -251,6 +251,15 @@ def test_a_server_join_is_checked_and_its_key_never_echoed(tmp_path, words: str,
     assert "0g0g" not in str(e.value) + (e.value.hint or "")
 
 
+def test_cluster_init_makes_the_first_server_elect_its_controllers_and_is_refused_on_a_worker(tmp_path) -> None:
+    assert config.load(os.devnull, cmdline="k4s.cluster-init=1").leader_elect
+    assert not config.load(os.devnull).leader_elect
+    assert config.load(os.devnull, join_secret=join_file(tmp_path, SERVER_JOIN)).leader_elect  # a joiner always
+    with pytest.raises(ConfigError, match="cluster-init is for the first server, not role agent") as e:
+        config.load(os.devnull, cmdline="k4s.cluster-init=1", join_secret=join_file(tmp_path, AGENT))
+    assert "k4s.cluster-init=1" in (e.value.hint or "")
+
+
 def test_a_certificate_key_on_the_command_line_is_refused() -> None:
     with pytest.raises(ConfigError, match="certificate-key"):
         config.load(os.devnull, cmdline=CERT_KEY)

@@ -490,3 +490,50 @@ def test_a_joining_member_s_initial_cluster_names_every_member_it_must_match() -
               Member("3", "", ("https://10.77.0.13:2380",), (), True)]  # another, added and not started
     assert initial_cluster(listed, "server-2", "https://10.77.0.12:2380") == (
         "server-1=https://10.77.0.11:2380,server-2=https://10.77.0.12:2380,unstarted-3=https://10.77.0.13:2380")
+
+
+@pytest.mark.parametrize("voting, gone, line", [
+    (["s1"], [], None),
+    (["s1", "s2", "s3"], ["s3"], None),  # two of three: a majority, writes go on
+    (["s1", "s2"], ["s2"], "1 of 2 members unreachable (s2): writes refused until one returns"),
+    (["s1", "s2", "s3"], ["s2", "s3"], "2 of 3 members unreachable (s2, s3): writes refused until one returns"),
+    (["a", "b", "c", "d", "e"], ["b", "c", "d", "e"], "4 of 5 members unreachable (b, c, d, e): writes refused "
+                                                      "until 2 of them return"),
+])
+def test_the_quorum_line_says_how_many_must_return(voting: list[str], gone: list[str], line: str | None) -> None:
+    from k4s.cluster.etcdmembers import quorum_line
+
+    assert quorum_line(voting, gone) == (None if line is None else "k4s: etcd: " + line)
+
+
+def test_a_lost_quorum_is_said_once_and_its_return_once(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The etcd probe's view: members as this member knows them (answered without a quorum), each
+    asked for its status; a member that does not answer counts as gone."""
+    from k4s.cluster import etcdmembers
+
+    up = {"https://10.77.0.11:2379"}
+    listed = {"members": [{"ID": 1, "name": "server-1", "clientURLs": ["https://10.77.0.11:2379"]},
+                          {"ID": 2, "name": "server-2", "clientURLs": ["https://10.77.0.12:2379"]},
+                          {"ID": 3, "name": "server-3", "clientURLs": ["https://10.77.0.13:2379"], "isLearner": True}]}
+
+    def call(endpoint: str, path: str, body: dict, ctx: object, timeout: float = 10.0) -> dict:
+        if path == "cluster/member/list":
+            assert body == {"linearizable": False}
+            return listed
+        if endpoint not in up:
+            raise OSError("timed out")
+        return {}
+
+    monkeypatch.setattr(etcdmembers, "call", call)
+    q = etcdmembers.Quorum()
+    q.observe("https://127.0.0.1:2379", None, healthy=False)  # type: ignore[arg-type]
+    assert not q.lost  # starting: nothing asked, nothing said
+    q.observe("https://127.0.0.1:2379", None, healthy=True)  # type: ignore[arg-type]
+    for _ in range(3):
+        q.observe("https://127.0.0.1:2379", None, healthy=False)  # type: ignore[arg-type]
+    up.add("https://10.77.0.12:2379")
+    q.observe("https://127.0.0.1:2379", None, healthy=True)  # type: ignore[arg-type]
+    said = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("k4s: etcd: ")]
+    assert said == ["k4s: etcd: 1 of 2 members unreachable (server-2): writes refused until one returns",
+                    "k4s: etcd: a majority of members answers again: writes accepted"]

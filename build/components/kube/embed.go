@@ -4,13 +4,17 @@ package main
 //
 //	kube kube-apiserver FLAGS + etcd FLAGS + kube-controller-manager FLAGS + kube-scheduler FLAGS
 //	kube kubelet FLAGS + kube-proxy FLAGS
+//	kube kube-controller-manager FLAGS + kube-scheduler FLAGS  (with leader election)
 //
 // The first component runs as on its own and owns the process: its signal
 // handling, its exit code. Each one after a "+" runs in a goroutine; if it
 // has a --kubeconfig it starts once that API server answers /readyz. On
 // SIGTERM the embedded components stop too: the API server's graceful
 // shutdown waits for its clients' watches, and the in-process ones would
-// otherwise hold it until it is killed. The datastore is the exception: etcd
+// otherwise hold it until it is killed. A component that loses its leader
+// lease ends the process (upstream's choice: its controllers do not all stop
+// on a cancelled context), so the elected ones run in a process of their own,
+// never the API server's and etcd's. The datastore is the exception: etcd
 // stops after the host has returned, when nothing needs it any more. When an
 // embedded component returns on its own, the process exits non-zero and the
 // supervisor restarts the group.

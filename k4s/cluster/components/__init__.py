@@ -7,6 +7,9 @@ Each module defines:
     NODE           True for the node part (skipped by --control-plane-only)
     HOST           the component whose process it can run in (`component-processes:
                    shared`, build/components/kube/embed.go), or None
+    HOST_ELECTED   (optional) its host instead when it elects a leader (config.leader_elect):
+                   upstream ends the process when a lease is lost, so an elected
+                   component never shares the apiserver's and etcd's
     READY_TIMEOUT  seconds from the start of its process to ready before the boot fails
     ports(cfg)     the (address, port) pairs it listens on: preflight refuses a taken one
     command(node)  writes its config files, returns its argv
@@ -64,6 +67,8 @@ def host_of(name: str, node: Node, names: list[str]) -> str | None:
     with `component-processes: shared`, when both run and both are the same executable:
     every Go process of the multicall carries ~14 MB of package-init state and a runtime."""
     host = module(name).HOST
+    if node.cfg.leader_elect:
+        host = getattr(module(name), "HOST_ELECTED", host)
     if host is None or host not in names or node.cfg.component_processes != "shared":
         return None
     exe = [os.path.realpath(node.bin(module(n).BINARY)) for n in (host, name)]
@@ -90,6 +95,21 @@ def delegated_auth_flags(node: Node, user: str, serving: str, port: int) -> list
         f"--secure-port={port}",
         f"--tls-cert-file={node.certs.crt(serving)}",
         f"--tls-private-key-file={node.certs.key(serving)}",
-        "--leader-elect=false",  # one node: no lease traffic
+        *leader_election_flags(node),
         "--profiling=false",
     ]
+
+
+# Twice upstream's 15 s lease, 10 s renew deadline and 2 s retry: a renewal held up by a busy
+# apiserver under TCG is not a lost lease, and a leader that is gone is replaced within 30 s.
+LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD = "30s", "20s", "4s"
+
+
+def leader_election_flags(node: Node) -> list[str]:
+    """On the servers of a control plane of several, one controller-manager and one scheduler
+    are active, holding a Lease in kube-system; alone, a server has no one to take turns with
+    and writes no lease."""
+    if not node.cfg.leader_elect:
+        return ["--leader-elect=false"]
+    return ["--leader-elect=true", f"--leader-elect-lease-duration={LEASE_DURATION}",
+            f"--leader-elect-renew-deadline={RENEW_DEADLINE}", f"--leader-elect-retry-period={RETRY_PERIOD}"]

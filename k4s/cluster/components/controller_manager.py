@@ -11,6 +11,7 @@ BINARY = "kube-controller-manager"
 HELPERS: tuple[str, ...] = ()
 NODE = False
 HOST = "kube-apiserver"
+HOST_ELECTED: str | None = None  # elected: a process of its own, which hosts the scheduler
 READY_TIMEOUT = 120.0
 PORT = 10257
 

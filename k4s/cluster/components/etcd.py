@@ -89,12 +89,22 @@ def client_context(node: Node):  # type: ignore[no-untyped-def]
 
 def ready(node: Node) -> bool:
     """/readyz: it serves linearizable reads as a voting member. A learner (a server that joined)
-    is promoted from here once it has caught up."""
+    is promoted from here once it has caught up. A voting member that fails it asks the others
+    whether a majority still answers, and the console says when it does not."""
     ctx = client_context(node)
-    status, body = kubeapi.get(f"{CLIENT_URL}/readyz?verbose", ctx, keep=True)
+    try:
+        status, body = kubeapi.get(f"{CLIENT_URL}/readyz?verbose", ctx, keep=True)
+    except OSError:  # a linearizable read that a lost quorum holds up past the timeout
+        status, body = 0, b""
     if status == 200:
+        QUORUM.observe(CLIENT_URL, ctx, healthy=True)
         return True
     if b"non_learner failed" in body and (record := etcdmembers.read_record(node.paths.data)):
         if etcdmembers.promote(record, ctx):
             log.console(f"k4s: etcd member {node.cfg.node_name} promoted: a voting member now")
+        return False
+    QUORUM.observe(CLIENT_URL, ctx, healthy=False)
     return False
+
+
+QUORUM = etcdmembers.Quorum()  # the etcd probe's: says when a majority stops (and starts again) answering

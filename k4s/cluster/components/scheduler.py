@@ -11,6 +11,7 @@ BINARY = "kube-scheduler"
 HELPERS: tuple[str, ...] = ()
 NODE = False
 HOST = "kube-apiserver"
+HOST_ELECTED = "kube-controller-manager"
 READY_TIMEOUT = 120.0
 PORT = 10259
 
