@@ -64,6 +64,7 @@ ETCD_LEARNER = Event("etcd", "learner-added")            # member=, members=: a 
 ETCD_PROMOTED = Event("etcd", "promoted")                # member=: a voting member now
 ETCD_NO_QUORUM = Event("etcd", "no-quorum")              # unreachable=, members=: writes refused
 ETCD_QUORUM = Event("etcd", "quorum")                    # a majority answers again
+APILB_SERVERS = Event("apilb", "servers")                # servers=: the apiservers a worker's balancer knows
 NODE_READY = Event("node", "ready")                      # node=: its name
 COREDNS_READY = Event("coredns", "ready")
 STATS = Event("k4s", "stats")                            # memory, every minute

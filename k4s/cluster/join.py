@@ -240,9 +240,10 @@ def retrying(server: str, deadline: float, attempt: Callable[[], T]) -> T:
 
 
 def join(server: str, token_text: str, ca_hash: str, node_name: str, files: certs.Files, cert_dir: Path,
-         deadline: float = 600.0) -> str:
+         deadline: float = 600.0, via: str = "") -> str:
     """Discovery and TLS bootstrap, retrying what the network or a starting server may fix
-    (with back-off, a line per try); the CA's hash. Refused is raised at once."""
+    (with back-off, a line per try); the CA's hash. Refused is raised at once. The node's
+    kubeconfig names `via` (the worker's API load balancer, k4s.cluster.apilb), or server."""
     token = Token.parse(token_text)
 
     def attempt() -> tuple[bytes, bytes, bytes]:
@@ -250,7 +251,7 @@ def join(server: str, token_text: str, ca_hash: str, node_name: str, files: cert
         return (ca_pem, *request_client_cert(server, ca_pem, token, node_name))
 
     ca_pem, cert, key = retrying(server, deadline, attempt)
-    write_credentials(files, cert_dir, server, ca_pem, cert, key)
+    write_credentials(files, cert_dir, via or server, ca_pem, cert, key)
     log.event(*events.JOINED, server=server, token=token.id)
     return ca_hash
 

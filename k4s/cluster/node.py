@@ -8,6 +8,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from k4s.cluster import apilb
 from k4s.cluster.certs import Files
 from k4s.config import Config
 from k4s.layout import Paths
@@ -42,8 +43,9 @@ class Node:
 
     @property
     def apiserver_url(self) -> str:
-        """How the node's own clients reach the apiserver: its own, or the server an agent joined."""
-        return self.cfg.server if self.cfg.role == "agent" else f"https://127.0.0.1:{self.cfg.apiserver_port}"
+        """How the node's own clients reach the apiserver: a server's own; an agent's load balancer,
+        which passes them to the server it joined or another (k4s.cluster.apilb)."""
+        return apilb.URL if self.cfg.role == "agent" else f"https://127.0.0.1:{self.cfg.apiserver_port}"
 
     @property
     def containerd_socket(self) -> Path:

@@ -12,7 +12,7 @@ import threading
 import time
 
 from k4s import events, log
-from k4s.cluster import components, metrics, renew, services, tasks
+from k4s.cluster import apilb, components, metrics, renew, services, tasks
 from k4s.cluster.memory import log_stats
 from k4s.cluster.node import Node
 from k4s.cluster.preflight import preflight
@@ -64,7 +64,19 @@ def join_cluster(node: Node) -> str:
 
     cfg = node.cfg
     return call_in_child(lambda: join.join(cfg.server, cfg.token, cfg.ca_hash, cfg.node_name, node.certs,
-                                           kubelet.cert_dir(node), JOIN_DEADLINE), JOIN_DEADLINE + 60)
+                                           kubelet.cert_dir(node), JOIN_DEADLINE, via=apilb.URL),
+                         JOIN_DEADLINE + 60)
+
+
+def start_balancer(node: Node) -> apilb.Balancer:
+    """A worker's API load balancer (k4s.cluster.apilb), starting from the server it joined and
+    learning the others from the cluster, through itself, as the node."""
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(node.cfg.server)
+    balancer = apilb.Balancer((u.hostname or "", u.port or 443))
+    balancer.start(fetch=lambda: tasks.api_client(node).json("GET", apilb.ENDPOINTS))
+    return balancer
 
 
 def fetch_shared_keys(node: Node) -> None:
@@ -130,9 +142,11 @@ def run_server(cfg: Config, control_plane_only: bool,
     preflight(node, names)
     from k4s.cluster import joinsecret
 
+    balancer = None
     if cfg.role == "agent":
         ca_hash = join_cluster(node)
         joinsecret.forget(cfg.sources.get("token", ""))  # spent: the server deleted the token too
+        balancer = start_balancer(node)
     else:
         # a server that joins, the first time (its etcd has no data yet): the shared CA keys first
         joining = cfg.joins_control_plane and not (node.paths.data / "etcd" / "member").exists()
@@ -184,4 +198,6 @@ def run_server(cfg: Config, control_plane_only: bool,
     finally:
         if watcher:
             watcher.stop.set()
+        if balancer:
+            balancer.stop()
         log.event("k4s", "stopped")

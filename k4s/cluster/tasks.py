@@ -33,7 +33,7 @@ def api_client(node: Node) -> kubeapi.Client:
     if node.cfg.role == "agent":
         from urllib.parse import urlsplit
 
-        u, pem = urlsplit(node.cfg.server), kubelet.client_pem(node)
+        u, pem = urlsplit(node.apiserver_url), kubelet.client_pem(node)
         return kubeapi.Client(u.hostname or "", u.port or 443,
                               kubeapi.tls_context(node.certs.crt(certs.CLUSTER_CA), pem, pem))
     return kubeapi.Client.from_files(node.certs, node.cfg.apiserver_port)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from k4s import events
+from k4s import events, log
 from k4s.host import fleet as fleet_vms
 from k4s.host.vm import VM
 from tests.conftest import k4s_cmd, require
@@ -117,6 +117,10 @@ def test_both_nodes_are_ready_and_the_worker_joined_through_csrs(fleet: Fleet) -
     # its serving certificate asked for by the node itself, approved by the server's approver
     serving = worker_serving_csrs(fleet)
     assert serving and all(approved(c) for c in serving), serving
+    # the worker's own clients reach the control plane through its load balancer, which learned
+    # the apiservers from the cluster's `kubernetes` Endpoints, asked through itself
+    learned = [e for e in log.read_events(fleet.worker.events) if events.APILB_SERVERS.matches(e)]
+    assert learned and learned[0]["servers"] == f"{fleet_vms.SERVER_IP}:6443", learned
 
 
 def test_a_kubelet_s_serving_certificate_is_no_certificate_for_the_apiserver(fleet: Fleet, tmp_path: Path) -> None:

@@ -1,0 +1,163 @@
+"""A worker's way to the control plane: a TCP load balancer on 127.0.0.1:6444, as k3s's agent
+runs one (pkg/agent/loadbalancer).
+
+The worker's kubelet, kube-proxy, flannel and k4s's own tasks connect to it; it hands each
+connection, bytes untouched, to an apiserver that accepts it: the one that accepted last, else
+the others in turn. Which apiservers there are it learns from the cluster itself, every
+REFRESH seconds: the `kubernetes` Endpoints in `default`, which list each apiserver holding a
+live lease. So a server that joins later is used, and one that is gone is skipped once a
+connect to it fails, without touching a kubeconfig. The server the worker joined stays in
+the list, last, as the way back in if every other one is gone.
+
+TLS still ends at an apiserver: each one's certificate names 127.0.0.1 and is checked against
+the cluster CA, so the balancer sees ciphertext only and cannot stand in for the control
+plane. A connection in flight when its apiserver dies is closed, and the client reconnects,
+as it would to a server of its own.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from k4s import events, log
+from k4s.errors import K4sError
+
+HOST, PORT = "127.0.0.1", 6444
+URL = f"https://{HOST}:{PORT}"
+CONNECT_TIMEOUT = 3.0  # an apiserver that has not accepted by then is taken as gone
+REFRESH = 30.0
+ENDPOINTS = "/api/v1/namespaces/default/endpoints/kubernetes"
+CHUNK = 64 * 1024
+
+Address = tuple[str, int]
+
+
+def apiservers(endpoints: dict[str, Any]) -> list[Address]:
+    """The apiservers the `kubernetes` Endpoints list: each address with the https port."""
+    out: list[Address] = []
+    for subset in endpoints.get("subsets") or []:
+        ports = [p.get("port") for p in subset.get("ports") or [] if p.get("name", "https") == "https"]
+        for a in subset.get("addresses") or []:
+            if ports and isinstance(a.get("ip"), str) and isinstance(ports[0], int):
+                out.append((a["ip"], ports[0]))
+    return sorted(set(out))
+
+
+class Balancer:
+    """Listens on (host, port); `servers` first, the joined one (`fallback`) kept last."""
+
+    def __init__(self, fallback: Address, host: str = HOST, port: int = PORT) -> None:
+        self.fallback = fallback
+        self.servers: list[Address] = [fallback]
+        self.current = fallback
+        self.learned = False
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        try:
+            self.sock = socket.create_server((host, port))
+        except OSError as e:
+            raise K4sError(f"the API load balancer cannot listen on {host}:{port}: {e.strerror}",
+                           hint="another program holds the port: k4s's workers keep it for this") from None
+        self.address: Address = self.sock.getsockname()[:2]
+
+    def start(self, fetch: Callable[[], dict[str, Any]] | None = None) -> None:
+        """Accept connections; with fetch (GET of the Endpoints), learn the apiservers."""
+        threading.Thread(target=self._accept, name="apilb", daemon=True).start()
+        if fetch is not None:
+            threading.Thread(target=self._refresh, args=(fetch,), name="apilb-refresh", daemon=True).start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes accept(); close alone leaves it listening
+        except OSError:
+            pass
+        self.sock.close()
+
+    def update(self, listed: list[Address]) -> None:
+        servers = [*(a for a in listed if a != self.fallback), self.fallback]
+        with self.lock:
+            changed, self.servers = servers != self.servers or not self.learned, servers
+            self.learned = True
+        if changed:  # and the first time: what the cluster said
+            log.event(*events.APILB_SERVERS, servers=",".join(f"{h}:{p}" for h, p in servers))
+
+    def order(self) -> list[Address]:
+        """Who to try: the one that accepted last, then the rest in their order."""
+        with self.lock:
+            return [self.current, *(a for a in self.servers if a != self.current)]
+
+    def dial(self) -> socket.socket:
+        errors = []
+        for addr in self.order():
+            try:
+                up = socket.create_connection(addr, timeout=CONNECT_TIMEOUT)
+            except OSError as e:
+                errors.append(f"{addr[0]}:{addr[1]}: {e.strerror or e}")
+                continue
+            up.settimeout(None)
+            keepalive(up)
+            with self.lock:
+                moved, self.current = addr != self.current, addr
+            if moved:
+                log.event("apilb", "server", level="warn", now=f"{addr[0]}:{addr[1]}", failed="; ".join(errors))
+            return up
+        raise OSError("; ".join(errors))
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return  # closed: stopping
+            threading.Thread(target=self._serve, args=(client,), name="apilb-conn", daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            up = self.dial()
+        except OSError as e:
+            log.event("apilb", "no-server", level="warn", error=str(e))
+            client.close()
+            return
+        down = threading.Thread(target=pump, args=(up, client), name="apilb-down", daemon=True)
+        down.start()
+        pump(client, up)
+        down.join()
+        client.close()
+        up.close()
+
+    def _refresh(self, fetch: Callable[[], dict[str, Any]]) -> None:
+        while True:
+            try:
+                if listed := apiservers(fetch()):
+                    self.update(listed)
+            except (OSError, K4sError, ValueError) as e:
+                log.event("apilb", "refresh-failed", level="debug", error=str(e))
+            if self.stopped.wait(REFRESH):
+                return
+
+
+def keepalive(s: socket.socket, idle: int = 10, interval: int = 5, count: int = 3) -> None:
+    """An apiserver whose machine lost power sends no reset: TCP keepalives find it gone (about
+    25 s), so the connection ends and its client dials again."""
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for opt, v in ((socket.TCP_KEEPIDLE, idle), (socket.TCP_KEEPINTVL, interval), (socket.TCP_KEEPCNT, count)):
+        s.setsockopt(socket.IPPROTO_TCP, opt, v)
+
+
+def pump(src: socket.socket, dst: socket.socket) -> None:
+    """Copy src to dst until src ends (then dst's sending half is shut) or either fails (then
+    both are shut: the other direction's pump ends too). The caller closes them."""
+    try:
+        while data := src.recv(CHUNK):
+            dst.sendall(data)
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

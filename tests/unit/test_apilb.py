@@ -1,0 +1,136 @@
+"""A worker's API load balancer: every connection to an apiserver that accepts it, the one that
+accepted last first; which apiservers there are, from the `kubernetes` Endpoints."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from k4s.cluster import apilb
+from k4s.errors import K4sError
+
+
+@contextmanager
+def echo_server(reply: bytes) -> Iterator[apilb.Address]:
+    """A stand-in apiserver: reads until the client has sent everything, then answers and hangs up."""
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            with c:
+                got = b""
+                while data := c.recv(1024):
+                    got += data
+                c.sendall(reply + b":" + got)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield srv.getsockname()[:2]
+    finally:
+        srv.shutdown(socket.SHUT_RDWR)  # wakes accept(): a closed socket alone keeps listening
+        srv.close()
+
+
+RESERVED: list[socket.socket] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_reserved() -> Iterator[None]:
+    yield
+    while RESERVED:
+        RESERVED.pop().close()
+
+
+def closed_port() -> apilb.Address:
+    """An address that refuses connections: bound (so no other test's server gets it), not listening."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    RESERVED.append(s)
+    return s.getsockname()[:2]
+
+
+def ask(lb: apilb.Balancer, msg: bytes = b"GET") -> bytes:
+    with socket.create_connection(lb.address, timeout=10) as c:
+        c.sendall(msg)
+        c.shutdown(socket.SHUT_WR)  # a half-close: the answer must still come back
+        out = b""
+        try:
+            while data := c.recv(1024):
+                out += data
+        except ConnectionResetError:  # closed with our bytes unread: a reset, as good as an end
+            assert not out
+        return out
+
+
+@pytest.fixture
+def balancer() -> Iterator[apilb.Balancer]:
+    lb = apilb.Balancer(closed_port(), port=0)
+    lb.start()
+    yield lb
+    lb.stop()
+
+
+def test_a_connection_goes_to_a_server_that_accepts_and_stays_there(balancer: apilb.Balancer) -> None:
+    with echo_server(b"two") as two, echo_server(b"three") as three:
+        balancer.update([two, three])
+        assert balancer.servers[-1] == balancer.fallback  # the joined server is kept, last
+        assert ask(balancer) == b"two:GET"  # the joined one refused: the next one took it
+        assert balancer.current == two and balancer.order()[0] == two
+        assert ask(balancer, b"again") == b"two:again"
+    with echo_server(b"back") as back:
+        balancer.update([back])
+        assert ask(balancer) == b"back:GET"  # the one that answered last is gone: the next
+
+
+def test_no_server_that_accepts_closes_the_connection(balancer: apilb.Balancer) -> None:
+    balancer.update([closed_port()])
+    assert ask(balancer) == b""
+
+
+def test_a_taken_port_is_one_line() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        with pytest.raises(K4sError, match="cannot listen on 127.0.0.1:") as e:
+            apilb.Balancer(closed_port(), port=taken.getsockname()[1])
+    assert "hint" not in str(e.value) and e.value.hint
+
+
+@pytest.mark.parametrize("doc, servers", [
+    ({"subsets": [{"addresses": [{"ip": "10.77.0.12"}, {"ip": "10.77.0.11"}], "ports": [{"name": "https", "port": 6443}]}]},
+     [("10.77.0.11", 6443), ("10.77.0.12", 6443)]),
+    ({"subsets": [{"addresses": [{"ip": "10.77.0.11"}], "ports": [{"port": 6443}]}]}, [("10.77.0.11", 6443)]),
+    ({}, []), ({"subsets": None}, []),
+    ({"subsets": [{"addresses": [{"ip": 5}], "ports": [{"port": "x"}]}]}, []),  # hostile shapes: nothing
+    ({"subsets": [{"addresses": [{"ip": "10.0.0.1"}], "ports": [{"name": "metrics", "port": 1}]}]}, []),
+])
+def test_the_apiservers_come_from_the_kubernetes_endpoints(doc: dict, servers: list) -> None:
+    assert apilb.apiservers(doc) == servers
+
+
+def test_the_balancer_learns_the_apiservers_from_the_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(apilb, "REFRESH", 0.05)
+    lb = apilb.Balancer(("10.77.0.11", 6443), port=0)
+    doc = {"subsets": [{"addresses": [{"ip": "10.77.0.11"}, {"ip": "10.77.0.13"}], "ports": [{"port": 6443}]}]}
+    fetched = threading.Event()
+
+    def fetch() -> dict:
+        fetched.set()
+        return doc
+
+    lb.start(fetch)
+    try:
+        assert fetched.wait(5)
+        for _ in range(100):
+            if lb.servers == [("10.77.0.13", 6443), ("10.77.0.11", 6443)]:
+                break
+            threading.Event().wait(0.05)
+        assert lb.servers == [("10.77.0.13", 6443), ("10.77.0.11", 6443)]
+    finally:
+        lb.stop()
