@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import ssl
+import subprocess
 import time
 
 import pytest
@@ -101,6 +102,31 @@ def test_a_server_join_is_refused_while_the_controllers_elect_no_leader(server: 
     assert r.returncode == 1 and len(errors) == 1, r.stdout + r.stderr
     assert "controller-manager elects no leader" in errors[0] and "k4s.cluster-init=1" in errors[0], errors
     assert server.kubectl("get", "secrets", "-n", "kube-system", "-o", "name").stdout == before
+
+
+def test_a_worker_s_load_balancer_passes_tls_through_to_an_apiserver_that_answers(server: Server, tmp_path) -> None:
+    """k4s.cluster.apilb in front of a dead server and this real one: kubectl, through it, checks
+    the apiserver's own certificate (TLS is not ended on the way) and its requests get there."""
+    from k4s.cluster import apilb
+
+    dead = socket.socket()  # bound, not listening: a server that is gone
+    dead.bind(("127.0.0.1", 0))
+    lb = apilb.Balancer(dead.getsockname()[:2], port=0)
+    lb.update([("127.0.0.1", 6443)])
+    lb.current = lb.fallback  # the joined server first, as after a worker's boot: it refuses
+    lb.start()
+    try:
+        kc = tmp_path / "via-lb.kubeconfig"
+        kc.write_text(server.kubeconfig.read_text().replace("https://127.0.0.1:6443",
+                                                            f"https://127.0.0.1:{lb.address[1]}"))
+        r = subprocess.run([str(BIN / "kubectl"), "--kubeconfig", str(kc), "create", "configmap", "via-lb",
+                            "--from-literal=n=1"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert server.kubectl("get", "configmap", "via-lb", "-o", "jsonpath={.data.n}").stdout == "1"
+        assert lb.current == ("127.0.0.1", 6443)
+    finally:
+        lb.stop()
+        dead.close()
 
 
 def test_status_applet_reports_every_component(server: Server) -> None:
