@@ -317,6 +317,9 @@ class Config:
     cluster_init: bool = key(_bool, False, "the first server of a control plane that more servers will join (k3s's "
         "--cluster-init): its controller-manager and scheduler elect a leader, as every joining server's do, so that "
         "one of each is active; `k4s token create --control-plane` refuses a server without it", cmdline=C)
+    etcd_only: bool = key(_bool, False, "a server that joins to run etcd alone (k3s's etcd-only server): a voting "
+        "member, so that two full servers and it survive the loss of any one machine; no apiserver, controllers "
+        "or node", cmdline=C)
     certificate_key: str = key(_optional(_certificate_key), "", "a server that joins `server`: the key that opens "
         "the cluster's shared CA keys (kubeadm's --certificate-key), from `k4s token create --control-plane`; "
         f"only in the machine's join segment ({layout.JOIN_SECRET})", secret=True)
@@ -605,6 +608,10 @@ def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
             raise ConfigError(f"a server that joins another needs {', '.join(missing)} too ({where(*given)})",
                               hint="boot it with the join `k4s token create --control-plane` writes; a worker "
                                    "needs k4s.role=agent; a first server none of them")
+    if values["etcd-only"] and not (values["role"] == "server" and values["server"]):
+        raise ConfigError(f"etcd-only is for a server that joins another ({where('etcd-only')})",
+                          hint="boot it with a join from `k4s token create --control-plane`; the first server "
+                               "runs the whole control plane")
     if values["mgmt-interface"] and values["mgmt-interface"] == values["interface"]:
         raise ConfigError(f"mgmt-interface is the node interface ({where('mgmt-interface', 'interface')})",
                           hint="name a second interface, or drop mgmt-interface")

@@ -29,7 +29,9 @@ JOIN_DEADLINE = 600.0  # a worker may boot before its server is up
 
 
 def selected(control_plane_only: bool, cfg: Config) -> list[str]:
-    """The components this node runs: an agent only the node's part."""
+    """The components this node runs: an agent only the node's part, an etcd-only server etcd."""
+    if cfg.etcd_only:
+        return ["etcd"]
     agent = cfg.role == "agent"
     return [n for n in components.NAMES if n not in cfg.disable
             and not (control_plane_only and components.module(n).NODE) and not (agent and not components.module(n).NODE)]

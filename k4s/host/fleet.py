@@ -85,15 +85,16 @@ class Switch:
 
 def server_on(switch_port: int, out: Path, kernel: Path, initrd: Path, mac: str, ip: str, name: str, port: int,
               join: Path | None = None, memory: int = 1536, operator_dir: Path | None = None, cpus: int = 2,
-              metrics_port: int = 0) -> VM:
+              metrics_port: int = 0, etcd_only: bool = False) -> VM:
     """A server on a `Switch`: its management NIC (eth0, the host's `port` forwarded to its
     apiserver) and the lan (eth1, `ip`). The first has no join and starts a control plane that
     others join (`k4s.cluster-init=1`: its controllers elect a leader); one that joins has the
-    join segment `k4s token create --control-plane --segment` wrote. Servers of one cluster share
-    the operator's directory (the operator CA each one trusts)."""
+    join segment `k4s token create --control-plane --segment` wrote, and may run etcd alone
+    (`k4s.etcd-only=1`). Servers of one cluster share the operator's directory (the operator CA
+    each one trusts)."""
     return VM(out, kernel, initrd, memory=memory, cpus=cpus, port=port, lan_connect=switch_port, lan_mgmt=True,
               mgmt_port=True,
               mac=mac, operator_dir=operator_dir, join_secret=join, metrics_port=metrics_port,
               metrics_guest=ip,
               append=f"k4s.interface=eth1 k4s.ip={ip}/24 k4s.mgmt-interface=eth0 k4s.node-name={name}"
-                     + ("" if join else " k4s.cluster-init=1"))
+                     + ("" if join else " k4s.cluster-init=1") + (" k4s.etcd-only=1" if etcd_only else ""))

@@ -1,21 +1,26 @@
 """Servers that join a server, on a lan switch of its own: the first boots alone until its
-apiserver answers; then `k4s token create --control-plane` writes two joins (each a token and a
-certificate key of its own, in the machine's own join segment), and both machines boot side by
-side: the second server, and one whose key is not its join's. What users check: both Nodes
-Ready, one etcd of two voting members, one controller-manager and one scheduler holding the
-leases, an object written through one server read through the other, the joins spent and their
-sealed keys gone, the wrong key refused with one line; last, the second server loses power and
-the first says in one line that etcd has no majority, and refuses a write.
+apiserver answers; then `k4s token create --control-plane` writes three joins (each a token and
+a certificate key of its own, in the machine's own join segment): the second server and one
+whose key is not its join's boot side by side, then a third server that runs etcd alone
+(`k4s.etcd-only`). What users check: both Nodes Ready, one etcd of three voting members, one
+controller-manager and one scheduler holding the leases, an object written through one server
+read through the other, the joins spent and their sealed keys gone, the wrong key refused with
+one line. Then the faults: the etcd leader's machine loses power and writes go on through the
+other server; it boots again, empty, with a join minted for it, and takes its place back; last, two members
+stop answering and the first says in one line that etcd has no majority, refuses a write, and
+takes writes again once one returns.
 
-Two servers, not three: under TCG on this machine's two cores, an idle server takes 0.57-0.72
-of a host core (measured from QEMU's CPU time), so three saturate it; the third one's apiserver
-took 160-210 s to start and readiness flapped on all three (README, "Three servers")."""
+Two full servers and an etcd-only third, not three full ones: under TCG on this machine's two
+cores an idle server takes 0.57-0.72 of a host core (measured from QEMU's CPU time), so three
+saturate it; the third one's apiserver took 160-210 s to start and readiness flapped on all
+three (README, "Three servers"). An etcd member alone is what the quorum needs."""
 
 from __future__ import annotations
 
 import json
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -29,18 +34,23 @@ from k4s.host.vm import EXIT, VM, Boot, Console
 from tests.conftest import k4s_cmd
 from tests.e2e.conftest import KUBECTL, Cluster, free_port, make_vm
 
-NAMES = ("server-1", "server-2", "server-3")
-IPS = ("10.77.0.11", "10.77.0.12", "10.77.0.13")
-MACS = ("52:54:00:00:77:11", "52:54:00:00:77:12", "52:54:00:00:77:13")
-BAD = 2  # the third machine: a good token, a wrong certificate key
+NAMES = ("server-1", "server-2", "server-3", "server-4")
+IPS = ("10.77.0.11", "10.77.0.12", "10.77.0.13", "10.77.0.14")
+MACS = ("52:54:00:00:77:11", "52:54:00:00:77:12", "52:54:00:00:77:13", "52:54:00:00:77:14")
+WITNESS = 2  # the third server: etcd alone
+BAD = 3  # the fourth machine: a good token, a wrong certificate key
 
 
 @dataclass
 class HA:
-    boots: list[Boot]
-    joins: list[str]  # what `k4s token create --control-plane` printed for the second server
+    boots: list[Boot]  # the two full servers
+    witness: Boot  # the etcd-only one
+    joins: list[str]  # what `k4s token create --control-plane` printed for the second server and the witness
     segments: list[Path]
     bad: tuple[int, str]  # the wrong key's machine: QEMU's status, its console
+    tmp: Path
+    lan: tuple[int, ...]
+    stack: ExitStack
 
     @property
     def servers(self) -> list[VM]:
@@ -52,18 +62,27 @@ class HA:
         assert r.returncode == 0 or not check, r.stderr
         return r
 
+    def etcd_line(self, i: int) -> str:
+        """What `k4s status --remote` says of etcd on server i."""
+        vm = self.servers[i]
+        r = k4s_cmd("status", "--remote", f"https://127.0.0.1:{vm.metrics_port}", "--kubeconfig", str(vm.kubeconfig))
+        return next((ln for ln in r.stdout.splitlines() if ln.startswith("etcd: ")), r.stdout + r.stderr)
 
-def server(tmp: Path, lan: tuple[int, ...], i: int, join: Path | None = None) -> VM:
-    base = make_vm(tmp / NAMES[i])
-    return fleet_vms.server_on(lan[i], tmp / NAMES[i], base.kernel, base.initrd, MACS[i], IPS[i], NAMES[i],
-                               free_port(), join, operator_dir=tmp / "operator", metrics_port=free_port())
+
+def server(tmp: Path, lan: tuple[int, ...], i: int, join: Path | None = None, out: Path | None = None,
+           etcd_only: bool = False) -> VM:
+    out = out or tmp / NAMES[i]
+    base = make_vm(out)
+    return fleet_vms.server_on(lan[i], out, base.kernel, base.initrd, MACS[i], IPS[i], NAMES[i],
+                               free_port(), join, operator_dir=tmp / "operator", metrics_port=free_port(),
+                               etcd_only=etcd_only, **({"memory": 768, "cpus": 1} if etcd_only else {}))
 
 
-def control_plane_join(first: VM, name: str, segment: Path | None = None) -> str:
+def control_plane_join(first: VM, name: str, segment: Path | None = None, via: str = "") -> str:
     """What `k4s token create --control-plane` prints: with a segment written, the public half;
-    without, the whole join."""
+    without, the whole join. `via`: the server it names (else the one cluster-info names)."""
     r = fleet_vms.token_create(first.kubeconfig, "--control-plane", "--node", name,
-                               *(("--segment", str(segment)) if segment else ()))
+                               *(("--segment", str(segment)) if segment else ()), *(("--server", via) if via else ()))
     return r.stdout.strip()
 
 
@@ -75,37 +94,42 @@ def ha(tmp_path_factory) -> Iterator[HA]:
         first = server(tmp, lan, 0)
         b1 = stack.enter_context(first.booted(until=events.APISERVER_READY))
         first.write_kubeconfig()
-        segment = tmp / f"{NAMES[1]}.join"
-        joins = [control_plane_join(first, NAMES[1], segment)]
+        segments = [tmp / f"{NAMES[i]}.join" for i in (1, WITNESS)]
+        joins = [control_plane_join(first, NAMES[i], seg) for i, seg in zip((1, WITNESS), segments, strict=True)]
         whole = control_plane_join(first, NAMES[BAD])  # a good token with another key
         key = whole.split("k4s.certificate-key=")[1].split()[0]
         (tmp / "bad.join").write_text(whole.replace(key, "0" * 64))
-        machines = [server(tmp, lan, 1, segment), server(tmp, lan, BAD, tmp / "bad.join")]
+        machines = [server(tmp, lan, 1, segments[0]), server(tmp, lan, BAD, tmp / "bad.join"),
+                    server(tmp, lan, WITNESS, segments[1], etcd_only=True)]
         started = []
-        for vm in machines:
+        for vm in machines[:2]:
             started.append(vm.start())
             stack.callback(vm.stop, started[-1], clean=False)
         bad = machines[1].wait(started[1], EXIT, timeout=300)["rc"], machines[1].console.read_text(errors="replace")
+        # etcd takes one learner at a time: the witness's join waits for the second server's promotion
+        started.append(machines[2].start())
+        stack.callback(machines[2].stop, started[-1], clean=False)
         first.wait(b1.proc)
         boots = [b1, Boot(machines[0], started[0], machines[0].wait(started[0], timeout=600))]
         machines[0].write_kubeconfig()
-        yield HA(boots, joins, [segment], bad)
+        witness = Boot(machines[2], started[2], machines[2].wait(started[2], events.ETCD_READY, timeout=300))
+        yield HA(boots, witness, joins, segments, bad, tmp, lan, stack)
 
 
-def test_two_servers_are_ready_with_one_etcd_of_two_voting_members(ha: HA) -> None:
+def test_two_servers_are_ready_with_one_etcd_of_three_voting_members(ha: HA) -> None:
     nodes = json.loads(ha.kubectl(1, "get", "nodes", "-o", "json").stdout)["items"]
     ready = {n["metadata"]["name"]: {c["type"]: c["status"] for c in n["status"]["conditions"]}["Ready"] for n in nodes}
-    assert ready == dict.fromkeys(NAMES[:2], "True"), ready
-    # the joiner was added as a learner (etcd counted two members) and promoted once in sync
-    learner = ha.boots[1].events(events.ETCD_LEARNER)
-    assert [e["members"] for e in learner] == [2], learner
-    assert f"k4s: etcd member {NAMES[1]} promoted" in ha.servers[1].console.read_text(errors="replace")
-    # what the operator sees: `k4s status` on either server lists both voting members, one the leader
-    for vm in ha.servers:
-        r = k4s_cmd("status", "--remote", f"https://127.0.0.1:{vm.metrics_port}", "--kubeconfig", str(vm.kubeconfig))
-        line = next((ln for ln in r.stdout.splitlines() if ln.startswith("etcd: ")), r.stdout + r.stderr)
-        assert line.startswith("etcd: 2 members, 2 voting: ") and line.count("(leader)") == 1, line
-        assert NAMES[0] in line and NAMES[1] in line and "learner" not in line, line
+    assert ready == dict.fromkeys(NAMES[:2], "True"), ready  # the etcd-only server has no node
+    # each joiner was added as a learner (etcd counted its members) and promoted once in sync
+    assert [e["members"] for e in ha.boots[1].events(events.ETCD_LEARNER)] == [2]
+    assert [e["members"] for e in ha.witness.events(events.ETCD_LEARNER)] == [3]
+    for b in (ha.boots[1], ha.witness):
+        assert f"k4s: etcd member {b.vm.out.name} promoted" in b.console(), b.vm.out.name
+    # what the operator sees: `k4s status` on either server lists the three voting members, one the leader
+    for i in (0, 1):
+        line = ha.etcd_line(i)
+        assert line.startswith("etcd: 3 members, 3 voting: ") and line.count("(leader)") == 1, line
+        assert all(n in line for n in NAMES[:3]) and "learner" not in line, line
     # one of each controller is active in the cluster, on either server (cluster-init, and the join)
     for lease in ("kube-controller-manager", "kube-scheduler"):
         holder = ha.kubectl(0, "get", "lease", "-n", "kube-system", lease, "-o", "jsonpath={.spec.holderIdentity}")
@@ -116,10 +140,10 @@ def test_two_servers_are_ready_with_one_etcd_of_two_voting_members(ha: HA) -> No
 
 
 def test_a_server_join_is_secret_spent_and_takes_the_sealed_keys_with_it(ha: HA) -> None:
-    for line, name in zip(ha.joins, NAMES[1:2], strict=True):
+    for line, i in zip(ha.joins, (1, WITNESS), strict=True):
         # printed: only the public half; the token and the key went into the segment
         assert line.startswith(f"k4s.role=server k4s.server=https://{IPS[0]}:6443 k4s.ca-hash=sha256:"), line
-        assert line.endswith(f"k4s.node-name={name}") and "token" not in line and "certificate-key" not in line
+        assert line.endswith(f"k4s.node-name={NAMES[i]}") and "token" not in line and "certificate-key" not in line
     spent = [re.search(rb"k4s\.token=([a-z0-9]{6})\.", p.read_bytes()).group(1).decode()  # type: ignore[union-attr]
              for p in ha.segments]
     listed = k4s_cmd("token", "list", "--kubeconfig", str(ha.servers[0].kubeconfig))
@@ -131,9 +155,8 @@ def test_a_server_join_is_secret_spent_and_takes_the_sealed_keys_with_it(ha: HA)
         return not any(f"kubeadm-certs-{t}" in names for t in spent), names
 
     Cluster(ha.servers[0]).wait_for("the sealed keys of spent joins collected", collected, timeout=60)
-    for vm in ha.servers[1:]:  # one cluster identity: the first server's CA
-        assert "k4s: cluster CA " + ha.servers[0].ca_hash in vm.console.read_text(errors="replace")
-    for b in ha.boots[1:]:
+    for b in (ha.boots[1], ha.witness):  # one cluster identity: the first server's CA
+        assert "k4s: cluster CA " + ha.servers[0].ca_hash in b.console()
         assert b.events(events.SECRET_DELETED), "the join segment was not deleted"
 
 
@@ -143,16 +166,76 @@ def test_a_wrong_certificate_key_is_refused_with_one_line_and_joins_nothing(ha: 
     assert len(lines) == 1 and lines[0].startswith("k4s init: error:"), console[-3000:]
     assert "k4s: etcd member" not in console and rc == 0  # k4s.on-failure: poweroff
     assert f"node/{NAMES[BAD]}" not in ha.kubectl(0, "get", "nodes", "-o", "name").stdout.split()
-    members = [e["members"] for b in ha.boots for e in b.events(events.ETCD_LEARNER)]
-    assert members == [2], members  # nothing was added for it
+    members = [e["members"] for b in (*ha.boots, ha.witness) for e in b.events(events.ETCD_LEARNER)]
+    assert members == [2, 3], members  # nothing was added for it
 
 
-def test_a_server_left_without_a_majority_says_so_and_refuses_writes(ha: HA) -> None:
-    """Last in the module: the second server loses power with no warning (QEMU killed). Two etcd
-    members need both for a majority: the first server's console says so in one line, and a
-    write through its apiserver fails."""
-    ha.servers[1].pull_plug()
-    line = f"k4s: etcd: 1 of 2 members unreachable ({NAMES[1]}): writes refused until one returns"
-    ha.servers[0].wait(ha.boots[0].proc, Console(line), timeout=180)
-    r = ha.kubectl(0, "create", "configmap", "after-the-loss", "--request-timeout=30s", check=False)
+def write_every_second(ha: HA, i: int, seconds: float) -> tuple[list[int], float]:
+    """A client writing numbered ConfigMaps through server i, one a second: (the numbers that were
+    acknowledged, the longest time between two acknowledged writes)."""
+    acked, last, gap, n = [], time.monotonic(), 0.0, 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        n += 1
+        r = ha.kubectl(i, "create", "configmap", f"tick-{n}", "--request-timeout=10s", check=False)
+        if r.returncode == 0:
+            now = time.monotonic()
+            acked.append(n)
+            gap, last = max(gap, now - last), now
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - last)))
+    return acked, gap
+
+
+def test_the_etcd_leader_s_machine_loses_power_writes_go_on_and_it_rejoins_empty(ha: HA) -> None:
+    """The machine running etcd's leader loses power with no warning (QEMU killed; the second
+    server if the witness leads). etcd keeps a majority: writes through the other server go on
+    after an election, each one acknowledged kept. The lost server boots again with no disk and
+    a join minted for it through the survivor (its old one was spent): it removes its old member
+    through the majority, joins again, and its Node is Ready."""
+    leader = re.search(r"(server-\d) \(leader\)", ha.etcd_line(0))
+    assert leader, ha.etcd_line(0)
+    victim = NAMES.index(leader.group(1)) if leader.group(1) in NAMES[:2] else 1
+    other = 1 - victim
+    ha.servers[victim].pull_plug()
+    acked, gap = write_every_second(ha, other, 30)
+    print(f"etcd leader {leader.group(1)}; writes through {NAMES[other]} after {NAMES[victim]}'s loss: "
+          f"{len(acked)} acknowledged, longest gap {gap:.1f} s")
+    assert len(acked) >= 10, acked
+    names = ha.kubectl(other, "get", "configmaps", "-o", "name").stdout.split()
+    assert all(f"configmap/tick-{n}" in names for n in acked), names
+    segment = ha.tmp / f"{NAMES[victim]}-again.join"
+    control_plane_join(ha.servers[other], NAMES[victim], segment, via=f"https://{IPS[other]}:6443")
+    again = server(ha.tmp, ha.lan, victim, segment, out=ha.tmp / f"{NAMES[victim]}-again")
+    t = time.monotonic()
+    proc = again.start()
+    ha.stack.callback(again.stop, proc, clean=False)
+    ha.boots[victim] = Boot(again, proc, again.wait(proc, timeout=900))
+    print(f"{NAMES[victim]} booted again to Ready in {time.monotonic() - t:.1f} s")
+    again.write_kubeconfig()
+    console = ha.boots[victim].console()
+    assert "event=member-removed" in console and f"k4s: etcd member {NAMES[victim]} promoted" in console
+    line = ha.etcd_line(other)
+    assert line.startswith("etcd: 3 members, 3 voting: ") and "learner" not in line, line
+    # what was written while it was gone is there through it
+    assert ha.kubectl(victim, "get", "configmap", f"tick-{acked[-1]}", "-o", "name").returncode == 0
+
+
+def test_without_a_majority_a_server_says_so_refuses_writes_and_takes_them_once_one_returns(ha: HA) -> None:
+    """Last in the module: two of the three members stop answering (their machines paused). The
+    first server's console says so in one line and a write through it fails; once one of them
+    answers again, writes are accepted."""
+    for b in (ha.boots[1], ha.witness):
+        b.vm.qmp_command("stop")
+    lost = f"k4s: etcd: 2 of 3 members unreachable ({NAMES[1]}, {NAMES[2]}): writes refused until one returns"
+    lost_alt = f"k4s: etcd: 2 of 3 members unreachable ({NAMES[2]}, {NAMES[1]}): writes refused until one returns"
+    first = ha.servers[0]
+    end = time.monotonic() + 180
+    while not any(x in first.console.read_text(errors="replace") for x in (lost, lost_alt)):
+        assert time.monotonic() < end, first.console.read_text(errors="replace")[-3000:]
+        time.sleep(1)
+    r = ha.kubectl(0, "create", "configmap", "without-a-majority", "--request-timeout=20s", check=False)
     assert r.returncode != 0, r.stdout
+    ha.witness.vm.qmp_command("cont")
+    first.wait(ha.boots[0].proc, Console("k4s: etcd: a majority of members answers again: writes accepted"),
+               timeout=180)
+    assert ha.kubectl(0, "create", "configmap", "with-a-majority-again", "--request-timeout=30s").returncode == 0
