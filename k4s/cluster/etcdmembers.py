@@ -9,16 +9,20 @@
           member (the etcd component's probe does it, k4s.cluster.components.etcd.ready).
 
 etcd allows one learner at a time: a second server that joins meanwhile waits for the first's
-promotion. What the join needs later (its member ID, the others' client URLs) is kept in a
+promotion. Each member also defragments itself on a schedule when its database file holds
+enough that no key uses (the apiserver compacts old revisions every 5 minutes). What the join needs later (its member ID, the others' client URLs) is kept in a
 record beside etcd's data directory.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import ssl
+import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -204,6 +208,36 @@ def answers(m: Member, ctx: ssl.SSLContext, timeout: float) -> bool:
         except (OSError, K4sError):
             continue
     return False
+
+
+DEFRAG_EVERY = 3600.0  # seconds between looks, each member on its own clock (a tenth of jitter)
+DEFRAG_MIN_FREE = 16 << 20  # bytes the database file holds for nothing before it is worth a pause
+
+
+def defragment_if_worth(endpoint: str, ctx: ssl.SSLContext, min_free: int = DEFRAG_MIN_FREE) -> tuple[int, int] | None:
+    """Defragment this member when its database file holds at least min_free bytes that no key
+    uses (what deleted and compacted revisions left): on a RAM-only server that file is RAM.
+    The member pauses its reads and writes meanwhile (milliseconds in RAM), so each member does
+    its own, at its own time. (size before, after), or None when not worth it."""
+    st = call(endpoint, "maintenance/status", {}, ctx)
+    size = int(st.get("dbSize") or 0)
+    used = int(st.get("dbSizeInUse") or size)
+    if size - used < min_free:
+        return None
+    call(endpoint, "maintenance/defragment", {}, ctx, timeout=120)
+    after = int(call(endpoint, "maintenance/status", {}, ctx).get("dbSize") or 0)
+    log.event("etcd", "defragmented", before_mib=f"{size / 2**20:.1f}", after_mib=f"{after / 2**20:.1f}")
+    return size, after
+
+
+def defragment_on_schedule(endpoint: str, ctx: Callable[[], ssl.SSLContext], stop: threading.Event,
+                           every: float = DEFRAG_EVERY) -> None:
+    """Until stop: every `every` seconds (jittered), defragment_if_worth."""
+    while not stop.wait(every * random.uniform(0.9, 1.1)):  # noqa: S311 - a schedule, not a secret
+        try:
+            defragment_if_worth(endpoint, ctx())
+        except (OSError, K4sError, ValueError) as e:
+            log.event("etcd", "defragment-failed", level="warn", error=str(e))
 
 
 def status(endpoint: str, ctx: ssl.SSLContext) -> dict[str, Any]:

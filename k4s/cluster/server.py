@@ -192,6 +192,12 @@ def run_server(cfg: Config, control_plane_only: bool,
         signal.signal(sig, on_signal)
     signal.signal(signal.SIGHUP, lambda *_: renewer.wake.set())  # check the certificates now
     threading.Thread(target=log_stats, args=(sup.stop_requested, node.paths.logs), name="stats", daemon=True).start()
+    if "etcd" in names:
+        from k4s.cluster import etcdmembers
+        from k4s.cluster.components import etcd
+
+        threading.Thread(target=etcdmembers.defragment_on_schedule, name="etcd-defrag", daemon=True,
+                         args=(etcd.CLIENT_URL, lambda: etcd.client_context(node), sup.stop_requested)).start()
     try:
         sup.run()
         if received:

@@ -537,3 +537,23 @@ def test_a_lost_quorum_is_said_once_and_its_return_once(monkeypatch: pytest.Monk
     said = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("k4s: etcd: ")]
     assert said == ["k4s: etcd: 1 of 2 members unreachable (server-2): writes refused until one returns",
                     "k4s: etcd: a majority of members answers again: writes accepted"]
+
+
+@pytest.mark.parametrize("size, used, defragments", [(40 << 20, 10 << 20, True), (40 << 20, 30 << 20, False),
+                                                     (1 << 20, 0, False)])
+def test_a_member_defragments_only_when_its_file_holds_enough_for_nothing(monkeypatch: pytest.MonkeyPatch,
+                                                                          size: int, used: int,
+                                                                          defragments: bool) -> None:
+    from k4s.cluster import etcdmembers
+
+    asked: list[str] = []
+
+    def call(endpoint: str, path: str, body: dict, ctx: object, timeout: float = 10.0) -> dict:
+        asked.append(path)
+        after = "maintenance/defragment" in asked
+        return {"dbSize": str(used if after else size), "dbSizeInUse": str(used)}  # the gateway's int64s: strings
+
+    monkeypatch.setattr(etcdmembers, "call", call)
+    got = etcdmembers.defragment_if_worth("https://127.0.0.1:2379", None)  # type: ignore[arg-type]
+    assert got == ((size, used) if defragments else None)
+    assert ("maintenance/defragment" in asked) == defragments
