@@ -35,11 +35,11 @@ def server(out: Path, kernel: Path, initrd: Path, lan_ports: tuple[int, ...], me
 
 
 def worker(out: Path, kernel: Path, initrd: Path, lan_port: int, mac: str, ip: str, join: Path,
-           memory: int = 1024) -> VM:
+           memory: int = 1024, gateway: str = SERVER_IP) -> VM:
     """A lan-only worker: no user network, no forwarded port, no seed; its only secret is its
     join (a segment, or the line `k4s token create` printed), appended to its initrd."""
     return VM(out, kernel, initrd, memory=memory, lan_connect=lan_port, mac=mac, seeded=False,
-              append=f"k4s.ip={ip}/24 k4s.gateway={SERVER_IP}", join_secret=join)
+              append=f"k4s.ip={ip}/24 k4s.gateway={gateway}", join_secret=join)
 
 
 def token_create(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from k4s.cluster import services
+from k4s.cluster.components import apiserver, etcd
 from k4s.cluster.supervisor import Service, start_order
 from tests.unit.test_components import ALL, node
 
@@ -32,7 +33,7 @@ def test_shared_process_host_waits_for_its_members_dependencies(tmp_path) -> Non
     assert "etcd" not in svcs["kube-apiserver"].after  # it runs inside
     assert svcs["kubelet"].after == ("containerd", "images", "kube-apiserver")
     # a member's readiness clock starts with its host's process
-    assert svcs["etcd"].ready_timeout == 60.0 + 180.0
+    assert svcs["etcd"].ready_timeout == etcd.READY_TIMEOUT + apiserver.READY_TIMEOUT
 
 
 def test_control_plane_only_drops_the_node_tasks(tmp_path) -> None:
