@@ -7,7 +7,8 @@ the others in turn. Which apiservers there are it learns from the cluster itself
 REFRESH seconds: the `kubernetes` Endpoints in `default`, which list each apiserver holding a
 live lease. So a server that joins later is used, and one that is gone is skipped once a
 connect to it fails, without touching a kubeconfig. The server the worker joined stays in
-the list, last, as the way back in if every other one is gone.
+the list, last, as the way back in if every other one is gone. A server that refused a
+connection, or whose connection broke, is tried after the others for a minute.
 
 TLS still ends at an apiserver: each one's certificate names 127.0.0.1 and is checked against
 the cluster CA, so the balancer sees ciphertext only and cannot stand in for the control
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +30,7 @@ from k4s.errors import K4sError
 HOST, PORT = "127.0.0.1", 6444
 URL = f"https://{HOST}:{PORT}"
 CONNECT_TIMEOUT = 3.0  # an apiserver that has not accepted by then is taken as gone
+SUSPECT_FOR = 60.0  # seconds a server that failed is tried after the others
 REFRESH = 30.0
 ENDPOINTS = "/api/v1/namespaces/default/endpoints/kubernetes"
 CHUNK = 64 * 1024
@@ -54,6 +57,7 @@ class Balancer:
         self.servers: list[Address] = [fallback]
         self.current = fallback
         self.learned = False
+        self.failed: dict[Address, float] = {}  # when each server last failed
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         try:
@@ -86,25 +90,35 @@ class Balancer:
             log.event(*events.APILB_SERVERS, servers=",".join(f"{h}:{p}" for h, p in servers))
 
     def order(self) -> list[Address]:
-        """Who to try: the one that accepted last, then the rest in their order."""
+        """Who to try: the one that accepted last, then the rest in their order; a server that
+        failed within SUSPECT_FOR seconds (refused, or a connection to it broke) goes last."""
+        now = time.monotonic()
         with self.lock:
-            return [self.current, *(a for a in self.servers if a != self.current)]
+            listed = [self.current, *(a for a in self.servers if a != self.current)]
+            failed = {a for a, t in self.failed.items() if now - t < SUSPECT_FOR}
+        return [a for a in listed if a not in failed] + [a for a in listed if a in failed]
 
-    def dial(self) -> socket.socket:
+    def mark_failed(self, addr: Address) -> None:
+        with self.lock:
+            self.failed[addr] = time.monotonic()
+
+    def dial(self) -> tuple[socket.socket, Address]:
         errors = []
         for addr in self.order():
             try:
                 up = socket.create_connection(addr, timeout=CONNECT_TIMEOUT)
             except OSError as e:
                 errors.append(f"{addr[0]}:{addr[1]}: {e.strerror or e}")
+                self.mark_failed(addr)
                 continue
             up.settimeout(None)
             keepalive(up)
             with self.lock:
                 moved, self.current = addr != self.current, addr
+                self.failed.pop(addr, None)
             if moved:
                 log.event("apilb", "server", level="warn", now=f"{addr[0]}:{addr[1]}", failed="; ".join(errors))
-            return up
+            return up, addr
         raise OSError("; ".join(errors))
 
     def _accept(self) -> None:
@@ -117,17 +131,20 @@ class Balancer:
 
     def _serve(self, client: socket.socket) -> None:
         try:
-            up = self.dial()
+            up, addr = self.dial()
         except OSError as e:
             log.event("apilb", "no-server", level="warn", error=str(e))
             client.close()
             return
-        down = threading.Thread(target=pump, args=(up, client), name="apilb-down", daemon=True)
+        broke: list[bool] = []
+        down = threading.Thread(target=lambda: broke.append(pump(up, client)), name="apilb-down", daemon=True)
         down.start()
         pump(client, up)
         down.join()
         client.close()
         up.close()
+        if broke and broke[0]:  # reading the server failed (gone, or timed out): others first for a while
+            self.mark_failed(addr)
 
     def _refresh(self, fetch: Callable[[], dict[str, Any]]) -> None:
         while True:
@@ -140,19 +157,32 @@ class Balancer:
                 return
 
 
-def keepalive(s: socket.socket, idle: int = 10, interval: int = 5, count: int = 3) -> None:
-    """An apiserver whose machine lost power sends no reset: TCP keepalives find it gone (about
-    25 s), so the connection ends and its client dials again."""
+def keepalive(s: socket.socket, idle: int = 5, interval: int = 2, count: int = 3, unacked_ms: int = 11000) -> None:
+    """An apiserver whose machine lost power sends no reset: TCP finds it gone in about 11 s,
+    by keepalives when the connection is idle, and by TCP_USER_TIMEOUT when what was sent
+    stays unacknowledged (else the kernel retransmits for 15 minutes). The connection then
+    ends and its client dials again. The peer's kernel answers both, however busy the
+    apiserver is."""
     s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for opt, v in ((socket.TCP_KEEPIDLE, idle), (socket.TCP_KEEPINTVL, interval), (socket.TCP_KEEPCNT, count)):
+    for opt, v in ((socket.TCP_KEEPIDLE, idle), (socket.TCP_KEEPINTVL, interval), (socket.TCP_KEEPCNT, count),
+                   (socket.TCP_USER_TIMEOUT, unacked_ms)):
         s.setsockopt(socket.IPPROTO_TCP, opt, v)
 
 
-def pump(src: socket.socket, dst: socket.socket) -> None:
+def pump(src: socket.socket, dst: socket.socket) -> bool:
     """Copy src to dst until src ends (then dst's sending half is shut) or either fails (then
-    both are shut: the other direction's pump ends too). The caller closes them."""
+    both are shut: the other direction's pump ends too); True when reading src failed (its
+    peer gone or timed out). The caller closes them."""
+    src_failed = False
     try:
-        while data := src.recv(CHUNK):
+        while True:
+            try:
+                data = src.recv(CHUNK)
+            except OSError:
+                src_failed = True
+                raise
+            if not data:
+                break
             dst.sendall(data)
         dst.shutdown(socket.SHUT_WR)
     except OSError:
@@ -161,3 +191,4 @@ def pump(src: socket.socket, dst: socket.socket) -> None:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+    return src_failed

@@ -134,3 +134,41 @@ def test_the_balancer_learns_the_apiservers_from_the_cluster(monkeypatch: pytest
         assert lb.servers == [("10.77.0.13", 6443), ("10.77.0.11", 6443)]
     finally:
         lb.stop()
+
+
+def test_a_server_whose_connection_broke_is_tried_after_the_others(balancer: apilb.Balancer) -> None:
+    """A server's machine gone mid-connection shows as a failed read (a reset here, a TCP timeout
+    there): the client's next connection goes to another server first, not back to it."""
+    import struct
+
+    breaking = socket.create_server(("127.0.0.1", 0))
+
+    def reset_each() -> None:
+        while True:
+            try:
+                c, _ = breaking.accept()
+            except OSError:
+                return
+            c.recv(1024)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+            c.close()
+
+    threading.Thread(target=reset_each, daemon=True).start()
+    try:
+        with echo_server(b"steady") as steady:
+            balancer.update([breaking.getsockname()[:2], steady])
+            with socket.create_connection(balancer.address, timeout=10) as c:  # lands on the breaking one
+                c.sendall(b"GET")
+                try:
+                    assert c.recv(1024) == b""
+                except ConnectionResetError:
+                    pass
+            assert balancer.current == breaking.getsockname()[:2]
+            for _ in range(50):  # the pumps end just after the client sees the close
+                if balancer.order()[0] == steady:
+                    break
+                threading.Event().wait(0.05)
+            assert ask(balancer) == b"steady:GET"
+    finally:
+        breaking.shutdown(socket.SHUT_RDWR)
+        breaking.close()
