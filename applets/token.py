@@ -97,6 +97,7 @@ def create(node_name: str, segment: Path | None, ttl: str, reusable: bool, contr
                        "running?): a machine may be refused until it is", err=True)
         if control_plane:
             try:
+                tokens.check_leader_elected(client)
                 key = tokens.wait_uploaded(client, token_id, private, wait) or ""
             finally:
                 if not key:  # no join was handed out: its token must not outlive the command

@@ -104,7 +104,6 @@ def create_control_plane(client: kubeapi.Client, ttl: dt.timedelta, description:
     """A server's join (kubeadm's `token create --certificate-key`): a token in the control-plane
     group, and an upload request holding a one-time public key (k4s.cluster.copycerts). (token id,
     token secret, the request's private key)."""
-    check_leader_elected(client)
     token_id, token_secret = new_token()
     made = client.json("POST", SECRETS, secret_for(token_id, token_secret, ttl, description, node_name=node_name,
                                                    group=CONTROL_PLANE_GROUP))
@@ -118,8 +117,9 @@ def create_control_plane(client: kubeapi.Client, ttl: dt.timedelta, description:
 
 
 def check_leader_elected(client: kubeapi.Client) -> None:
-    """A second server's controllers must take turns with the first's: refused while the cluster's
-    controller-manager holds no Lease (the first server was not booted with cluster-init)."""
+    """A second server's controllers must take turns with the first's: refused when the cluster's
+    controller-manager holds no Lease (the first server was not booted with cluster-init). Asked
+    once cluster-info is signed for the token: the controllers run, so an elected one holds it."""
     try:
         holder = client.json("GET", CONTROLLERS_LEASE).get("spec", {}).get("holderIdentity")
     except kubeapi.APIError as e:
