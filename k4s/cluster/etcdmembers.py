@@ -9,9 +9,10 @@
           member (the etcd component's probe does it, k4s.cluster.components.etcd.ready).
 
 etcd allows one learner at a time: a second server that joins meanwhile waits for the first's
-promotion. Each member also defragments itself on a schedule when its database file holds
-enough that no key uses (the apiserver compacts old revisions every 5 minutes). What the join needs later (its member ID, the others' client URLs) is kept in a
-record beside etcd's data directory.
+promotion. What the join needs later (its member ID, the others' client URLs) is kept in a
+record beside etcd's data directory. Each member also says when the cluster loses its majority,
+and defragments itself on a schedule when its database file holds enough that no key uses (the
+apiserver compacts old revisions every 5 minutes).
 """
 
 from __future__ import annotations

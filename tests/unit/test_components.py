@@ -199,3 +199,11 @@ def test_pivot_root_is_used_unless_the_root_is_the_namespace_s_own(tmp_path) -> 
         (tmp_path / name).write_text(text)
         assert root_has_no_parent(str(tmp_path / name)) is expected, name
     assert root_has_no_parent(str(tmp_path / "missing")) is False
+
+
+def test_an_etcd_only_server_runs_etcd_alone_in_a_process_of_its_own(tmp_path) -> None:
+    from k4s.cluster import server
+
+    n = node(tmp_path, **JOINS, **{"etcd-only": "1"})
+    assert server.selected(False, n.cfg) == ["etcd"]
+    assert hosts(n, ["etcd"]) == {}

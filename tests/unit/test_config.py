@@ -260,6 +260,15 @@ def test_cluster_init_makes_the_first_server_elect_its_controllers_and_is_refuse
     assert "k4s.cluster-init=1" in (e.value.hint or "")
 
 
+def test_etcd_only_is_for_a_server_that_joins(tmp_path) -> None:
+    cfg = config.load(os.devnull, cmdline="k4s.etcd-only=1", join_secret=join_file(tmp_path, SERVER_JOIN))
+    assert cfg.etcd_only and cfg.joins_control_plane
+    for words in ("", AGENT):  # a first server, a worker
+        with pytest.raises(ConfigError, match="etcd-only is for a server that joins another") as e:
+            config.load(os.devnull, cmdline="k4s.etcd-only=1", join_secret=join_file(tmp_path, words) if words else None)
+        assert "token create --control-plane" in (e.value.hint or "")
+
+
 def test_a_certificate_key_on_the_command_line_is_refused() -> None:
     with pytest.raises(ConfigError, match="certificate-key"):
         config.load(os.devnull, cmdline=CERT_KEY)
