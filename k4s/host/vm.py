@@ -463,7 +463,12 @@ class VM:
         LockupWarning, with the stacks the kernel printed, and the machine boots once more; the
         locked console is kept as console-lockup.log. Any other failure, or a second lockup,
         raises, with QEMU stopped."""
-        proc = self.start()
+        return self.follow(self.start(), until, timeout, echo, again_on_lockup)
+
+    def follow(self, proc: subprocess.Popen[bytes], until: Until = ev.NODE_READY, timeout: float = 900,
+               echo: bool = False, again_on_lockup: bool = True) -> Boot:
+        """The rest of `boot` for a machine already started (machines booted side by side):
+        wait for `until`, and boot once more after a guest kernel lockup."""
         try:
             return Boot(self, proc, self.wait(proc, until, timeout, echo))
         except BaseException as e:
