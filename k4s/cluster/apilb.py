@@ -38,6 +38,10 @@ CHUNK = 64 * 1024
 Address = tuple[str, int]
 
 
+def hostport(addr: Address) -> str:
+    return f"{addr[0]}:{addr[1]}"
+
+
 def apiservers(endpoints: dict[str, Any]) -> list[Address]:
     """The apiservers the `kubernetes` Endpoints list: each address with the https port."""
     out: list[Address] = []
@@ -54,9 +58,8 @@ class Balancer:
 
     def __init__(self, fallback: Address, host: str = HOST, port: int = PORT) -> None:
         self.fallback = fallback
-        self.servers: list[Address] = [fallback]
+        self.servers: list[Address] = []  # what the cluster listed (and fallback, last); until then, fallback alone
         self.current = fallback
-        self.learned = False
         self.failed: dict[Address, float] = {}  # when each server last failed
         self.lock = threading.Lock()
         self.stopped = threading.Event()
@@ -84,10 +87,9 @@ class Balancer:
     def update(self, listed: list[Address]) -> None:
         servers = [*(a for a in listed if a != self.fallback), self.fallback]
         with self.lock:
-            changed, self.servers = servers != self.servers or not self.learned, servers
-            self.learned = True
+            changed, self.servers = servers != self.servers, servers
         if changed:  # and the first time: what the cluster said
-            log.event(*events.APILB_SERVERS, servers=",".join(f"{h}:{p}" for h, p in servers))
+            log.event(*events.APILB_SERVERS, servers=",".join(map(hostport, servers)))
 
     def order(self) -> list[Address]:
         """Who to try: the one that accepted last, then the rest in their order; a server that
@@ -108,7 +110,7 @@ class Balancer:
             try:
                 up = socket.create_connection(addr, timeout=CONNECT_TIMEOUT)
             except OSError as e:
-                errors.append(f"{addr[0]}:{addr[1]}: {e.strerror or e}")
+                errors.append(f"{hostport(addr)}: {e.strerror or e}")
                 self.mark_failed(addr)
                 continue
             up.settimeout(None)
@@ -117,7 +119,7 @@ class Balancer:
                 moved, self.current = addr != self.current, addr
                 self.failed.pop(addr, None)
             if moved:
-                log.event("apilb", "server", level="warn", now=f"{addr[0]}:{addr[1]}", failed="; ".join(errors))
+                log.event("apilb", "server", level="warn", now=hostport(addr), failed="; ".join(errors))
             return up, addr
         raise OSError("; ".join(errors))
 

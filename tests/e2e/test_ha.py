@@ -140,8 +140,8 @@ def test_two_servers_are_ready_with_one_etcd_of_three_voting_members(ha: HA) -> 
     assert ha.kubectl(0, "get", "configmap", "written-on-2", "-o", "jsonpath={.data.n}").stdout == "2"
 
 
-def ready_nodes(ha: HA, via: int = 0) -> dict[str, str]:
-    nodes = json.loads(ha.kubectl(via, "get", "nodes", "-o", "json").stdout)["items"]
+def ready_nodes(ha: HA) -> dict[str, str]:
+    nodes = json.loads(ha.kubectl(0, "get", "nodes", "-o", "json").stdout)["items"]
     return {n["metadata"]["name"]: {c["type"]: c["status"] for c in n["status"]["conditions"]}["Ready"] for n in nodes}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -14,24 +14,32 @@ from k4s.cluster import apilb
 from k4s.errors import K4sError
 
 
-@contextmanager
-def echo_server(reply: bytes) -> Iterator[apilb.Address]:
-    """A stand-in apiserver: reads until the client has sent everything, then answers and hangs up."""
-    srv = socket.create_server(("127.0.0.1", 0))
-
+def each_connection(srv: socket.socket, handle: Callable[[socket.socket], None]) -> None:
+    """Accept on srv until it is shut, handling each connection in turn, in a thread of its own."""
     def serve() -> None:
         while True:
             try:
                 c, _ = srv.accept()
             except OSError:
                 return
-            with c:
-                got = b""
-                while data := c.recv(1024):
-                    got += data
-                c.sendall(reply + b":" + got)
+            handle(c)
 
     threading.Thread(target=serve, daemon=True).start()
+
+
+@contextmanager
+def echo_server(reply: bytes) -> Iterator[apilb.Address]:
+    """A stand-in apiserver: reads until the client has sent everything, then answers and hangs up."""
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def answer(c: socket.socket) -> None:
+        with c:
+            got = b""
+            while data := c.recv(1024):
+                got += data
+            c.sendall(reply + b":" + got)
+
+    each_connection(srv, answer)
     try:
         yield srv.getsockname()[:2]
     finally:
@@ -143,17 +151,12 @@ def test_a_server_whose_connection_broke_is_tried_after_the_others(balancer: api
 
     breaking = socket.create_server(("127.0.0.1", 0))
 
-    def reset_each() -> None:
-        while True:
-            try:
-                c, _ = breaking.accept()
-            except OSError:
-                return
-            c.recv(1024)
-            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
-            c.close()
+    def reset(c: socket.socket) -> None:
+        c.recv(1024)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+        c.close()
 
-    threading.Thread(target=reset_each, daemon=True).start()
+    each_connection(breaking, reset)
     try:
         with echo_server(b"steady") as steady:
             balancer.update([breaking.getsockname()[:2], steady])
