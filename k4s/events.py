@@ -64,6 +64,7 @@ ETCD_LEARNER = Event("etcd", "learner-added")            # member=, members=: a 
 ETCD_PROMOTED = Event("etcd", "promoted")                # member=: a voting member now
 ETCD_NO_QUORUM = Event("etcd", "no-quorum")              # unreachable=, members=: writes refused
 ETCD_QUORUM = Event("etcd", "quorum")                    # a majority answers again
+ETCD_RESTORED = Event("etcd", "restored")                # member=, bytes=: a server restored from a snapshot
 APILB_SERVERS = Event("apilb", "servers")                # servers=: the apiservers a worker's balancer knows
 NODE_READY = Event("node", "ready")                      # node=: its name
 COREDNS_READY = Event("coredns", "ready")

@@ -26,6 +26,7 @@ from pathlib import Path
 CONFIG_FILE = Path("/etc/k4s/config.yaml")
 MODULES_LIST = Path("/etc/k4s/modules.list")
 JOIN_SECRET = Path("/etc/k4s/join")  # a machine's own join secret: its own initrd segment, 0600, deleted once joined
+RESTORE_DIR = Path("/etc/k4s/restore")  # a server's restore segment (k4s etcd-snapshot restore): deleted once used
 PARTS_CHECK = Path("/etc/k4s/parts.sha256")  # from stage 1: the signed hashes stage 0 checks the parts against
 MEASURE_LOG = Path("/etc/k4s/tpm2-measure.log")  # from stage 1: what it extended PCR 15 with (k4s.sys.tpm.read_log)
 BUNDLE = Path("/usr/lib/k4s")

@@ -5,6 +5,7 @@ VERSIONS = {
     'kubernetes': 'v1.37.2',
     'etcd': 'v3.7.4',
     'etcdctl': 'v3.7.4',
+    'etcdutl': 'v3.7.4',
     'coredns': 'v1.15.0',
     'local-path-provisioner': 'v0.0.37',
     'containerd': 'v2.4.2',

@@ -4,8 +4,10 @@ kubelet serving certificates (kubernetes.io/kubelet-serving). The controller-man
 is approved here; nothing else approves either kind.
 
 A token's client CSR (requester system:bootstrap:<id>) is approved only when:
-  - the token still exists (a single-use token is deleted here once its CSR is approved, so a
-    second machine with it, or a second name, is refused);
+  - the token still exists and no other request used it (a single-use token is marked used by
+    its request before that is approved, so a second machine with it, or a second name, is
+    refused; it is deleted once the certificate has been issued for SPEND_GRACE seconds, since
+    the machine reads its certificate with that token: `spend_used`);
   - the name is the one the token is bound to, if it is bound (tokens.NODE_ANNOTATION);
   - the name is not the server's own node and not a node that is Ready (a token makes one new
     node, or takes back a rebooted machine's; it never takes over a running one);
@@ -29,6 +31,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import threading
+import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Callable
@@ -51,6 +54,9 @@ BOOTSTRAPPERS = "system:bootstrappers"
 TOKEN_SECRETS = "/api/v1/namespaces/kube-system/secrets"
 NODE_ANNOTATION = "k4s.io/node-name"    # a token bound to one node name
 REUSABLE_ANNOTATION = "k4s.io/reusable"  # a token that is not deleted once used (an explicit opt-in)
+USED_BY_ANNOTATION = "k4s.io/used-by"  # the one request a single-use token was approved for
+ISSUED_ANNOTATION = "k4s.io/issued-seen"  # when the approver first saw that request's certificate
+SPEND_GRACE = 30.0  # seconds a used token outlives its certificate: the machine reads it with the token
 MAX_PENDING = 4  # requests one requester may have decided in a round; more are denied unread
 INTERVAL = 5.0  # seconds between rounds with no new request; each round is a TLS handshake
 WATCH_SECONDS = 300  # a watch the server ends after this is started again
@@ -115,6 +121,9 @@ def client_refusal(csr: dict[str, Any], names: dict[str, Any], token: dict[str, 
         return "a node's client certificate names nothing but the node"
     if token is None:
         return f"token {token_id} no longer exists (used, expired or deleted)"
+    used_by = (token.get("metadata", {}).get("annotations") or {}).get(USED_BY_ANNOTATION)
+    if used_by and used_by != csr.get("metadata", {}).get("name"):
+        return f"token {token_id} is spent: request {used_by} joined with it"
     groups = base64.b64decode((token.get("data") or {}).get("auth-extra-groups", "")).decode(errors="replace")
     if CONTROL_PLANE_GROUP in groups.split(","):
         return f"token {token_id} is a server's join (k4s token create --control-plane), not a worker's"
@@ -321,7 +330,6 @@ def lease_alive(client: kubeapi.Client, name: str, now: float | None = None) -> 
     """The node's kubelet renewed its Lease within LEASE_ALIVE seconds (the Ready condition lags
     by up to the grace period)."""
     import datetime as dt
-    import time
 
     lease = client.get_or_none(f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{urllib.parse.quote(name, safe='')}")
     renewed = ((lease or {}).get("spec") or {}).get("renewTime")
@@ -349,17 +357,55 @@ def decide_client(client: kubeapi.Client, csr: dict[str, Any], call_in_child: An
     node = client.get_or_none(f"/api/v1/nodes/{urllib.parse.quote(node_name, safe='')}") if node_name else None
     alive = node is not None and lease_alive(client, node_name)
     why = client_refusal(csr, names, token, node, server_node, alive, contested)
+    if why is None and token is not None \
+            and (token["metadata"].get("annotations") or {}).get(REUSABLE_ANNOTATION) != "true":
+        # single-use: marked used by this request before it is approved (a write that names the
+        # version read, so of two approvers, or two requests, one wins); deleted by spend_used
+        token["metadata"].setdefault("annotations", {})[USED_BY_ANNOTATION] = csr["metadata"]["name"]
+        client.json("PUT", f"{TOKEN_SECRETS}/bootstrap-token-{token_id}", token)
+        log.event("approver", "token-used", token=token_id, node=node_name, csr=csr["metadata"]["name"])
     _verdict(client, csr, why, f"token {token_id} for node {node_name}")
     if why is None:
         Pins(client).set(node_name, None)  # a join the server approved: its addresses are pinned afresh
-    if why is None and token is not None \
-            and (token["metadata"].get("annotations") or {}).get(REUSABLE_ANNOTATION) != "true":
-        try:  # single-use: spent
-            client.json("DELETE", f"{TOKEN_SECRETS}/bootstrap-token-{token_id}")
-        except kubeapi.APIError as e:
-            if e.status != 404:
-                raise
-        log.event("approver", "token-spent", token=token_id, node=node_name)
+
+
+def spend_used(client: kubeapi.Client, now: float | None = None) -> None:
+    """Delete each used single-use token once its request's certificate has been issued for
+    SPEND_GRACE seconds (the machine polls for it with the token; the apiserver's token cache is
+    no promise), or at once when the request is gone, denied or failed."""
+    now = time.time() if now is None else now
+    items = client.json("GET", f"{TOKEN_SECRETS}?fieldSelector=type%3Dbootstrap.kubernetes.io%2Ftoken").get("items", [])
+    for token in items:
+        try:
+            _spend(client, token, now)
+        except (OSError, K4sError, ValueError) as e:
+            log.event("approver", "error", level="warn", token=token.get("metadata", {}).get("name"), error=str(e))
+
+
+def _spend(client: kubeapi.Client, token: dict[str, Any], now: float) -> None:
+    notes = token.get("metadata", {}).get("annotations") or {}
+    if not (csr_name := notes.get(USED_BY_ANNOTATION)):
+        return
+    csr = client.get_or_none(f"{CSR_API}/{urllib.parse.quote(csr_name, safe='')}")
+    status = (csr or {}).get("status") or {}
+    failed = any(c.get("type") in ("Denied", "Failed") for c in status.get("conditions") or [])
+    if csr is not None and not failed:
+        if not status.get("certificate"):
+            return
+        if ISSUED_ANNOTATION not in notes:
+            notes[ISSUED_ANNOTATION] = str(int(now))
+            token["metadata"]["annotations"] = notes
+            client.json("PUT", f"{TOKEN_SECRETS}/{token['metadata']['name']}", token)
+            return
+        if now - float(notes[ISSUED_ANNOTATION]) < SPEND_GRACE:
+            return
+    try:
+        client.json("DELETE", f"{TOKEN_SECRETS}/{token['metadata']['name']}")
+    except kubeapi.APIError as e:
+        if e.status != 404:
+            raise
+    log.event("approver", "token-spent", token=token["metadata"]["name"].removeprefix("bootstrap-token-"),
+              csr=csr_name, why="certificate issued" if csr is not None and not failed else "request gone")
 
 
 def decide_all(client: kubeapi.Client, call_in_child: Any, server_node: str,
@@ -397,6 +443,7 @@ def decide_all(client: kubeapi.Client, call_in_child: Any, server_node: str,
     each(joins, lambda csr: decide_client(client, csr, call_in_child, server_node, names[csr["metadata"]["name"]],
                                           wanted.count(node_of(names[csr["metadata"]["name"]])) > 1))
     each(listed(SIGNER), lambda csr: decide_serving(client, csr, call_in_child, reserved))
+    spend_used(client)
 
 
 def watch_requests(connect: Callable[[], kubeapi.Client], wake: threading.Event, stop: threading.Event) -> None:

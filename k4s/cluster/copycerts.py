@@ -46,7 +46,7 @@ NAMESPACE = "kube-system"
 PREFIX = "kubeadm-certs-"
 SECRETS = f"/api/v1/namespaces/{NAMESPACE}/secrets"
 REQUEST_TYPE = "k4s.io/upload-certs"
-_HEX_KEY = re.compile(r"[0-9a-f]{64}")
+HEX_KEY = re.compile(r"[0-9a-f]{64}")
 KEY_BYTES = 32  # AES-256, kubeadm's CertificateKeySize
 NONCE_BYTES = 12
 
@@ -108,8 +108,9 @@ def token_id_of(owned_by: dict[str, Any]) -> str:
     return str(owned_by["name"]).removeprefix("bootstrap-token-")
 
 
-def sealed_secret(files: certs.Files, key_hex: str, owned_by: dict[str, Any]) -> dict[str, Any]:
-    """The sealed files for the token `owned_by` names. Imports cryptography: run it in a child."""
+def sealed_data(files: certs.Files, key_hex: str) -> dict[str, str]:
+    """Each shared file sealed with the key (base64), by its kubeadm-certs name. Imports
+    cryptography: run it in a child."""
     data = {}
     for name, path, required in shared(files):
         try:
@@ -117,10 +118,15 @@ def sealed_secret(files: certs.Files, key_hex: str, owned_by: dict[str, Any]) ->
         except FileNotFoundError:
             if required:
                 raise K4sError(f"cannot share {path}: it is missing", hint="is this node a server?") from None
+    return data
+
+
+def sealed_secret(files: certs.Files, key_hex: str, owned_by: dict[str, Any]) -> dict[str, Any]:
+    """The sealed files for the token `owned_by` names. Imports cryptography: run it in a child."""
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": {"name": secret_name(token_id_of(owned_by)), "namespace": NAMESPACE,
                          "ownerReferences": [owned_by], "labels": {"app.kubernetes.io/managed-by": "k4s"}},
-            "data": data}
+            "data": sealed_data(files, key_hex)}
 
 
 def reader(owned_by: dict[str, Any]) -> list[dict[str, Any]]:
@@ -142,7 +148,10 @@ class WrongKey(K4sError):
     pass
 
 
-def opened(secret: dict[str, Any], key_hex: str) -> dict[str, bytes]:
+SAME_JOIN = "the key and the token must come from the same `k4s token create --control-plane`"
+
+
+def opened(secret: dict[str, Any], key_hex: str, hint: str = SAME_JOIN) -> dict[str, bytes]:
     """kubeadm-certs opened with the certificate key: {data key: plaintext}. WrongKey when the key
     is not the one it was sealed with, K4sError when a required file is missing."""
     data = secret.get("data") or {}
@@ -159,8 +168,7 @@ def opened(secret: dict[str, Any], key_hex: str) -> dict[str, bytes]:
             blob = b""
         plain = unseal(blob, key_hex)
         if plain is None:
-            raise WrongKey(f"the certificate key does not open {secret['metadata']['name']} ({name})",
-                           hint="the key and the token must come from the same `k4s token create --control-plane`")
+            raise WrongKey(f"the certificate key does not open {secret['metadata']['name']} ({name})", hint=hint)
         out[name] = plain
     return out
 
@@ -212,26 +220,32 @@ def new_request_key() -> tuple[Any, bytes]:
     return private, private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def wrap_key(key_hex: str, public_key: bytes, token_id: str) -> bytes:
+def wrap_key(key_hex: str, public_key: bytes, label: str) -> bytes:
+    """The key sealed to a one-time public key; label (a token id, or SNAPSHOT_LABEL) is bound in."""
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-    return _suite().encrypt(key_hex.encode(), X25519PublicKey.from_public_bytes(public_key), info=HPKE_INFO + token_id.encode())
+    return _suite().encrypt(key_hex.encode(), X25519PublicKey.from_public_bytes(public_key), info=HPKE_INFO + label.encode())
 
 
 def unwrap_key(answer: dict[str, Any], private_key: Any, token_id: str) -> str | None:
     """The certificate key from a server's answer (the request, updated), or None before it answers."""
-    from cryptography.exceptions import InvalidTag
-
     wrapped = (answer.get("data") or {}).get(WRAPPED_KEY)
     if not wrapped:
         return None
+    return unwrapped(wrapped, private_key, token_id, f"the server's answer for token {token_id}",
+                     "delete the token and make a new join")
+
+
+def unwrapped(wrapped_b64: str, private_key: Any, label: str, what: str, remedy: str) -> str:
+    """wrap_key undone with the one-time private key; K4sError when it does not open or is not a key."""
+    from cryptography.exceptions import InvalidTag
+
     try:
-        key = _suite().decrypt(base64.b64decode(wrapped), private_key, info=HPKE_INFO + token_id.encode()).decode()
+        key = _suite().decrypt(base64.b64decode(wrapped_b64), private_key, info=HPKE_INFO + label.encode()).decode()
     except (InvalidTag, ValueError) as e:
-        raise K4sError(f"the server's answer for token {token_id} does not open with this request's key",
-                       hint="it was altered: delete the token and make a new join") from e
-    if not _HEX_KEY.fullmatch(key):
-        raise K4sError(f"the server's answer for token {token_id} is not a certificate key", hint="make a new join")
+        raise K4sError(f"{what} does not open with this request's key", hint=f"it was altered: {remedy}") from e
+    if not HEX_KEY.fullmatch(key):
+        raise K4sError(f"{what} is not a certificate key", hint=remedy)
     return key
 
 

@@ -203,9 +203,11 @@ class Endpoint:
 
     def __init__(self, paths: Paths, serving: tuple[Path, Path], client_ca: Path, authz: Authorizer,
                  snapshot: Callable[[], Iterator[bytes]] | None = None,
-                 etcd_status: Callable[[], dict[str, Any]] | None = None) -> None:
+                 etcd_status: Callable[[], dict[str, Any]] | None = None,
+                 sealed_keys: Callable[[bytes], dict[str, Any]] | None = None) -> None:
         self.paths, self.serving, self.client_ca, self.authz = paths, serving, client_ca, authz
         self.snapshot = snapshot  # a server's etcd snapshot (k4s.cluster.etcdsnapshot)
+        self.sealed_keys = sealed_keys  # a server's shared keys, sealed for a snapshot's restore
         self.etcd_status = etcd_status  # a server's etcd members, for /status
         self._ctx: ssl.SSLContext | None = None
         self._stamp: tuple[float, ...] = ()
@@ -227,10 +229,13 @@ class Endpoint:
             who = self.authz.token_identity(authorization[len("Bearer "):].strip())
         return who
 
-    def answer(self, path: str, peer: dict[str, Any] | None,
+    def answer(self, target: str, peer: dict[str, Any] | None,
                authorization: str | None) -> tuple[int, str, bytes | Iterator[bytes]]:
-        """(status, content type, body) for a GET; the body of an etcd snapshot is a stream."""
-        if path not in PATHS and not (path == etcdsnapshot.PATH and self.snapshot):
+        """(status, content type, body) for a GET of target (a path and its query); the body of an
+        etcd snapshot is a stream."""
+        path, _, query = target.partition("?")
+        server_only = {etcdsnapshot.PATH: self.snapshot, etcdsnapshot.KEYS_PATH: self.sealed_keys}
+        if path not in PATHS and not server_only.get(path):
             return 404, "text/plain", b"not found: /metrics or /status (or, on a server, /etcd/snapshot)\n"
         try:
             who = self.identity(peer, authorization)
@@ -243,6 +248,8 @@ class Endpoint:
         if path == etcdsnapshot.PATH and self.snapshot:
             log.event("etcd", "snapshot", by=who[0])
             return 200, "application/octet-stream", self.snapshot()
+        if path == etcdsnapshot.KEYS_PATH and self.sealed_keys:
+            return self.keys_answer(query, who[0])
         if path == "/metrics":
             from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -255,6 +262,24 @@ class Endpoint:
                 doc["etcd"] = {"error": str(e)}
         return 200, "application/json", (json.dumps(doc, indent=1) + "\n").encode()
 
+    def keys_answer(self, query: str, who: str) -> tuple[int, str, bytes]:
+        import base64
+        import urllib.parse
+
+        try:
+            [public] = urllib.parse.parse_qs(query, max_num_fields=4).get("public-key", [])
+            key = base64.urlsafe_b64decode(public + "=" * (-len(public) % 4))
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            return 400, "text/plain", b"bad request: ?public-key= a one-time X25519 public key (base64url)\n"
+        try:
+            sealed = self.sealed_keys(key)  # type: ignore[misc]
+        except (OSError, K4sError) as e:
+            return 503, "text/plain", f"cannot seal the keys: {e}\n".encode()
+        log.event("etcd", "keys-sealed", by=who)
+        return 200, "application/json", json.dumps(sealed).encode()
+
     def serve(self, host: str, port: int, stop: threading.Event) -> None:
         endpoint = self
 
@@ -264,7 +289,7 @@ class Endpoint:
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 assert isinstance(self.connection, ssl.SSLSocket)
-                status, ctype, body = endpoint.answer(self.path.split("?", 1)[0], self.connection.getpeercert(),
+                status, ctype, body = endpoint.answer(self.path, self.connection.getpeercert(),
                                                       self.headers.get("Authorization"))
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
@@ -295,8 +320,10 @@ class Endpoint:
                 server.handle_request()
 
 
-def start(node: Any, connect: Callable[[], kubeapi.Client], stop: threading.Event) -> threading.Thread | None:
-    """Serve on the node IP once the serving certificate exists (an agent's comes by CSR)."""
+def start(node: Any, connect: Callable[[], kubeapi.Client], stop: threading.Event,
+          call_in_child: Callable[..., Any]) -> threading.Thread | None:
+    """Serve on the node IP once the serving certificate exists (an agent's comes by CSR).
+    call_in_child: the supervisor's, for what imports cryptography (a server's sealed keys)."""
     from k4s.cluster import certs
     from k4s.cluster.components import kubelet
 
@@ -305,7 +332,7 @@ def start(node: Any, connect: Callable[[], kubeapi.Client], stop: threading.Even
         return None
     serving = kubelet.serving_pair(node)
     client_ca = node.certs.crt(certs.CLUSTER_CA if node.cfg.role == "agent" else certs.CLIENT_CA_BUNDLE)
-    snapshot = members = None
+    snapshot = members = sealed_keys = None
     if node.cfg.role == "server":
         from k4s.cluster import etcdmembers
         from k4s.cluster.components import etcd
@@ -315,7 +342,10 @@ def start(node: Any, connect: Callable[[], kubeapi.Client], stop: threading.Even
 
         def members() -> dict[str, Any]:
             return etcdmembers.status(etcd.CLIENT_URL, etcd.client_context(node))
-    endpoint = Endpoint(node.paths, serving, client_ca, Authorizer(connect), snapshot, members)
+
+        def sealed_keys(public_key: bytes) -> dict[str, Any]:
+            return call_in_child(lambda: etcdsnapshot.sealed_keys(node.certs, public_key), 60)  # type: ignore[no-any-return]
+    endpoint = Endpoint(node.paths, serving, client_ca, Authorizer(connect), snapshot, members, sealed_keys)
 
     def run() -> None:
         while not stop.is_set() and not all(p.exists() for p in serving):

@@ -10,9 +10,10 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
-from k4s import events, log
-from k4s.cluster import apilb, components, metrics, renew, services, tasks
+from k4s import events, layout, log
+from k4s.cluster import apilb, components, etcdsnapshot, metrics, renew, services, tasks
 from k4s.cluster.memory import log_stats
 from k4s.cluster.node import Node
 from k4s.cluster.preflight import preflight
@@ -89,6 +90,70 @@ def fetch_shared_keys(node: Node) -> None:
     join.join_control_plane(cfg.server, cfg.token, cfg.ca_hash, cfg.certificate_key, node.certs, JOIN_DEADLINE)
 
 
+def restoring(node: Node, restore_dir: Path = layout.RESTORE_DIR) -> bool:
+    """Whether this server boots from an operator's snapshot: a restore segment is there and its
+    etcd has no data. K4sError when a segment is there on a server that must not take it."""
+    if not (restore_dir / etcdsnapshot.DB).exists():
+        return False
+    if node.cfg.joins_control_plane:
+        raise K4sError("a restore segment on a server that joins: a joining server takes its data from the cluster",
+                       hint="boot the restored server alone, without k4s.server; join the others to it after")
+    if (node.paths.data / "etcd" / "member").exists():
+        raise K4sError(f"a restore segment, and etcd already holds data in {node.paths.data / 'etcd'}: "
+                       "a restore starts from an empty server", hint="boot it without its data disk, or wipe that disk")
+    return True
+
+
+def restore_keys(node: Node, restore_dir: Path = layout.RESTORE_DIR) -> None:
+    """The shared keys from the restore segment, opened and written where this node's PKI keeps
+    them (before the PKI, which keeps a CA it finds). Imports cryptography: run it in a child."""
+    from k4s.cluster import copycerts
+
+    _, blobs = etcdsnapshot.opened_segment(restore_dir)
+    copycerts.write(node.certs, blobs)
+
+
+def restore_etcd(node: Node, restore_dir: Path = layout.RESTORE_DIR) -> None:
+    """etcdutl's restore of the segment's database into this server's etcd data directory, as a
+    cluster of one (made aside, then renamed into place); then the segment is deleted, whatever
+    happened: RAM was the only place it was, and it held the keys."""
+    import shutil
+    import subprocess
+
+    from k4s.cluster.components import etcd
+
+    data = node.paths.data / "etcd"
+    aside = node.paths.data / "etcd.restoring"
+    shutil.rmtree(aside, ignore_errors=True)
+    try:
+        cmd = etcdsnapshot.restore_command(node.bin("etcdutl"), restore_dir / etcdsnapshot.DB, aside,
+                                           node.cfg.node_name, etcd.urls(node)[2])
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise K4sError(f"etcdutl could not restore the snapshot: {e}", hint="is the payload's kube complete?") from None
+        if r.returncode != 0:
+            last = (r.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
+            raise K4sError(f"etcdutl refused the snapshot: {last}",
+                           hint="take the snapshot again with `k4s etcd-snapshot save`; a file altered "
+                                "or cut short fails its sha256")
+        shutil.rmtree(data, ignore_errors=True)  # empty: restoring() checked
+        os.replace(aside, data)
+        os.chmod(data, 0o700)
+        log.event(*events.ETCD_RESTORED, member=node.cfg.node_name, bytes=(restore_dir / etcdsnapshot.DB).stat().st_size)
+        log.console(f"k4s: etcd restored from the operator's snapshot: a cluster of one, {node.cfg.node_name}")
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+        forget_restore(restore_dir)
+
+
+def forget_restore(restore_dir: Path = layout.RESTORE_DIR) -> None:
+    import shutil
+
+    shutil.rmtree(restore_dir, ignore_errors=True)
+    log.event(*events.SECRET_DELETED, path=restore_dir)
+
+
 def join_etcd(node: Node) -> None:
     """A server that joins, once it has its own certificates: etcd's member add, as a learner
     (k4s.cluster.etcdmembers), through the server it joins. A member of its name is this
@@ -147,13 +212,20 @@ def run_server(cfg: Config, control_plane_only: bool,
     balancer = None
     if cfg.role == "agent":
         ca_hash = join_cluster(node)
-        joinsecret.forget(cfg.sources.get("token", ""))  # spent: the server deleted the token too
+        joinsecret.forget(cfg.sources.get("token", ""))  # spent: the server deletes the token too, once the certificate is out
         balancer = start_balancer(node)
     else:
         # a server that joins, the first time (its etcd has no data yet): the shared CA keys first
         joining = cfg.joins_control_plane and not (node.paths.data / "etcd" / "member").exists()
+        restore = restoring(node)
         if joining:
             call_in_child(lambda: fetch_shared_keys(node), JOIN_DEADLINE + 60)
+        if restore:
+            try:
+                call_in_child(lambda: restore_keys(node), 60)
+            except K4sError:
+                forget_restore()
+                raise
         results, ca_hash, expires = ensure_pki(cfg)
         for name, action, reason in results:
             if action != "kept":
@@ -162,6 +234,8 @@ def run_server(cfg: Config, control_plane_only: bool,
         if joining:
             call_in_child(lambda: join_etcd(node), JOIN_DEADLINE + 60)
             joinsecret.forget(cfg.sources.get("token", ""))
+        if restore:
+            restore_etcd(node)
     # the pin a client checks the CA it is handed against (kubeadm's --discovery-token-ca-cert-hash)
     log.console(f"k4s: cluster CA {ca_hash}")
     log.record(*events.CA, hash=ca_hash)
@@ -180,7 +254,7 @@ def run_server(cfg: Config, control_plane_only: bool,
     sup.adopt = protector.adopt
     renewer = renew.Renewer(node, sup)
     renewer.start()
-    metrics.start(node, lambda: tasks.api_client(node), sup.stop_requested)
+    metrics.start(node, lambda: tasks.api_client(node), sup.stop_requested, sup.call_in_child)
     received: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:

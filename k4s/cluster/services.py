@@ -86,7 +86,8 @@ def critical_path(ready_at: Mapping[str, float | None], last: str = "node-ready"
 # Tasks: (what runs, how long it may take before the boot fails, tries before it is fatal).
 TASKS: dict[str, tuple[Callable[[Node, tasks.ManifestWatcher | None], Callable[[Supervisor], None]], float, int]] = {
     "images": (lambda node, _: lambda sup: tasks.import_images(node, sup), 300.0, 3),
-    "bootstrap": (lambda node, watcher: lambda sup: tasks.bootstrap(node, watcher, sup), 120.0, 10),
+    # 300 s: a joining server's apiserver can lose its etcd majority for a while as the cluster grows
+    "bootstrap": (lambda node, watcher: lambda sup: tasks.bootstrap(node, watcher, sup), 300.0, 10),
     "node-registered": (lambda node, _: lambda sup: tasks.node_registered(node, sup), 300.0, 3),
     "pod-network": (lambda node, _: lambda sup: tasks.pod_network(node, sup), 30.0, 3),
     "node-ready": (lambda node, _: lambda sup: tasks.wait_node_ready(node, sup), 600.0, 3),

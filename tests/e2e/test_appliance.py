@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -9,8 +10,9 @@ import subprocess
 from k4s import events, log
 from k4s.cluster import protect
 from k4s.cluster.components import kubelet
+from k4s.host.vm import VM
 from tests.conftest import ROOT, k4s_cmd
-from tests.e2e.conftest import KUBECTL, Cluster, assert_node_ready
+from tests.e2e.conftest import KUBECTL, Cluster, assert_node_ready, free_port
 
 LOCK = {c["name"]: c for c in json.loads((ROOT / "build" / "components" / "lock.json").read_text())["components"]}
 KUBERNETES = LOCK["kube"]["version"]
@@ -267,27 +269,63 @@ def test_the_operator_reads_metrics_and_status_and_no_one_else_does(cluster: Clu
         assert series in body, series
 
 
-def test_the_operator_saves_an_etcd_snapshot_checked_and_it_holds_the_cluster(cluster: Cluster, tmp_path) -> None:
+def test_the_operator_saves_an_etcd_snapshot_and_restores_it_on_an_empty_server(cluster: Cluster, tmp_path) -> None:
     """`k4s etcd-snapshot save` through the server's endpoint: the database with the sha256 etcd
-    sends, 0600; a client without the operator's certificate gets none."""
+    sends, 0600, and the shared keys sealed beside it with the key printed once; a client without
+    the operator's certificate gets neither. Then what a fleet that lost every RAM-only server
+    does: `restore` makes a segment, and a new machine that boots with it and nothing else is
+    the cluster again: its CA pin is the old one, a Secret written before reads back (the
+    encryption key came too), and a service-account token issued before still authenticates."""
     import hashlib
     import urllib.error
     import urllib.request
 
+    cluster.kubectl("create", "secret", "generic", "kept", "--from-literal=word=restored")
+    sa_token = cluster.kubectl("create", "token", "default", "--duration=1h").stdout.strip()
     url = f"https://127.0.0.1:{cluster.vm.metrics_port}"
     saved = tmp_path / "etcd.db"
     r = k4s_cmd("etcd-snapshot", "save", str(saved), "--remote", url, "--kubeconfig", str(cluster.vm.kubeconfig))
-    assert r.returncode == 0 and "sha256 checked" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "sha256 checked" in r.stderr, r.stdout + r.stderr
+    [key] = re.findall(r"^k4s\.certificate-key=([0-9a-f]{64})$", r.stdout, re.M)
     data = saved.read_bytes()
     assert hashlib.sha256(data[:-32]).digest() == data[-32:] and saved.stat().st_mode & 0o777 == 0o600
     assert b"/registry/configmaps/default/k4s-e2e-autodeploy" in data  # what the cluster holds
+    keys = (tmp_path / "etcd.db.keys")
+    assert keys.stat().st_mode & 0o777 == 0o600 and b"PRIVATE KEY" not in keys.read_bytes()
     assert not (tmp_path / "etcd.db.part").exists()
     anonymous = ssl_unverified()
-    try:
-        urllib.request.urlopen(url + "/etcd/snapshot", context=anonymous, timeout=30)
-        raise AssertionError("an anonymous client got a snapshot")
-    except urllib.error.HTTPError as e:
-        assert e.code == 401
+    for path in ("/etcd/snapshot", "/etcd/keys?public-key=" + "A" * 43):
+        try:
+            urllib.request.urlopen(url + path, context=anonymous, timeout=30)
+            raise AssertionError(f"an anonymous client got {path}")
+        except urllib.error.HTTPError as e:
+            assert e.code == 401, path
+
+    segment = tmp_path / "restore.seg"
+    r = k4s_cmd("etcd-snapshot", "restore", str(saved), "--segment", str(segment), env={"K4S_CERTIFICATE_KEY": key})
+    assert r.returncode == 0, r.stderr
+    vm = VM(tmp_path / "restored", cluster.vm.kernel, cluster.vm.initrd, port=free_port(),
+            operator_dir=cluster.vm.operator.dir, join_secret=segment)
+    with vm.booted(until=events.APISERVER_READY, timeout=600) as b:
+        [restored] = b.events(events.ETCD_RESTORED)
+        assert restored["member"] and int(restored["bytes"]) == len(data), restored
+        assert any(e.get("path") == "/etc/k4s/restore" for e in b.events(events.SECRET_DELETED))
+        assert vm.ca_hash == cluster.vm.ca_hash  # the same cluster CA: every join and kubeconfig still trusts it
+        vm.write_kubeconfig()
+        again = Cluster(vm)
+        word = again.wait_for("the Secret written before the snapshot", lambda: (
+            (w := again.kubectl("get", "secret", "kept", "-o", "jsonpath={.data.word}", check=False).stdout) != "", w))
+        assert base64.b64decode(word) == b"restored"
+        import yaml
+
+        ca = tmp_path / "ca.crt"
+        ca.write_bytes(base64.b64decode(yaml.safe_load(vm.kubeconfig.read_text())["clusters"][0]["cluster"]
+                                        ["certificate-authority-data"]))
+        r = subprocess.run([str(KUBECTL), "--kubeconfig", "/dev/null", "--server", f"https://127.0.0.1:{vm.port}",
+                            "--certificate-authority", str(ca), "--token", sa_token,
+                            "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.stdout == "system:serviceaccount:default:default", r.stdout + r.stderr
 
 
 def ssl_unverified():  # type: ignore[no-untyped-def]

@@ -138,10 +138,18 @@ def test_a_kubelet_s_serving_certificate_is_no_certificate_for_the_apiserver(fle
     assert "kubelet-serving-ca" in issuer, issuer
 
 
+def wait_spent(fleet: Fleet, token_id: str) -> None:
+    """Until `k4s token list` no longer shows the token: the server deletes a used one once its
+    certificate has been out for approver.SPEND_GRACE seconds."""
+    def gone() -> tuple[bool, str]:
+        listed = k4s_cmd("token", "list", "--kubeconfig", str(fleet.server.vm.kubeconfig))
+        return listed.returncode == 0 and token_id not in listed.stdout, listed.stdout + listed.stderr
+
+    fleet.wait_for(f"token {token_id} spent", gone, timeout=120)
+
+
 def test_the_worker_s_token_is_spent_and_never_on_its_command_line(fleet: Fleet, web: dict[str, str]) -> None:
-    token_id = token_of(fleet.join_line).split(".")[0]
-    listed = k4s_cmd("token", "list", "--kubeconfig", str(fleet.server.vm.kubeconfig))
-    assert listed.returncode == 0 and token_id not in listed.stdout, listed.stdout
+    wait_spent(fleet, token_of(fleet.join_line).split(".")[0])
     console = fleet.worker.console.read_text(errors="replace")
     assert "component=join event=secret-deleted" in console and token_of(fleet.join_line) not in console
     # what a pod on the worker could read of the kernel command line: nothing (masked, and no secret
@@ -305,6 +313,7 @@ def test_bad_joins_are_refused_with_one_line_and_no_credentials(fleet: Fleet) ->
     """Tokens the cluster no longer holds: one console line, no kubelet, a poweroff. The machines
     boot side by side."""
     expired = token_create(fleet.server.vm, "--ttl", "1s")
+    wait_spent(fleet, token_of(fleet.join_line).split(".")[0])
     time.sleep(3)
     vms = [worker_vm(fleet.tmp / name, fleet.ports[1 + i], line_of(fleet.join_line, expired),
                      f"52:54:00:00:77:{0x10 + i:02x}", f"10.77.0.{10 + i}", memory=512)
@@ -450,8 +459,7 @@ def test_the_worker_rejoins_through_stage1_with_a_join_minted_for_it(fleet: Flee
             assert "event=uncordoned" in console and b.events(events.SECRET_DELETED)
             assert console.index("(kexec)") < console.index("k4s init: starting")
             [joined] = b.events(events.JOINED)
-            listed = k4s_cmd("token", "list", "--kubeconfig", str(fleet.server.vm.kubeconfig)).stdout
-            assert joined["token"] not in listed  # spent
+            wait_spent(fleet, joined["token"])
             # the sealed disk: formatted, its key sealed, and the node's state on it
             [sealed] = b.events(events.DATA_SEALED)
             assert sealed["pcrs"] == "7+15", sealed

@@ -5,9 +5,10 @@ whose key is not its join's boot side by side, then a third server that runs etc
 (`k4s.etcd-only`). What users check: both Nodes Ready, one etcd of three voting members, one
 controller-manager and one scheduler holding the leases, an object written through one server
 read through the other, the joins spent and their sealed keys gone, the wrong key refused with
-one line. Then the faults: the etcd leader's machine loses power and writes go on through the
-other server; the lost server boots again, empty, with a join minted for it, and takes its
-place back; last, two members
+one line; a worker joined through the first server, whose balancer learns the second. Then the
+faults: the etcd leader's machine loses power and writes go on through the other server while the
+worker's kubelet goes on through its balancer; the lost server boots again, empty, with a join
+minted for it, and takes its place back; last, two members
 stop answering and the first says in one line that etcd has no majority, refuses a write, and
 takes writes again once one returns.
 
@@ -35,17 +36,19 @@ from k4s.host.vm import EXIT, VM, Boot, Console
 from tests.conftest import k4s_cmd
 from tests.e2e.conftest import KUBECTL, Cluster, free_port, make_vm
 
-NAMES = ("server-1", "server-2", "server-3", "server-4")
-IPS = ("10.77.0.11", "10.77.0.12", "10.77.0.13", "10.77.0.14")
-MACS = ("52:54:00:00:77:11", "52:54:00:00:77:12", "52:54:00:00:77:13", "52:54:00:00:77:14")
+NAMES = ("server-1", "server-2", "server-3", "server-4", "worker-1")
+IPS = ("10.77.0.11", "10.77.0.12", "10.77.0.13", "10.77.0.14", "10.77.0.21")
+MACS = ("52:54:00:00:77:11", "52:54:00:00:77:12", "52:54:00:00:77:13", "52:54:00:00:77:14", "52:54:00:00:77:21")
 WITNESS = 2  # the third server: etcd alone
 BAD = 3  # the fourth machine: a good token, a wrong certificate key
+WORKER = 4  # joined through the first server; its balancer learns the second
 
 
 @dataclass
 class HA:
     boots: list[Boot]  # the two full servers
     witness: Boot  # the etcd-only one
+    worker: Boot
     joins: list[str]  # what `k4s token create --control-plane` printed for the second server and the witness
     segments: list[Path]
     bad: tuple[int, str]  # the wrong key's machine: QEMU's status, its console
@@ -116,11 +119,21 @@ def ha(tmp_path_factory) -> Iterator[HA]:
         boots = [b1, machines[0].follow(started[0], timeout=600)]
         machines[0].write_kubeconfig()
         witness = machines[2].follow(started[2], events.ETCD_READY, timeout=300)
-        yield HA(boots, witness, joins, segments, bad, tmp, lan, stack)
+        # a worker, once both apiservers are up: its balancer starts from the first, which it joined
+        fleet_vms.token_create(first.kubeconfig, "--node", NAMES[WORKER], "--segment", str(tmp / "worker.join"))
+        base = make_vm(tmp / NAMES[WORKER])
+        wvm = fleet_vms.worker(tmp / NAMES[WORKER], base.kernel, base.initrd, lan[WORKER], MACS[WORKER], IPS[WORKER],
+                               tmp / "worker.join", gateway=IPS[0])
+        stack.callback(wvm.stop, None, clean=False)
+        worker = wvm.boot(timeout=600)
+        yield HA(boots, witness, worker, joins, segments, bad, tmp, lan, stack)
 
 
 def test_two_servers_are_ready_with_one_etcd_of_three_voting_members(ha: HA) -> None:
-    assert ready_nodes(ha) == dict.fromkeys(NAMES[:2], "True")  # the etcd-only server has no node
+    assert ready_nodes(ha) == dict.fromkeys((*NAMES[:2], NAMES[WORKER]), "True")  # the etcd-only server has no node
+    # the worker's balancer learned both apiservers from the cluster (the one it joined last)
+    learned = ha.worker.events(events.APILB_SERVERS)
+    assert learned and learned[-1]["servers"] == f"{IPS[1]}:6443,{IPS[0]}:6443", learned
     # each joiner was added as a learner (etcd counted its members) and promoted once in sync
     assert [e["members"] for e in ha.boots[1].events(events.ETCD_LEARNER)] == [2]
     assert [e["members"] for e in ha.witness.events(events.ETCD_LEARNER)] == [3]
@@ -140,9 +153,15 @@ def test_two_servers_are_ready_with_one_etcd_of_three_voting_members(ha: HA) -> 
     assert ha.kubectl(0, "get", "configmap", "written-on-2", "-o", "jsonpath={.data.n}").stdout == "2"
 
 
-def ready_nodes(ha: HA) -> dict[str, str]:
-    nodes = json.loads(ha.kubectl(0, "get", "nodes", "-o", "json").stdout)["items"]
+def ready_nodes(ha: HA, via: int = 0) -> dict[str, str]:
+    nodes = json.loads(ha.kubectl(via, "get", "nodes", "-o", "json").stdout)["items"]
     return {n["metadata"]["name"]: {c["type"]: c["status"] for c in n["status"]["conditions"]}["Ready"] for n in nodes}
+
+
+def worker_lease(ha: HA, via: int) -> str:
+    """When the worker's kubelet last renewed its node Lease (every 10 s, through its balancer)."""
+    return ha.kubectl(via, "get", "lease", "-n", "kube-node-lease", NAMES[WORKER],
+                      "-o", "jsonpath={.spec.renewTime}").stdout
 
 
 def test_a_server_join_is_secret_spent_and_takes_the_sealed_keys_with_it(ha: HA) -> None:
@@ -202,13 +221,25 @@ def test_the_etcd_leader_s_machine_loses_power_writes_go_on_and_it_rejoins_empty
     assert leader, ha.etcd_line(0)
     victim = NAMES.index(leader.group(1)) if leader.group(1) in NAMES[:2] else 1
     other = 1 - victim
+    renewed = worker_lease(ha, other)
     ha.servers[victim].pull_plug()
+    killed = time.monotonic()
     acked, gap = write_every_second(ha, other, 30)
     print(f"etcd leader {leader.group(1)}; writes through {NAMES[other]} after {NAMES[victim]}'s loss: "
           f"{len(acked)} acknowledged, longest gap {gap:.1f} s")
     assert len(acked) >= 10, acked
     names = ha.kubectl(other, "get", "configmaps", "-o", "name").stdout.split()
     assert all(f"configmap/tick-{n}" in names for n in acked), names
+    # the worker's kubelet renews its Lease again, through its balancer, whichever server it used
+    end = time.monotonic() + 120
+    while worker_lease(ha, other) == renewed:
+        assert time.monotonic() < end, "the worker's kubelet did not renew its Lease after the server's loss"
+        time.sleep(2)
+    print(f"the worker's Lease renewed {time.monotonic() - killed:.1f} s after {NAMES[victim]}'s loss")
+    assert ready_nodes(ha, other)[NAMES[WORKER]] == "True"
+    moved = [e for e in ha.worker.events() if e.get("component") == "apilb" and e.get("event") == "server"]
+    if NAMES[victim] == NAMES[0]:  # the server it joined and used: its balancer moved to the other
+        assert moved and moved[-1]["now"] == f"{IPS[other]}:6443", moved
     segment = ha.tmp / f"{NAMES[victim]}-again.join"
     control_plane_join(ha.servers[other], NAMES[victim], segment, via=f"https://{IPS[other]}:6443")
     again = server(ha.tmp, ha.lan, victim, segment, out=ha.tmp / f"{NAMES[victim]}-again")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import datetime as dt
 import json
 from pathlib import Path
@@ -215,13 +216,21 @@ class FakeAPI:
             name = urllib.parse.unquote(path.rsplit("/", 1)[1])
             if name in self.nodes:
                 return self.nodes[name]
+        if method == "GET" and path.startswith(approver.TOKEN_SECRETS + "?"):
+            return {"items": copy.deepcopy(list(self.tokens.values()))}
+        if method == "GET" and path.startswith(approver.CSR_API + "/"):
+            for c in self.csrs:
+                if c["metadata"]["name"] == path.rsplit("/", 1)[1]:
+                    return c
         if path.startswith(approver.TOKEN_SECRETS + "/bootstrap-token-"):
             tid = path.rsplit("-", 1)[1]
             if tid in self.tokens:
                 if method == "DELETE":
                     self.deleted.append(tid)
                     return self.tokens.pop(tid)
-                return self.tokens[tid]
+                if method == "PUT":
+                    self.tokens[tid] = copy.deepcopy(obj)  # type: ignore[assignment]
+                return copy.deepcopy(self.tokens[tid])
         if method == "GET" and "/leases/" in path and path.rsplit("/", 1)[1] in self.leases:
             return {"spec": {"renewTime": self.leases[path.rsplit("/", 1)[1]]}}
         if path.startswith(approver.Pins.PATH.rsplit("/", 1)[0]):
@@ -287,12 +296,42 @@ def node_obj(ready: str = "True", ip: str = "10.77.0.2") -> dict:
                        "addresses": [{"type": "InternalIP", "address": ip}]}}
 
 
-def test_a_token_joins_once_and_is_spent() -> None:
+def test_a_token_joins_once_and_is_spent_after_its_certificate() -> None:
     api = FakeAPI([client_csr("c1", "w1"), client_csr("c2", "w2")], tokens_={"abcdef": token_secret()})
     approver.decide_all(api, in_process, "server-1")  # type: ignore[arg-type]
-    assert api.verdicts["c1"][0] == "Approved" and api.deleted == ["abcdef"]
+    assert api.verdicts["c1"][0] == "Approved"
     # the second machine with the same token (a second name), in the same round: refused
-    assert api.verdicts["c2"] == ("Denied", "token abcdef no longer exists (used, expired or deleted)")
+    assert api.verdicts["c2"] == ("Denied", "token abcdef is spent: request c1 joined with it")
+    # kept while the machine waits for its certificate: it asks for it with the token
+    assert not api.deleted and api.tokens["abcdef"]["metadata"]["annotations"][approver.USED_BY_ANNOTATION] == "c1"
+    c1 = api.csrs[0]
+    c1["status"]["certificate"] = "LS0t"
+    approver.spend_used(api, now=1000.0)  # type: ignore[arg-type]
+    approver.spend_used(api, now=1000.0 + approver.SPEND_GRACE - 1)  # type: ignore[arg-type]
+    assert not api.deleted
+    approver.spend_used(api, now=1000.0 + approver.SPEND_GRACE)  # type: ignore[arg-type]
+    assert api.deleted == ["abcdef"]
+    # once deleted, the token is refused outright
+    api.csrs.append(client_csr("c3", "w3"))
+    approver.decide_all(api, in_process, "server-1")  # type: ignore[arg-type]
+    assert api.verdicts["c3"] == ("Denied", "token abcdef no longer exists (used, expired or deleted)")
+
+
+@pytest.mark.parametrize("fate", ["Denied", "Failed", "gone"])
+def test_a_used_token_whose_request_came_to_nothing_is_spent_at_once(fate: str) -> None:
+    token = token_secret()
+    token["metadata"]["annotations"] = {approver.USED_BY_ANNOTATION: "c1"}
+    csrs = [] if fate == "gone" else [{**client_csr("c1", "w1"), "status": {"conditions": [{"type": fate}]}}]
+    api = FakeAPI(csrs, tokens_={"abcdef": token})
+    approver.spend_used(api)  # type: ignore[arg-type]
+    assert api.deleted == ["abcdef"]
+
+
+def test_a_used_token_is_kept_while_its_request_waits_for_the_signer() -> None:
+    api = FakeAPI([client_csr("c1", "w1")], tokens_={"abcdef": token_secret()})
+    approver.decide_all(api, in_process, "server-1")  # type: ignore[arg-type]
+    approver.spend_used(api, now=10**10)  # type: ignore[arg-type]
+    assert not api.deleted and api.verdicts["c1"][0] == "Approved"
 
 
 def test_a_reusable_token_is_kept() -> None:
@@ -313,7 +352,8 @@ def test_a_token_may_not_become_another_node(node: str, token: dict | None, node
     api = FakeAPI([client_csr("c1", node)], nodes=nodes, tokens_={"abcdef": token} if token else {})
     approver.decide_all(api, in_process, "server-1")  # type: ignore[arg-type]
     assert api.verdicts["c1"][0] == "Denied" and why in api.verdicts["c1"][1], api.verdicts
-    assert not api.deleted  # a refused request does not spend the token
+    assert not api.deleted  # a refused request does not spend the token, nor mark it used
+    assert approver.USED_BY_ANNOTATION not in (api.tokens.get("abcdef", {}).get("metadata", {}).get("annotations") or {})
 
 
 def test_a_rebooted_machine_takes_its_node_back() -> None:

@@ -31,6 +31,7 @@ import (
 
 	_ "time/tzdata" // for CronJob time zone support, as in the upstream mains
 
+	"github.com/spf13/cobra"
 	"k8s.io/component-base/cli"
 	_ "k8s.io/component-base/logs/json/register"          // JSON log format
 	_ "k8s.io/component-base/metrics/prometheus/clientgo" // client-go metrics
@@ -49,6 +50,7 @@ import (
 	ctr "github.com/containerd/containerd/v2/cmd/ctr/app"
 
 	"go.etcd.io/etcd/etcdctl/v3/ctlv3"
+	"go.etcd.io/etcd/etcdutl/v3/etcdutl"
 	"go.etcd.io/etcd/server/v3/etcdmain"
 	"go.etcd.io/etcd/server/v3/storage/wal"
 
@@ -104,6 +106,7 @@ var components = map[string]func() int{
 	"kube-proxy":              func() int { return cli.Run(proxy.NewProxyCommand()) },
 	"etcd":                    runEtcd,
 	"etcdctl":                 func() int { ctlv3.MustStart(); return 0 },
+	"etcdutl":                 runEtcdutl,
 	"coredns":                 runCoreDNS,
 	"local-path-provisioner":  func() int { localpath.Main(); return 0 },
 	"containerd":              func() int { return runApp("containerd", containerd.App()) },
@@ -125,6 +128,21 @@ func runApp(name string, app interface {
 
 func runEtcd() int {
 	etcdmain.Main(os.Args)
+	return 0
+}
+
+// runEtcdutl is etcdutl's snapshot restore and status (a server restored from
+// an operator's snapshot, k4s.cluster.etcdsnapshot) and version: the commands of
+// upstream's main that a node uses, with its defaults.
+func runEtcdutl() int {
+	etcdutl.FlockTimeout = 10 * time.Second
+	etcdutl.OutputFormat = "simple"
+	root := &cobra.Command{Use: "etcdutl", Short: "An administrative command line tool for etcd3."}
+	root.AddCommand(etcdutl.NewSnapshotCommand(), etcdutl.NewVersionCommand())
+	root.SetArgs(os.Args[1:])
+	if err := root.Execute(); err != nil {
+		return 1
+	}
 	return 0
 }
 

@@ -15,7 +15,7 @@ from k4s.cluster.node import Node
 from k4s.config import Config
 
 BINARY = "etcd"
-HELPERS: tuple[str, ...] = ()
+HELPERS = ("etcdutl",)  # a server restored from an operator's snapshot (k4s.cluster.etcdsnapshot)
 NODE = False
 HOST = "kube-apiserver"
 READY_TIMEOUT = 120.0  # a member that joins is ready once promoted: caught up with the leader's log
