@@ -139,7 +139,13 @@ def discover(server: str, token: Token, ca_hash: str) -> bytes:
     return ca_pem
 
 
-def _csr_pem(node_name: str) -> tuple[bytes, bytes]:
+def node_csr(node_name: str) -> tuple[bytes, bytes, str]:
+    """A node-client CSR and its key, made once per join: (CSR PEM, key PEM, its name). The name
+    is a digest of the public key and the subject, as the kubelet's bootstrap names its CSR, so
+    that a try after a timeout finds the request the first one made instead of making a second
+    one (which the approver refuses: the token joins one request)."""
+    import hashlib
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509.oid import NameOID
@@ -150,21 +156,26 @@ def _csr_pem(node_name: str) -> tuple[bytes, bytes]:
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
                          x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{node_name}")])
     csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
-    return csr.public_bytes(serialization.Encoding.PEM), key_pem(key)
+    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    digest = hashlib.sha256(b"|".join([base64.urlsafe_b64encode(spki), f"system:node:{node_name}".encode(),
+                                       b"system:nodes", b"digital signature", b"client auth"])).digest()
+    name = "node-csr-" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+    return csr.public_bytes(serialization.Encoding.PEM), key_pem(key), name
 
 
-def request_client_cert(server: str, ca_pem: bytes, token: Token, node_name: str,
+def request_client_cert(server: str, ca_pem: bytes, token: Token, request: tuple[bytes, bytes, str],
                         timeout: float = 120.0) -> tuple[bytes, bytes]:
-    """The kubelet's first client certificate through the CSR API; (cert PEM, key PEM)."""
+    """The kubelet's first client certificate through the CSR API; (cert PEM, key PEM). request:
+    node_csr's; made once, so a second try polls the request the first one made."""
     host, port = _host_port(server)
     client = kubeapi.Client(host, port, ssl.create_default_context(cadata=ca_pem.decode()), bearer=token.bearer)
-    csr, key = _csr_pem(node_name)
+    csr, key, name = request
     body = {"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
-            "metadata": {"generateName": "node-csr-"},
+            "metadata": {"name": name},
             "spec": {"request": base64.b64encode(csr).decode(), "signerName": NODE_CLIENT_SIGNER,
                      "usages": ["digital signature", "client auth"], "expirationSeconds": 365 * 86400}}
     try:
-        made = client.json("POST", CSR_API, body)
+        client.json("POST", CSR_API, body)
     except kubeapi.APIError as e:
         if e.status == 401:
             raise Refused(f"the apiserver refused token {token.id}: it has expired or was deleted",
@@ -172,8 +183,8 @@ def request_client_cert(server: str, ca_pem: bytes, token: Token, node_name: str
         if e.status == 403:
             raise Refused(f"token {token.id} may not ask for a node certificate ({e.message})",
                           hint="make the token with `k4s token create`, which grants that and nothing else") from None
-        raise
-    name = made["metadata"]["name"]
+        if e.status != 409:  # 409: made by an earlier try whose answer was lost; its name is ours
+            raise
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         status = client.json("GET", f"{CSR_API}/{name}").get("status", {})
@@ -245,10 +256,11 @@ def join(server: str, token_text: str, ca_hash: str, node_name: str, files: cert
     (with back-off, a line per try); the CA's hash. Refused is raised at once. The node's
     kubeconfig names `via` (the worker's API load balancer, k4s.cluster.apilb), or server."""
     token = Token.parse(token_text)
+    request = node_csr(node_name)
 
     def attempt() -> tuple[bytes, bytes, bytes]:
         ca_pem = discover(server, token, ca_hash)
-        return (ca_pem, *request_client_cert(server, ca_pem, token, node_name))
+        return (ca_pem, *request_client_cert(server, ca_pem, token, request))
 
     ca_pem, cert, key = retrying(server, deadline, attempt)
     write_credentials(files, cert_dir, via or server, ca_pem, cert, key)

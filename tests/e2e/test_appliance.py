@@ -281,7 +281,8 @@ def test_the_operator_saves_an_etcd_snapshot_and_restores_it_on_an_empty_server(
     import urllib.request
 
     cluster.kubectl("create", "secret", "generic", "kept", "--from-literal=word=restored")
-    sa_token = cluster.kubectl("create", "token", "default", "--duration=1h").stdout.strip()
+    cluster.kubectl("create", "serviceaccount", "restore-check")
+    sa_token = cluster.kubectl("create", "token", "restore-check", "--duration=1h").stdout.strip()
     url = f"https://127.0.0.1:{cluster.vm.metrics_port}"
     saved = tmp_path / "etcd.db"
     r = k4s_cmd("etcd-snapshot", "save", str(saved), "--remote", url, "--kubeconfig", str(cluster.vm.kubeconfig))
@@ -325,7 +326,7 @@ def test_the_operator_saves_an_etcd_snapshot_and_restores_it_on_an_empty_server(
                             "--certificate-authority", str(ca), "--token", sa_token,
                             "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"],
                            capture_output=True, text=True, timeout=60)
-        assert r.stdout == "system:serviceaccount:default:default", r.stdout + r.stderr
+        assert r.stdout == "system:serviceaccount:default:restore-check", r.stdout + r.stderr
 
 
 def ssl_unverified():  # type: ignore[no-untyped-def]

@@ -73,6 +73,35 @@ def test_discovery_names_an_unknown_token(monkeypatch: pytest.MonkeyPatch) -> No
         join.discover("https://10.77.0.1:6443", join.Token.parse("abcdef.0123456789abcdef"), pin)
 
 
+def test_a_try_after_a_lost_answer_polls_the_request_the_first_one_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CSR's name is a digest of its key and subject (the kubelet's way): a second try of the
+    same join meets 409 and waits for that request, instead of making a second one, which the
+    approver would refuse (a token joins one request)."""
+    made: dict[str, dict] = {}
+
+    class Api:
+        def __init__(self, *_a: object, **_k: object) -> None:
+            pass
+
+        def json(self, method: str, path: str, obj: dict | None = None) -> dict:
+            if method == "POST":
+                name = obj["metadata"]["name"]  # type: ignore[index]
+                if name in made:
+                    raise join.kubeapi.APIError(409, "already exists")
+                made[name] = {**obj, "status": {}}  # type: ignore[dict-item]
+                raise join.kubeapi.APIError(504, "the answer was lost")  # as a timed-out read
+            made[path.rsplit("/", 1)[1]]["status"] = {"certificate": base64.b64encode(b"CERT").decode()}
+            return made[path.rsplit("/", 1)[1]]
+
+    monkeypatch.setattr(join.kubeapi, "Client", Api)
+    request = join.node_csr("w1")
+    assert request[2].startswith("node-csr-") and request[2] != join.node_csr("w1")[2]  # a new key, a new name
+    with pytest.raises(join.kubeapi.APIError):
+        join.request_client_cert("https://10.77.0.1:6443", b"", TOKEN, request)
+    assert join.request_client_cert("https://10.77.0.1:6443", b"", TOKEN, request) == (b"CERT", request[1])
+    assert list(made) == [request[2]]
+
+
 def test_discovery_names_a_wrong_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(join.kubeapi, "get", FakeGet(CLUSTER_INFO))
     pin = spki_hash_pem(ca_of(CLUSTER_INFO))
