@@ -125,7 +125,8 @@ def restore(file: Path, out: Path, keys: Path | None) -> int:
     from k4s.errors import K4sError
 
     keys = keys or keys_file(file)
-    key = os.environ.get("K4S_CERTIFICATE_KEY") or sys.stdin.readline()
+    key = os.environ.get("K4S_CERTIFICATE_KEY") or (
+        click.prompt("certificate key", hide_input=True, err=True) if sys.stdin.isatty() else sys.stdin.readline())
     key = key.strip().removeprefix("k4s.certificate-key=")
     if not copycerts.HEX_KEY.fullmatch(key):
         raise K4sError("the certificate key is not 64 hex digits",

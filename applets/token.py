@@ -132,7 +132,7 @@ def list_(kubeconfig: Path) -> int:
     listed = with_client(kubeconfig, tokens.listed)
     click.echo(f"{'ID':<8} {'EXPIRES':<22} {'NODE':<20} {'USES':<9} DESCRIPTION")
     for t in listed:
-        click.echo(f"{t.id:<8} {t.expires:<22} {t.node or '(any)':<20} {'reusable' if t.reusable else 'once':<9} "
+        click.echo(f"{t.id:<8} {t.expires:<22} {t.node or '(any)':<20} {'reusable' if t.reusable else 'used' if t.used_by else 'once':<9} "
                    f"{t.description}")
     return 0
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from k4s.cluster import addons, copycerts, kubeapi
-from k4s.cluster.approver import NODE_ANNOTATION, REUSABLE_ANNOTATION
+from k4s.cluster.approver import NODE_ANNOTATION, REUSABLE_ANNOTATION, USED_BY_ANNOTATION
 from k4s.cluster.certs import CONTROL_PLANE_GROUP
 from k4s.cluster.components.apiserver import CLUSTER_INFO_PATH
 from k4s.errors import K4sError
@@ -45,6 +45,7 @@ class TokenInfo:
     description: str
     node: str = ""
     reusable: bool = False
+    used_by: str = ""  # the request a single-use token joined; the server deletes it soon after
 
 
 def new_token() -> tuple[str, str]:
@@ -176,7 +177,8 @@ def listed(client: kubeapi.Client) -> list[TokenInfo]:
         d = {k: base64.b64decode(v).decode(errors="replace") for k, v in (s.get("data") or {}).items()}
         notes = s.get("metadata", {}).get("annotations") or {}
         out.append(TokenInfo(d.get("token-id", "?"), d.get("expiration", "never"), d.get("description", ""),
-                             notes.get(NODE_ANNOTATION, ""), notes.get(REUSABLE_ANNOTATION) == "true"))
+                             notes.get(NODE_ANNOTATION, ""), notes.get(REUSABLE_ANNOTATION) == "true",
+                             notes.get(USED_BY_ANNOTATION, "")))
     return out
 
 

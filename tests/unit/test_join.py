@@ -333,6 +333,7 @@ def test_a_token_joins_once_and_is_spent_after_its_certificate() -> None:
     assert api.verdicts["c2"] == ("Denied", "token abcdef is spent: request c1 joined with it")
     # kept while the machine waits for its certificate: it asks for it with the token
     assert not api.deleted and api.tokens["abcdef"]["metadata"]["annotations"][approver.USED_BY_ANNOTATION] == "c1"
+    assert [(t.id, t.used_by) for t in tokens.listed(api)] == [("abcdef", "c1")]  # type: ignore[arg-type]  # `used`
     c1 = api.csrs[0]
     c1["status"]["certificate"] = "LS0t"
     approver.spend_used(api, now=1000.0)  # type: ignore[arg-type]
