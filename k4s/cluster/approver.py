@@ -52,6 +52,8 @@ NODE_PREFIX = "system:node:"
 BOOTSTRAP_PREFIX = "system:bootstrap:"
 BOOTSTRAPPERS = "system:bootstrappers"
 TOKEN_SECRETS = "/api/v1/namespaces/kube-system/secrets"
+TOKEN_TYPE = "bootstrap.kubernetes.io/token"
+TOKENS_LIST = f"{TOKEN_SECRETS}?fieldSelector=type%3D{TOKEN_TYPE.replace('/', '%2F')}"
 NODE_ANNOTATION = "k4s.io/node-name"    # a token bound to one node name
 REUSABLE_ANNOTATION = "k4s.io/reusable"  # a token that is not deleted once used (an explicit opt-in)
 USED_BY_ANNOTATION = "k4s.io/used-by"  # the one request a single-use token was approved for
@@ -374,7 +376,7 @@ def spend_used(client: kubeapi.Client, now: float | None = None) -> None:
     SPEND_GRACE seconds (the machine polls for it with the token; the apiserver's token cache is
     no promise), or at once when the request is gone, denied or failed."""
     now = time.time() if now is None else now
-    items = client.json("GET", f"{TOKEN_SECRETS}?fieldSelector=type%3Dbootstrap.kubernetes.io%2Ftoken").get("items", [])
+    items = client.json("GET", TOKENS_LIST).get("items", [])
     for token in items:
         try:
             _spend(client, token, now)

@@ -22,14 +22,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from k4s.cluster import addons, copycerts, kubeapi
-from k4s.cluster.approver import NODE_ANNOTATION, REUSABLE_ANNOTATION, USED_BY_ANNOTATION
+from k4s.cluster.approver import (
+    NODE_ANNOTATION,
+    REUSABLE_ANNOTATION,
+    TOKEN_SECRETS,
+    TOKEN_TYPE,
+    TOKENS_LIST,
+    USED_BY_ANNOTATION,
+)
 from k4s.cluster.certs import CONTROL_PLANE_GROUP
 from k4s.cluster.components.apiserver import CLUSTER_INFO_PATH
 from k4s.errors import K4sError
 
 NAMESPACE = "kube-system"
-SECRETS = f"/api/v1/namespaces/{NAMESPACE}/secrets"
-TYPE = "bootstrap.kubernetes.io/token"
+SECRETS = TOKEN_SECRETS  # kube-system: where bootstrap tokens live
+TYPE = TOKEN_TYPE
 EXTRA_GROUP = "system:bootstrappers:k4s:worker"
 ALPHABET = string.ascii_lowercase + string.digits
 MAX_TTL = dt.timedelta(days=7)
@@ -171,7 +178,7 @@ def wait_signed(client: kubeapi.Client, token_id: str, timeout: float) -> bool:
 
 
 def listed(client: kubeapi.Client) -> list[TokenInfo]:
-    items = client.json("GET", f"{SECRETS}?fieldSelector=type%3D{TYPE.replace('/', '%2F')}")["items"]
+    items = client.json("GET", TOKENS_LIST)["items"]
     out = []
     for s in items:
         d = {k: base64.b64decode(v).decode(errors="replace") for k, v in (s.get("data") or {}).items()}
