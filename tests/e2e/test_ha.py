@@ -115,19 +115,17 @@ def ha(tmp_path_factory) -> Iterator[HA]:
         # etcd takes one learner at a time: the witness's join waits for the second server's promotion
         started.append(machines[2].start())
         stack.callback(machines[2].stop, None, clean=False)
-        # a worker beside them, joined through the first server: its balancer learns the second once
-        # that one's apiserver is in the `kubernetes` Endpoints (one vCPU: the fifth machine on two cores)
-        fleet_vms.token_create(first.kubeconfig, "--node", NAMES[WORKER], "--segment", str(tmp / "worker.join"))
-        wvm = fleet_vms.worker(tmp / NAMES[WORKER], first.kernel, first.initrd, lan[WORKER], MACS[WORKER], IPS[WORKER],
-                               tmp / "worker.join", memory=768, gateway=IPS[0])
-        wvm.cpus = 1
-        started.append(wvm.start())
-        stack.callback(wvm.stop, None, clean=False)
         first.wait(b1.proc)
         boots = [b1, machines[0].follow(started[0], timeout=600)]
         machines[0].write_kubeconfig()
         witness = machines[2].follow(started[2], events.ETCD_READY, timeout=300)
-        worker = wvm.follow(started[3], timeout=600)
+        # a worker, once both apiservers are up (booted beside them, the second one's apiserver
+        # missed its 180 s): its balancer starts from the first, which it joined
+        fleet_vms.token_create(first.kubeconfig, "--node", NAMES[WORKER], "--segment", str(tmp / "worker.join"))
+        wvm = fleet_vms.worker(tmp / NAMES[WORKER], first.kernel, first.initrd, lan[WORKER], MACS[WORKER], IPS[WORKER],
+                               tmp / "worker.join", gateway=IPS[0])
+        stack.callback(wvm.stop, None, clean=False)
+        worker = wvm.boot(timeout=600)
         yield HA(boots, witness, worker, joins, segments, bad, tmp, lan, stack)
 
 
