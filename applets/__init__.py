@@ -13,7 +13,7 @@ APPLETS: dict[str, tuple[str, str]] = {
     "cpio": ("applets.cpio", "list, extract (safely) or create newc cpio archives"),
     "crictl": ("applets.crictl", "crictl from bin-dir, talking to this node's containerd"),
     "etcd": ("applets.etcd", "run etcd configured from the k4s config"),
-    "etcd-snapshot": ("applets.etcd_snapshot", "save a server's etcd snapshot from the operator's host, checked"),
+    "etcd-snapshot": ("applets.etcd_snapshot", "save a server's etcd snapshot (with its keys, sealed) from the operator's host, checked; restore one onto an empty server"),
     "halt": ("applets.halt", "stop the node in order and halt"),
     "init": ("applets.init", "PID 1 of the appliance: mounts, network, node, clean shutdown"),
     "insmod": ("applets.insmod", "load one kernel module file"),
