@@ -118,7 +118,6 @@ def save_keys(out: Path, remote_url: str, ctx: object) -> str:
 @click.option("--keys", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="The sealed keys  [default: FILE.keys]")
 def restore(file: Path, out: Path, keys: Path | None) -> int:
-    import json
     import sys
 
     from k4s.cluster import copycerts, etcdsnapshot
@@ -135,15 +134,11 @@ def restore(file: Path, out: Path, keys: Path | None) -> int:
         raise K4sError(f"{out}: no directory {out.parent}", hint="write it into an existing directory")
     size = etcdsnapshot.verify(file)
     try:
-        doc = json.loads(keys.read_text())
-    except OSError as e:
-        raise K4sError(f"cannot read the sealed keys {keys}: {e.strerror}",
+        text = keys.read_text()
+    except (OSError, ValueError) as e:
+        raise K4sError(f"cannot read the sealed keys {keys}: {getattr(e, 'strerror', None) or e}",
                        hint="`k4s etcd-snapshot save` writes them beside the snapshot as FILE.keys") from None
-    except ValueError:
-        raise K4sError(f"{keys} is not the sealed keys `k4s etcd-snapshot save` writes", hint="save the snapshot again") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("data"), dict):
-        raise K4sError(f"{keys} is not the sealed keys `k4s etcd-snapshot save` writes", hint="save the snapshot again")
-    copycerts.opened(doc, key, hint="the key printed by the `k4s etcd-snapshot save` that wrote these keys opens them")
+    doc, _ = etcdsnapshot.opened_keys(text, key, str(keys), "save the snapshot again")
     etcdsnapshot.segment(out, file, doc, key)
     click.echo(f"k4s: restore segment {out}: a {size}-byte database and {len(doc['data'])} sealed files; it holds "
                "the cluster's keys: give it to one machine, out of band", err=True)

@@ -401,11 +401,7 @@ def _spend(client: kubeapi.Client, token: dict[str, Any], now: float) -> None:
             return
         if now - float(notes[ISSUED_ANNOTATION]) < SPEND_GRACE:
             return
-    try:
-        client.json("DELETE", f"{TOKEN_SECRETS}/{token['metadata']['name']}")
-    except kubeapi.APIError as e:
-        if e.status != 404:
-            raise
+    client.delete_or_none(f"{TOKEN_SECRETS}/{token['metadata']['name']}")
     log.event("approver", "token-spent", token=token["metadata"]["name"].removeprefix("bootstrap-token-"),
               csr=csr_name, why="certificate issued" if csr is not None and not failed else "request gone")
 

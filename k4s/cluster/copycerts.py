@@ -221,7 +221,7 @@ def new_request_key() -> tuple[Any, bytes]:
 
 
 def wrap_key(key_hex: str, public_key: bytes, label: str) -> bytes:
-    """The key sealed to a one-time public key; label (a token id, or SNAPSHOT_LABEL) is bound in."""
+    """The key sealed to a one-time public key; label (a token id, or etcdsnapshot.LABEL) is bound in."""
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
     return _suite().encrypt(key_hex.encode(), X25519PublicKey.from_public_bytes(public_key), info=HPKE_INFO + label.encode())
@@ -307,7 +307,7 @@ def serve_requests(client: kubeapi.Client, files: certs.Files, call_in_child: Ca
             why = "its token's sealed files exist already (one answer per join)"
         if why is not None:
             log.event("certs", "upload-refused", level="warn", request=name, reason=why)
-            _delete(client, f"{SECRETS}/{name}")
+            client.delete_or_none(f"{SECRETS}/{name}")
             continue
         try:  # one request that fails does not stop the others; it is tried again next round
             made = call_in_child(lambda t=token, k=public_key: answer(files, t, k), 60)
@@ -321,11 +321,3 @@ def serve_requests(client: kubeapi.Client, files: certs.Files, call_in_child: Ca
         answered += 1
         log.event("certs", "uploaded", secret=f"{NAMESPACE}/{made['sealed']['metadata']['name']}")
     return answered
-
-
-def _delete(client: kubeapi.Client, path: str) -> None:
-    try:
-        client.json("DELETE", path)
-    except kubeapi.APIError as e:
-        if e.status != 404:
-            raise

@@ -159,25 +159,35 @@ def segment(out: Path, db: Path, keys_doc: dict[str, Any], key: str) -> None:
         raise
 
 
-def opened_segment(where: Path) -> tuple[Path, dict[str, bytes]]:
-    """A server's side: (the database, the shared files opened with the key), or K4sError saying
-    which file is missing or that the key does not open them. Imports cryptography: in a child."""
+def opened_keys(text: str, key: str, source: str, remedy: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Sealed keys as `keys_of` kept them (FILE.keys, or a restore segment's), read and opened with
+    the key: (the document, {name: plaintext}); K4sError, with remedy as the hint, when they are
+    not such keys, and WrongKey when the key does not open them. Imports cryptography."""
     from k4s.cluster import copycerts
 
     try:
-        doc = json.loads((where / KEYS).read_text())
-        key = (where / KEY).read_text().strip()
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), dict):
+        raise K4sError(f"{source} is not the sealed keys `k4s etcd-snapshot save` writes", hint=remedy)
+    if not copycerts.HEX_KEY.fullmatch(key):
+        raise K4sError("the certificate key is not 64 hex digits", hint=remedy)
+    return doc, copycerts.opened(doc, key, hint="the key printed by the `k4s etcd-snapshot save` that wrote "
+                                                "these keys opens them")
+
+
+def opened_segment(where: Path) -> tuple[Path, dict[str, bytes]]:
+    """A server's side: (the database, the shared files opened with the key), or K4sError saying
+    which file is missing or that the key does not open them. Imports cryptography: in a child."""
+    remedy = "make it with `k4s etcd-snapshot restore FILE --segment OUT`"
+    try:
+        text, key = (where / KEYS).read_text(), (where / KEY).read_text().strip()
     except (OSError, ValueError) as e:
-        raise K4sError(f"the restore segment in {where} is incomplete: {e}",
-                       hint="make it with `k4s etcd-snapshot restore FILE --segment OUT`") from None
+        raise K4sError(f"the restore segment in {where} is incomplete: {e}", hint=remedy) from None
     if not (where / DB).is_file():
-        raise K4sError(f"the restore segment in {where} holds no {DB}",
-                       hint="make it with `k4s etcd-snapshot restore FILE --segment OUT`")
-    if not isinstance(doc, dict) or not isinstance(doc.get("data"), dict) or not copycerts.HEX_KEY.fullmatch(key):
-        raise K4sError(f"the restore segment in {where} is not one `k4s etcd-snapshot restore` made",
-                       hint="make it again")
-    return where / DB, copycerts.opened(doc, key, hint="the key printed by the `k4s etcd-snapshot save` "
-                                                     "that saved this snapshot opens it")
+        raise K4sError(f"the restore segment in {where} holds no {DB}", hint=remedy)
+    return where / DB, opened_keys(text, key, f"the restore segment's {KEYS}", remedy)[1]
 
 
 def restore_command(etcdutl: Path, db: Path, data_dir: Path, name: str, peer_url: str) -> list[str]:

@@ -303,6 +303,15 @@ class Client:
                 return None
             raise
 
+    def delete_or_none(self, path: str) -> Any:
+        """DELETE path; None when it was not there (404): gone either way."""
+        try:
+            return self.json("DELETE", path)
+        except APIError as e:
+            if e.status == 404:
+                return None
+            raise
+
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply one object, taking ownership of conflicting fields."""
         path = self.path_for(obj) + f"?fieldManager={FIELD_MANAGER}&force=true"

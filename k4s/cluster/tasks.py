@@ -169,12 +169,8 @@ def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor) -> N
         for _ in pool.map(client.apply, rest):
             pass
     for path in addons.REMOVED:  # what an earlier k4s applied and this one must not keep (a data disk's cluster)
-        try:
-            client.json("DELETE", path)
+        if client.delete_or_none(path) is not None:
             log.event("bootstrap", "removed", object=path)
-        except kubeapi.APIError as e:
-            if e.status != 404:
-                raise
     log.event("bootstrap", "applied", objects=len(first) + len(rest))
     dst = Path(node.cfg.write_kubeconfig)
     write_atomic(dst, node.certs.kubeconfig(certs.ADMIN).read_bytes(), 0o600)

@@ -77,12 +77,7 @@ class JoinMinter:
 
         name = node_name_for(mac)
         client = kubeapi.Client.from_kubeconfig(self.kubeconfig)
-        try:
-            node = client.json("GET", f"/api/v1/nodes/{name}")
-        except kubeapi.APIError as e:
-            if e.status != 404:
-                raise
-            node = None
+        node = client.get_or_none(f"/api/v1/nodes/{name}")
         if node is not None and approver.ready(node):
             raise K4sError(f"node {name} is Ready: no join for it", hint="a running node needs none")
         for old in tokens.listed(client):

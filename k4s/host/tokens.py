@@ -128,12 +128,7 @@ def check_leader_elected(client: kubeapi.Client) -> None:
     """A second server's controllers must take turns with the first's: refused when the cluster's
     controller-manager holds no Lease (the first server was not booted with cluster-init). Asked
     once cluster-info is signed for the token: the controllers run, so an elected one holds it."""
-    try:
-        holder = client.json("GET", CONTROLLERS_LEASE).get("spec", {}).get("holderIdentity")
-    except kubeapi.APIError as e:
-        if e.status != 404:
-            raise
-        holder = None
+    holder = ((client.get_or_none(CONTROLLERS_LEASE) or {}).get("spec") or {}).get("holderIdentity")
     if not holder:
         raise K4sError("the cluster's controller-manager elects no leader: a joining server's would run beside "
                        "it, both active", hint="boot the first server with k4s.cluster-init=1 (as k3s's "

@@ -235,6 +235,9 @@ class FakeAPI:
     def get_or_none(self, path: str) -> dict | None:
         return approver.kubeapi.Client.get_or_none(self, path)  # type: ignore[arg-type]
 
+    def delete_or_none(self, path: str) -> dict | None:
+        return approver.kubeapi.Client.delete_or_none(self, path)  # type: ignore[arg-type]
+
     def json(self, method: str, path: str, obj: dict | None = None) -> dict:
         import urllib.parse
 
