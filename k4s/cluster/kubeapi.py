@@ -296,17 +296,15 @@ class Client:
 
     def get_or_none(self, path: str) -> Any:
         """GET path; None when it is not there (404)."""
-        try:
-            return self.json("GET", path)
-        except APIError as e:
-            if e.status == 404:
-                return None
-            raise
+        return self.or_none("GET", path)
 
     def delete_or_none(self, path: str) -> Any:
         """DELETE path; None when it was not there (404): gone either way."""
+        return self.or_none("DELETE", path)
+
+    def or_none(self, method: str, path: str) -> Any:
         try:
-            return self.json("DELETE", path)
+            return self.json(method, path)
         except APIError as e:
             if e.status == 404:
                 return None

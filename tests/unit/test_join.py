@@ -232,11 +232,10 @@ class FakeAPI:
         self.pins: dict | None = None
         self.leases: dict[str, str] = {}  # node -> renewTime
 
-    def get_or_none(self, path: str) -> dict | None:
-        return approver.kubeapi.Client.get_or_none(self, path)  # type: ignore[arg-type]
-
-    def delete_or_none(self, path: str) -> dict | None:
-        return approver.kubeapi.Client.delete_or_none(self, path)  # type: ignore[arg-type]
+    # the real client's 404 handling, over json below
+    get_or_none = approver.kubeapi.Client.get_or_none
+    delete_or_none = approver.kubeapi.Client.delete_or_none
+    or_none = approver.kubeapi.Client.or_none
 
     def json(self, method: str, path: str, obj: dict | None = None) -> dict:
         import urllib.parse
