@@ -88,7 +88,8 @@ TASKS: dict[str, tuple[Callable[[Node, tasks.ManifestWatcher | None], Callable[[
     "images": (lambda node, _: lambda sup: tasks.import_images(node, sup), 300.0, 3),
     # 300 s: a joining server's apiserver can lose its etcd majority for a while as the cluster grows
     "bootstrap": (lambda node, watcher: lambda sup: tasks.bootstrap(node, watcher, sup), 300.0, 10),
-    "node-registered": (lambda node, _: lambda sup: tasks.node_registered(node, sup), 300.0, 3),
+    # a worker's podCIDR is the controller-manager's to give: minutes on a busy control plane
+    "node-registered": (lambda node, _: lambda sup: tasks.node_registered(node, sup), 900.0, 3),
     "pod-network": (lambda node, _: lambda sup: tasks.pod_network(node, sup), 30.0, 3),
     "node-ready": (lambda node, _: lambda sup: tasks.wait_node_ready(node, sup), 600.0, 3),
 }

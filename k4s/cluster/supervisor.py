@@ -121,6 +121,7 @@ class Supervisor:
         self._waiters: dict[int, tuple[threading.Event, list[int]]] = {}
         self._spawn_lock = threading.Lock()
         self._dirty = True
+        self._last_step: float | None = None  # when step() last ran: the bring-up clocks advance by it
         # run once at the start of a stop, while everything still runs (a worker's drain)
         self.before_stop: Callable[[], None] | None = None
         # given each component process as it starts (k4s.cluster.protect)
@@ -196,7 +197,7 @@ class Supervisor:
             s.state = "waiting"
             log.event(s.name, "exited", level="warn", exit=how, host=s.host)
             return
-        if not s.ever_ready:
+        if not s.ever_ready and not self._waits_on_down(s):
             s.early_exits += 1
             if s.early_exits >= s.max_early_exits:
                 waiting = [m.name for m in self.members(s) if not m.ever_ready]
@@ -223,6 +224,14 @@ class Supervisor:
 
     def _deps_ready(self, s: Service) -> bool:
         return all(self.services[d].state == "ready" or self.services[d].ever_ready for d in s.after)
+
+    def _waits_on_down(self, s: Service) -> bool:
+        """Something it waits for (its host, and what its host waits for) is not ready now: etcd
+        without a majority takes the apiserver's readiness, and what waits for the apiserver
+        cannot become ready either. Its bring-up deadline and its count of failures stop
+        meanwhile: a server waits for its quorum to return rather than powering off."""
+        own = self.services[s.host] if s.host else s
+        return any(self.services[d].state != "ready" for d in (*own.after, *((s.host,) if s.host else ())))
 
     def _mark_started(self, s: Service, now: float) -> None:
         if s.first_started is None:
@@ -276,7 +285,8 @@ class Supervisor:
         if err is None:
             self._became_ready(s)
             return
-        s.early_exits += 1
+        if not self._waits_on_down(s):
+            s.early_exits += 1
         msg = err.message if isinstance(err, K4sError) else f"{type(err).__name__}: {err}"
         if s.early_exits >= s.max_early_exits:
             self._fail(s, f"{s.name} failed {s.early_exits} times: {msg}")
@@ -315,6 +325,7 @@ class Supervisor:
     def step(self) -> None:
         self.reap()
         now = time.monotonic()
+        since, self._last_step = now - (self._last_step or now), now
         for name in self.order:
             s = self.services[name]
             if self.stop_requested.is_set():
@@ -327,9 +338,11 @@ class Supervisor:
                     self._check_task(s)
                 else:
                     self._check_probe(s, now)
-                if (s.state == "starting" and not s.ever_ready and s.started_at is not None
-                        and s.first_started is not None and now - s.first_started > s.ready_timeout):
-                    self._fail(s, f"{s.name} did not become ready within {s.ready_timeout:.0f}s")
+                if s.state == "starting" and not s.ever_ready and s.first_started is not None:
+                    if self._waits_on_down(s):
+                        s.first_started += since  # its clock runs only while what it waits for is up
+                    elif now - s.first_started > s.ready_timeout:
+                        self._fail(s, f"{s.name} did not become ready within {s.ready_timeout:.0f}s")
         if self._dirty:
             self.write_status()
 

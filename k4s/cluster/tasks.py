@@ -209,12 +209,20 @@ def own_pod_cidr(client: kubeapi.Client, cluster_cidr: str, name: str) -> None:
             raise
 
 
+PODCIDR_PATIENCE = 60.0  # then the console says what the node waits for
+
+
 def node_registered(node: Node, sup: Supervisor) -> None:
     """Block until the kubelet has registered the Node and it has a podCIDR (a server gives its
     own, own_pod_cidr; a worker's comes from the controller-manager): flannel's lease is that
     podCIDR."""
     client = api_client(node)
+    said, started = False, time.monotonic()
     while not sup.stop_requested.is_set():
+        if not said and time.monotonic() - started > PODCIDR_PATIENCE:
+            said = True  # once: what a waiting worker is waiting for
+            log.console(f"k4s: node {node.cfg.node_name} has no podCIDR after {PODCIDR_PATIENCE:.0f} s: "
+                        "the controller-manager's IPAM gives it; waiting")
         try:
             obj = client.json("GET", f"/api/v1/nodes/{node.cfg.node_name}")
             if not obj.get("spec", {}).get("podCIDR") and node.cfg.role == "server":

@@ -108,6 +108,16 @@ class Cluster:
         raise AssertionError(f"{what} not reached in {timeout:.0f}s; last: {last[-2000:]}\n"
                              f"console tail: {self.vm.console.read_text(errors='replace')[-3000:]}")
 
+    def controllers(self, nodes: tuple[str, ...], lines: int = 30) -> str:
+        """What a failed boot leaves to read: who holds the controllers' leases, and the tail of
+        each server's controller-manager log (the kubelet serves it, `.../proxy/logs/k4s/`)."""
+        out = [self.kubectl("get", "leases", "-n", "kube-system", check=False).stdout]
+        for node in nodes:
+            log = self.kubectl("get", "--raw", f"/api/v1/nodes/{node}/proxy/logs/k4s/kube-controller-manager.log",
+                               check=False)
+            out += [f"--- {node}: kube-controller-manager.log", *(log.stdout or log.stderr).splitlines()[-lines:]]
+        return "\n".join(out)
+
     def wait_available(self, deployment: str, namespace: str = "default", timeout: float = 300) -> None:
         """Until the Deployment has its one replica available."""
         def probe():  # type: ignore[no-untyped-def]

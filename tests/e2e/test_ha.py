@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from k4s import events
+from k4s.errors import K4sError
 from k4s.host import fleet as fleet_vms
 from k4s.host.vm import EXIT, VM, Boot, Console
 from tests.conftest import k4s_cmd
@@ -125,7 +126,11 @@ def ha(tmp_path_factory) -> Iterator[HA]:
         wvm = fleet_vms.worker(tmp / NAMES[WORKER], first.kernel, first.initrd, lan[WORKER], MACS[WORKER], IPS[WORKER],
                                tmp / "worker.join", gateway=IPS[0])
         stack.callback(wvm.stop, None, clean=False)
-        worker = wvm.boot(timeout=600)
+        try:
+            worker = wvm.boot(timeout=900)
+        except K4sError:
+            print(Cluster(first).controllers(NAMES[:2]))  # pytest shows it beside the error
+            raise
         yield HA(boots, witness, worker, joins, segments, bad, tmp, lan, stack)
 
 

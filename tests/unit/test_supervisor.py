@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from k4s.cluster import supervisor
 from k4s.cluster.supervisor import Service, Supervisor
 
 # A host process that makes its members ready one after the other, as the
@@ -157,3 +158,29 @@ def test_a_post_stop_hook_runs_once_its_process_has_ended_and_a_failing_one_stop
         sup.stop_all(deadline=10)
     assert seen == [(pids[0], False)]
     assert {s.state for s in sup.services.values()} == {"stopped"}
+
+
+def test_a_bring_up_deadline_waits_while_what_it_waits_for_is_down(tmp_path, monkeypatch) -> None:
+    """etcd without a majority takes the apiserver's readiness: a component still coming up
+    above it keeps its deadline until the apiserver is back, then the deadline runs again."""
+    monkeypatch.setattr(supervisor, "RECHECK_EVERY", 0.1)
+    up = {"dep": True}
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+    sup = Supervisor([Service("dep", argv=lambda: sleeper, probe=lambda: up["dep"]),
+                      Service("top", after=("dep",), argv=lambda: sleeper, probe=lambda: False, ready_timeout=1.0)],
+                     tmp_path / "log", tmp_path / "status.json")
+    top = sup.services["top"]
+    try:
+        step_until(sup, lambda: top.state == "starting")
+        up["dep"] = False
+        step_until(sup, lambda: sup.services["dep"].state == "starting")
+        end = time.monotonic() + 2.5  # over twice its deadline, what it waits for down
+        while time.monotonic() < end:
+            sup.step()
+            time.sleep(0.05)
+        assert top.state == "starting" and sup.fatal is None
+        up["dep"] = True
+        step_until(sup, lambda: sup.fatal is not None, timeout=10)
+        assert "top did not become ready within 1s" in str(sup.fatal)
+    finally:
+        sup.stop_all(deadline=10)

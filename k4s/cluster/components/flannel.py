@@ -23,8 +23,11 @@ BINARY = "flanneld"
 HELPERS: tuple[str, ...] = ()  # nft: a host tool packed by mkimage
 NODE = True
 HOST = None  # a process of its own (upstream's main exits the process on any error)
-# it starts with the kubelet and is ready once the Node has a podCIDR (node-registered's wait)
-READY_TIMEOUT = 300.0
+# It starts with the kubelet and is ready once the Node has a podCIDR (node-registered's wait).
+# A worker's comes from the controller-manager's IPAM, which on a control plane that is busy or
+# between leaders can take minutes (a CI run of the HA module saw 4.6); a worker that gave up
+# would have spent its single-use join for nothing. So it waits as long as node-registered.
+READY_TIMEOUT = 900.0
 HEALTHZ_PORT = 10262
 BACKEND = "vxlan"
 CNI_CONF = "10-flannel.conflist"
