@@ -105,10 +105,7 @@ def command(node: Node) -> list[str]:
         f"--advertise-address={node.node_ip}",
         "--bind-address=0.0.0.0",
         f"--secure-port={cfg.apiserver_port}",
-        f"--etcd-servers={etcd.CLIENT_URL}",
-        f"--etcd-cafile={c.crt(etcd.CA)}",
-        f"--etcd-certfile={c.crt(etcd.CLIENT_CERT)}",
-        f"--etcd-keyfile={c.key(etcd.CLIENT_CERT)}",
+        f"--etcd-servers={etcd.client_socket(node)}",  # the local member; no TLS on a root-only socket
         f"--client-ca-file={c.crt(certs.CLIENT_CA_BUNDLE)}",  # the cluster CA, and the operator's
         f"--tls-cert-file={c.crt(certs.APISERVER)}",
         f"--tls-private-key-file={c.key(certs.APISERVER)}",

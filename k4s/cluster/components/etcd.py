@@ -1,7 +1,8 @@
 """etcd: the datastore, mutual TLS with the etcd CA for clients and peers alike.
 
-Its clients are the apiserver on loopback and, on the node network, the other servers' joins
-(k4s.cluster.etcdmembers); its peers are the other servers' etcd. A server that joined starts
+Its clients are the apiserver, through a unix socket in a root-only directory, k4s's probes on
+loopback and, on the node network, the other servers' joins (k4s.cluster.etcdmembers); its peers
+are the other servers' etcd. A server that joined starts
 as a learner with the list its join was answered with, and is promoted by this probe.
 """
 
@@ -28,6 +29,14 @@ CLIENT_CERT = certs.APISERVER_ETCD_CLIENT
 CA = certs.ETCD_CA
 
 
+def client_socket(node: Node) -> str:
+    """The apiserver's way in: a unix socket, no TLS. The apiserver opens one etcd client per
+    resource, each connection a TLS handshake on both sides (ECDSA signatures and verifications
+    on the start's critical path, ~60 of them one after another); a socket that only root can
+    reach proves what the handshake did on loopback. Its directory is made 0700 here."""
+    return f"unix://{node.paths.run / 'etcd' / 'client.sock'}"
+
+
 def ports(cfg: Config) -> list[tuple[str, int]]:
     return [("127.0.0.1", CLIENT_PORT), ("127.0.0.1", PEER_PORT), ("127.0.0.1", METRICS_PORT)]
 
@@ -52,12 +61,13 @@ def command(node: Node) -> list[str]:
     data = node.paths.data / "etcd"
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     listen, advertise, peer = urls(node)
+    (node.paths.run / "etcd").mkdir(parents=True, exist_ok=True, mode=0o700)
     joined = etcdmembers.read_record(node.paths.data)
     return [
         str(node.bin(BINARY)),
         f"--name={name}",
         f"--data-dir={data}",
-        f"--listen-client-urls={','.join(listen)}",
+        f"--listen-client-urls={','.join((*listen, client_socket(node)))}",
         f"--advertise-client-urls={advertise}",
         f"--listen-peer-urls={peer}",
         f"--initial-advertise-peer-urls={peer}",
