@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from k4s.cluster import components, tasks
+from k4s.cluster.components import kubelet
 from k4s.cluster.node import Node
 from k4s.cluster.supervisor import Service, Supervisor
 from k4s.sys.env import child_env
@@ -130,12 +131,15 @@ def build(node: Node, names: list[str], watcher: tasks.ManifestWatcher | None = 
         m = components.module(name)
         host = hosts[name]
         group = [name, *members[name]]
+        own_env = env
+        if name in kubelet.WITHOUT_IPTABLES:
+            own_env = env | {"PATH": kubelet.path_without_iptables(node, env["PATH"])}
         # a host waits for what its members wait for; a member starts with its host
         waits = dict.fromkeys(a for e, deps in entries if e in group for a in deps)
         waits_for = tuple(a for a in waits if a not in group and a != host and a in dict(entries))
         own = m.READY_TIMEOUT
         out.append(Service(
-            name, after=() if host else waits_for, host=host, env=env,
+            name, after=() if host else waits_for, host=host, env=own_env,
             probe=lambda m=m: m.ready(node),
             argv=None if host else lambda n=name, ms=members[name]: components.group_argv(n, ms, node),
             # a member's clock starts with its host's process

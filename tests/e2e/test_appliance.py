@@ -46,6 +46,17 @@ def test_no_component_warns_of_a_deprecated_flag_or_field(cluster: Cluster) -> N
     assert not {n: lines for n, lines in found.items() if lines}, found
 
 
+def test_the_kubelet_s_process_finds_no_iptables_on_an_nftables_node(cluster: Cluster) -> None:
+    """kube-proxy's rules are nftables; in the kubelet's process (which hosts kube-proxy) iptables
+    is missing, so the kubelet makes no iptables chains and kube-proxy cleans up no iptables
+    leftovers (k4s.cluster.components.kubelet.WITHOUT_IPTABLES). Services still answer: CoreDNS
+    reaches the apiserver through its ClusterIP (test_coredns_becomes_ready)."""
+    node = cluster.kubectl("get", "nodes", "-o", "jsonpath={.items[0].metadata.name}").stdout
+    log = cluster.kubectl("get", "--raw", f"/api/v1/nodes/{node}/proxy/logs/k4s/kubelet.log").stdout
+    assert "No iptables support on this system" in log, log[-2000:]
+    assert "Initialized iptables rules" not in log
+
+
 def test_crictl_lists_the_node_s_containers_and_images(cluster: Cluster) -> None:
     """crictl on the node (the README's recipe): a sysadmin debug pod, chroot into the node's
     root, where `crictl` is k4s's applet that points the upstream crictl at containerd."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from k4s.cluster import services
@@ -220,3 +222,19 @@ def test_a_worker_s_kubelet_reports_its_shutdown_once_stopped_and_a_server_s_doe
                                                    ALL)}
         assert (svcs["kubelet"].post_stop is not None) is hooked, role
         assert all(s.post_stop is None for name, s in svcs.items() if name != "kubelet")
+
+
+@pytest.mark.parametrize("processes", ["shared", "separate"])
+def test_the_kubelet_and_kube_proxy_find_no_iptables_and_the_rest_do(tmp_path, processes: str) -> None:
+    """kube-proxy's clean-up of iptables leftovers and the kubelet's hint chain find an iptables
+    that fails (upstream skips both then: `Present()` is false); flannel and containerd (its CNI
+    plugins) find the real one."""
+    import shutil
+    import subprocess
+
+    svcs = {s.name: s for s in services.build(node(tmp_path, processes), ALL) if s.host is None and s.env}
+    found = {n: shutil.which("iptables", path=s.env["PATH"]) for n, s in svcs.items()}
+    shadowed = {n for n, f in found.items() if f and Path(f).resolve() == Path("/bin/false").resolve()}
+    assert shadowed == ({"kubelet"} if processes == "shared" else {"kubelet", "kube-proxy"}), found
+    assert subprocess.run([found["kubelet"], "-t", "nat", "-S", "POSTROUTING", "1"]).returncode != 0
+    assert "flannel" in svcs and "containerd" in svcs

@@ -13,7 +13,7 @@ from k4s.fsutil import write_atomic
 from k4s.sys.mem import meminfo
 
 BINARY = "kubelet"
-HELPERS: tuple[str, ...] = ()  # mount, umount, nft, iptables: host tools packed by mkimage
+HELPERS: tuple[str, ...] = ()  # mount, umount, nft: host tools packed by mkimage
 NODE = True
 HOST = None
 READY_TIMEOUT = 180.0
@@ -22,6 +22,29 @@ HEALTHZ_PORT, PORT = 10248, 10250
 
 def ports(cfg: Config) -> list[tuple[str, int]]:
     return [("127.0.0.1", HEALTHZ_PORT), ("0.0.0.0", PORT)]
+
+
+# The node's packet rules are nftables: kube-proxy's mode and flannel's. Given iptables, the
+# kubelet still makes its KUBE-IPTABLES-HINT chain and a localnet rule (for kube-proxy's
+# iptables mode, which sets route_localnet; nftables mode does not) and checks them every
+# minute, and kube-proxy cleans up iptables and IPVS leftovers before it serves: dozens of
+# iptables forks for both families, 9 s of kube-proxy's start under TCG, while the node's
+# bring-up needs those CPUs. Upstream's own answer for an nftables-only host is iptables
+# missing; for these two processes it is (flannel, which cleans its own iptables chains before
+# it uses nftables, and containerd's CNI plugins keep it).
+WITHOUT_IPTABLES = ("kubelet", "kube-proxy")
+IPTABLES = ("iptables", "ip6tables", "iptables-save", "ip6tables-save", "iptables-restore", "ip6tables-restore")
+
+
+def path_without_iptables(node: Node, path: str) -> str:
+    """PATH for WITHOUT_IPTABLES: a directory first in it where each iptables name is `false`."""
+    shadow = node.paths.run / "without-iptables"
+    shadow.mkdir(parents=True, exist_ok=True)
+    for name in IPTABLES:
+        link = shadow / name
+        if not link.is_symlink():
+            link.symlink_to("/bin/false")
+    return f"{shadow}:{path}"
 
 
 CLIENT_PEM = "kubelet-client-current.pem"  # the kubelet's certificate manager's names for them
