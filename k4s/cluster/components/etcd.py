@@ -1,4 +1,5 @@
-"""etcd: the datastore, mutual TLS with the etcd CA for clients and peers alike.
+"""etcd: the datastore; mutual TLS with the etcd CA for its peers and its clients on the network,
+a root-only unix socket for the apiserver.
 
 Its clients are the apiserver, through a unix socket in a root-only directory, k4s's probes on
 loopback and, on the node network, the other servers' joins (k4s.cluster.etcdmembers); its peers

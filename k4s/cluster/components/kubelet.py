@@ -28,7 +28,7 @@ def ports(cfg: Config) -> list[tuple[str, int]]:
 # kubelet still makes its KUBE-IPTABLES-HINT chain and a localnet rule (for kube-proxy's
 # iptables mode, which sets route_localnet; nftables mode does not) and checks them every
 # minute, and kube-proxy cleans up iptables and IPVS leftovers before it serves: dozens of
-# iptables forks for both families, 9 s of kube-proxy's start under TCG, while the node's
+# iptables forks for both families, half of kube-proxy's 12.7 s start under TCG, while the node's
 # bring-up needs those CPUs. Upstream's own answer for an nftables-only host is iptables
 # missing; for these two processes it is (flannel, which cleans its own iptables chains before
 # it uses nftables, and containerd's CNI plugins keep it).
