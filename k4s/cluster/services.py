@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from k4s.cluster import components, tasks
-from k4s.cluster.components import kubelet
+from k4s.cluster.components import flannel, kubelet
 from k4s.cluster.node import Node
 from k4s.cluster.supervisor import Service, Supervisor
 from k4s.sys.env import child_env
@@ -89,8 +89,9 @@ TASKS: dict[str, tuple[Callable[[Node, tasks.ManifestWatcher | None], Callable[[
     "images": (lambda node, _: lambda sup: tasks.import_images(node, sup), 300.0, 3),
     # 300 s: a joining server's apiserver can lose its etcd majority for a while as the cluster grows
     "bootstrap": (lambda node, watcher: lambda sup: tasks.bootstrap(node, watcher, sup), 300.0, 10),
-    # a worker's podCIDR is the controller-manager's to give: minutes on a busy control plane
-    "node-registered": (lambda node, _: lambda sup: tasks.node_registered(node, sup), 900.0, 3),
+    # a worker's podCIDR is the controller-manager's to give: minutes on a busy control plane;
+    # flannel, whose lease it is, waits as long
+    "node-registered": (lambda node, _: lambda sup: tasks.node_registered(node, sup), flannel.READY_TIMEOUT, 3),
     "pod-network": (lambda node, _: lambda sup: tasks.pod_network(node, sup), 30.0, 3),
     "node-ready": (lambda node, _: lambda sup: tasks.wait_node_ready(node, sup), 600.0, 3),
 }

@@ -70,6 +70,7 @@ class Service:
     early_exits: int = 0
     started_at: float | None = None
     first_started: float | None = None
+    paused: float = 0.0  # of its bring-up, the seconds what it waits for was down (not on its deadline)
     ready_at: float | None = None
     first_ready: float | None = None  # the boot timeline: when it was ready the first time
     ever_ready: bool = False
@@ -121,7 +122,7 @@ class Supervisor:
         self._waiters: dict[int, tuple[threading.Event, list[int]]] = {}
         self._spawn_lock = threading.Lock()
         self._dirty = True
-        self._last_step: float | None = None  # when step() last ran: the bring-up clocks advance by it
+        self._last_step: float | None = None  # when step() last ran: a paused bring-up clock skips the time since
         # run once at the start of a stop, while everything still runs (a worker's drain)
         self.before_stop: Callable[[], None] | None = None
         # given each component process as it starts (k4s.cluster.protect)
@@ -340,8 +341,8 @@ class Supervisor:
                     self._check_probe(s, now)
                 if s.state == "starting" and not s.ever_ready and s.first_started is not None:
                     if self._waits_on_down(s):
-                        s.first_started += since  # its clock runs only while what it waits for is up
-                    elif now - s.first_started > s.ready_timeout:
+                        s.paused += since  # its clock runs only while what it waits for is up
+                    elif now - s.first_started - s.paused > s.ready_timeout:
                         self._fail(s, f"{s.name} did not become ready within {s.ready_timeout:.0f}s")
         if self._dirty:
             self.write_status()

@@ -172,6 +172,7 @@ def test_a_bring_up_deadline_waits_while_what_it_waits_for_is_down(tmp_path, mon
     top = sup.services["top"]
     try:
         step_until(sup, lambda: top.state == "starting")
+        started = top.first_started
         up["dep"] = False
         step_until(sup, lambda: sup.services["dep"].state == "starting")
         end = time.monotonic() + 2.5  # over twice its deadline, what it waits for down
@@ -179,6 +180,7 @@ def test_a_bring_up_deadline_waits_while_what_it_waits_for_is_down(tmp_path, mon
             sup.step()
             time.sleep(0.05)
         assert top.state == "starting" and sup.fatal is None
+        assert top.first_started == started and top.paused >= 2.0  # the timeline keeps when it started
         up["dep"] = True
         step_until(sup, lambda: sup.fatal is not None, timeout=10)
         assert "top did not become ready within 1s" in str(sup.fatal)

@@ -26,7 +26,7 @@ HOST = None  # a process of its own (upstream's main exits the process on any er
 # It starts with the kubelet and is ready once the Node has a podCIDR (node-registered's wait).
 # A worker's comes from the controller-manager's IPAM, which on a control plane that is busy or
 # between leaders can take minutes (a CI run of the HA module saw 4.6); a worker that gave up
-# would have spent its single-use join for nothing. So it waits as long as node-registered.
+# would have spent its single-use join for nothing. node-registered's budget is this one.
 READY_TIMEOUT = 900.0
 HEALTHZ_PORT = 10262
 BACKEND = "vxlan"
