@@ -8,6 +8,7 @@ every applet here with --help through a symlink.
 from __future__ import annotations
 
 APPLETS: dict[str, tuple[str, str]] = {
+    "api-proxy": ("applets.api_proxy", "one address for the API of several servers, on the operator's host (as a worker's balancer)"),
     "config": ("applets.config", "show or validate the effective configuration"),
     "containerd": ("applets.containerd", "run containerd configured from the k4s config"),
     "cpio": ("applets.cpio", "list, extract (safely) or create newc cpio archives"),

@@ -20,8 +20,10 @@ three (README, "Three servers"). An etcd member alone is what the quorum needs."
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -34,7 +36,7 @@ from k4s import events
 from k4s.errors import K4sError
 from k4s.host import fleet as fleet_vms
 from k4s.host.vm import EXIT, VM, Boot, Console
-from tests.conftest import k4s_cmd
+from tests.conftest import ROOT, k4s_cmd
 from tests.e2e.conftest import KUBECTL, Cluster, free_port, make_vm
 
 NAMES = ("server-1", "server-2", "server-3", "server-4", "worker-1")
@@ -56,13 +58,17 @@ class HA:
     tmp: Path
     lan: tuple[int, ...]
     stack: ExitStack
+    proxied: Path  # the operator's kubeconfig through `k4s api-proxy` (both servers, the first first)
+    proxy_log: Path
 
     @property
     def servers(self) -> list[VM]:
         return [b.vm for b in self.boots]
 
-    def kubectl(self, i: int, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run([str(KUBECTL), "--kubeconfig", str(self.servers[i].kubeconfig), *args],
+    def kubectl(self, i: int | None, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """kubectl through server i's apiserver, or (None) through the operator's api-proxy."""
+        kubeconfig = self.proxied if i is None else self.servers[i].kubeconfig
+        r = subprocess.run([str(KUBECTL), "--kubeconfig", str(kubeconfig), *args],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0 or not check, r.stderr
         return r
@@ -119,6 +125,7 @@ def ha(tmp_path_factory) -> Iterator[HA]:
         first.wait(b1.proc)
         boots = [b1, machines[0].follow(started[0], timeout=600)]
         machines[0].write_kubeconfig()
+        proxied, proxy_log = api_proxy(stack, tmp, first, machines[0])
         witness = machines[2].follow(started[2], events.ETCD_READY, timeout=300)
         # a worker, once both apiservers are up (booted beside them, the second one's apiserver
         # missed its 180 s): its balancer starts from the first, which it joined
@@ -131,11 +138,30 @@ def ha(tmp_path_factory) -> Iterator[HA]:
         except K4sError:
             print(Cluster(first).controllers(NAMES[:2]))  # pytest shows it beside the error
             raise
-        yield HA(boots, witness, worker, joins, segments, bad, tmp, lan, stack)
+        yield HA(boots, witness, worker, joins, segments, bad, tmp, lan, stack, proxied, proxy_log)
+
+
+def api_proxy(stack: ExitStack, tmp: Path, first: VM, second: VM) -> tuple[Path, Path]:
+    """The operator's `k4s api-proxy` to both servers' apiservers (the first's kubeconfig, so the
+    first first), stopped with the module: (the kubeconfig naming it, its log)."""
+    kubeconfig, log = tmp / "operator" / "proxied.kubeconfig", tmp / "api-proxy.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "k4s", "api-proxy", "--kubeconfig", str(first.kubeconfig),
+                                 "--server", f"https://127.0.0.1:{second.port}", "--listen", "127.0.0.1:0",
+                                 "--write-kubeconfig", str(kubeconfig)],
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "K4S_CMDLINE": ""})
+    stack.callback(proc.wait, 10)
+    stack.callback(proc.terminate)
+    end = time.monotonic() + 30
+    while "k4s api-proxy: https://" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < end, log.read_text()
+        time.sleep(0.2)
+    return kubeconfig, log
 
 
 def test_two_servers_are_ready_with_one_etcd_of_three_voting_members(ha: HA) -> None:
     assert ready_nodes(ha) == dict.fromkeys((*NAMES[:2], NAMES[WORKER]), "True")  # the etcd-only server has no node
+    assert ready_nodes(ha, via=None) == ready_nodes(ha)  # and the same through the operator's api-proxy
     # the worker's balancer learned both apiservers from the cluster (the one it joined last)
     learned = ha.worker.events(events.APILB_SERVERS)
     assert learned and learned[-1]["servers"] == f"{IPS[1]}:6443,{IPS[0]}:6443", learned
@@ -158,7 +184,7 @@ def test_two_servers_are_ready_with_one_etcd_of_three_voting_members(ha: HA) -> 
     assert ha.kubectl(0, "get", "configmap", "written-on-2", "-o", "jsonpath={.data.n}").stdout == "2"
 
 
-def ready_nodes(ha: HA, via: int = 0) -> dict[str, str]:
+def ready_nodes(ha: HA, via: int | None = 0) -> dict[str, str]:
     nodes = json.loads(ha.kubectl(via, "get", "nodes", "-o", "json").stdout)["items"]
     return {n["metadata"]["name"]: {c["type"]: c["status"] for c in n["status"]["conditions"]}["Ready"] for n in nodes}
 
@@ -200,9 +226,9 @@ def test_a_wrong_certificate_key_is_refused_with_one_line_and_joins_nothing(ha: 
     assert members == [2, 3], members  # nothing was added for it
 
 
-def write_every_second(ha: HA, i: int, seconds: float) -> tuple[list[int], float]:
-    """A client writing numbered ConfigMaps through server i, one a second: (the numbers that were
-    acknowledged, the longest time between two acknowledged writes)."""
+def write_every_second(ha: HA, i: int | None, seconds: float) -> tuple[list[int], float]:
+    """A client writing numbered ConfigMaps through server i (None: the operator's api-proxy), one a
+    second: (the numbers that were acknowledged, the longest time between two acknowledged writes)."""
     acked, last, gap, n = [], time.monotonic(), 0.0, 0
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -218,8 +244,9 @@ def write_every_second(ha: HA, i: int, seconds: float) -> tuple[list[int], float
 
 def test_the_etcd_leader_s_machine_loses_power_writes_go_on_and_it_rejoins_empty(ha: HA) -> None:
     """The machine running etcd's leader loses power with no warning (QEMU killed; the second
-    server if the witness leads). etcd keeps a majority: writes through the other server go on
-    after an election, each one acknowledged kept. The lost server boots again with no disk and
+    server if the witness leads). etcd keeps a majority: the operator's writes through its
+    api-proxy go on after an election (the proxy moves to the other server if it used the lost
+    one), each one acknowledged kept. The lost server boots again with no disk and
     a join minted for it through the survivor (its old one was spent): it removes its old member
     through the majority, joins again, and its Node is Ready."""
     leader = re.search(r"(server-\d) \(leader\)", ha.etcd_line(0))
@@ -229,12 +256,15 @@ def test_the_etcd_leader_s_machine_loses_power_writes_go_on_and_it_rejoins_empty
     renewed = worker_lease(ha, other)
     ha.servers[victim].pull_plug()
     killed = time.monotonic()
-    acked, gap = write_every_second(ha, other, 30)
-    print(f"etcd leader {leader.group(1)}; writes through {NAMES[other]} after {NAMES[victim]}'s loss: "
+    acked, gap = write_every_second(ha, None, 30)
+    print(f"etcd leader {leader.group(1)}; writes through the operator's api-proxy after {NAMES[victim]}'s loss: "
           f"{len(acked)} acknowledged, longest gap {gap:.1f} s")
     assert len(acked) >= 10, acked
     names = ha.kubectl(other, "get", "configmaps", "-o", "name").stdout.split()
     assert all(f"configmap/tick-{n}" in names for n in acked), names
+    # the proxy started on the first server: it moved to the second only if the first was lost
+    moved_to = re.findall(r"component=apilb event=server .*now=(\S+)", ha.proxy_log.read_text())
+    assert moved_to == ([f"127.0.0.1:{ha.servers[other].port}"] if victim == 0 else []), ha.proxy_log.read_text()
     # the worker's kubelet renews its Lease again, through its balancer, whichever server it used
     end = time.monotonic() + 120
     while worker_lease(ha, other) == renewed:

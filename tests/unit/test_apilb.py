@@ -3,15 +3,21 @@ accepted last first; which apiservers there are, from the `kubernetes` Endpoints
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from k4s.cluster import apilb
 from k4s.errors import K4sError
+from tests.conftest import ROOT, k4s_cmd, tls_pair
 
 
 def each_connection(srv: socket.socket, handle: Callable[[socket.socket], None]) -> None:
@@ -175,3 +181,66 @@ def test_a_server_whose_connection_broke_is_tried_after_the_others(balancer: api
     finally:
         breaking.shutdown(socket.SHUT_RDWR)
         breaking.close()
+
+
+# --- the operator's proxy (k4s api-proxy): the same balancer on the operator's host ------------------
+
+def operator_kubeconfig(tmp_path: Path, server: str) -> Path:
+    """A kubeconfig with embedded credentials, as `k4s vm` writes (a CA and a cert from it)."""
+    from k4s.cluster import pki
+
+    ca, crt, key = tls_pair(tmp_path, "op")
+    path = tmp_path / "kubeconfig"
+    path.write_text(pki.kubeconfig_text("k4s-operator", server, crt.read_bytes(), key.read_bytes(), ca.read_bytes()))
+    return path
+
+
+def test_the_operator_s_proxy_writes_a_kubeconfig_naming_it_and_passes_to_a_server_that_answers(tmp_path: Path) -> None:
+    import yaml
+
+    gone = closed_port()
+    kubeconfig = operator_kubeconfig(tmp_path, f"https://{apilb.hostport(gone)}")
+    out = tmp_path / "ha" / "kubeconfig"
+    out.parent.mkdir()
+    with echo_server(b"second") as second:
+        proc = subprocess.Popen([sys.executable, "-m", "k4s", "api-proxy", "--kubeconfig", str(kubeconfig),
+                                 "--server", f"https://{apilb.hostport(second)}", "--listen", "127.0.0.1:0",
+                                 "--write-kubeconfig", str(out)], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "K4S_CMDLINE": ""})
+        try:
+            first = proc.stderr.readline() if proc.stderr else ""  # once it listens and the copy is written
+            assert first.startswith("k4s api-proxy: https://127.0.0.1:"), first
+            written, given = yaml.safe_load(out.read_text()), yaml.safe_load(kubeconfig.read_text())
+            url = written["clusters"][0]["cluster"]["server"]
+            assert out.stat().st_mode & 0o777 == 0o600 and first.split()[2] == url
+            # only the address changed: the CA and the user's credentials are the kubeconfig's
+            written["clusters"][0]["cluster"]["server"] = given["clusters"][0]["cluster"]["server"]
+            assert written == given
+            u = urllib.parse.urlsplit(url)
+            with socket.create_connection((u.hostname, u.port), timeout=10) as c:
+                c.sendall(b"GET")
+                c.shutdown(socket.SHUT_WR)
+                got = b""
+                while data := c.recv(1024):
+                    got += data
+            assert got == b"second:GET"  # the kubeconfig's server refused: the next one answered
+        finally:
+            proc.terminate()
+            rc = proc.wait(10)
+    assert rc == 0 and f"now={apilb.hostport(second)}" in (proc.stderr.read() if proc.stderr else "")
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--server", "http://10.0.0.5:6443"], "server 'http://10.0.0.5:6443' is not https://HOST:PORT"),
+    (["--server", "https://10.0.0.5"], "server 'https://10.0.0.5' is not https://HOST:PORT"),
+    (["--listen", "localhost"], "listen address 'localhost' is not HOST:PORT"),
+    (["--write-kubeconfig", "KUBECONFIG"], "is the kubeconfig it reads"),
+    (["--write-kubeconfig", "/proc/k4s/kubeconfig"], "cannot write /proc/k4s/kubeconfig"),
+])
+def test_bad_proxy_arguments_are_one_line(tmp_path: Path, args: list[str], error: str) -> None:
+    kubeconfig = operator_kubeconfig(tmp_path, "https://127.0.0.1:6443")
+    args = [str(kubeconfig) if a == "KUBECONFIG" else a for a in args]
+    r = k4s_cmd("api-proxy", "--kubeconfig", str(kubeconfig), "--listen", "127.0.0.1:0", *args, timeout=30)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and error in lines[0] and "hint:" in lines[0], r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kubeconfig", "op-ca.crt", "op.crt", "op.key"]
