@@ -32,7 +32,7 @@ def run(directory: Path, pubkey: Path, pcr: bool = False) -> int:
                + (f"expires {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(m.expires))} (in {left / 86400:.1f} days)"
                   if left > 0 else "EXPIRED: stage 1 refuses it; sign it again (k4s netboot prepare)"))
     if pcr:
-        measured = manifest.measurements((directory / manifest.MANIFEST).read_bytes(), m)
+        measured = manifest.measurements(m)
         click.echo(f"pcr{tpm.MEASURED_PCR} sha256:{manifest.predict_pcr(measured)} "
                    f"(extended with {', '.join(name for name, _ in measured)})")
     return 0 if left > 0 else 1

@@ -142,7 +142,6 @@ def fetch_verified(base: str, directory: Path, pub: bytes, role: str | None = No
     if len(m.by_role("kernel")) != 1:
         raise manifest.VerifyError(f"{manifest.MANIFEST}: names {len(m.by_role('kernel'))} kernels, not one")
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / manifest.MANIFEST).write_bytes(raw)  # its exact bytes: what `measure` extends a PCR with
     for art in [*m.by_role("kernel"), *m.by_role("initrd")]:
         t0 = time.monotonic()
 
@@ -217,16 +216,15 @@ def _get_join(f: Fetch, mac: str) -> str | None:
                    hint="is `netboot serve --kubeconfig` running, and the server up?")
 
 
-def measure(directory: Path, m: manifest.Manifest) -> list[tuple[str, str]]:
+def measure(m: manifest.Manifest) -> list[tuple[str, str]]:
     """With a TPM: extend tpm.MEASURED_PCR with what was verified (manifest.measurements),
     before anything of it runs, so the PCR says which payload booted and a secret sealed to it
     opens only for that payload; what it extended, in order. Without one: an event saying so."""
     if not tpm.present():
         log.event(*events.STAGE1_MEASURED, tpm=False)
         return []
-    measured = manifest.measurements((directory / manifest.MANIFEST).read_bytes(), m)
-    for _, digest in measured:
-        tpm.extend(tpm.MEASURED_PCR, bytes.fromhex(digest))
+    measured = manifest.measurements(m)
+    tpm.extend(tpm.MEASURED_PCR, [bytes.fromhex(digest) for _, digest in measured])
     log.event(*events.STAGE1_MEASURED, tpm=True, pcr=tpm.MEASURED_PCR, extended=len(measured),
               value=tpm.read(tpm.MEASURED_PCR))
     return measured
@@ -326,7 +324,7 @@ def boot() -> str:
     initrds = [stage2 / a.name for a in m.by_role("initrd")]
     if m.node_role == "agent" and (join := fetch_join(Fetch(cfg.payload), iface, stage2 / "join.cpio")):
         initrds.append(join)
-    measured = measure(stage2, m)
+    measured = measure(m)
     if m.by_role("part") or measured:
         initrds.append(handoff(m, measured, stage2 / "handoff.cpio"))
     kexec(stage2 / m.by_role("kernel")[0].name, initrds, m.cmdline)

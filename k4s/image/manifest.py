@@ -27,7 +27,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -76,6 +76,8 @@ class Manifest:
     serial: int = 0
     expires: int = 0  # seconds since the epoch
     node_role: str = "server"
+    # of the exact bytes whose signature verified (parse): what stage 1 measures first
+    signed_sha256: str = field(default="", compare=False)
 
     def by_role(self, role: str) -> list[Artifact]:
         return [a for a in self.artifacts if a.role == role]
@@ -237,7 +239,8 @@ def parse(raw: bytes, sig: bytes, pub: bytes) -> Manifest:
         doc = json.loads(raw)
         items = tuple(Artifact(str(a["name"]), str(a["role"]), int(a["size"]), str(a["sha256"]))
                       for a in doc["artifacts"])
-        m = Manifest(str(doc["cmdline"]), items, int(doc["serial"]), int(doc["expires"]), str(doc["node-role"]))
+        m = Manifest(str(doc["cmdline"]), items, int(doc["serial"]), int(doc["expires"]), str(doc["node-role"]),
+                     hashlib.sha256(raw).hexdigest())
     except (ValueError, KeyError, TypeError):
         raise VerifyError(f"{MANIFEST}: signed but malformed (a manifest from before serials? sign it again)") from None
     if m.node_role not in NODE_ROLES:
@@ -252,11 +255,13 @@ def parse(raw: bytes, sig: bytes, pub: bytes) -> Manifest:
     return m
 
 
-def measurements(raw: bytes, m: Manifest) -> list[tuple[str, str]]:
-    """What stage 1 extends tpm.MEASURED_PCR with, in this order: the signed manifest's exact bytes,
-    then each kernel and initrd it boots (name, sha256 hex). Their hashes are signed, so the
-    PCR's value is predictable from the payload alone (`k4s verify --pcr`)."""
-    return [(MANIFEST, hashlib.sha256(raw).hexdigest()),
+def measurements(m: Manifest) -> list[tuple[str, str]]:
+    """What stage 1 extends tpm.MEASURED_PCR with, in this order: the signed manifest's exact bytes
+    (as parse verified them), then each kernel and initrd it boots (name, sha256 hex). Their
+    hashes are signed, so the PCR's value is predictable from the payload alone (`k4s verify --pcr`)."""
+    if not m.signed_sha256:
+        raise ValueError("a manifest that parse did not verify has nothing to measure")
+    return [(MANIFEST, m.signed_sha256),
             *((a.name, a.sha256) for a in [*m.by_role("kernel"), *m.by_role("initrd")])]
 
 

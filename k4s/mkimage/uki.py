@@ -26,7 +26,9 @@ def _align(n: int, to: int) -> int:
 
 
 def image_end(pe: bytes, what: Path) -> tuple[int, int]:
-    """(SizeOfImage, SectionAlignment) of a PE32+ image: where sections may be added."""
+    """Where sections may be added to a PE32+ image, as the address objcopy's
+    --change-section-vma takes (ImageBase + SizeOfImage), and its SectionAlignment. As ukify
+    does: Debian's stub has ImageBase 0, another may not."""
     try:
         (lfanew,) = struct.unpack_from("<I", pe, 0x3C)
         if pe[:2] != b"MZ" or pe[lfanew:lfanew + 4] != b"PE\0\0":
@@ -35,11 +37,12 @@ def image_end(pe: bytes, what: Path) -> tuple[int, int]:
         (magic,) = struct.unpack_from("<H", pe, opt)
         if magic != 0x20B:
             raise ValueError(f"optional header magic {magic:#x}, not PE32+")
+        (base,) = struct.unpack_from("<Q", pe, opt + 24)
         (alignment,) = struct.unpack_from("<I", pe, opt + 32)
         (size,) = struct.unpack_from("<I", pe, opt + 56)
     except (struct.error, ValueError) as e:
         raise K4sError(f"{what} is not an x86-64 EFI stub: {e}", hint="run `make setup` (systemd-boot-efi)") from None
-    return size, alignment
+    return base + size, alignment
 
 
 def reproducible(pe: Path) -> None:

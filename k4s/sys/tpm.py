@@ -330,10 +330,12 @@ def present(device: Path = DEVICE) -> bool:
     return device.exists()
 
 
-def extend(pcr: int, digest: bytes, device: Path = DEVICE) -> None:
+def extend(pcr: int, digests: Sequence[bytes], device: Path = DEVICE) -> None:
+    """Extend pcr with each digest in order, through one open of the TPM."""
     try:
         with Tpm(device) as t:
-            t.extend(pcr, digest)
+            for digest in digests:
+                t.extend(pcr, digest)
     except TpmError as e:
         raise K4sError(f"cannot extend PCR {pcr}: the TPM answered {e.rc:#x}", hint=e.hint) from None
     except K4sError as e:

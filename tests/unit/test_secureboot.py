@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import stat
+import struct
 import subprocess
 import uuid
 from pathlib import Path
@@ -299,7 +300,7 @@ def test_stage_2_gets_stage_1_s_measurement_log_and_replays_it_against_the_pcr(t
     netboot.prepare(payload, tmp_path / "vmlinuz", [tmp_path / "initramfs"], "console=ttyS0",
                     key=tmp_path / "keys" / "signing.key")
     m = manifest.verify_dir(payload, manifest.public_key(tmp_path / "keys" / "signing.pub"))
-    measured = manifest.measurements((payload / manifest.MANIFEST).read_bytes(), m)
+    measured = manifest.measurements(m)
     segment = stage1.handoff(m, measured, tmp_path / "handoff.cpio")
     [member] = [x for x in cpio.read(segment.read_bytes()) if x.name == layout.member(layout.MEASURE_LOG)]
     log = tmp_path / "tpm2-measure.log"
@@ -329,3 +330,23 @@ def test_stage_2_gets_stage_1_s_measurement_log_and_replays_it_against_the_pcr(t
     m_bad = firmware.measured(sysfs, log)
     assert m_bad is not None and "not a measurement log" in m_bad["error"] and not m_bad["replays"]
     assert tpm.read_log(tmp_path / "none") == []
+
+
+def pe_header(magic: int = 0x20B, base: int = 0x140000000, alignment: int = 0x1000, size: int = 0x20000) -> bytes:
+    """The first bytes of a PE image: the DOS header's pointer, the signature, the optional header's fields."""
+    pe = bytearray(4096)
+    pe[:2], pe[0x3C:0x40], pe[0x80:0x84] = b"MZ", struct.pack("<I", 0x80), b"PE\0\0"
+    opt = 0x80 + 24
+    struct.pack_into("<H", pe, opt, magic)
+    struct.pack_into("<Q", pe, opt + 24, base)
+    struct.pack_into("<I", pe, opt + 32, alignment)
+    struct.pack_into("<I", pe, opt + 56, size)
+    return bytes(pe)
+
+
+def test_sections_are_added_past_the_stub_s_image_at_its_image_base() -> None:
+    assert uki.image_end(pe_header(), Path("stub")) == (0x140020000, 0x1000)
+    assert uki.image_end(pe_header(base=0), Path("stub")) == (0x20000, 0x1000)  # Debian's stub
+    for bad in (pe_header(magic=0x10B), b"MZ" + bytes(100), b""):
+        with pytest.raises(K4sError, match="stub is not an x86-64 EFI stub"):
+            uki.image_end(bad, Path("stub"))

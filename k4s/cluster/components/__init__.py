@@ -26,6 +26,7 @@ import importlib
 import os
 from types import ModuleType
 
+from k4s.cluster import certs, kubeapi
 from k4s.cluster.node import Node
 from k4s.config import attr
 
@@ -98,6 +99,12 @@ def delegated_auth_flags(node: Node, user: str, serving: str, port: int) -> list
         *leader_election_flags(node),
         "--profiling=false",
     ]
+
+
+def delegated_auth_ready(node: Node, port: int) -> bool:
+    """controller-manager and scheduler: /healthz on their port says ok, over TLS with the serving
+    certificate from the cluster CA (delegated_auth_flags)."""
+    return kubeapi.says_ok(f"https://127.0.0.1:{port}/healthz", kubeapi.tls_context(node.certs.crt(certs.CLUSTER_CA)))
 
 
 # Twice upstream's 15 s lease, 10 s renew deadline and 2 s retry: a renewal held up by a busy

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from k4s.cluster import certs, kubeapi
-from k4s.cluster.components import delegated_auth_flags
+from k4s.cluster import certs
+from k4s.cluster.components import delegated_auth_flags, delegated_auth_ready
 from k4s.cluster.node import Node
 from k4s.config import Config
 
@@ -54,4 +54,4 @@ NODE_CIDR_PREFIX = 24  # each node's podCIDR: a /24 of cluster-cidr (the server 
 
 
 def ready(node: Node) -> bool:
-    return kubeapi.says_ok(f"https://127.0.0.1:{PORT}/healthz", kubeapi.tls_context(node.certs.crt(certs.CLUSTER_CA)))
+    return delegated_auth_ready(node, PORT)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from k4s.cluster import certs, kubeapi
-from k4s.cluster.components import delegated_auth_flags
+from k4s.cluster import certs
+from k4s.cluster.components import delegated_auth_flags, delegated_auth_ready
 from k4s.cluster.node import Node
 from k4s.config import Config
 
@@ -25,4 +25,4 @@ def command(node: Node) -> list[str]:
 
 
 def ready(node: Node) -> bool:
-    return kubeapi.says_ok(f"https://127.0.0.1:{PORT}/healthz", kubeapi.tls_context(node.certs.crt(certs.CLUSTER_CA)))
+    return delegated_auth_ready(node, PORT)
