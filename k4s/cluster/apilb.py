@@ -7,8 +7,9 @@ the others in turn. Which apiservers there are it learns from the cluster itself
 REFRESH seconds: the `kubernetes` Endpoints in `default`, which list each apiserver holding a
 live lease. So a server that joins later is used, and one that is gone is skipped once a
 connect to it fails, without touching a kubeconfig. The server the worker joined stays in
-the list, last, as the way back in if every other one is gone. A server that refused a
-connection, or whose connection broke, is tried after the others for a minute.
+the list, last, as the way back in if every other one is gone; one the cluster stopped listing
+stays for FORGET_AFTER, after those it lists. A server that refused a connection, or whose
+connection broke, is tried after the others for a minute.
 
 TLS still ends at an apiserver: each one's certificate names 127.0.0.1 and is checked against
 the cluster CA, so the balancer sees ciphertext only and cannot stand in for the control
@@ -32,6 +33,10 @@ URL = f"https://{HOST}:{PORT}"
 CONNECT_TIMEOUT = 3.0  # an apiserver that has not accepted by then is taken as gone
 SUSPECT_FOR = 60.0  # seconds a server that failed is tried after the others
 REFRESH = 30.0
+# A server the cluster stops listing is kept, after the listed ones, for this long: an apiserver
+# too busy to renew its lease (15 s) drops out of the Endpoints for a while, and a worker that
+# forgot it at once had no way left when the one it kept was lost next (the HA e2e, 2026-12-07).
+FORGET_AFTER = 600.0
 ENDPOINTS = "/api/v1/namespaces/default/endpoints/kubernetes"
 CHUNK = 64 * 1024
 
@@ -61,6 +66,7 @@ class Balancer:
         self.servers: list[Address] = []  # what the cluster listed (and fallback, last); until then, fallback alone
         self.current = fallback
         self.failed: dict[Address, float] = {}  # when each server last failed
+        self.listed_at: dict[Address, float] = {}  # when the cluster last listed each server
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         try:
@@ -85,8 +91,13 @@ class Balancer:
         self.sock.close()
 
     def update(self, listed: list[Address]) -> None:
-        servers = [*(a for a in listed if a != self.fallback), self.fallback]
+        """What the cluster lists now first, then those it listed within FORGET_AFTER, then fallback."""
+        now = time.monotonic()
         with self.lock:
+            self.listed_at |= dict.fromkeys(listed, now)
+            self.listed_at = {a: t for a, t in self.listed_at.items() if now - t < FORGET_AFTER}
+            recent = [a for a in self.listed_at if a not in listed]
+            servers = [*(a for a in (*listed, *recent) if a != self.fallback), self.fallback]
             changed, self.servers = servers != self.servers, servers
         if changed:  # and the first time: what the cluster said
             log.event(*events.APILB_SERVERS, servers=",".join(map(hostport, servers)))

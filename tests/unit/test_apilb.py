@@ -244,3 +244,19 @@ def test_bad_proxy_arguments_are_one_line(tmp_path: Path, args: list[str], error
     lines = r.stderr.strip().splitlines()
     assert r.returncode != 0 and len(lines) == 1 and error in lines[0] and "hint:" in lines[0], r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kubeconfig", "op-ca.crt", "op.crt", "op.key"]
+
+
+def test_a_server_the_cluster_stops_listing_is_kept_after_the_listed_ones_for_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An apiserver too busy to renew its lease drops out of the Endpoints for a while: the balancer
+    still has it, after the listed ones, should the one it keeps be lost next."""
+    joined, second, third = ("10.77.0.11", 6443), ("10.77.0.12", 6443), ("10.77.0.13", 6443)
+    lb = apilb.Balancer(joined, port=0)
+    try:
+        lb.update([joined, second])
+        lb.update([joined, third])
+        assert lb.servers == [third, second, joined]
+        monkeypatch.setattr(apilb, "FORGET_AFTER", 0.0)  # and once it has been gone long enough, forgotten
+        lb.update([joined, third])
+        assert lb.servers == [third, joined]
+    finally:
+        lb.stop()
