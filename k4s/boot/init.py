@@ -146,6 +146,25 @@ def mount_parts() -> int:
     return count
 
 
+def warm(path: Path) -> threading.Thread:
+    """Read a file once, in a thread, so that its pages are decompressed into the page cache while
+    PID 1 goes on (DHCP, the PKI). The kube multicall (~180 MB in a zstd squashfs) is what etcd,
+    the apiserver and containerd all fault in first, at once; under TCG that was seconds of the
+    apiserver's start. The read releases the GIL; the pages are clean cache, reclaimable."""
+    def run() -> None:
+        buf = bytearray(1 << 20)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                while f.readinto(buf):
+                    pass
+        except OSError:
+            pass  # the node reports a missing or unreadable binary itself
+
+    t = threading.Thread(target=run, name="warm", daemon=True)
+    t.start()
+    return t
+
+
 def lock_in_ram(path: Path) -> None:
     """Keep a squashfs part's pages out of swap (k4s.sys.zram): they are compressed already,
     so zram would store them whole and squashfs would read them back on every page-cache
@@ -299,6 +318,7 @@ def boot() -> str:
     stage(events.FIRMWARE.event, **firmware_trust())
     grow_root()
     stage(events.PAYLOAD.event, mounted=mount_parts())
+    warm(Path(cfg.bin_dir) / layout.KUBE_MULTICALL)
     from k4s.boot import datadisk
 
     if cfg.data:

@@ -205,7 +205,10 @@ def run_server(cfg: Config, control_plane_only: bool,
 
     node = Node.of(cfg)
     names = selected(control_plane_only, cfg)
-    log.event("k4s", "starting", node=cfg.node_name, ip=node.node_ip, components=",".join(names))
+    # the wall clock beside the event's uptime: the components' own logs (klog) stamp wall time
+    now = time.time()
+    clock = time.strftime("%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+    log.event("k4s", "starting", node=cfg.node_name, ip=node.node_ip, components=",".join(names), clock=clock)
     preflight(node, names)
     from k4s.cluster import joinsecret
 

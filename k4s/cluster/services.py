@@ -84,16 +84,19 @@ def critical_path(ready_at: Mapping[str, float | None], last: str = "node-ready"
     return path[::-1]
 
 
-# Tasks: (what runs, how long it may take before the boot fails, tries before it is fatal).
-TASKS: dict[str, tuple[Callable[[Node, tasks.ManifestWatcher | None], Callable[[Supervisor], None]], float, int]] = {
-    "images": (lambda node, _: lambda sup: tasks.import_images(node, sup), 300.0, 3),
+# Tasks: (what runs, given the node, the manifest watcher and the components that run; how long
+# it may take before the boot fails; tries before it is fatal).
+Make = Callable[[Node, tasks.ManifestWatcher | None, list[str]], Callable[[Supervisor], None]]
+TASKS: dict[str, tuple[Make, float, int]] = {
+    "images": (lambda node, _, __: lambda sup: tasks.import_images(node, sup), 300.0, 3),
     # 300 s: a joining server's apiserver can lose its etcd majority for a while as the cluster grows
-    "bootstrap": (lambda node, watcher: lambda sup: tasks.bootstrap(node, watcher, sup), 300.0, 10),
+    "bootstrap": (lambda node, watcher, names: lambda sup: tasks.bootstrap(node, watcher, sup, "kubelet" in names),
+                  300.0, 10),
     # a worker's podCIDR is the controller-manager's to give: minutes on a busy control plane;
     # flannel, whose lease it is, waits as long
-    "node-registered": (lambda node, _: lambda sup: tasks.node_registered(node, sup), flannel.READY_TIMEOUT, 3),
-    "pod-network": (lambda node, _: lambda sup: tasks.pod_network(node, sup), 30.0, 3),
-    "node-ready": (lambda node, _: lambda sup: tasks.wait_node_ready(node, sup), 600.0, 3),
+    "node-registered": (lambda node, _, __: lambda sup: tasks.node_registered(node, sup), flannel.READY_TIMEOUT, 3),
+    "pod-network": (lambda node, _, __: lambda sup: tasks.pod_network(node, sup), 30.0, 3),
+    "node-ready": (lambda node, _, __: lambda sup: tasks.wait_node_ready(node, sup), 600.0, 3),
 }
 # Before a component's process gets SIGTERM.
 PRE_STOP: dict[str, Callable[[Supervisor], None]] = {"kube-apiserver": tasks.stop_pods}
@@ -126,7 +129,7 @@ def build(node: Node, names: list[str], watcher: tasks.ManifestWatcher | None = 
     for name, after in entries:
         if name in TASKS:
             make, timeout, tries = TASKS[name]
-            out.append(Service(name, after=after, task=make(node, watcher), ready_timeout=timeout,
+            out.append(Service(name, after=after, task=make(node, watcher, names), ready_timeout=timeout,
                                max_early_exits=tries))
             continue
         m = components.module(name)

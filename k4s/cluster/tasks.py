@@ -142,10 +142,11 @@ class ManifestWatcher:
             self.stop.wait(self.interval)
 
 
-def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor) -> None:
+def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor, with_kubelet: bool = True) -> None:
     """RBAC, cluster-info, CoreDNS and the default StorageClass, server-side applied (idempotent, so every start re-asserts them);
     then the user's kubeconfig, the auto-deploy manifests kept applied, and workers' serving
-    certificates approved (k4s.cluster.approver)."""
+    certificates approved (k4s.cluster.approver). With its kubelet, first of all, the server's
+    own Node with its podCIDR (own_node)."""
     # as the super-admin (system:masters), which alone may grant the admins' binding; everything
     # after bootstrap acts as the node's admin, through that binding
     client = kubeapi.Client.from_files(node.certs, node.cfg.apiserver_port, certs.SUPER_ADMIN)
@@ -161,13 +162,18 @@ def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor) -> N
     if "local-path" not in node.cfg.disable:
         rest += addons.local_path(node.cfg, Path(os.path.realpath(node.bin(addons.LOCAL_PATH))), node.paths.storage)
     first += [o for o in rest if o["kind"] == "Namespace"]
-    for obj in first:
-        client.apply(obj)
-    # the rest side by side: each apply waits on the apiserver, which has two CPUs
     rest = [o for o in rest if o["kind"] != "Namespace"]
+    # side by side: each apply waits on the apiserver, which has two CPUs; the node's own Node and
+    # rights first, then what lives in the namespaces
     with ThreadPoolExecutor(max_workers=BOOTSTRAP_APPLIERS, thread_name_prefix="bootstrap") as pool:
+        made = pool.submit(own_node, client, node.cfg.cluster_cidr, node.cfg.node_name) if with_kubelet else None
+        for _ in pool.map(client.apply, first):
+            pass
+        log.event("bootstrap", "rbac-applied", objects=len(first))  # what the node's own tasks act through
         for _ in pool.map(client.apply, rest):
             pass
+        if made is not None:
+            made.result()
     for path in addons.REMOVED:  # what an earlier k4s applied and this one must not keep (a data disk's cluster)
         if client.delete_or_none(path) is not None:
             log.event("bootstrap", "removed", object=path)
@@ -188,22 +194,34 @@ def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor) -> N
 
 # --- the pod network ----------------------------------------------------------------------------
 
-def own_pod_cidr(client: kubeapi.Client, cluster_cidr: str, name: str) -> None:
+def own_node(client: kubeapi.Client, cluster_cidr: str, name: str) -> None:
     """The server's own Node gets its podCIDR as the controller-manager's node IPAM would give it
-    (the first /24 of cluster-cidr no Node holds), the moment its kubelet registers it: flannel,
-    and so the node's Ready, need not wait for the controllers to start and sync. The IPAM marks
-    the range taken when it sees the Node. A podCIDR is set once: if the IPAM was first, the
-    apiserver refuses this one and the Node keeps the IPAM's."""
+    (the first /24 of cluster-cidr no Node holds), so flannel, and so the node's Ready, need not
+    wait for the controllers to start and sync. At bootstrap, before its kubelet registers, the
+    Node is made with it: the kubelet finds it and takes it over, as after a restart, while
+    flannel takes its lease. Once registered (node_registered), a Node without one gets it. A
+    podCIDR is set once: if the IPAM or the kubelet was first, the apiserver refuses this one
+    (the IPAM's stays; a Node the kubelet made gets one once registered)."""
     import ipaddress
 
-    held = {n.get("spec", {}).get("podCIDR") for n in client.json("GET", "/api/v1/nodes").get("items", [])}
+    nodes = client.json("GET", "/api/v1/nodes").get("items", [])
+    mine = next((n for n in nodes if n.get("metadata", {}).get("name") == name), None)
+    if mine is not None and mine.get("spec", {}).get("podCIDR"):
+        return
+    held = {n.get("spec", {}).get("podCIDR") for n in nodes}
     free = next((str(s) for s in ipaddress.ip_network(cluster_cidr).subnets(new_prefix=controller_manager.NODE_CIDR_PREFIX)
                  if str(s) not in held), None)
     if free is None:
         return  # the network is full: the IPAM says so on the Node
+    spec = {"podCIDR": free, "podCIDRs": [free]}
     try:
-        client.json("PATCH", f"/api/v1/nodes/{name}", {"spec": {"podCIDR": free, "podCIDRs": [free]}},
-                    content_type="application/strategic-merge-patch+json")
+        if mine is None:
+            client.json("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+                                                  "spec": spec})
+            log.event("node", "created", node=name, pod_cidr=free, reason="its kubelet takes it over")
+        else:
+            client.json("PATCH", f"/api/v1/nodes/{name}", {"spec": spec},
+                        content_type="application/strategic-merge-patch+json")
     except kubeapi.APIError as e:
         if e.status not in (409, 422):
             raise
@@ -217,7 +235,7 @@ def node_registered(node: Node, sup: Supervisor) -> None:
     own, own_pod_cidr; a worker's comes from the controller-manager): flannel's lease is that
     podCIDR."""
     client = api_client(node)
-    said, started = False, time.monotonic()
+    said, started, last = False, time.monotonic(), ""
     while not sup.stop_requested.is_set():
         if not said and time.monotonic() - started > PODCIDR_PATIENCE:
             said = True  # once: what a waiting worker is waiting for
@@ -226,7 +244,7 @@ def node_registered(node: Node, sup: Supervisor) -> None:
         try:
             obj = client.json("GET", f"/api/v1/nodes/{node.cfg.node_name}")
             if not obj.get("spec", {}).get("podCIDR") and node.cfg.role == "server":
-                own_pod_cidr(client, node.cfg.cluster_cidr, node.cfg.node_name)
+                own_node(client, node.cfg.cluster_cidr, node.cfg.node_name)
                 obj = client.json("GET", f"/api/v1/nodes/{node.cfg.node_name}")
             if obj.get("spec", {}).get("podCIDR"):
                 log.event("node", "registered", node=node.cfg.node_name, pod_cidr=obj["spec"]["podCIDR"])
@@ -237,8 +255,10 @@ def node_registered(node: Node, sup: Supervisor) -> None:
                                 content_type="application/strategic-merge-patch+json")
                     log.event("node", "uncordoned", node=node.cfg.node_name, reason="rejoined after its drain")
                 return
-        except (OSError, K4sError):
-            pass
+        except (OSError, K4sError) as e:
+            if str(e) != last:  # what it waits on, once per change (debug)
+                last = str(e)
+                log.event("node-registered", "waiting", level="debug", error=last)
         sup.stop_requested.wait(0.5)
     raise K4sError("stopped before the node was registered")
 

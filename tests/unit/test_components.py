@@ -207,3 +207,15 @@ def test_an_etcd_only_server_runs_etcd_alone_in_a_process_of_its_own(tmp_path) -
     n = node(tmp_path, **JOINS, **{"etcd-only": "1"})
     assert server.selected(False, n.cfg) == ["etcd"]
     assert hosts(n, ["etcd"]) == {}
+
+
+@pytest.mark.parametrize("more, clock", [({}, (100, 1000)), ({"cluster-init": "1"}, (300, 3000)), (JOINS, (300, 3000))],
+                         ids=["alone", "first", "joining"])
+def test_etcd_s_raft_clock_is_etcd_s_own_for_a_member_alone_and_slower_for_a_control_plane(tmp_path, more, clock) -> None:
+    """A lone member's first election waits 1-10 ticks: etcd's defaults make that short; members
+    that heartbeat to each other under TCG need the slower clock."""
+    from k4s.cluster.components import etcd
+
+    argv = etcd.command(node(tmp_path, **more))
+    assert [a for a in argv if a.startswith(("--heartbeat-interval=", "--election-timeout="))] == \
+        [f"--heartbeat-interval={clock[0]}", f"--election-timeout={clock[1]}"]

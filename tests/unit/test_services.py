@@ -78,16 +78,23 @@ def test_without_flannel_there_is_no_pod_network_task(tmp_path) -> None:
 
 
 class Nodes:
-    """The Node objects of a cluster as kubeapi.Client.json serves them; a podCIDR is set once."""
+    """The Node objects of a cluster as kubeapi.Client.json serves them; a podCIDR is set once, a
+    name made once. `racing`: a Node the kubelet registers between the list and the create."""
 
-    def __init__(self, **held: str) -> None:
+    def __init__(self, racing: str = "", **held: str) -> None:
         self.nodes = {n: {"metadata": {"name": n}, "spec": {"podCIDR": c} if c else {}} for n, c in held.items()}
+        self.racing = racing
 
     def json(self, method: str, path: str, obj=None, content_type: str = ""):  # type: ignore[no-untyped-def]
         from k4s.cluster import kubeapi
 
-        if path == "/api/v1/nodes":
-            return {"items": list(self.nodes.values())}
+        if path == "/api/v1/nodes" and method == "GET":
+            return {"items": [n for n in self.nodes.values() if n["metadata"]["name"] != self.racing]}
+        if path == "/api/v1/nodes" and method == "POST":
+            if obj["metadata"]["name"] in self.nodes:
+                raise kubeapi.APIError(409, f"nodes \"{obj['metadata']['name']}\" already exists")
+            self.nodes[obj["metadata"]["name"]] = {"metadata": obj["metadata"], "spec": obj["spec"]}
+            return obj
         spec = self.nodes[path.rsplit("/", 1)[1]]["spec"]
         if spec.get("podCIDR"):
             raise kubeapi.APIError(422, "spec.podCIDR: Forbidden: node updates may not change podCIDR")
@@ -99,11 +106,25 @@ def test_the_server_gives_its_own_node_the_first_free_pod_cidr() -> None:
     from k4s.cluster import tasks
 
     api = Nodes(**{"k4s-server": "", "k4s-w1": "10.42.0.0/24", "k4s-w2": "10.42.2.0/24"})
-    tasks.own_pod_cidr(api, "10.42.0.0/16", "k4s-server")  # type: ignore[arg-type]
+    tasks.own_node(api, "10.42.0.0/16", "k4s-server")  # type: ignore[arg-type]
     assert api.nodes["k4s-server"]["spec"] == {"podCIDR": "10.42.1.0/24", "podCIDRs": ["10.42.1.0/24"]}
     api = Nodes(**{"k4s-server": "10.42.7.0/24"})  # the controller-manager was first: it keeps its own
-    tasks.own_pod_cidr(api, "10.42.0.0/16", "k4s-server")  # type: ignore[arg-type]
+    tasks.own_node(api, "10.42.0.0/16", "k4s-server")  # type: ignore[arg-type]
     assert api.nodes["k4s-server"]["spec"] == {"podCIDR": "10.42.7.0/24"}
+
+
+def test_before_its_kubelet_registers_the_server_makes_its_own_node_with_its_pod_cidr() -> None:
+    """At bootstrap: flannel takes its lease while the kubelet starts, and the kubelet takes the Node over."""
+    from k4s.cluster import tasks
+
+    api = Nodes(**{"k4s-w1": "10.42.0.0/24"})
+    tasks.own_node(api, "10.42.0.0/16", "k4s-server")  # type: ignore[arg-type]
+    assert api.nodes["k4s-server"] == {"metadata": {"name": "k4s-server"},
+                                       "spec": {"podCIDR": "10.42.1.0/24", "podCIDRs": ["10.42.1.0/24"]}}
+    # the kubelet registered it first: no error, and it gets its podCIDR once registered
+    api = Nodes(racing="k4s-server", **{"k4s-server": ""})
+    tasks.own_node(api, "10.42.0.0/16", "k4s-server")  # type: ignore[arg-type]
+    assert api.nodes["k4s-server"]["spec"] == {}
 
 
 # a boot's first-ready times (seconds since the node started), as the supervisor records them
