@@ -14,8 +14,11 @@ apiserver's pre-stop), the controllers, the apiserver, etcd and containerd last.
                          |
                       kubelet --> node-ready
                          |
-                  node-registered --> flannel --> pod-network
+                  node-registered     flannel --> pod-network
       kube-proxy (after kube-apiserver)
+
+flannel starts with the node and waits inside for the apiserver (to list Nodes) and for its
+Node's podCIDR (its lease): its process start and its rules overlap the apiserver's start.
 
 node-registered is the Node with a podCIDR: a server gives its own Node one as its kubelet
 registers it (tasks.own_pod_cidr), so its pod network waits for no controller; a worker's
@@ -51,15 +54,16 @@ GRAPH: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("kubelet", ("containerd", "images", "kube-apiserver")),
     ("kube-proxy", ("kube-apiserver",)),
     ("node-registered", ("kubelet",)),
-    # flanneld sets up its rules while the kubelet registers, and waits for the podCIDR itself
-    ("flannel", ("kube-apiserver",)),
+    # flanneld starts with the node: its process and the rules that need no API while the
+    # apiserver starts; it waits for the apiserver and the podCIDR itself (build/components/kube/flannel)
+    ("flannel", ()),
     ("pod-network", ("flannel",)),
     ("node-ready", ("kubelet",)),
 )
 
 # What a result waits for beyond what it starts after: the kubelet reports its Node Ready
 # only once the pod network is there (the node-ready task starts with the kubelet); flannel
-# takes its lease once the Node has its podCIDR (it starts with the kubelet).
+# takes its lease once the Node has its podCIDR (it starts with the node).
 RESULT_WAITS = {"node-ready": ("pod-network",), "flannel": ("node-registered",)}
 
 

@@ -142,6 +142,9 @@ class ManifestWatcher:
             self.stop.wait(self.interval)
 
 
+NODE_START_RBAC = (addons.NODE_ADMINS_BINDING, "k4s:flannel", "k4s:node-proxier")
+
+
 def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor, with_kubelet: bool = True) -> None:
     """RBAC, cluster-info, CoreDNS and the default StorageClass, server-side applied (idempotent, so every start re-asserts them);
     then the user's kubeconfig, the auto-deploy manifests kept applied, and workers' serving
@@ -151,9 +154,10 @@ def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor, with
     # after bootstrap acts as the node's admin, through that binding
     client = kubeapi.Client.from_files(node.certs, node.cfg.apiserver_port, certs.SUPER_ADMIN)
     server = f"https://{node.node_ip}:{node.cfg.apiserver_port}"
-    # first what the node's own start waits for: its tasks' admin binding, then flannel's and
-    # kube-proxy's rights (bound to system:nodes); namespaces before what lives in them
-    first = addons.rbac() + addons.join_rbac()
+    # first what the node's own start waits for: its tasks' admin binding, flannel's and
+    # kube-proxy's rights (bound to system:nodes); then the other RBAC, and namespaces before
+    # what lives in them
+    first = sorted(addons.rbac() + addons.join_rbac(), key=lambda o: o["metadata"]["name"] not in NODE_START_RBAC)
     # cluster-info names the server workers join: the first server's, which one that joined keeps
     info = [] if node.cfg.joins_control_plane else addons.cluster_info(server, node.certs.crt(certs.CLUSTER_CA).read_bytes())
     rest = info + addons.kubelet_serving_ca(node.certs.crt(certs.KUBELET_SERVING_CA).read_bytes())
@@ -194,6 +198,9 @@ def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor, with
 
 # --- the pod network ----------------------------------------------------------------------------
 
+CONTROLLER_ATTACH_DETACH = "volumes.kubernetes.io/controller-managed-attach-detach"
+
+
 def own_node(client: kubeapi.Client, cluster_cidr: str, name: str) -> None:
     """The server's own Node gets its podCIDR as the controller-manager's node IPAM would give it
     (the first /24 of cluster-cidr no Node holds), so flannel, and so the node's Ready, need not
@@ -216,8 +223,10 @@ def own_node(client: kubeapi.Client, cluster_cidr: str, name: str) -> None:
     spec = {"podCIDR": free, "podCIDRs": [free]}
     try:
         if mine is None:
-            client.json("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
-                                                  "spec": spec})
+            # with the annotation the kubelet registers with (it reconciles it): flannel writes its
+            # lease into the Node's annotations, and one with none panics it (v0.28.10, kube.go:431)
+            client.json("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "spec": spec, "metadata": {
+                "name": name, "annotations": {CONTROLLER_ATTACH_DETACH: "true"}}})
             log.event("node", "created", node=name, pod_cidr=free, reason="its kubelet takes it over")
         else:
             client.json("PATCH", f"/api/v1/nodes/{name}", {"spec": spec},

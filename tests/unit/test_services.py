@@ -66,9 +66,9 @@ def test_an_agent_runs_the_node_part_and_its_pod_network(tmp_path) -> None:
     assert svcs["flannel"].after == ()  # it waits for the node's podCIDR itself
 
 
-def test_flannel_starts_with_the_kubelet_and_its_lease_waits_for_the_podcidr(tmp_path) -> None:
+def test_flannel_starts_with_the_node_and_its_lease_waits_for_the_podcidr(tmp_path) -> None:
     _, svcs = order(tmp_path, "shared", ALL)
-    assert svcs["flannel"].after == svcs["kubelet"].after[-1:] == ("kube-apiserver",)
+    assert svcs["flannel"].after == () and svcs["kubelet"].after[-1:] == ("kube-apiserver",)
     assert services.RESULT_WAITS["flannel"] == ("node-registered",)
 
 
@@ -119,8 +119,9 @@ def test_before_its_kubelet_registers_the_server_makes_its_own_node_with_its_pod
 
     api = Nodes(**{"k4s-w1": "10.42.0.0/24"})
     tasks.own_node(api, "10.42.0.0/16", "k4s-server")  # type: ignore[arg-type]
-    assert api.nodes["k4s-server"] == {"metadata": {"name": "k4s-server"},
-                                       "spec": {"podCIDR": "10.42.1.0/24", "podCIDRs": ["10.42.1.0/24"]}}
+    assert api.nodes["k4s-server"] == {  # flannel writes into its annotations: a Node with none panics it
+        "metadata": {"name": "k4s-server", "annotations": {tasks.CONTROLLER_ATTACH_DETACH: "true"}},
+        "spec": {"podCIDR": "10.42.1.0/24", "podCIDRs": ["10.42.1.0/24"]}}
     # the kubelet registered it first: no error, and it gets its podCIDR once registered
     api = Nodes(racing="k4s-server", **{"k4s-server": ""})
     tasks.own_node(api, "10.42.0.0/16", "k4s-server")  # type: ignore[arg-type]

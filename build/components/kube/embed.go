@@ -289,9 +289,13 @@ func waitAPIServerReady(ctx context.Context, kubeconfig string) error {
 	if err != nil {
 		return err
 	}
-	return wait.PollUntilContextCancel(ctx, time.Second, true, func(ctx context.Context) (bool, error) {
+	// every 200 ms: each embedded component starts at most that long after the API server is ready
+	// (a second's poll was up to a second on the boot's critical path, twice over)
+	return wait.PollUntilContextCancel(ctx, readyPoll, true, func(ctx context.Context) (bool, error) {
 		status := 0
 		client.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).StatusCode(&status)
 		return status == 200, nil
 	})
 }
+
+const readyPoll = 200 * time.Millisecond

@@ -23,7 +23,7 @@ BINARY = "flanneld"
 HELPERS: tuple[str, ...] = ()  # nft: a host tool packed by mkimage
 NODE = True
 HOST = None  # a process of its own (upstream's main exits the process on any error)
-# It starts with the kubelet and is ready once the Node has a podCIDR (node-registered's wait).
+# It starts with the node and is ready once the Node has a podCIDR (node-registered's wait).
 # A worker's comes from the controller-manager's IPAM, which on a control plane that is busy or
 # between leaders can take minutes (a CI run of the HA module saw 4.6); a worker that gave up
 # would have spent its single-use join for nothing. node-registered's budget is this one.

@@ -9,11 +9,12 @@
 //     init, and only flanneld's may parse flanneld's flags;
 //   - klog's flags registered on a flag set of its own, not on the process's default one,
 //     which other components of the multicall own;
-//   - the order of the start (see podcidr.go): the rules that need no lease are set up
-//     before the lease (cleanup of the unused traffic manager's rules, the traffic
-//     manager's own tables), and the lease is taken once the node has a podCIDR, which
-//     flanneld watches for instead of failing. So flanneld starts with the kubelet, and
-//     what is left once the node registers is the lease and the masquerade rules.
+//   - the order of the start (see podcidr.go): the rules that need no API server are set up
+//     first, from the local network config (cleanup of the unused traffic manager's
+//     rules, the traffic manager's own tables); then flanneld waits for the API server,
+//     and the lease is taken once the node has a podCIDR, which flanneld watches for
+//     instead of failing. So flanneld starts with the node, and what is left once the API
+//     server is ready is the subnet manager, the lease and the masquerade rules.
 //
 // Copyright 2015 flannel authors
 //
@@ -240,6 +241,36 @@ func Main() {
 	// blocking and returning only when cancel() is called.
 	ctx, cancel := context.WithCancel(context.Background())
 
+	// k4s: flanneld starts with the node. The rules that need neither the API server nor the
+	// lease go in first, while the API server starts: the clean-up of the unused traffic
+	// manager's rules, the traffic manager's own tables (the network config is the local
+	// net-conf.json the subnet manager reads too). Then it waits for the API server.
+	local, err := localNetworkConfig(opts.netConfPath)
+	if err != nil {
+		log.Errorf("Failed to read the network config %s: %s", opts.netConfPath, err)
+		os.Exit(1)
+	}
+	// Instanciate a TrafficManager to clean-up the rules of the backend we don't use
+	// This is to ensure a clean state in case flannel is restarted with a different choice
+	log.Info("Cleaning-up unused traffic manager rules")
+	cleanupMngr := newTrafficManager(!local.EnableNFTables)
+	if err := cleanupMngr.CleanUp(ctx); err != nil {
+		log.Error(err)
+		os.Exit(1)
+	}
+	//Create TrafficManager and instantiate it based on whether we use iptables or nftables
+	trafficMngr := newTrafficManager(local.EnableNFTables)
+	if err := trafficMngr.Init(ctx); err != nil {
+		log.Error(err)
+		os.Exit(1)
+	}
+	if opts.kubeSubnetMgr {
+		if err := waitNodesReadable(ctx, opts.kubeApiUrl, opts.kubeConfigFile); err != nil {
+			log.Errorf("Error waiting for the API server: %s", err)
+			os.Exit(1)
+		}
+	}
+
 	sm, err := newSubnetManager(ctx)
 	if err != nil {
 		contCacheNotReady := os.Getenv("CONT_WHEN_CACHE_NOT_READY")
@@ -373,27 +404,6 @@ func Main() {
 	be, err := bm.GetBackend(config.BackendType)
 	if err != nil {
 		log.Errorf("Error fetching backend: %s", err)
-		cancel()
-		wg.Wait()
-		os.Exit(1)
-	}
-
-	// Instanciate a TrafficManager to clean-up the rules of the backend we don't use
-	// This is to ensure a clean state in case flannel is restarted with a different choice
-	log.Info("Cleaning-up unused traffic manager rules")
-	cleanupMngr := newTrafficManager(!config.EnableNFTables)
-	err = cleanupMngr.CleanUp(ctx)
-	if err != nil {
-		log.Error(err)
-		cancel()
-		wg.Wait()
-		os.Exit(1)
-	}
-	//Create TrafficManager and instantiate it based on whether we use iptables or nftables
-	trafficMngr := newTrafficManager(config.EnableNFTables)
-	err = trafficMngr.Init(ctx)
-	if err != nil {
-		log.Error(err)
 		cancel()
 		wg.Wait()
 		os.Exit(1)

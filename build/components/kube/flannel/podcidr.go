@@ -1,4 +1,5 @@
-// k4s's own part of flanneld (Apache-2.0): the wait for the node's podCIDR.
+// k4s's own part of flanneld (Apache-2.0): the waits for the API server and for the node's podCIDR,
+// and the network config read before the API server answers.
 
 package flannel
 
@@ -11,6 +12,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/flannel-io/flannel/pkg/subnet"
 	log "k8s.io/klog/v2"
 )
 
@@ -20,6 +23,45 @@ import (
 // kubelet had registered and the podCIDR was set: a chain of waits on the
 // way to Ready.
 const podCIDRPoll = 250 * time.Millisecond
+
+// apiServerPoll: how often the Nodes are listed while flanneld waits for the API server.
+const apiServerPoll = 200 * time.Millisecond
+
+// waitNodesReadable returns once the API server lists Nodes to flanneld's own identity (it
+// serves, and the node's RBAC, bootstrap's first objects, is in), or when ctx ends. flanneld
+// starts with the node, before the API server is ready: its process start (the multicall's
+// package init, seconds under emulation) and the rules that need no API are done by then,
+// where the subnet manager's informer, refused, would back off for seconds.
+func waitNodesReadable(ctx context.Context, apiURL, kubeconfig string) error {
+	cfg, err := clientcmd.BuildConfigFromFlags(apiURL, kubeconfig)
+	if err != nil {
+		return err
+	}
+	cfg.Timeout = 5 * time.Second
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	said := false
+	return wait.PollUntilContextCancel(ctx, apiServerPoll, true, func(ctx context.Context) (bool, error) {
+		_, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{Limit: 1, ResourceVersion: "0"})
+		if err != nil && !said {
+			log.Infof("Waiting for the API server to list Nodes: %s", err)
+			said = true
+		}
+		return err == nil, nil
+	})
+}
+
+// localNetworkConfig is the network config as the Kubernetes subnet manager reads it (the
+// net-conf.json file): what the traffic manager's rules need, before the API server answers.
+func localNetworkConfig(path string) (*subnet.Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return subnet.ParseConfig(string(data))
+}
 
 // waitPodCIDR returns once the Node named by $NODE_NAME (as the Kubernetes
 // subnet manager finds it) has a podCIDR, or when ctx ends.
