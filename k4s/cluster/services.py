@@ -20,9 +20,9 @@ apiserver's pre-stop), the controllers, the apiserver, etcd and containerd last.
 flannel starts with the node and waits inside for the apiserver (to list Nodes) and for its
 Node's podCIDR (its lease): its process start and its rules overlap the apiserver's start.
 
-node-registered is the Node with a podCIDR: a server gives its own Node one as its kubelet
-registers it (tasks.own_pod_cidr), so its pod network waits for no controller; a worker's
-comes from the controller-manager's node IPAM.
+node-registered is the Node with a podCIDR: a server makes its own Node with one at bootstrap,
+before its kubelet registers it (tasks.own_node), so its pod network waits for no controller;
+a worker's comes from the controller-manager's node IPAM.
 
 An agent (a worker) runs only the node's part: containerd, images, the kubelet,
 kube-proxy, flannel and the tasks that wait for them; it has joined the cluster

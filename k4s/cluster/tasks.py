@@ -240,9 +240,9 @@ PODCIDR_PATIENCE = 60.0  # then the console says what the node waits for
 
 
 def node_registered(node: Node, sup: Supervisor) -> None:
-    """Block until the kubelet has registered the Node and it has a podCIDR (a server gives its
-    own, own_pod_cidr; a worker's comes from the controller-manager): flannel's lease is that
-    podCIDR."""
+    """Block until the Node is there with a podCIDR: flannel's lease is that podCIDR. A server's
+    own (own_node) is made at bootstrap, or given one here if its kubelet registered it first; a
+    worker's is registered by its kubelet and given one by the controller-manager's IPAM."""
     client = api_client(node)
     said, started, last = False, time.monotonic(), ""
     while not sup.stop_requested.is_set():

@@ -50,7 +50,7 @@ def command(node: Node) -> list[str]:
     ]
 
 
-NODE_CIDR_PREFIX = 24  # each node's podCIDR: a /24 of cluster-cidr (the server gives its own: tasks.own_pod_cidr)
+NODE_CIDR_PREFIX = 24  # each node's podCIDR: a /24 of cluster-cidr (the server gives its own: tasks.own_node)
 
 
 def ready(node: Node) -> bool:
