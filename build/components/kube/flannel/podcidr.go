@@ -33,12 +33,7 @@ const apiServerPoll = 200 * time.Millisecond
 // package init, seconds under emulation) and the rules that need no API are done by then,
 // where the subnet manager's informer, refused, would back off for seconds.
 func waitNodesReadable(ctx context.Context, apiURL, kubeconfig string) error {
-	cfg, err := clientcmd.BuildConfigFromFlags(apiURL, kubeconfig)
-	if err != nil {
-		return err
-	}
-	cfg.Timeout = 5 * time.Second
-	client, err := kubernetes.NewForConfig(cfg)
+	client, err := clientOf(apiURL, kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -70,11 +65,7 @@ func waitPodCIDR(ctx context.Context, apiURL, kubeconfig string) error {
 	if name == "" {
 		return nil // the subnet manager finds its Node another way and checks it itself
 	}
-	cfg, err := clientcmd.BuildConfigFromFlags(apiURL, kubeconfig)
-	if err != nil {
-		return err
-	}
-	client, err := kubernetes.NewForConfig(cfg)
+	client, err := clientOf(apiURL, kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -91,4 +82,15 @@ func waitPodCIDR(ctx context.Context, apiURL, kubeconfig string) error {
 		}
 		return false, nil
 	})
+}
+
+// clientOf is flanneld's own client (its kubeconfig), each request bounded: the waits above
+// ask again rather than hang on an API server that is still starting.
+func clientOf(apiURL, kubeconfig string) (*kubernetes.Clientset, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags(apiURL, kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Timeout = 5 * time.Second
+	return kubernetes.NewForConfig(cfg)
 }
