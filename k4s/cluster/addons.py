@@ -25,6 +25,8 @@ BINARIES = (COREDNS, LOCAL_PATH)  # what the addons need under bin-dir: mkimage 
 RBAC = "rbac.authorization.k8s.io"
 OPERATORS_BINDING = "k4s:cluster-admins"
 NODE_ADMINS_BINDING = "k4s:node-admins"
+PROXIER_BINDING = "k4s:node-proxier"  # kube-proxy's rights, bound to system:nodes
+FLANNEL_RBAC = "k4s:flannel"  # flannel's role and its binding to system:nodes
 
 
 def rbac() -> list[Obj]:
@@ -75,10 +77,10 @@ def join_rbac() -> list[Obj]:
         _binding("k4s:kubelet-bootstrap", "system:node-bootstrapper", BOOTSTRAPPERS),
         _binding("k4s:node-autoapprove-certificate-rotation",
                  "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", NODES),
-        _binding("k4s:node-proxier", "system:node-proxier", NODES),
-        {"apiVersion": f"{RBAC}/v1", "kind": "ClusterRole", "metadata": {"name": "k4s:flannel", "labels": LABELS},
+        _binding(PROXIER_BINDING, "system:node-proxier", NODES),
+        {"apiVersion": f"{RBAC}/v1", "kind": "ClusterRole", "metadata": {"name": FLANNEL_RBAC, "labels": LABELS},
          "rules": FLANNEL_RULES},
-        _binding("k4s:flannel", "k4s:flannel", NODES),
+        _binding(FLANNEL_RBAC, FLANNEL_RBAC, NODES),
     ]
 
 

@@ -142,7 +142,7 @@ class ManifestWatcher:
             self.stop.wait(self.interval)
 
 
-NODE_START_RBAC = (addons.NODE_ADMINS_BINDING, "k4s:flannel", "k4s:node-proxier")
+NODE_START_RBAC = (addons.NODE_ADMINS_BINDING, addons.FLANNEL_RBAC, addons.PROXIER_BINDING)
 
 
 def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor, with_kubelet: bool = True) -> None:
