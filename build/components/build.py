@@ -69,7 +69,7 @@ def cache_key(comp: dict, tc: dict[str, str]) -> str:
     h.update(json.dumps([BUILDER_VERSION, entry, tc], sort_keys=True).encode())
     d = HERE / comp["dir"]
     for f in sorted(d.rglob("*")):  # every package of it: the main's, the mains', our own (flannel)
-        if f.is_file() and f.suffix in (".go", ".mod", ".sum", ".c"):
+        if f.is_file() and f.suffix in (".go", ".mod", ".sum", ".c", ".patch"):
             h.update(str(f.relative_to(d)).encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:20]
 
@@ -190,15 +190,72 @@ def expand(text: str, comp: dict) -> str:
     return text
 
 
+# --- our patches to upstream files ----------------------------------------------------------
+# A component may carry patches (build/components/<dir>/patches/*.patch, each a unified diff whose
+# paths are Go import paths: a/k8s.io/client-go/util/cert/cert.go). Each patched module is copied
+# from the module cache (which go.sum has verified), patched, and swapped in by a go.work beside
+# it (`replace <module> => ./<module>`; relative, so the binary records the same line wherever it is
+# built). go.mod and go.sum stay upstream's, and a patch is one reviewed file with its reason at its
+# head. An upgrade that changes a patched file fails the build here, not silently.
+
+def patch_targets(patch: Path) -> list[str]:
+    """The import-path file names a patch changes (its +++ lines, without the b/ prefix)."""
+    out = []
+    for line in patch.read_text().splitlines():
+        if line.startswith("+++ "):
+            name = line[4:].split("\t")[0].strip()
+            if not name.startswith("b/") or ".." in name.split("/"):
+                raise BuildError(f"{patch.name}: {name!r} is not b/<import path>/<file>")
+            out.append(name[2:])
+    if not out:
+        raise BuildError(f"{patch.name}: no +++ line: not a unified diff")
+    return out
+
+
+def patched_workspace(comp: dict, work: Path) -> Path | None:
+    """Apply the component's patches to copies of the pinned modules in work; the go.work that
+    builds with them, or None when it has no patches."""
+    d = HERE / comp["dir"]
+    patches = sorted((d / "patches").glob("*.patch"))
+    if not patches:
+        return None
+    shutil.rmtree(work, ignore_errors=True)
+    modules: dict[str, Path] = {}
+    for p in patches:
+        for rel in patch_targets(p):
+            mod, src = sh(["go", "list", "-f", "{{.Module.Path}} {{.Module.Dir}}", rel.rsplit("/", 1)[0]],
+                          cwd=d, env=go_env(False)).split()
+            if mod not in modules:
+                modules[mod] = work / mod
+                shutil.copytree(src, modules[mod])
+                for f in modules[mod].rglob("*"):  # the module cache's copies are read-only
+                    f.chmod(0o755 if f.is_dir() else 0o644)
+        r = subprocess.run(["patch", "-p1", "--forward", "--batch", "--quiet", "--fuzz=0", "--no-backup-if-mismatch",
+                            "-d", str(work), "-i", str(p)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            raise BuildError(f"{comp['name']}: patches/{p.name} does not apply to the pinned module: "
+                             f"{' '.join((r.stdout + r.stderr).split())[:300]} (hint: the upstream file changed; remake the "
+                             "patch against it, or drop it if upstream now does the same)")
+        log(f"  {comp['name']}: patched {', '.join(patch_targets(p))} ({p.name})")
+    go = next(ln.split()[1] for ln in (d / "go.mod").read_text().splitlines() if ln.startswith("go "))
+    f = work / "go.work"
+    f.write_text(f"go {go}\n\nuse {d}\n\n" + "".join(f"replace {m} => ./{m}\n" for m in sorted(modules)))
+    return f
+
+
 def build_go(comp: dict, out: dict, dest: Path) -> None:
     d = HERE / comp["dir"]
     ldflags = ["-s", "-w", "-buildid="] + [expand(f, comp) for f in out.get("ldflags", [])]
     args = ["go", "build", "-v", "-o", str(dest), "-ldflags", " ".join(ldflags)]
+    work = dest.parent / f".patched-{out['name']}"
+    env = go_env(out.get("cgo", False))
+    if (ws := patched_workspace(comp, work)):
+        env["GOWORK"] = str(ws)
     if out.get("tags"):
         args += ["-tags", ",".join(out["tags"])]
     args.append(out["package"])
     started = time.monotonic()
-    proc = subprocess.Popen(args, cwd=d, env=go_env(out.get("cgo", False)), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(args, cwd=d, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     count = [0]
     tail: list[str] = []
@@ -219,6 +276,7 @@ def build_go(comp: dict, out: dict, dest: Path) -> None:
         except subprocess.TimeoutExpired:
             log(f"  {out['name']}: {count[0]} packages compiled, {time.monotonic() - started:.0f}s")
     t.join()
+    shutil.rmtree(work, ignore_errors=True)
     if proc.returncode != 0:
         raise BuildError(f"{comp['name']}: go build {out['package']} failed:\n{''.join(tail)}")
 

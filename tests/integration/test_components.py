@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from k4s.cluster import tasks
 from k4s.image import oci
 from tests.conftest import OUT, ROOT, components_build, need_root, require
 from tests.integration.conftest import BIN
@@ -77,13 +78,17 @@ def test_containerd_imports_image_with_name_and_digest(containerd: Path, stem: s
     require(tar.exists(), f"image {tar}", "make images")
     [want] = oci.read_index(tar)
     ctr = [str(BIN / "ctr"), f"--address={containerd}", "--namespace=k8s.io"]
-    r = subprocess.run([*ctr, "images", "import", "--local", str(tar)], capture_output=True, text=True, timeout=120)
+    # as the node imports it (k4s.cluster.tasks)
+    r = subprocess.run(tasks.import_argv(ctr, tar), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     r = subprocess.run([*ctr, "images", "ls"], capture_output=True, text=True, timeout=30, check=True)
     rows = [ln.split() for ln in r.stdout.splitlines()[1:]]
     names = {row[0]: row[2] for row in rows}
     name = want["annotations"]["io.containerd.image.name"]
     assert names.get(name) == want["digest"], r.stdout
+    # pinned: the kubelet's image GC never removes an airgap image (there is no registry to pull it again)
+    [row] = [row for row in rows if row[0] == name]
+    assert tasks.PINNED in row[-1].split(","), r.stdout
     assert name.startswith(oci.REGISTRY + "/" + stem + ":")
 
 

@@ -60,3 +60,38 @@ def test_a_version_written_twice_fails() -> None:
         build.check_pins_agree(lock)
     with pytest.raises(build.BuildError, match="names a version the lock does not have"):
         build.expand("-X main.v={nosuch}", kube)
+
+
+# --- our patches to upstream files --------------------------------------------------------------
+
+KUBE = next(c for c in LOCK["components"] if c["name"] == "kube")
+
+
+def test_every_patch_applies_to_the_pinned_module_and_names_its_reason(tmp_path) -> None:
+    patches = sorted((build.HERE / KUBE["dir"] / "patches").glob("*.patch"))
+    assert patches
+    for p in patches:
+        head = p.read_text().split("\n--- ", 1)[0]
+        assert "Why:" in head, f"{p.name}: say why at its head"
+    work = build.patched_workspace(KUBE, tmp_path / "ws")
+    assert work is not None
+    gowork = work.read_text()
+    # relative: the binary records this line, the same wherever it is built
+    assert "replace k8s.io/client-go => ./k8s.io/client-go\n" in gowork
+    cert = (tmp_path / "ws" / "k8s.io" / "client-go" / "util" / "cert" / "cert.go").read_text()
+    assert "ecdsa.GenerateKey(elliptic.P256(), cryptorand.Reader)" in cert and "rsa.GenerateKey" not in cert
+
+
+def test_a_patch_that_no_longer_applies_fails_the_build_with_a_hint(tmp_path) -> None:
+    comp = tmp_path / "comp"
+    (comp / "patches").mkdir(parents=True)
+    for f in ("go.mod", "go.sum"):
+        (comp / f).write_bytes((build.HERE / KUBE["dir"] / f).read_bytes())
+    good = next((build.HERE / KUBE["dir"] / "patches").glob("*.patch")).read_text()
+    # upstream changed a line the patch's context names
+    (comp / "patches" / "stale.patch").write_text(good.replace(' \t"bytes"\n', ' \t"bytes/changed"\n', 1))
+    with pytest.raises(build.BuildError, match=r"stale.patch does not apply to the pinned module.*hint: the upstream"):
+        build.patched_workspace(KUBE | {"dir": str(comp)}, tmp_path / "ws")
+    (comp / "patches" / "stale.patch").write_text("not a diff\n")
+    with pytest.raises(build.BuildError, match="no \\+\\+\\+ line: not a unified diff"):
+        build.patched_workspace(KUBE | {"dir": str(comp)}, tmp_path / "ws")
