@@ -58,6 +58,7 @@ ETCD_START = Event("etcd", "start")
 ETCD_READY = Event("etcd", "ready")
 APISERVER_READYZ = Event("kube-apiserver", "readyz")    # pending=: the /readyz checks still failing
 APISERVER_READY = Event("kube-apiserver", "ready")
+NODE_RIGHTS = Event("node-rights", "applied")            # objects=, node=: the node's rights (and Node) while the apiserver starts
 JOINED = Event("join", "joined")
 CERTS_FETCHED = Event("join", "certs-fetched")           # a server that joins: the shared CA keys, opened
 ETCD_LEARNER = Event("etcd", "learner-added")            # member=, members=: a server that joins

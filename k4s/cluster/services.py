@@ -5,8 +5,8 @@ each entry once everything it waits for is ready and stops them in the reverse
 of that order: kube-proxy and the kubelet first (then the pods, by the
 apiserver's pre-stop), the controllers, the apiserver, etcd and containerd last.
 
-    etcd                                      containerd
-      |                                           |
+    etcd --> node-rights                      containerd
+      |         |                                 |
     kube-apiserver --> bootstrap               images (airgap import)
       |       |                                   |
       |   controller-manager, scheduler        kubelet --> node-ready
@@ -17,7 +17,11 @@ flannel starts with the node and waits inside for the apiserver (to list Nodes) 
 Node's podCIDR (its lease); the kubelet starts once the runtime has its images and waits inside
 until the apiserver is ready: their process starts overlap the apiserver's start.
 
-node-registered is the Node with a podCIDR: a server makes its own Node with one at bootstrap,
+node-rights applies the node's own rights (its admins, flannel, kube-proxy) and its Node as soon
+as the apiserver serves, while its post-start hooks run: flannel's lease does not wait for /readyz.
+bootstrap applies the rest once the apiserver is ready.
+
+node-registered is the Node with a podCIDR: a server makes its own Node with one (node-rights),
 before its kubelet registers it (tasks.own_node), so its pod network waits for no controller;
 a worker's comes from the controller-manager's node IPAM.
 
@@ -45,7 +49,9 @@ GRAPH: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("containerd", ()),
     ("images", ("containerd",)),
     ("kube-apiserver", ("etcd",)),
-    ("bootstrap", ("kube-apiserver",)),
+    # the node's own rights and Node, as soon as the apiserver serves (before /readyz)
+    ("node-rights", ("etcd",)),
+    ("bootstrap", ("kube-apiserver", "node-rights")),
     ("kube-controller-manager", ("kube-apiserver",)),
     ("kube-scheduler", ("kube-apiserver",)),
     # the kubelet starts with the node's runtime and waits inside until the apiserver is ready
@@ -97,8 +103,10 @@ Make = Callable[[Node, tasks.ManifestWatcher | None, list[str]], Callable[[Super
 TASKS: dict[str, tuple[Make, float, int]] = {
     "images": (lambda node, _, __: lambda sup: tasks.import_images(node, sup), 300.0, 3),
     # 300 s: a joining server's apiserver can lose its etcd majority for a while as the cluster grows
-    "bootstrap": (lambda node, watcher, names: lambda sup: tasks.bootstrap(node, watcher, sup, "kubelet" in names),
-                  300.0, 10),
+    # the apiserver's start is in its clock: it begins at etcd's readiness
+    "node-rights": (lambda node, _, names: lambda sup: tasks.node_rights(node, sup, "kubelet" in names),
+                    300.0, 10),
+    "bootstrap": (lambda node, watcher, names: lambda sup: tasks.bootstrap(node, watcher, sup), 300.0, 10),
     # a worker's podCIDR is the controller-manager's to give: minutes on a busy control plane;
     # flannel, whose lease it is, waits as long
     "node-registered": (lambda node, _, __: lambda sup: tasks.node_registered(node, sup), flannel.READY_TIMEOUT, 3),

@@ -9,6 +9,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -148,21 +149,55 @@ class ManifestWatcher:
 
 
 NODE_START_RBAC = (addons.NODE_ADMINS_BINDING, addons.FLANNEL_RBAC, addons.PROXIER_BINDING)
+SERVING_POLL = 0.2  # how often node_rights asks whether the apiserver serves yet
 
 
-def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor, with_kubelet: bool = True) -> None:
-    """RBAC, cluster-info, CoreDNS and the default StorageClass, server-side applied (idempotent, so every start re-asserts them);
+def node_start_rbac() -> list[dict[str, Any]]:
+    """What the node's own start acts through: its tasks' admin binding, flannel's and kube-proxy's
+    rights (bound to system:nodes)."""
+    return [o for o in addons.rbac() + addons.join_rbac() if o["metadata"]["name"] in NODE_START_RBAC]
+
+
+def node_rights(node: Node, sup: Supervisor, with_kubelet: bool = True) -> None:
+    """The node's own rights and its Node with a podCIDR (own_node), as soon as the apiserver
+    serves: while its post-start hooks still run, before /readyz, so flannel takes its lease
+    while the apiserver finishes its start instead of after it. The super-admin (system:masters)
+    needs no role to exist; a binding may name a role the apiserver's hooks make later. The
+    first requests are refused until the apiserver listens: asked again every SERVING_POLL."""
+    client = kubeapi.Client.from_files(node.certs, node.cfg.apiserver_port, certs.SUPER_ADMIN)
+    objs = node_start_rbac()
+    while not sup.stop_requested.is_set():
+        try:
+            client.resources("rbac.authorization.k8s.io/v1")
+            break
+        except (OSError, kubeapi.APIError) as e:  # not listening yet, or starting (5xx)
+            if isinstance(e, kubeapi.APIError) and e.status < 500:
+                raise
+            client.close()
+            sup.stop_requested.wait(SERVING_POLL)
+    else:
+        return
+    with ThreadPoolExecutor(max_workers=BOOTSTRAP_APPLIERS, thread_name_prefix="node-rights") as pool:
+        made = pool.submit(own_node, client, node.cfg.cluster_cidr, node.cfg.node_name) if with_kubelet else None
+        for _ in pool.map(client.apply, objs):
+            pass
+        if made is not None:
+            made.result()
+    log.event(*events.NODE_RIGHTS, objects=len(objs), node=with_kubelet)
+
+
+def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor) -> None:
+    """Once the apiserver is ready, after node_rights: the other RBAC, cluster-info, CoreDNS and
+    the default StorageClass, server-side applied (idempotent, so every start re-asserts them);
     then the user's kubeconfig, the auto-deploy manifests kept applied, and workers' serving
-    certificates approved (k4s.cluster.approver). With its kubelet, first of all, the server's
-    own Node with its podCIDR (own_node)."""
+    certificates approved (k4s.cluster.approver)."""
     # as the super-admin (system:masters), which alone may grant the admins' binding; everything
     # after bootstrap acts as the node's admin, through that binding
     client = kubeapi.Client.from_files(node.certs, node.cfg.apiserver_port, certs.SUPER_ADMIN)
     server = f"https://{node.node_ip}:{node.cfg.apiserver_port}"
-    # first what the node's own start waits for: its tasks' admin binding, flannel's and
-    # kube-proxy's rights (bound to system:nodes); then the other RBAC, and namespaces before
-    # what lives in them
-    first = sorted(addons.rbac() + addons.join_rbac(), key=lambda o: o["metadata"]["name"] not in NODE_START_RBAC)
+    # the node's own rights are there (node_rights); the other RBAC, then namespaces before what
+    # lives in them
+    first = [o for o in addons.rbac() + addons.join_rbac() if o["metadata"]["name"] not in NODE_START_RBAC]
     # cluster-info names the server workers join: the first server's, which one that joined keeps
     info = [] if node.cfg.joins_control_plane else addons.cluster_info(server, node.certs.crt(certs.CLUSTER_CA).read_bytes())
     rest = info + addons.kubelet_serving_ca(node.certs.crt(certs.KUBELET_SERVING_CA).read_bytes())
@@ -172,17 +207,13 @@ def bootstrap(node: Node, watcher: ManifestWatcher | None, sup: Supervisor, with
         rest += addons.local_path(node.cfg, Path(os.path.realpath(node.bin(addons.LOCAL_PATH))), node.paths.storage)
     first += [o for o in rest if o["kind"] == "Namespace"]
     rest = [o for o in rest if o["kind"] != "Namespace"]
-    # side by side: each apply waits on the apiserver, which has two CPUs; the node's own Node and
-    # rights first, then what lives in the namespaces
+    # side by side: each apply waits on the apiserver, which has two CPUs
     with ThreadPoolExecutor(max_workers=BOOTSTRAP_APPLIERS, thread_name_prefix="bootstrap") as pool:
-        made = pool.submit(own_node, client, node.cfg.cluster_cidr, node.cfg.node_name) if with_kubelet else None
         for _ in pool.map(client.apply, first):
             pass
-        log.event("bootstrap", "rbac-applied", objects=len(first))  # what the node's own tasks act through
+        log.event("bootstrap", "rbac-applied", objects=len(first))
         for _ in pool.map(client.apply, rest):
             pass
-        if made is not None:
-            made.result()
     for path in addons.REMOVED:  # what an earlier k4s applied and this one must not keep (a data disk's cluster)
         if client.delete_or_none(path) is not None:
             log.event("bootstrap", "removed", object=path)
@@ -209,8 +240,8 @@ CONTROLLER_ATTACH_DETACH = "volumes.kubernetes.io/controller-managed-attach-deta
 def own_node(client: kubeapi.Client, cluster_cidr: str, name: str) -> None:
     """The server's own Node gets its podCIDR as the controller-manager's node IPAM would give it
     (the first /24 of cluster-cidr no Node holds), so flannel, and so the node's Ready, need not
-    wait for the controllers to start and sync. At bootstrap, before its kubelet registers, the
-    Node is made with it: the kubelet finds it and takes it over, as after a restart, while
+    wait for the controllers to start and sync. As soon as the apiserver serves (node_rights),
+    before its kubelet registers, the Node is made with it: the kubelet finds it and takes it over, as after a restart, while
     flannel takes its lease. Once registered (node_registered), a Node without one gets it. A
     podCIDR is set once: if the IPAM or the kubelet was first, the apiserver refuses this one
     (the IPAM's stays; a Node the kubelet made gets one once registered)."""
@@ -246,8 +277,9 @@ PODCIDR_PATIENCE = 60.0  # then the console says what the node waits for
 
 def node_registered(node: Node, sup: Supervisor) -> None:
     """Block until the Node is there with a podCIDR: flannel's lease is that podCIDR. A server's
-    own (own_node) is made at bootstrap, or given one here if its kubelet registered it first; a
-    worker's is registered by its kubelet and given one by the controller-manager's IPAM."""
+    own (own_node) is made once the apiserver serves (node_rights), or given one here if its
+    kubelet registered it first; a worker's is registered by its kubelet and given one by the
+    controller-manager's IPAM."""
     client = api_client(node)
     said, started, last = False, time.monotonic(), ""
     while not sup.stop_requested.is_set():

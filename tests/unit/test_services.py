@@ -139,6 +139,64 @@ def test_before_its_kubelet_registers_the_server_makes_its_own_node_with_its_pod
     assert api.nodes["k4s-server"]["spec"] == {}
 
 
+class Starting(Nodes):
+    """An apiserver that does not listen for its first `refusals` requests, then serves (as while
+    its post-start hooks run): Nodes, discovery and server-side apply."""
+
+    def __init__(self, refusals: int, status: int = 0) -> None:
+        super().__init__()
+        self.refusals, self.status, self.applied, self.closed = refusals, status, [], 0
+
+    def resources(self, api_version: str):  # type: ignore[no-untyped-def]
+        from k4s.cluster import kubeapi
+
+        if self.refusals:
+            self.refusals -= 1
+            if self.status:
+                raise kubeapi.APIError(self.status, "refused")
+            raise ConnectionRefusedError(111, "Connection refused")
+        return {}
+
+    def close(self) -> None:
+        self.closed += 1
+
+    def apply(self, obj):  # type: ignore[no-untyped-def]
+        self.applied.append(obj["metadata"]["name"])
+        return obj
+
+
+def test_the_node_s_rights_and_node_are_made_as_soon_as_the_apiserver_serves(tmp_path, monkeypatch) -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from k4s import events
+    from k4s.cluster import kubeapi, tasks
+
+    n = node(tmp_path, "shared")
+    sup = SimpleNamespace(stop_requested=threading.Event())
+    api = Starting(refusals=3)
+    monkeypatch.setattr(kubeapi.Client, "from_files", classmethod(lambda cls, *a, **k: api))
+    monkeypatch.setattr(tasks, "SERVING_POLL", 0.0)
+    said = []
+    monkeypatch.setattr(tasks.log, "event", lambda *a, **k: said.append((a, k)))
+    tasks.node_rights(n, sup, with_kubelet=True)  # type: ignore[arg-type]
+    assert api.closed == 3  # a fresh connection after each refusal
+    # flannel's and kube-proxy's rights and the node's admins, not the rest of the RBAC
+    assert sorted(api.applied) == sorted(o["metadata"]["name"] for o in tasks.node_start_rbac())
+    assert {o["metadata"]["name"] for o in tasks.node_start_rbac()} >= set(tasks.NODE_START_RBAC)
+    assert api.nodes[n.cfg.node_name]["spec"]["podCIDR"] == "10.42.0.0/24"
+    assert (events.NODE_RIGHTS, {"objects": len(api.applied), "node": True}) in said
+    # an apiserver that answers "no" (not "not yet") fails the task at once: the supervisor says so
+    api = Starting(refusals=1, status=403)
+    with pytest.raises(kubeapi.APIError):
+        tasks.node_rights(n, sup, with_kubelet=False)  # type: ignore[arg-type]
+    # a stop while it waits ends it quietly
+    api = Starting(refusals=10**6)
+    sup.stop_requested.set()
+    tasks.node_rights(n, sup)  # type: ignore[arg-type]
+    assert api.applied == []
+
+
 # a boot's first-ready times (seconds since the node started), as the supervisor records them
 BOOT = {"etcd": 5.8, "containerd": 6.3, "images": 16.4, "kube-apiserver": 30.9, "bootstrap": 37.5,
         "kube-controller-manager": 32.1, "kube-scheduler": 41.0, "kubelet": 33.2, "kube-proxy": 46.4,
