@@ -76,8 +76,17 @@ def test_every_patch_applies_to_the_pinned_module_and_names_its_reason(tmp_path)
     work = build.patched_workspace(KUBE, tmp_path / "ws")
     assert work is not None
     gowork = work.read_text()
-    # relative: the binary records this line, the same wherever it is built
-    assert "replace k8s.io/client-go => ./k8s.io/client-go\n" in gowork
+    # relative: the binary records these lines, the same wherever it is built
+    replaced = [ln.split()[1] for ln in gowork.splitlines() if ln.startswith("replace ")]
+    assert all(f"replace {m} => ./{m}" in gowork for m in replaced)
+    for p in patches:
+        for target in build.patch_targets(p):
+            assert any(target.startswith(m + "/") for m in replaced), target
+            # every line the patch adds is in the file the build compiles
+            text = (tmp_path / "ws" / target).read_text()
+            added = [ln[1:] for ln in p.read_text().split("\n--- ", 1)[1].splitlines()
+                     if ln.startswith("+") and not ln.startswith("+++")]
+            assert added and all(ln in text for ln in added), (p.name, target)
     cert = (tmp_path / "ws" / "k8s.io" / "client-go" / "util" / "cert" / "cert.go").read_text()
     assert "ecdsa.GenerateKey(elliptic.P256(), cryptorand.Reader)" in cert and "rsa.GenerateKey" not in cert
 
