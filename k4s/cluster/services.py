@@ -66,6 +66,10 @@ GRAPH: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("node-ready", ("kubelet",)),
 )
 
+# What a task talks to beyond what it waits for: node-rights starts with etcd's readiness but
+# needs an apiserver on this node (an etcd-only server has none).
+TASK_NEEDS = {"node-rights": ("kube-apiserver",)}
+
 # What a component and its embedded members wait for inside their process, not before its start.
 INSIDE_WAITS = ("kube-apiserver",)
 
@@ -121,10 +125,12 @@ AGENT_POST_STOP: dict[str, Callable[[Node], Callable[[Supervisor], None]]] = {
 
 
 def selected(names: list[str]) -> list[tuple[str, tuple[str, ...]]]:
-    """The graph's entries that run with these components: a task runs when all it waits for does."""
+    """The graph's entries that run with these components: a task runs when all it waits for does,
+    and what it talks to (TASK_NEEDS)."""
     out: list[tuple[str, tuple[str, ...]]] = []
     for name, after in GRAPH:
-        if name in names or (name in TASKS and all(a in names or a in dict(out) for a in after)):
+        if name in names or (name in TASKS and all(a in names or a in dict(out) for a in after)
+                             and all(n in names for n in TASK_NEEDS.get(name, ()))):
             out.append((name, after))
     return out
 

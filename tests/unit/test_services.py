@@ -54,6 +54,12 @@ def test_control_plane_only_drops_the_node_tasks(tmp_path) -> None:
     start, _ = order(tmp_path, "shared", names)
     assert start[:2] == ["kube-apiserver", "etcd"] and "bootstrap" in start
     assert not {"images", "node-ready", "kubelet", "containerd"} & set(start)
+    assert start.index("node-rights") < start.index("bootstrap")
+
+
+def test_an_etcd_only_server_runs_no_task_that_needs_an_apiserver(tmp_path) -> None:
+    start, _ = order(tmp_path, "separate", ["etcd"])
+    assert start == ["etcd"]
 
 
 def test_a_cycle_or_an_unknown_dependency_is_refused() -> None:
