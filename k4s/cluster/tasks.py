@@ -241,10 +241,11 @@ def own_node(client: kubeapi.Client, cluster_cidr: str, name: str) -> None:
     """The server's own Node gets its podCIDR as the controller-manager's node IPAM would give it
     (the first /24 of cluster-cidr no Node holds), so flannel, and so the node's Ready, need not
     wait for the controllers to start and sync. As soon as the apiserver serves (node_rights),
-    before its kubelet registers, the Node is made with it: the kubelet finds it and takes it over, as after a restart, while
-    flannel takes its lease. Once registered (node_registered), a Node without one gets it. A
-    podCIDR is set once: if the IPAM or the kubelet was first, the apiserver refuses this one
-    (the IPAM's stays; a Node the kubelet made gets one once registered)."""
+    before its kubelet registers, the Node is made with it: the kubelet finds it and takes it
+    over, as after a restart, while flannel takes its lease. Once registered (node_registered),
+    a Node without one gets it. A podCIDR is set once: if the IPAM or the kubelet was first, the
+    apiserver refuses this one (the IPAM's stays; a Node the kubelet made gets one once
+    registered)."""
     import ipaddress
 
     nodes = client.json("GET", "/api/v1/nodes").get("items", [])
