@@ -77,7 +77,11 @@ INSIDE_WAITS = ("kube-apiserver",)
 # only once the pod network is there (the node-ready task starts with the kubelet); flannel
 # takes its lease once the Node has its podCIDR (it starts with the node). The kubelet is ready
 # after the apiserver (it waits inside).
-RESULT_WAITS = {"node-ready": ("pod-network",), "flannel": ("node-registered",), "kubelet": ("kube-apiserver",)}
+# The apiserver is ready only with its etcd: a server that joins has etcd catch up as a learner
+# first, on the apiserver's clock when etcd runs inside its process (a rejoin under load: etcd
+# promoted 73 s into it, the apiserver not ready by 180 s).
+RESULT_WAITS = {"node-ready": ("pod-network",), "flannel": ("node-registered",), "kubelet": ("kube-apiserver",),
+                "kube-apiserver": ("etcd",)}
 
 
 def deps_ready(ready_at: Mapping[str, float | None]) -> dict[str, float | None]:

@@ -41,6 +41,8 @@ def test_shared_process_host_waits_for_its_members_dependencies(tmp_path) -> Non
     assert svcs["kubelet"].ready_timeout == kubelet.READY_TIMEOUT + apiserver.READY_TIMEOUT
     # a member's readiness clock starts with its host's process
     assert svcs["etcd"].ready_timeout == etcd.READY_TIMEOUT + apiserver.READY_TIMEOUT
+    # and the host's includes its etcd's: a server that joins catches etcd up first
+    assert svcs["kube-apiserver"].ready_timeout == apiserver.READY_TIMEOUT + etcd.READY_TIMEOUT
 
 
 def test_a_separate_kube_proxy_still_starts_after_the_apiserver(tmp_path) -> None:
