@@ -9,13 +9,16 @@ apiserver's pre-stop), the controllers, the apiserver, etcd and containerd last.
       |         |                                 |
     kube-apiserver --> bootstrap               images (airgap import)
       |       |                                   |
-      |   controller-manager, scheduler        kubelet --> node-ready
-      |                                           |
-      +-- kube-proxy                       node-registered     flannel --> pod-network
+      |   controller-manager, scheduler           |
+      +------------------+------------------------+
+                         |
+                      kubelet --> node-ready
+                         |
+                  node-registered     flannel --> pod-network
+      kube-proxy (after kube-apiserver)
 
 flannel starts with the node and waits inside for the apiserver (to list Nodes) and for its
-Node's podCIDR (its lease); the kubelet starts once the runtime has its images and waits inside
-until the apiserver is ready: their process starts overlap the apiserver's start.
+Node's podCIDR (its lease): its process start and its rules overlap the apiserver's start.
 
 node-rights applies the node's own rights (its admins, flannel, kube-proxy) and its Node as soon
 as the apiserver serves, while its post-start hooks run: flannel's lease does not wait for /readyz.
@@ -54,9 +57,7 @@ GRAPH: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("bootstrap", ("kube-apiserver", "node-rights")),
     ("kube-controller-manager", ("kube-apiserver",)),
     ("kube-scheduler", ("kube-apiserver",)),
-    # the kubelet starts with the node's runtime and waits inside until the apiserver is ready
-    # (build/components/kube/main.go: its process start overlaps the apiserver's start)
-    ("kubelet", ("containerd", "images")),
+    ("kubelet", ("containerd", "images", "kube-apiserver")),
     ("kube-proxy", ("kube-apiserver",)),
     ("node-registered", ("kubelet",)),
     # flanneld starts with the node: its process and the rules that need no API while the
@@ -70,18 +71,13 @@ GRAPH: tuple[tuple[str, tuple[str, ...]], ...] = (
 # needs an apiserver on this node (an etcd-only server has none).
 TASK_NEEDS = {"node-rights": ("kube-apiserver",)}
 
-# What a component and its embedded members wait for inside their process, not before its start.
-INSIDE_WAITS = ("kube-apiserver",)
-
 # What a result waits for beyond what it starts after: the kubelet reports its Node Ready
 # only once the pod network is there (the node-ready task starts with the kubelet); flannel
-# takes its lease once the Node has its podCIDR (it starts with the node). The kubelet is ready
-# after the apiserver (it waits inside).
+# takes its lease once the Node has its podCIDR (it starts with the node).
 # The apiserver is ready only with its etcd: a server that joins has etcd catch up as a learner
 # first, on the apiserver's clock when etcd runs inside its process (a rejoin under load: etcd
 # promoted 73 s into it, the apiserver not ready by 180 s).
-RESULT_WAITS = {"node-ready": ("pod-network",), "flannel": ("node-registered",), "kubelet": ("kube-apiserver",),
-                "kube-apiserver": ("etcd",)}
+RESULT_WAITS = {"node-ready": ("pod-network",), "flannel": ("node-registered",), "kube-apiserver": ("etcd",)}
 
 
 def deps_ready(ready_at: Mapping[str, float | None]) -> dict[str, float | None]:
@@ -163,13 +159,10 @@ def build(node: Node, names: list[str], watcher: tasks.ManifestWatcher | None = 
         own_env = env
         if name in kubelet.WITHOUT_IPTABLES:
             own_env = env | {"PATH": kubelet.path_without_iptables(node, env["PATH"])}
-        # a host waits for what its members wait for, but for the apiserver's readiness, which is
-        # waited for inside the process (embed.go: a member with a --kubeconfig; main.go: the
-        # kubelet, before kube-proxy starts); a member starts with its host
-        waits = dict.fromkeys(a for e, deps in entries if e in group
-                              for a in deps if e == name or a not in INSIDE_WAITS)
+        # a host waits for what its members wait for; a member starts with its host
+        waits = dict.fromkeys(a for e, deps in entries if e in group for a in deps)
         waits_for = tuple(a for a in waits if a not in group and a != host and a in dict(entries))
-        # what it waits for inside (the kubelet for the apiserver's start) is on its clock too
+        # what it waits for inside (the apiserver for its etcd's catch-up) is on its clock too
         own = m.READY_TIMEOUT + sum(components.module(w).READY_TIMEOUT for w in RESULT_WAITS.get(name, ())
                                     if w in names and w not in TASKS)
         out.append(Service(

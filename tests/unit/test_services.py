@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from k4s.cluster import services
-from k4s.cluster.components import apiserver, etcd, kubelet
+from k4s.cluster.components import apiserver, etcd
 from k4s.cluster.supervisor import Service, start_order
 from tests.unit.test_components import ALL, node
 
@@ -33,22 +33,11 @@ def test_shared_process_host_waits_for_its_members_dependencies(tmp_path) -> Non
     _, svcs = order(tmp_path, "shared", ALL)
     assert svcs["etcd"].host == "kube-apiserver" and svcs["kube-proxy"].host == "kubelet"
     assert "etcd" not in svcs["kube-apiserver"].after  # it runs inside
-    # the kubelet and kube-proxy, its member, wait for the apiserver's /readyz inside the process
-    # (main.go): the process starts before the apiserver is ready
-    assert svcs["kubelet"].after == ("containerd", "images")
-    assert "kube-apiserver" not in svcs["kubelet"].after
-    # and its clock allows for the apiserver's start
-    assert svcs["kubelet"].ready_timeout == kubelet.READY_TIMEOUT + apiserver.READY_TIMEOUT
+    assert svcs["kubelet"].after == ("containerd", "images", "kube-apiserver")
     # a member's readiness clock starts with its host's process
     assert svcs["etcd"].ready_timeout == etcd.READY_TIMEOUT + apiserver.READY_TIMEOUT
     # and the host's includes its etcd's: a server that joins catches etcd up first
     assert svcs["kube-apiserver"].ready_timeout == apiserver.READY_TIMEOUT + etcd.READY_TIMEOUT
-
-
-def test_a_separate_kube_proxy_still_starts_after_the_apiserver(tmp_path) -> None:
-    _, svcs = order(tmp_path, "separate", ALL)
-    assert svcs["kube-proxy"].host is None and svcs["kube-proxy"].after == ("kube-apiserver",)
-    assert svcs["kubelet"].after == ("containerd", "images")
 
 
 def test_control_plane_only_drops_the_node_tasks(tmp_path) -> None:
@@ -87,7 +76,7 @@ def test_an_agent_runs_the_node_part_and_its_pod_network(tmp_path) -> None:
 
 def test_flannel_starts_with_the_node_and_its_lease_waits_for_the_podcidr(tmp_path) -> None:
     _, svcs = order(tmp_path, "shared", ALL)
-    assert svcs["flannel"].after == ()
+    assert svcs["flannel"].after == () and svcs["kubelet"].after[-1:] == ("kube-apiserver",)
     assert services.RESULT_WAITS["flannel"] == ("node-registered",)
 
 
@@ -224,9 +213,8 @@ def test_the_critical_path_is_the_chain_of_last_ready_waits() -> None:
 def test_each_service_could_start_once_what_it_waits_for_was_ready() -> None:
     could = services.deps_ready(BOOT)
     assert could["etcd"] == 0.0 and could["kube-apiserver"] == 5.8
-    assert could["kubelet"] == 16.4  # containerd 6.3, images 16.4: then it waits inside for the apiserver
-    assert could["kube-proxy"] == 30.9
-    assert services.deps_ready(BOOT | {"images": None})["kubelet"] is None
+    assert could["kubelet"] == 30.9  # containerd 6.3, images 16.4, the apiserver 30.9
+    assert services.deps_ready(BOOT | {"kube-apiserver": None})["kubelet"] is None
 
 
 def test_status_shows_when_each_could_start_did_start_and_was_ready() -> None:
@@ -242,7 +230,7 @@ def test_status_shows_when_each_could_start_did_start_and_was_ready() -> None:
     text = out.getvalue()
     assert f"boot: UEFI firmware, Secure Boot on, kernel lockdown integrity; TPM PCR 15 sha256:{'ab' * 32}" in text
     [kubelet] = [ln for ln in text.splitlines() if ln.startswith("kubelet ")]
-    assert kubelet.split()[-3:] == ["16.4s", "32.2s", "33.2s"]
+    assert kubelet.split()[-3:] == ["30.9s", "32.2s", "33.2s"]
     assert ("critical path to node Ready: etcd 5.8s -> kube-apiserver 30.9s -> kubelet 33.2s -> node-registered "
             "36.5s -> flannel 44.2s -> pod-network 44.4s -> node-ready 45.0s") in text
 

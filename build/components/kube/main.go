@@ -238,29 +238,6 @@ func profileStart(name string) {
 	})
 }
 
-// kubeletWaits: a kubelet given an existing --kubeconfig starts once its API
-// server is ready, as the embedded components do (its kube-proxy among them,
-// which starts after this returns). The process starts with the node's runtime,
-// so its start (~1.3 s of CPU under emulation) is done by then. Clients of an
-// API server still running its post-start hooks slow them down: measured, a
-// kubelet and kube-proxy let in once it served made its roles 10 s later. One
-// that bootstraps its credentials, or prints its version, does not wait.
-func kubeletWaits(args []string) {
-	kc := flagValue(args, "kubeconfig")
-	if kc == "" || versionRequested(args) {
-		return
-	}
-	if _, err := os.Stat(kc); err != nil {
-		return
-	}
-	started := time.Now()
-	if err := waitAPIServerReady(context.Background(), kc); err != nil {
-		fmt.Fprintf(os.Stderr, "kubelet: %v\n", err)
-		os.Exit(1)
-	}
-	fmt.Fprintf(os.Stderr, "kubelet: the API server is ready, after %.1fs\n", time.Since(started).Seconds())
-}
-
 // versionRequested: kube-proxy merges the process's Go flags into its own, and in
 // this multicall CoreDNS has registered a Go flag named "version" first, which
 // shadows kube-proxy's: `kube-proxy --version` would start the proxy. Every
@@ -299,9 +276,6 @@ func main() {
 	}
 	os.Args = host
 	profileStart(filepath.Base(os.Args[0]))
-	if filepath.Base(os.Args[0]) == "kubelet" {
-		kubeletWaits(os.Args[1:])
-	}
 	startEmbedded(embedded)
 	settle()
 	code := run()
