@@ -222,8 +222,7 @@ def patched_workspace(comp: dict, work: Path) -> Path | None:
     shutil.rmtree(work, ignore_errors=True)
     modules: dict[str, Path] = {}
     for p in patches:
-        targets = patch_targets(p)
-        for rel in targets:
+        for rel in patch_targets(p):
             mod, src = sh(["go", "list", "-f", "{{.Module.Path}} {{.Module.Dir}}", rel.rsplit("/", 1)[0]],
                           cwd=d, env=go_env(False)).split()
             if mod not in modules:
@@ -237,21 +236,21 @@ def patched_workspace(comp: dict, work: Path) -> Path | None:
             raise BuildError(f"{comp['name']}: patches/{p.name} does not apply to the pinned module: "
                              f"{' '.join((r.stdout + r.stderr).split())[:300]} (hint: the upstream file changed; remake the "
                              "patch against it, or drop it if upstream now does the same)")
-        log(f"  {comp['name']}: patched {', '.join(targets)} ({p.name})")
+        log(f"  {comp['name']}: patched {', '.join(patch_targets(p))} ({p.name})")
     go = next(ln.split()[1] for ln in (d / "go.mod").read_text().splitlines() if ln.startswith("go "))
     f = work / "go.work"
     f.write_text(f"go {go}\n\nuse {d}\n\n" + "".join(f"replace {m} => ./{m}\n" for m in sorted(modules)))
     return f
 
 
-def build_go(comp: dict, out: dict, dest: Path, workspace: Path | None = None) -> None:
-    """One output; with `workspace` (patched_workspace's go.work), against the patched modules."""
+def build_go(comp: dict, out: dict, dest: Path) -> None:
     d = HERE / comp["dir"]
     ldflags = ["-s", "-w", "-buildid="] + [expand(f, comp) for f in out.get("ldflags", [])]
     args = ["go", "build", "-v", "-o", str(dest), "-ldflags", " ".join(ldflags)]
+    work = dest.parent / f".patched-{out['name']}"
     env = go_env(out.get("cgo", False))
-    if workspace is not None:
-        env["GOWORK"] = str(workspace)
+    if (ws := patched_workspace(comp, work)):
+        env["GOWORK"] = str(ws)
     if out.get("tags"):
         args += ["-tags", ",".join(out["tags"])]
     args.append(out["package"])
@@ -277,6 +276,7 @@ def build_go(comp: dict, out: dict, dest: Path, workspace: Path | None = None) -
         except subprocess.TimeoutExpired:
             log(f"  {out['name']}: {count[0]} packages compiled, {time.monotonic() - started:.0f}s")
     t.join()
+    shutil.rmtree(work, ignore_errors=True)
     if proc.returncode != 0:
         raise BuildError(f"{comp['name']}: go build {out['package']} failed:\n{''.join(tail)}")
 
@@ -419,14 +419,8 @@ def main() -> int:
             tmp = built.with_name(key + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            # the patched modules are copied once for every Go output of the component
-            workspace = patched_workspace(comp, tmp / ".patched")
             for out in comp["outputs"]:
-                if "c" in out:
-                    build_c(comp, out, tmp / out["name"])
-                else:
-                    build_go(comp, out, tmp / out["name"], workspace)
-            shutil.rmtree(tmp / ".patched", ignore_errors=True)
+                (build_c if "c" in out else build_go)(comp, out, tmp / out["name"])
             add_links(comp, tmp)  # so the checks can run the multicall by name
             run_checks(comp, tmp)
             (tmp / ".done").write_text(json.dumps({"seconds": round(time.monotonic() - started, 1)}))
